@@ -1,0 +1,357 @@
+"""The training configuration: one typed dataclass, filled from a YAML preset and the command line.
+
+Every option is a field of `TrainingConfig`; its defaults are the quickstart recipe
+(configs/quickstart.yaml spells them out with the reasons, and a test keeps the two equal).
+A preset given with `--config` replaces those defaults, and command-line flags replace the
+preset. Invalid values stop the run before any work with a message naming the field.
+"""
+
+import dataclasses
+import functools
+import json
+import math
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+
+DOWN_BLOCK_TYPES = ("DownBlock2D", "AttnDownBlock2D", "ResnetDownsampleBlock2D")
+UP_BLOCK_TYPES = ("UpBlock2D", "AttnUpBlock2D", "ResnetUpsampleBlock2D")
+MID_BLOCK_TYPES = ("UNetMidBlock2D",)
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log")
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_min_lr", "polynomial")
+SAMPLERS = ("ddpm", "ddim", "dpmsolver++")
+
+
+class ConfigError(ValueError):
+    """An invalid configuration value; the message starts with the field's name."""
+
+
+@dataclass
+class TrainingConfig:
+    # ----- data -----
+    train_data_dir: Optional[str] = field(default=None, metadata={"help": "Folder of images (searched recursively)."})
+    dataset_name: Optional[str] = field(
+        default="data/fashion_mnist",
+        metadata={"help": "Hub dataset id or local dataset folder (parquet, save_to_disk). Default: the embedded subset."},
+    )
+    dataset_config_name: Optional[str] = field(default=None, metadata={"help": "Configuration of --dataset_name."})
+    split: str = field(default="train", metadata={"help": "Split of --dataset_name to train on."})
+    image_column: Optional[str] = field(default=None, metadata={"help": "Image column; default: the first Image feature."})
+    cache_dir: Optional[str] = field(default=None, metadata={"help": "datasets cache folder (default: HF_DATASETS_CACHE)."})
+    max_train_samples: Optional[int] = field(default=None, metadata={"help": "Train on this many images drawn at random with --seed."})
+    resolution: int = field(default=28, metadata={"help": "Training resolution in pixels (square)."})
+    image_channels: int = field(default=1, metadata={"help": "1 (grayscale) or 3 (RGB); the UNet's in/out channels."})
+    random_flip: bool = field(default=True, metadata={"help": "Random horizontal flip, per batch, on the device."})
+
+    # ----- model: UNet2DModel arguments -----
+    block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 128], metadata={"help": "Channels per level."})
+    layers_per_block: int = field(default=1, metadata={"help": "Resnets per down level (up levels have one more)."})
+    down_block_types: list[str] = field(
+        default_factory=lambda: ["DownBlock2D", "DownBlock2D", "DownBlock2D"], metadata={"help": f"One of {DOWN_BLOCK_TYPES} per level."}
+    )
+    up_block_types: list[str] = field(
+        default_factory=lambda: ["UpBlock2D", "UpBlock2D", "UpBlock2D"], metadata={"help": f"One of {UP_BLOCK_TYPES} per level."}
+    )
+    mid_block_type: Optional[str] = field(default="UNetMidBlock2D", metadata={"help": "UNetMidBlock2D, or none."})
+    add_attention: bool = field(default=False, metadata={"help": "Self-attention in the mid block."})
+    attention_head_dim: int = field(default=32, metadata={"help": "Channels per attention head."})
+    norm_num_groups: int = field(default=8, metadata={"help": "GroupNorm groups; divides every channel count."})
+    act_fn: Literal["silu", "relu", "gelu", "mish"] = field(default="silu", metadata={"help": "Activation."})
+    flip_sin_to_cos: bool = field(default=True, metadata={"help": "Order of the sinusoidal time embedding (cos, sin)."})
+    freq_shift: int = field(default=0, metadata={"help": "Frequency shift of the time embedding."})
+    dropout: float = field(default=0.0, metadata={"help": "Dropout in the resnets."})
+
+    # ----- diffusion -----
+    ddpm_num_steps: int = field(default=300, metadata={"help": "Number of diffusion steps T."})
+    ddpm_beta_schedule: str = field(default="squaredcos_cap_v2", metadata={"help": f"One of {BETA_SCHEDULES}."})
+    ddpm_beta_start: float = field(default=1e-4, metadata={"help": "First beta (linear schedules)."})
+    ddpm_beta_end: float = field(default=0.02, metadata={"help": "Last beta (linear schedules)."})
+    ddpm_variance_type: str = field(default="fixed_small", metadata={"help": f"Posterior variance, one of {VARIANCE_TYPES}."})
+    ddpm_clip_sample: bool = field(default=True, metadata={"help": "Clip the predicted x0 to [-1, 1] when sampling."})
+    prediction_type: str = field(default="epsilon", metadata={"help": f"What the UNet predicts, one of {PREDICTION_TYPES}."})
+    loss_type: str = field(default="l2", metadata={"help": "l1 or l2 (mean squared error)."})
+
+    # ----- optimisation -----
+    train_batch_size: int = field(default=64, metadata={"help": "Images per process per micro-batch."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
+    num_epochs: Optional[int] = field(default=None, metadata={"help": "Budget in epochs (set this or --max_train_steps)."})
+    max_train_steps: Optional[int] = field(default=900, metadata={"help": "Budget in optimizer steps (set this or --num_epochs)."})
+    optimizer: str = field(default="adamw", metadata={"help": "adam or adamw."})
+    learning_rate: float = field(default=2e-3, metadata={"help": "Peak learning rate."})
+    lr_scheduler: str = field(default="cosine_with_min_lr", metadata={"help": f"One of {LR_SCHEDULERS}."})
+    lr_warmup_steps: int = field(default=50, metadata={"help": "Linear warmup, in optimizer steps."})
+    min_learning_rate: float = field(default=1e-5, metadata={"help": "Floor of cosine_with_min_lr."})
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = field(default=0.0, metadata={"help": "Decoupled for adamw, L2 for adam."})
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm; 0 turns clipping off."})
+    mixed_precision: str = field(default="bf16", metadata={"help": "no, fp16 or bf16."})
+
+    # ----- EMA (diffusers.training_utils.EMAModel, with warmup) -----
+    use_ema: bool = field(default=True, metadata={"help": "Keep an EMA of the weights; export and sample from it."})
+    ema_max_decay: float = 0.999
+    ema_inv_gamma: float = 1.0
+    ema_power: float = field(default=0.75, metadata={"help": "EMA warmup: decay = 1 - (1 + step / inv_gamma) ** -power."})
+
+    # ----- samples, logs, checkpoints -----
+    output_dir: str = field(default="ddpm-quickstart", metadata={"help": "Where the pipeline, checkpoints, samples and logs go."})
+    seed: int = 0
+    logger: str = field(default="tensorboard", metadata={"help": "tensorboard or none."})
+    logging_steps: int = field(default=10, metadata={"help": "Log loss, lr and images/s every N optimizer steps."})
+    save_images_steps: int = field(default=500, metadata={"help": "Sample grid every N steps (and at the end); 0: at the end only."})
+    num_grid_images: int = field(default=64, metadata={"help": "Images in each sample grid."})
+    grid_sampler: str = field(default="ddpm", metadata={"help": f"Sampler for the grids, one of {SAMPLERS}."})
+    grid_inference_steps: int = field(default=100, metadata={"help": "Sampler steps for the grids."})
+    checkpointing_steps: int = field(default=500, metadata={"help": "Checkpoint every N optimizer steps; 0: none."})
+    checkpoints_total_limit: Optional[int] = field(default=2, metadata={"help": "Keep at most this many checkpoints."})
+    resume_from_checkpoint: Optional[str] = field(default=None, metadata={"help": "'latest' or a checkpoint folder."})
+    dry_run: bool = field(default=False, metadata={"help": "Print the resolved config, model size and step count; exit."})
+
+    def __post_init__(self):
+        validate(self)
+
+    @property
+    def downsampling_factor(self) -> int:
+        """How many times the UNet halves the resolution: 2 ** (levels - 1)."""
+        return 2 ** (len(self.block_out_channels) - 1)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+
+
+def _fail(name: str, message: str):
+    raise ConfigError(f"{name}: {message}")
+
+
+def _check_choice(config, name, choices):
+    value = getattr(config, name)
+    if value not in choices:
+        _fail(name, f"unknown value {value!r}; expected one of {', '.join(map(str, choices))}")
+
+
+def _check_positive(config, *names, allow_zero=False):
+    for name in names:
+        value = getattr(config, name)
+        if value is None:
+            continue
+        if not (value >= 0 if allow_zero else value > 0) or (isinstance(value, float) and not math.isfinite(value)):
+            _fail(name, f"must be {'non-negative' if allow_zero else 'positive'}, got {value}")
+
+
+def validate(config: TrainingConfig) -> None:
+    """Raise ConfigError for the first invalid field."""
+    if config.train_data_dir is None and config.dataset_name is None:
+        _fail("dataset_name", "set --dataset_name or --train_data_dir")
+    if config.train_data_dir is not None and config.dataset_name is not None:
+        _fail("train_data_dir", "set only one of --train_data_dir and --dataset_name")
+    _check_choice(config, "image_channels", (1, 3))
+    _check_positive(config, "resolution", "train_batch_size", "gradient_accumulation_steps", "ddpm_num_steps")
+    _check_positive(config, "learning_rate", "adam_epsilon", "num_grid_images", "grid_inference_steps", "logging_steps")
+    _check_positive(config, "max_train_samples", "num_epochs", "max_train_steps", "checkpoints_total_limit")
+    _check_positive(config, "lr_warmup_steps", "min_learning_rate", "adam_weight_decay", "max_grad_norm", allow_zero=True)
+    _check_positive(config, "save_images_steps", "checkpointing_steps", "dropout", "freq_shift", allow_zero=True)
+
+    # model
+    num_levels = len(config.block_out_channels)
+    if num_levels == 0:
+        _fail("block_out_channels", "needs at least one level")
+    for name in ("down_block_types", "up_block_types"):
+        if len(getattr(config, name)) != num_levels:
+            _fail(name, f"has {len(getattr(config, name))} entries but block_out_channels has {num_levels}")
+    for name, choices in (("down_block_types", DOWN_BLOCK_TYPES), ("up_block_types", UP_BLOCK_TYPES)):
+        for value in getattr(config, name):
+            if value not in choices:
+                _fail(name, f"unknown block {value!r}; expected one of {', '.join(choices)}")
+    if config.mid_block_type is not None:
+        _check_choice(config, "mid_block_type", MID_BLOCK_TYPES)
+    _check_positive(config, "layers_per_block", "norm_num_groups", "attention_head_dim")
+    for channels in config.block_out_channels:
+        if channels <= 0 or channels % config.norm_num_groups:
+            _fail("block_out_channels", f"{channels} is not a positive multiple of norm_num_groups={config.norm_num_groups}")
+    uses_attention = config.add_attention or any("Attn" in t for t in config.down_block_types + config.up_block_types)
+    if uses_attention and any(channels % config.attention_head_dim for channels in config.block_out_channels):
+        _fail("attention_head_dim", f"{config.attention_head_dim} does not divide every block_out_channels entry")
+    _check_choice(config, "act_fn", typing.get_args(TrainingConfig.__annotations__["act_fn"]))
+    if config.resolution % config.downsampling_factor:
+        _fail(
+            "resolution",
+            f"{config.resolution} is not divisible by the UNet's downsampling factor {config.downsampling_factor} "
+            f"({num_levels} levels halve it {num_levels - 1} times)",
+        )
+    if config.dropout >= 1:
+        _fail("dropout", f"must be below 1, got {config.dropout}")
+
+    # diffusion
+    _check_choice(config, "ddpm_beta_schedule", BETA_SCHEDULES)
+    _check_choice(config, "ddpm_variance_type", VARIANCE_TYPES)
+    _check_choice(config, "prediction_type", PREDICTION_TYPES)
+    _check_choice(config, "loss_type", ("l1", "l2"))
+    if not 0 < config.ddpm_beta_start < 1:
+        _fail("ddpm_beta_start", f"must lie in (0, 1), got {config.ddpm_beta_start}")
+    if not 0 < config.ddpm_beta_end < 1:
+        _fail("ddpm_beta_end", f"must lie in (0, 1), got {config.ddpm_beta_end}")
+    if config.ddpm_beta_end <= config.ddpm_beta_start:
+        _fail("ddpm_beta_end", f"must be greater than ddpm_beta_start ({config.ddpm_beta_end} <= {config.ddpm_beta_start})")
+
+    # optimisation
+    _check_choice(config, "optimizer", ("adam", "adamw"))
+    _check_choice(config, "lr_scheduler", LR_SCHEDULERS)
+    _check_choice(config, "mixed_precision", ("no", "fp16", "bf16"))
+    for name in ("adam_beta1", "adam_beta2"):
+        if not 0 <= getattr(config, name) < 1:
+            _fail(name, f"must lie in [0, 1), got {getattr(config, name)}")
+    if (config.num_epochs is None) == (config.max_train_steps is None):
+        _fail("max_train_steps", "give the budget as exactly one of --num_epochs and --max_train_steps")
+    if config.lr_scheduler == "cosine_with_min_lr" and config.min_learning_rate >= config.learning_rate:
+        _fail("min_learning_rate", f"must be below learning_rate ({config.min_learning_rate} >= {config.learning_rate})")
+    if not 0 < config.ema_max_decay < 1:
+        _fail("ema_max_decay", f"must lie in (0, 1), got {config.ema_max_decay}")
+    _check_positive(config, "ema_inv_gamma", "ema_power")
+
+    # outputs
+    _check_choice(config, "logger", ("tensorboard", "none"))
+    _check_choice(config, "grid_sampler", SAMPLERS)
+    if not config.output_dir:
+        _fail("output_dir", "must not be empty")
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing: preset (YAML or a run's training_config.json), then command-line flags
+
+# Pairs of options of which a run uses exactly one. Giving one of them on the command line
+# replaces the other if the preset set it (`--config report.yaml --max_train_steps 10`).
+EXCLUSIVE_PAIRS = (("num_epochs", "max_train_steps"), ("train_data_dir", "dataset_name"))
+
+
+def _type_error(name, value, expected):
+    _fail(name, f"expected {expected}, got {value!r} ({type(value).__name__})")
+
+
+def _check_value_type(name: str, value, annotation):
+    """Check (and return) one preset value against its field's type annotation."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Union:  # Optional[X]
+        if value is None:
+            return None
+        return _check_value_type(name, value, next(arg for arg in args if arg is not type(None)))
+    if value is None:
+        _fail(name, "must not be null")
+    if origin is list:
+        if not isinstance(value, list):
+            _type_error(name, value, "a list")
+        return [_check_value_type(name, item, args[0]) for item in value]
+    if origin is Literal:
+        annotation = type(args[0])
+    if annotation is bool and not isinstance(value, bool):
+        _type_error(name, value, "true or false")
+    if annotation is int and (isinstance(value, bool) or not isinstance(value, int)):
+        _type_error(name, value, "an integer")
+    if annotation is float:
+        # PyYAML reads `1e-4` (no dot) as a string; accept any string that is a number.
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                _type_error(name, value, "a number")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            _type_error(name, value, "a number")
+        return float(value)
+    if annotation is str and not isinstance(value, str):
+        _type_error(name, value, "a string")
+    return value
+
+
+def load_preset(path: str) -> dict:
+    """Read a YAML preset (or a run's training_config.json) into checked field values."""
+    path = Path(path)
+    if not path.is_file():
+        _fail("config", f"no such file: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        _fail("config", f"{path} is not valid YAML: {error}")
+    data = data or {}
+    if not isinstance(data, dict):
+        _fail("config", f"{path} must hold a mapping of option names to values")
+    if set(data) == {"config", "run"}:  # training_config.json written by a run
+        data = data["config"]
+    fields = {f.name: f for f in dataclasses.fields(TrainingConfig)}
+    hints = typing.get_type_hints(TrainingConfig)
+    for name in data:
+        if name not in fields:
+            _fail(name, f"unknown option in {path}")
+    for a, b in EXCLUSIVE_PAIRS:
+        if data.get(a) is not None and data.get(b) is not None:
+            _fail(a, f"{path} sets both {a} and {b}; a preset sets at most one")
+    return {name: _check_value_type(name, value, hints[name]) for name, value in data.items()}
+
+
+def build_parser(defaults: Optional[dict] = None):
+    """The command-line parser: one flag per TrainingConfig field, plus --config."""
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(TrainingConfig, description="Train a DDPM (diffusers UNet2DModel + DDPMScheduler) with Accelerate.")
+    parser.add_argument("--config", default=None, help="YAML preset (configs/*.yaml) or a run's training_config.json.")
+    # Optional fields take `none` on the command line, as `null` in YAML (`--mid_block_type none`).
+    hints = typing.get_type_hints(TrainingConfig)
+    for action in parser._actions:
+        hint = hints.get(action.dest)
+        if typing.get_origin(hint) is typing.Union and type(None) in typing.get_args(hint) and action.type is not None:
+            action.type = functools.partial(_none_or, action.type)
+    if defaults:
+        parser.set_defaults(**defaults)
+    return parser
+
+
+def _none_or(convert, text: str):
+    return None if text.lower() in ("none", "null") else convert(text)
+
+
+def _flags_given(argv: list[str]) -> set[str]:
+    return {arg[2:].split("=", 1)[0] for arg in argv if arg.startswith("--")}
+
+
+def parse_config(argv: Optional[list[str]] = None) -> TrainingConfig:
+    """Resolve the configuration from `--config` and flags. Raises ConfigError."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    preset_parser = build_parser()
+    known, _ = preset_parser.parse_known_args(argv)  # only --config matters here; flags are checked below
+    defaults = load_preset(known.config) if known.config else {}
+
+    given = _flags_given(argv)
+    for pair in EXCLUSIVE_PAIRS:
+        for name, other in (pair, pair[::-1]):
+            if name in given and other not in given:
+                defaults[other] = None
+
+    parser = build_parser(defaults)
+    config, _, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if unknown:
+        flags = [arg for arg in unknown if arg.startswith("-")] or unknown
+        _fail(flags[0].lstrip("-").split("=")[0], f"unknown option {' '.join(unknown)!r}; see --help")
+    return config
+
+
+def save_config(config: TrainingConfig, path, run: Optional[dict] = None) -> None:
+    """Write training_config.json: the resolved config and facts about the run that used it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"config": config.to_dict(), "run": run or {}}, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def load_config(path) -> TrainingConfig:
+    """Read back a training_config.json (or a preset) as a validated TrainingConfig."""
+    return TrainingConfig(**load_preset(path))

@@ -1,0 +1,416 @@
+"""The training run: data, model, optimisation, checkpoints, sample grids and the final export.
+
+`train(config)` is one function cut into sections, in the order they happen. The pieces
+with one job each (checkpoint naming, export, LR schedule) are small functions around it.
+"""
+
+import functools
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import time
+import warnings
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Optional
+
+import torch
+from accelerate import Accelerator, PartialState
+from accelerate.utils import ProjectConfiguration, set_seed
+from diffusers import DDPMPipeline
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
+
+from .config import ConfigError, TrainingConfig, parse_config, save_config
+from .data import DataError, ImageStream, load_source, prepare_images, random_flip, to_model_range
+from .diffusion import cosine_with_min_lr, diffusion_loss, training_target
+from .model import build_noise_scheduler, build_unet, count_parameters, describe_unet
+from .sample import generate, image_grid, make_sampler
+
+CHECKPOINT_PREFIX = "checkpoint-"
+EXPORT_FILES = ("model_index.json", "unet", "scheduler")
+# Fields that must match between a checkpoint and the run that resumes it.
+RESUME_MUST_MATCH = (
+    "resolution", "image_channels", "block_out_channels", "layers_per_block", "down_block_types", "up_block_types",
+    "mid_block_type", "add_attention", "attention_head_dim", "norm_num_groups", "act_fn", "flip_sin_to_cos",
+    "freq_shift", "ddpm_num_steps", "ddpm_beta_schedule", "ddpm_beta_start", "ddpm_beta_end", "prediction_type",
+    "optimizer", "use_ema", "train_batch_size", "gradient_accumulation_steps", "seed",
+)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+
+
+def count_train_steps(config: TrainingConfig, num_images: int, num_processes: int) -> int:
+    """Optimizer steps in the run: --max_train_steps, or enough global batches for --num_epochs."""
+    if config.max_train_steps is not None:
+        return config.max_train_steps
+    images_per_step = config.train_batch_size * num_processes * config.gradient_accumulation_steps
+    return math.ceil(config.num_epochs * num_images / images_per_step)
+
+
+def build_optimizer(config: TrainingConfig, parameters) -> torch.optim.Optimizer:
+    optimizer_class = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    return optimizer_class(
+        parameters,
+        lr=config.learning_rate,
+        betas=(config.adam_beta1, config.adam_beta2),
+        weight_decay=config.adam_weight_decay,
+        eps=config.adam_epsilon,
+    )
+
+
+def build_lr_scheduler(config: TrainingConfig, optimizer, total_steps: int):
+    """diffusers' schedules; `cosine_with_min_lr` (which diffusers lacks) decays to --min_learning_rate."""
+    if config.lr_scheduler == "cosine_with_min_lr":
+        multiplier = functools.partial(
+            cosine_with_min_lr,
+            warmup_steps=config.lr_warmup_steps,
+            total_steps=total_steps,
+            min_ratio=config.min_learning_rate / config.learning_rate,
+        )
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
+    return get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps, num_training_steps=total_steps)
+
+
+def list_checkpoints(checkpoints_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first. Partial ones (a `.tmp` left by a kill) are skipped with a warning."""
+    if not checkpoints_dir.is_dir():
+        return []
+    for partial in checkpoints_dir.glob(f".{CHECKPOINT_PREFIX}*.tmp"):
+        warnings.warn(f"ignoring the incomplete checkpoint {partial} (the run stopped while writing it)")
+    complete = [
+        path
+        for path in checkpoints_dir.glob(f"{CHECKPOINT_PREFIX}*")
+        if path.name[len(CHECKPOINT_PREFIX) :].isdigit() and (path / "training_state.json").is_file()
+    ]
+    return sorted(complete, key=lambda path: int(path.name[len(CHECKPOINT_PREFIX) :]))
+
+
+def find_resume_checkpoint(config: TrainingConfig) -> Optional[Path]:
+    """The checkpoint to resume from, or None for a fresh run. Raises ConfigError when that is ambiguous."""
+    checkpoints = list_checkpoints(Path(config.output_dir) / "checkpoints")
+    if config.resume_from_checkpoint is None:
+        if checkpoints:
+            raise ConfigError(
+                f"resume_from_checkpoint: {config.output_dir} already holds checkpoints of an earlier run "
+                f"(newest: {checkpoints[-1].name}); pass --resume_from_checkpoint latest to continue it, "
+                "or choose another --output_dir"
+            )
+        return None
+    if config.resume_from_checkpoint == "latest":
+        if not checkpoints:
+            warnings.warn(f"--resume_from_checkpoint latest: no checkpoint in {config.output_dir}; starting a new run")
+            return None
+        return checkpoints[-1]
+    path = Path(config.resume_from_checkpoint)
+    if not (path / "training_state.json").is_file():
+        raise ConfigError(f"resume_from_checkpoint: {path} is not a complete checkpoint folder")
+    return path
+
+
+def check_resume_compatible(config: TrainingConfig, checkpoint: Path) -> None:
+    saved = json.loads((checkpoint / "training_config.json").read_text())["config"]
+    differing = [name for name in RESUME_MUST_MATCH if saved.get(name) != getattr(config, name)]
+    if differing:
+        details = ", ".join(f"{name} ({saved.get(name)!r} in the checkpoint, {getattr(config, name)!r} now)" for name in differing)
+        raise ConfigError(f"{differing[0]}: cannot resume {checkpoint}: {details}")
+
+
+def save_checkpoint(accelerator: Accelerator, config: TrainingConfig, global_step: int, run: dict) -> None:
+    """Write checkpoint-<step> through a temporary folder, so a kill mid-write leaves the older ones intact."""
+    checkpoints_dir = Path(config.output_dir) / "checkpoints"
+    final = checkpoints_dir / f"{CHECKPOINT_PREFIX}{global_step}"
+    partial = checkpoints_dir / f".{CHECKPOINT_PREFIX}{global_step}.tmp"
+    if accelerator.is_main_process and partial.exists():
+        shutil.rmtree(partial)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))  # model, optimizer, LR schedule, grad scaler, EMA, RNG of every process
+    if accelerator.is_main_process:
+        save_config(config, partial / "training_config.json", run)
+        (partial / "training_state.json").write_text(json.dumps({"global_step": global_step}) + "\n")
+        if final.exists():
+            shutil.rmtree(final)
+        partial.rename(final)
+        checkpoints = list_checkpoints(checkpoints_dir)
+        if config.checkpoints_total_limit is not None:
+            for old in checkpoints[: max(0, len(checkpoints) - config.checkpoints_total_limit)]:
+                shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+
+
+def export_pipeline(unet, noise_scheduler, output_dir: Path) -> None:
+    """Save a stock DDPMPipeline (safetensors only), replacing an earlier export only once the new one is whole."""
+    for name, parameter in unet.named_parameters():
+        if not torch.isfinite(parameter).all():
+            raise RuntimeError(f"refusing to export: parameter {name} holds NaN or infinite values")
+    staging = output_dir / ".export.tmp"
+    if staging.exists():
+        shutil.rmtree(staging)
+    DDPMPipeline(unet=unet, scheduler=noise_scheduler).save_pretrained(staging, safe_serialization=True)
+    for name in EXPORT_FILES:
+        target = output_dir / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        (staging / name).replace(target)
+    shutil.rmtree(staging)
+
+
+def save_sample_grid(unet, config: TrainingConfig, noise_scheduler, global_step: int, accelerator: Accelerator) -> Path:
+    """Sample the fixed-seed grid with the cheap grid sampler and write samples/step-<step>.png."""
+    sampler = make_sampler(config.grid_sampler, noise_scheduler.config)
+    was_training = unet.training
+    unet.eval()
+    with accelerator.autocast():
+        images = generate(unet, sampler, config.num_grid_images, config.grid_inference_steps, seed=config.seed)
+    unet.train(was_training)
+    path = Path(config.output_dir) / "samples" / f"step-{global_step}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image_grid(images).save(path)
+    if config.logger == "tensorboard":
+        accelerator.get_tracker("tensorboard").log_images({"samples": images}, step=global_step, dataformats="NHWC")
+    return path
+
+
+def describe_environment(accelerator: Accelerator) -> dict:
+    import accelerate
+    import datasets
+    import diffusers
+
+    if accelerator.device.type == "cuda":
+        hardware = f"{accelerator.num_processes} x {torch.cuda.get_device_name(accelerator.device)}"
+    else:
+        hardware = f"{accelerator.num_processes} process(es) on {accelerator.device.type} ({os.cpu_count()} cores, {platform.machine()})"
+    return {
+        "hardware": hardware,
+        "num_processes": accelerator.num_processes,
+        "mixed_precision": accelerator.mixed_precision,
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+            "accelerate": accelerate.__version__,
+            "datasets": datasets.__version__,
+        },
+    }
+
+
+def tracker_config(config: TrainingConfig) -> dict:
+    """TensorBoard's hparams accept scalars and strings only."""
+    return {name: value if isinstance(value, (int, float, str, bool)) else str(value) for name, value in config.to_dict().items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+
+def train(config: TrainingConfig) -> Path:
+    """Train, checkpoint and export; returns the output folder."""
+    started = time.time()
+    output_dir = Path(config.output_dir)
+    resume_from = find_resume_checkpoint(config)
+    if resume_from is not None:
+        check_resume_compatible(config, resume_from)
+
+    # ----- Accelerate -----
+    accelerator = Accelerator(
+        mixed_precision=config.mixed_precision,
+        log_with=None if config.logger == "none" else config.logger,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+        step_scheduler_with_optimizer=False,  # the LR schedule counts optimizer steps, whatever the process count
+    )
+    set_seed(config.seed, device_specific=True)  # a different noise stream per process
+
+    # ----- data: decoded once (main process first, the others read its cache) -----
+    with accelerator.main_process_first():
+        pixels = prepare_images(config)  # (N, H, W, C) uint8
+    images_per_step = config.train_batch_size * accelerator.num_processes * config.gradient_accumulation_steps
+    if len(pixels) < config.train_batch_size * accelerator.num_processes:
+        raise DataError(
+            f"train_batch_size: the data holds {len(pixels)} images, fewer than one global batch of "
+            f"{config.train_batch_size * accelerator.num_processes}"
+        )
+    images = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous().to(accelerator.device)  # (N, C, H, W) uint8
+    stream = ImageStream(images, config.train_batch_size, config.seed, accelerator.process_index, accelerator.num_processes)
+    total_steps = count_train_steps(config, len(images), accelerator.num_processes)
+
+    # ----- model, optimizer, schedules, EMA -----
+    unet = build_unet(config)
+    noise_scheduler = build_noise_scheduler(config)
+    optimizer = build_optimizer(config, unet.parameters())
+    lr_scheduler = build_lr_scheduler(config, optimizer, total_steps)
+    ema = None
+    if config.use_ema:
+        ema = EMAModel(
+            unet.parameters(),
+            decay=config.ema_max_decay,
+            use_ema_warmup=True,
+            inv_gamma=config.ema_inv_gamma,
+            power=config.ema_power,
+            foreach=True,
+            model_cls=type(unet),
+            model_config=unet.config,
+        )
+    unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+    if ema is not None:
+        ema.to(accelerator.device)
+        accelerator.register_for_checkpointing(ema)
+
+    run = {
+        **describe_environment(accelerator),
+        "num_train_images": len(images),
+        "unet_parameters": count_parameters(unet),
+        "total_steps": total_steps,
+        "images_per_step": images_per_step,
+    }
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, output_dir / "training_config.json", {**run, "finished": False})
+        accelerator.init_trackers("train_ddpm", config=tracker_config(config))
+
+    # ----- resume -----
+    global_step = 0
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from))
+        global_step = json.loads((resume_from / "training_state.json").read_text())["global_step"]
+        accelerator.print(f"Resumed from {resume_from} at step {global_step}")
+    accelerator.print(
+        f"Training {count_parameters(unet):,} parameters on {len(images):,} images: {total_steps:,} steps of "
+        f"{images_per_step} images ({total_steps * images_per_step / len(images):.1f} epochs), "
+        f"{accelerator.num_processes} process(es), mixed precision {config.mixed_precision}"
+    )
+
+    # ----- training loop -----
+    progress = tqdm(total=total_steps, initial=global_step, desc="Training", disable=not accelerator.is_main_process)
+    loss_sum, loss_count = torch.zeros((), device=accelerator.device), 0
+    window_start, window_steps = time.perf_counter(), 0
+    train_seconds = 0.0
+    unet.train()
+    while global_step < total_steps:
+        # 1. forward and backward over the micro-batches of one optimizer step
+        for micro_step in range(config.gradient_accumulation_steps):
+            batch = stream.batch(global_step * config.gradient_accumulation_steps + micro_step)
+            if config.random_flip:
+                batch = random_flip(batch)
+            clean_images = to_model_range(batch)
+            noise = torch.randn_like(clean_images)
+            timesteps = torch.randint(0, config.ddpm_num_steps, (clean_images.shape[0],), device=clean_images.device)
+            noisy_images = noise_scheduler.add_noise(clean_images, noise, timesteps)
+            last_micro_step = micro_step == config.gradient_accumulation_steps - 1
+            with nullcontext() if last_micro_step else accelerator.no_sync(unet):
+                model_output = unet(noisy_images, timesteps).sample
+                loss = diffusion_loss(model_output, training_target(noise_scheduler, clean_images, noise, timesteps), config.loss_type)
+                accelerator.backward(loss / config.gradient_accumulation_steps)
+            loss_sum += loss.detach()
+            loss_count += 1
+
+        # 2. optimizer, LR schedule and EMA step
+        if config.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(unet.parameters(), config.max_grad_norm)
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.step(unet.parameters())
+        global_step += 1
+        window_steps += 1
+        progress.update(1)
+
+        # 3. logs (the loss is read back from the device only here, not every step)
+        if global_step % config.logging_steps == 0 or global_step == total_steps:
+            elapsed = time.perf_counter() - window_start
+            train_seconds += elapsed
+            logs = {
+                "loss": accelerator.reduce(loss_sum, reduction="mean").item() / loss_count,
+                "lr": lr_scheduler.get_last_lr()[0],
+                "images_per_second": window_steps * images_per_step / elapsed,
+            }
+            if ema is not None:
+                logs["ema_decay"] = ema.cur_decay_value
+            progress.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}", img_s=f"{logs['images_per_second']:.0f}")
+            accelerator.log(logs, step=global_step)
+            loss_sum.zero_()
+            loss_count = 0
+            window_start, window_steps = time.perf_counter(), 0
+
+        # 4. sample grids and checkpoints (their time is left out of images/s)
+        pause_start = time.perf_counter()
+        is_last = global_step == total_steps
+        if config.save_images_steps and global_step % config.save_images_steps == 0 and not is_last:
+            if accelerator.is_main_process:
+                model = accelerator.unwrap_model(unet)
+                if ema is not None:
+                    ema.store(model.parameters())
+                    ema.copy_to(model.parameters())
+                path = save_sample_grid(model, config, noise_scheduler, global_step, accelerator)
+                if ema is not None:
+                    ema.restore(model.parameters())
+                progress.write(f"step {global_step}: sample grid {path}")
+            accelerator.wait_for_everyone()
+        if config.checkpointing_steps and (global_step % config.checkpointing_steps == 0 or is_last):
+            save_checkpoint(accelerator, config, global_step, run)
+        window_start += time.perf_counter() - pause_start
+    progress.close()
+
+    # ----- export: EMA weights into a stock DDPMPipeline -----
+    if accelerator.is_main_process:
+        export_unet = build_unet(config)
+        export_unet.load_state_dict(accelerator.unwrap_model(unet, keep_fp32_wrapper=False).state_dict())
+        if ema is not None:
+            ema.copy_to(export_unet.parameters())
+        export_unet.to(accelerator.device)
+        export_pipeline(export_unet, noise_scheduler, output_dir)
+        grid_path = save_sample_grid(export_unet, config, noise_scheduler, global_step, accelerator)
+        run.update(
+            finished=True,
+            global_step=global_step,
+            train_seconds=round(train_seconds, 1),
+            wall_seconds=round(time.time() - started, 1),
+        )
+        save_config(config, output_dir / "training_config.json", run)
+        accelerator.print(f"Exported the DDPMPipeline to {output_dir} (sample grid: {grid_path}) in {time.time() - started:.0f} s")
+    accelerator.end_training()
+    return output_dir
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def dry_run(config: TrainingConfig) -> None:
+    """Print the resolved config, the UNet and the step count; decode nothing, train nothing."""
+    state = PartialState()
+    if not state.is_main_process:
+        return
+    print(json.dumps(config.to_dict(), indent=2))
+    print(describe_unet(config, build_unet(config)))
+    try:
+        num_images = len(load_source(config))
+        source_note = ""
+    except DataError as error:
+        num_images, source_note = None, f" (the data source is not readable yet: {error})"
+    if config.max_train_samples is not None:
+        num_images = min(num_images or config.max_train_samples, config.max_train_samples)
+    if num_images is None and config.max_train_steps is None:
+        print(f"training steps: unknown until the data source can be read{source_note}")
+        return
+    steps = count_train_steps(config, num_images or 0, state.num_processes)
+    images_per_step = config.train_batch_size * state.num_processes * config.gradient_accumulation_steps
+    print(f"training steps: {steps:,} of {images_per_step} images on {num_images or 'unknown'} training images{source_note}")
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    try:
+        config = parse_config(argv)
+        if config.dry_run:
+            dry_run(config)
+        else:
+            train(config)
+    except (ConfigError, DataError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,126 @@
+"""End to end: real `accelerate launch train_ddpm.py` runs of the tiny config, and what they leave."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import REPO, TINY
+from pipeline.config import TrainingConfig
+
+PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".ckpt"}
+
+
+def launch(*args, timeout=600):
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "accelerate_config.yaml", "train_ddpm.py", *args]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def unet_weights(folder: Path) -> dict:
+    return load_file(folder / "unet" / "diffusion_pytorch_model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One complete tiny run; several tests read what it leaves."""
+    import yaml
+
+    folder = tmp_path_factory.mktemp("tiny_run")
+    (folder / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    result = launch("--config", str(folder / "tiny.yaml"), "--output_dir", str(folder / "out"))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return folder / "out", result
+
+
+def test_export_is_a_stock_pipeline_in_safetensors_only(tiny_run):
+    out, _ = tiny_run
+    assert (out / "model_index.json").is_file()
+    assert (out / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert json.loads((out / "scheduler" / "scheduler_config.json").read_text())["num_train_timesteps"] == 50
+    export_files = [path for name in ("model_index.json", "unet", "scheduler") for path in [out / name, *(out / name).rglob("*")]]
+    assert not [path for path in export_files if path.suffix in PICKLE_SUFFIXES]
+    assert not (out / ".export.tmp").exists()
+
+
+def test_stock_diffusers_loads_and_samples_without_this_repository(tiny_run):
+    out, _ = tiny_run
+    script = (
+        "import sys, torch; from diffusers import DDPMPipeline;"
+        "pipe = DDPMPipeline.from_pretrained(sys.argv[1]);"
+        "images = pipe(batch_size=3, num_inference_steps=2, generator=torch.manual_seed(0), output_type='np').images;"
+        "print(images.shape, images.min() >= 0, images.max() <= 1)"
+    )
+    # -I: isolated mode, neither the current folder nor PYTHONPATH is on sys.path
+    result = subprocess.run([sys.executable, "-I", "-c", script, str(out)], cwd=out, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "(3, 16, 16, 1) True True"
+
+
+def test_run_leaves_config_grids_checkpoints_and_logs(tiny_run):
+    out, result = tiny_run
+    saved = json.loads((out / "training_config.json").read_text())
+    assert TrainingConfig(**saved["config"]).block_out_channels == [8, 16]
+    run = saved["run"]
+    assert run["finished"] is True and run["global_step"] == 6 and run["num_train_images"] == 64
+    assert run["versions"]["diffusers"] and run["hardware"]
+    assert sorted(path.name for path in (out / "samples").iterdir()) == ["step-3.png", "step-6.png"]
+    from PIL import Image
+
+    grid = Image.open(out / "samples" / "step-6.png")
+    assert grid.mode == "L" and grid.size == (2 + 2 * 18, 2 + 2 * 18)  # 2x2 images of 16 px, 2 px gaps
+    assert sorted(path.name for path in (out / "checkpoints").iterdir()) == ["checkpoint-3", "checkpoint-6"]
+    checkpoint = out / "checkpoints" / "checkpoint-6"
+    assert json.loads((checkpoint / "training_state.json").read_text()) == {"global_step": 6}
+    assert (checkpoint / "training_config.json").is_file() and (checkpoint / "model.safetensors").is_file()
+    assert list((out / "logs").rglob("events.out.tfevents.*"))
+    assert "Exported the DDPMPipeline" in result.stdout
+
+
+def test_export_holds_the_ema_weights(tiny_run):
+    out, _ = tiny_run
+    from diffusers.training_utils import EMAModel
+
+    from pipeline.model import build_unet
+
+    config = TrainingConfig(**json.loads((out / "training_config.json").read_text())["config"])
+    ema_state = torch.load(out / "checkpoints" / "checkpoint-6" / "custom_checkpoint_0.pkl", weights_only=False)
+    unet = build_unet(config)
+    ema = EMAModel(unet.parameters())
+    ema.load_state_dict(ema_state)
+    ema.copy_to(unet.parameters())
+    exported = unet_weights(out)
+    trained = load_file(out / "checkpoints" / "checkpoint-6" / "model.safetensors")
+    for name, parameter in unet.named_parameters():
+        torch.testing.assert_close(exported[name], parameter.detach(), rtol=0, atol=0)
+    assert any(not torch.equal(trained[name], exported[name]) for name in exported)  # EMA differs from the raw weights
+
+
+def test_resume_from_a_checkpoint_reaches_the_same_final_weights(tiny_run, tmp_path):
+    """Stop after checkpoint-3 (here: keep only it), resume, and end where the uninterrupted run ended."""
+    out, _ = tiny_run
+    resumed = tmp_path / "resumed"
+    shutil.copytree(out / "checkpoints" / "checkpoint-3", resumed / "checkpoints" / "checkpoint-3")
+    config_file = tmp_path / "tiny.json"
+    config_file.write_text((out / "training_config.json").read_text())
+    result = launch("--config", str(config_file), "--output_dir", str(resumed), "--resume_from_checkpoint", "latest")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Resumed from" in result.stdout and "at step 3" in result.stdout
+    assert json.loads((resumed / "training_config.json").read_text())["run"]["global_step"] == 6
+    expected, actual = unet_weights(out), unet_weights(resumed)
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=0)
+
+
+def test_existing_checkpoints_are_never_overwritten_by_a_new_run(tiny_run, tmp_path):
+    out, _ = tiny_run
+    before = sorted(path.name for path in (out / "checkpoints").iterdir())
+    result = launch("--config", str(out / "training_config.json"), "--output_dir", str(out))
+    assert result.returncode != 0  # the script exits 2; `accelerate launch` reports any failure as 1
+    assert "error: resume_from_checkpoint:" in result.stderr and "--resume_from_checkpoint latest" in result.stderr
+    assert "train.py\", line" not in result.stderr  # a message, not a traceback from our code
+    assert sorted(path.name for path in (out / "checkpoints").iterdir()) == before

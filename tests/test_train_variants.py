@@ -1,0 +1,59 @@
+"""In-process tiny runs of the training options that the subprocess runs do not cover."""
+
+import json
+
+import pytest
+from accelerate.state import AcceleratorState
+
+from conftest import TINY
+from pipeline.config import TrainingConfig
+from pipeline.train import train
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Each run makes its own Accelerator, as a new process would."""
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def logged_losses(output_dir) -> list[float]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events,) = [path.parent for path in (output_dir / "logs").rglob("events.out.tfevents.*") if path.parent.name == "train_ddpm"]
+    accumulator = EventAccumulator(str(events))
+    accumulator.Reload()
+    return [event.value for event in accumulator.Scalars("loss")]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"prediction_type": "v_prediction", "loss_type": "l2", "mixed_precision": "no"},
+        {"prediction_type": "sample", "loss_type": "l1", "mixed_precision": "bf16"},
+        {"prediction_type": "epsilon", "loss_type": "l1", "optimizer": "adam", "lr_scheduler": "cosine", "use_ema": False,
+         "gradient_accumulation_steps": 2, "max_grad_norm": 0.0, "ddpm_beta_schedule": "linear"},
+    ],
+    ids=["v_prediction", "sample", "epsilon-adam-accumulation-no-ema"],
+)
+def test_prediction_types_and_options_train(tmp_path, options):
+    values = {**TINY, "max_train_steps": 40, "learning_rate": 0.005, "logging_steps": 5, "save_images_steps": 0,
+              "checkpointing_steps": 0, "max_train_samples": 256, "output_dir": str(tmp_path / "out"), **options}
+    out = train(TrainingConfig(**values))
+    losses = logged_losses(out)
+    assert len(losses) == 8
+    assert losses[-1] < 0.8 * losses[0], losses
+    run = json.loads((out / "training_config.json").read_text())["run"]
+    assert run["finished"] and run["images_per_step"] == 8 * options.get("gradient_accumulation_steps", 1)
+    assert (out / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert not (out / "checkpoints").exists()
+
+
+def test_too_few_images_for_one_batch_stops_before_training(tmp_path):
+    from pipeline.data import DataError
+
+    config = TrainingConfig(**{**TINY, "max_train_samples": 5, "output_dir": str(tmp_path / "out")})
+    with pytest.raises(DataError, match="fewer than one global batch"):
+        train(config)
+    assert not (tmp_path / "out").exists()
