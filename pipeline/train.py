@@ -122,18 +122,18 @@ def check_resume_compatible(config: TrainingConfig, checkpoint: Path) -> None:
         raise ConfigError(f"{differing[0]}: cannot resume {checkpoint}: {details}")
 
 
-def save_checkpoint(accelerator: Accelerator, config: TrainingConfig, global_step: int, run: dict) -> None:
+def save_checkpoint(accelerator: Accelerator, config: TrainingConfig, state: dict, run: dict) -> None:
     """Write checkpoint-<step> through a temporary folder, so a kill mid-write leaves the older ones intact."""
     checkpoints_dir = Path(config.output_dir) / "checkpoints"
-    final = checkpoints_dir / f"{CHECKPOINT_PREFIX}{global_step}"
-    partial = checkpoints_dir / f".{CHECKPOINT_PREFIX}{global_step}.tmp"
+    final = checkpoints_dir / f"{CHECKPOINT_PREFIX}{state['global_step']}"
+    partial = checkpoints_dir / f".{CHECKPOINT_PREFIX}{state['global_step']}.tmp"
     if accelerator.is_main_process and partial.exists():
         shutil.rmtree(partial)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(partial))  # model, optimizer, LR schedule, grad scaler, EMA, RNG of every process
     if accelerator.is_main_process:
         save_config(config, partial / "training_config.json", run)
-        (partial / "training_state.json").write_text(json.dumps({"global_step": global_step}) + "\n")
+        (partial / "training_state.json").write_text(json.dumps(state) + "\n")
         if final.exists():
             shutil.rmtree(final)
         partial.rename(final)
@@ -274,10 +274,11 @@ def train(config: TrainingConfig) -> Path:
         accelerator.init_trackers("train_ddpm", config=tracker_config(config))
 
     # ----- resume -----
-    global_step = 0
+    global_step, train_seconds = 0, 0.0
     if resume_from is not None:
         accelerator.load_state(str(resume_from))
-        global_step = json.loads((resume_from / "training_state.json").read_text())["global_step"]
+        state = json.loads((resume_from / "training_state.json").read_text())
+        global_step, train_seconds = state["global_step"], state["train_seconds"]
         accelerator.print(f"Resumed from {resume_from} at step {global_step}")
     accelerator.print(
         f"Training {count_parameters(unet):,} parameters on {len(images):,} images: {total_steps:,} steps of "
@@ -289,7 +290,6 @@ def train(config: TrainingConfig) -> Path:
     progress = tqdm(total=total_steps, initial=global_step, desc="Training", disable=not accelerator.is_main_process)
     loss_sum, loss_count = torch.zeros((), device=accelerator.device), 0
     window_start, window_steps = time.perf_counter(), 0
-    train_seconds = 0.0
     unet.train()
     while global_step < total_steps:
         # 1. forward and backward over the micro-batches of one optimizer step
@@ -353,7 +353,8 @@ def train(config: TrainingConfig) -> Path:
                 progress.write(f"step {global_step}: sample grid {path}")
             accelerator.wait_for_everyone()
         if config.checkpointing_steps and (global_step % config.checkpointing_steps == 0 or is_last):
-            save_checkpoint(accelerator, config, global_step, run)
+            state = {"global_step": global_step, "train_seconds": round(train_seconds, 1)}
+            save_checkpoint(accelerator, config, state, run)
         window_start += time.perf_counter() - pause_start
     progress.close()
 
