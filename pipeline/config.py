@@ -93,6 +93,9 @@ class TrainingConfig:
     adam_epsilon: float = 1e-8
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm; 0 turns clipping off."})
     mixed_precision: str = field(default="bf16", metadata={"help": "no, fp16 or bf16."})
+    cpu_threads: Optional[int] = field(
+        default=None, metadata={"help": "Threads per process when training on CPU; default: the available cores shared by the local processes."}
+    )
 
     # ----- EMA (diffusers.training_utils.EMAModel, with warmup) -----
     use_ema: bool = field(default=True, metadata={"help": "Keep an EMA of the weights; export and sample from it."})
@@ -158,7 +161,7 @@ def validate(config: TrainingConfig) -> None:
     _check_choice(config, "image_channels", (1, 3))
     _check_positive(config, "resolution", "train_batch_size", "gradient_accumulation_steps", "ddpm_num_steps")
     _check_positive(config, "learning_rate", "adam_epsilon", "num_grid_images", "grid_inference_steps", "logging_steps")
-    _check_positive(config, "max_train_samples", "num_epochs", "max_train_steps", "checkpoints_total_limit")
+    _check_positive(config, "max_train_samples", "num_epochs", "max_train_steps", "checkpoints_total_limit", "cpu_threads")
     _check_positive(config, "lr_warmup_steps", "min_learning_rate", "adam_weight_decay", "max_grad_norm", allow_zero=True)
     _check_positive(config, "save_images_steps", "checkpointing_steps", "dropout", "freq_shift", allow_zero=True)
 

@@ -189,6 +189,7 @@ def describe_environment(accelerator: Accelerator) -> dict:
     return {
         "hardware": hardware,
         "num_processes": accelerator.num_processes,
+        "cpu_threads_per_process": torch.get_num_threads(),
         "mixed_precision": accelerator.mixed_precision,
         "versions": {
             "python": platform.python_version(),
@@ -225,6 +226,10 @@ def train(config: TrainingConfig) -> Path:
         step_scheduler_with_optimizer=False,  # the LR schedule counts optimizer steps, whatever the process count
     )
     set_seed(config.seed, device_specific=True)  # a different noise stream per process
+    if accelerator.device.type == "cpu":
+        # `accelerate launch` without --cpu sets OMP_NUM_THREADS=1, which halves the speed on 2 cores.
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        torch.set_num_threads(config.cpu_threads or max(1, len(os.sched_getaffinity(0)) // local_processes))
 
     # ----- data: decoded once (main process first, the others read its cache) -----
     with accelerator.main_process_first():

@@ -93,6 +93,7 @@ FLAG_VALUES = {
     "adam_epsilon": (["1e-6"], 1e-6),
     "max_grad_norm": (["0"], 0.0),
     "mixed_precision": (["no"], "no"),
+    "cpu_threads": (["3"], 3),
     "use_ema": (["false"], False),
     "ema_max_decay": (["0.9999"], 0.9999),
     "ema_inv_gamma": (["2"], 2.0),

@@ -1,6 +1,7 @@
 """End to end: real `accelerate launch train_ddpm.py` runs of the tiny config, and what they leave."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -68,6 +69,8 @@ def test_run_leaves_config_grids_checkpoints_and_logs(tiny_run):
     run = saved["run"]
     assert run["finished"] is True and run["global_step"] == 6 and run["num_train_images"] == 64
     assert run["versions"]["diffusers"] and run["hardware"]
+    # `accelerate launch` without --cpu exports OMP_NUM_THREADS=1; the run still uses every core
+    assert run["cpu_threads_per_process"] == len(os.sched_getaffinity(0))
     assert sorted(path.name for path in (out / "samples").iterdir()) == ["step-3.png", "step-6.png"]
     from PIL import Image
 
