@@ -35,7 +35,7 @@ class ConfigError(ValueError):
 @dataclass
 class TrainingConfig:
     # ----- data -----
-    train_data_dir: Optional[str] = field(default=None, metadata={"help": "Folder of images (searched recursively)."})
+    train_data_dir: Optional[str] = field(default=None, metadata={"help": "Folder of images (searched recursively) or a .zip of them."})
     dataset_name: Optional[str] = field(
         default="data/fashion_mnist",
         metadata={"help": "Hub dataset id or local dataset folder (parquet, save_to_disk). Default: the embedded subset."},
@@ -47,6 +47,17 @@ class TrainingConfig:
     max_train_samples: Optional[int] = field(default=None, metadata={"help": "Train on this many images drawn at random with --seed."})
     resolution: int = field(default=28, metadata={"help": "Training resolution in pixels (square)."})
     image_channels: int = field(default=1, metadata={"help": "1 (grayscale) or 3 (RGB); the UNet's in/out channels."})
+    intermediate_resolution: Optional[int] = field(
+        default=None, metadata={"help": "Resize to this size first, then to --resolution (the report: 1024 -> 256 -> 64)."}
+    )
+    center_crop: bool = field(default=True, metadata={"help": "Scale the short side and crop the centre; false: squash to a square."})
+    min_image_size: Optional[int] = field(
+        default=None, metadata={"help": "Skip images whose short side is below this; default: half of --resolution."}
+    )
+    strict_data: bool = field(default=False, metadata={"help": "Stop on the first unusable file instead of skipping it."})
+    preprocessing_num_workers: Optional[int] = field(
+        default=None, metadata={"help": "Processes that decode images; default: every core for 1,000 images or more."}
+    )
     random_flip: bool = field(default=True, metadata={"help": "Random horizontal flip, per batch, on the device."})
 
     # ----- model: UNet2DModel arguments -----
@@ -163,6 +174,10 @@ def validate(config: TrainingConfig) -> None:
     _check_positive(config, "learning_rate", "adam_epsilon", "num_grid_images", "grid_inference_steps", "logging_steps")
     _check_positive(config, "max_train_samples", "num_epochs", "max_train_steps", "checkpoints_total_limit", "cpu_threads")
     _check_positive(config, "lr_warmup_steps", "min_learning_rate", "adam_weight_decay", "max_grad_norm", allow_zero=True)
+    _check_positive(config, "intermediate_resolution", "preprocessing_num_workers")
+    _check_positive(config, "min_image_size", allow_zero=True)
+    if config.intermediate_resolution is not None and config.intermediate_resolution < config.resolution:
+        _fail("intermediate_resolution", f"{config.intermediate_resolution} is below resolution {config.resolution}")
     _check_positive(config, "save_images_steps", "checkpointing_steps", "dropout", "freq_shift", allow_zero=True)
 
     # model

@@ -1,113 +1,384 @@
-"""Training data: any `datasets` image source, decoded once into uint8 arrays, then streamed.
+"""Training data: an image folder, a zip archive or any `datasets` source, decoded once, then streamed.
 
-load -> pick a subset -> decode + resize once (batched `datasets.map`, cached on disk by
-`datasets` and keyed by the source and every preprocessing setting) -> one uint8 tensor
-(N, C, H, W) on the training device -> seeded batches, flipped on the device at each step.
+list the source -> pick a subset -> decode, convert and resize each image once (a batched,
+parallel `datasets.map`) -> a uint8 array (N, H, W, C) cached on disk, keyed by the source and
+every preprocessing setting -> one tensor on the training device -> seeded batches, flipped on
+the device at each step. Images that cannot be used are skipped, counted and reported (or stop
+the run under --strict_data); one bad file never stops a run mid-epoch.
+
+`python -m pipeline.data prepare [training flags]` builds the cache ahead of time.
 """
 
+import hashlib
+import io
+import json
 import os
+import shutil
+import sys
+import tempfile
+import time
+import zipfile
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import datasets
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .config import TrainingConfig
+from .config import ConfigError, TrainingConfig, parse_config
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+# Bump when decoding changes what it produces for the same settings: older caches are not reused.
+CACHE_VERSION = 1
+SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
 
 
 class DataError(ValueError):
     """The data source cannot give what the configuration asks for; says what was expected."""
 
 
+class SkippedImage(Exception):
+    """One image that cannot be used; the message is the reason."""
+
+
+@dataclass
+class PreparedImages:
+    pixels: np.ndarray  # (N, H, W, C) uint8
+    summary: dict  # source, counts, skipped images and why, seconds, cache folder
+
+
 # ---------------------------------------------------------------------------------------------
-# Source
+# Sources: what to decode, and an identity that changes when the source does
 
 
-def load_source(config: TrainingConfig) -> datasets.Dataset:
-    """The configured image source as a `datasets.Dataset` (not decoded yet)."""
-    if config.train_data_dir is not None:
-        folder = Path(config.train_data_dir)
-        if not folder.is_dir():
-            raise DataError(f"train_data_dir: {folder} is not a folder of images")
-        try:
-            return datasets.load_dataset("imagefolder", data_dir=str(folder), split="train", cache_dir=config.cache_dir)
-        except (FileNotFoundError, ValueError) as error:
-            raise DataError(f"train_data_dir: no images found in {folder} ({error})") from None
+@dataclass
+class Source:
+    table: datasets.Dataset  # a "file" column (name to report), plus the image column for datasets sources
+    identity: dict
+    description: str
+    archive: Optional[str] = None  # images are members of this zip file
+    image_column: Optional[str] = None  # images are this column (bytes or paths) of a datasets source
+    ignored: tuple = ()  # (file, reason) for files that are not images at all
 
-    name = config.dataset_name
-    if Path(name, "dataset_info.json").is_file() or Path(name, "state.json").is_file():  # a save_to_disk folder
-        source = datasets.load_from_disk(name)
-        if isinstance(source, datasets.DatasetDict):
-            if config.split not in source:
-                raise DataError(f"split: {name} has no split {config.split!r}; it has {', '.join(source)}")
-            source = source[config.split]
-        return source
+
+def _files_identity(entries: list[tuple[str, int, int]]) -> str:
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
+
+
+def _folder_source(folder: Path) -> Source:
+    images, ignored, entries = [], [], []
+    for root, directories, files in os.walk(folder):
+        directories.sort()
+        for name in sorted(files):
+            path = Path(root, name)
+            relative = str(path.relative_to(folder))
+            if path.suffix.lower() not in IMAGE_EXTENSIONS:
+                ignored.append((relative, f"not an image file ({path.suffix or 'no extension'})"))
+                continue
+            stat = path.stat()
+            images.append(str(path))
+            entries.append((relative, stat.st_size, stat.st_mtime_ns))
+    if not images:
+        others = f" ({len(ignored)} other files)" if ignored else ""
+        raise DataError(f"train_data_dir: {folder} holds no image files{others}; expected {', '.join(sorted(IMAGE_EXTENSIONS))}")
+    identity = {"kind": "folder", "path": str(folder.resolve()), "files": _files_identity(entries), "count": len(images)}
+    return Source(datasets.Dataset.from_dict({"file": images}), identity, f"folder {folder}", ignored=tuple(ignored))
+
+
+def _zip_source(archive: Path) -> Source:
     try:
+        with zipfile.ZipFile(archive) as opened:
+            members = sorted(info.filename for info in opened.infolist() if not info.is_dir())
+    except zipfile.BadZipFile as error:
+        raise DataError(f"train_data_dir: {archive} is not a readable zip archive ({error})") from None
+    images = [name for name in members if Path(name).suffix.lower() in IMAGE_EXTENSIONS]
+    ignored = [(name, f"not an image file ({Path(name).suffix or 'no extension'})") for name in members if name not in set(images)]
+    if not images:
+        raise DataError(f"train_data_dir: the archive {archive} holds no image files ({len(members)} other files)")
+    stat = archive.stat()
+    identity = {"kind": "zip", "path": str(archive.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return Source(datasets.Dataset.from_dict({"file": images}), identity, f"archive {archive}", archive=str(archive), ignored=tuple(ignored))
+
+
+def load_dataset_source(config: TrainingConfig) -> datasets.Dataset:
+    """--dataset_name as a `datasets.Dataset`: a save_to_disk folder, parquet files, or anything load_dataset reads."""
+    name = config.dataset_name
+    try:
+        if Path(name, "dataset_info.json").is_file() or Path(name, "state.json").is_file():  # a save_to_disk folder
+            loaded = datasets.load_from_disk(name)
+            if isinstance(loaded, datasets.DatasetDict):
+                if config.split not in loaded:
+                    raise DataError(f"split: {name} has no split {config.split!r}; it has {', '.join(loaded)}")
+                loaded = loaded[config.split]
+            return loaded
+        if name.endswith(".parquet"):
+            return datasets.load_dataset("parquet", data_files=name, split="train", cache_dir=config.cache_dir)
         return datasets.load_dataset(name, config.dataset_config_name, split=config.split, cache_dir=config.cache_dir)
     except (FileNotFoundError, ValueError, ConnectionError) as error:
-        where = "a local folder (relative to the current directory) nor a" if not Path(name).exists() else "a"
-        raise DataError(f"dataset_name: cannot load {name!r}, split {config.split!r}: it is neither {where} "
-                        f"readable dataset ({type(error).__name__}: {error})") from None
+        if isinstance(error, DataError):
+            raise
+        where = "a local path (relative to the current directory) nor a" if not Path(name).exists() else "a"
+        raise DataError(
+            f"dataset_name: cannot load {name!r}, split {config.split!r}: it is neither {where} readable dataset "
+            f"({type(error).__name__}: {error})"
+        ) from None
 
 
-def find_image_column(source: datasets.Dataset, image_column: Optional[str]) -> str:
+def find_image_column(features: datasets.Features, image_column: Optional[str]) -> str:
     """The configured image column, or the first `datasets.Image` feature."""
     if image_column is not None:
-        if image_column not in source.features:
-            raise DataError(f"image_column: no column {image_column!r}; the dataset has {', '.join(source.features)}")
+        if image_column not in features:
+            raise DataError(f"image_column: no column {image_column!r}; the dataset has {', '.join(features)}")
+        if not isinstance(features[image_column], datasets.Image):
+            raise DataError(f"image_column: column {image_column!r} holds {features[image_column]}, not images")
         return image_column
-    for name, feature in source.features.items():
+    for name, feature in features.items():
         if isinstance(feature, datasets.Image):
             return name
-    raise DataError(f"image_column: the dataset has no Image feature (columns: {', '.join(source.features)}); pass --image_column")
+    raise DataError(f"image_column: the dataset has no Image feature (columns: {', '.join(features)}); pass --image_column")
+
+
+def open_source(config: TrainingConfig) -> Source:
+    """List the configured source without decoding anything. Raises DataError when it cannot be used."""
+    if config.train_data_dir is not None:
+        path = Path(config.train_data_dir)
+        if path.is_file() and path.suffix.lower() == ".zip":
+            return _zip_source(path)
+        if not path.is_dir():
+            raise DataError(f"train_data_dir: {path} is neither a folder of images nor a .zip archive")
+        return _folder_source(path)
+
+    loaded = load_dataset_source(config)
+    column = find_image_column(loaded.features, config.image_column)
+    table = loaded.select_columns([column]).cast_column(column, datasets.Image(decode=False))
+    identity = {
+        "kind": "dataset",
+        "name": config.dataset_name,
+        "config": config.dataset_config_name,
+        "split": config.split,
+        "column": column,
+        "fingerprint": loaded._fingerprint,  # datasets' own hash of the data files / revision
+    }
+    return Source(table, identity, f"dataset {config.dataset_name} ({config.split})", image_column=column)
 
 
 # ---------------------------------------------------------------------------------------------
-# Decode once
+# Decoding one image
 
 
-def to_uint8_array(image: Image.Image, resolution: int, channels: int) -> np.ndarray:
-    """One image -> (resolution, resolution, channels) uint8: resize the short side, crop the centre."""
-    image = image.convert("L" if channels == 1 else "RGB")
+def to_mode(image: Image.Image, channels: int) -> Image.Image:
+    """Convert any PIL mode to "L" or "RGB": 16-bit scaled (not clipped), transparency over white, CMYK to RGB."""
+    if image.mode in SIXTEEN_BIT_MODES or (image.mode == "I" and image.getextrema()[1] > 255):
+        values = np.asarray(image, dtype=np.float64) / 257.0  # 65535 -> 255
+        image = Image.fromarray(values.round().clip(0, 255).astype(np.uint8), mode="L")
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image.convert("RGBA"))
+    return image.convert("L" if channels == 1 else "RGB")
+
+
+def _fit(image: Image.Image, size: int, center_crop: bool) -> Image.Image:
+    """Make the image size x size: scale the short side and crop the centre, or squash the whole image."""
+    if not center_crop:
+        return image.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=None) if image.size != (size, size) else image
     width, height = image.size
-    scale = resolution / min(width, height)
+    scale = size / min(width, height)
     if scale != 1:
-        size = (max(resolution, round(width * scale)), max(resolution, round(height * scale)))
-        image = image.resize(size, Image.Resampling.BICUBIC, reducing_gap=None)
-    left, top = (image.width - resolution) // 2, (image.height - resolution) // 2
-    image = image.crop((left, top, left + resolution, top + resolution))
+        target = (max(size, round(width * scale)), max(size, round(height * scale)))
+        image = image.resize(target, Image.Resampling.BICUBIC, reducing_gap=None)  # antialiased when shrinking
+    left, top = (image.width - size) // 2, (image.height - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+def to_uint8_array(
+    image: Image.Image,
+    resolution: int,
+    channels: int,
+    intermediate_resolution: Optional[int] = None,
+    center_crop: bool = True,
+    min_image_size: int = 0,
+) -> np.ndarray:
+    """One image -> (resolution, resolution, channels) uint8, through the intermediate size if given."""
+    image = ImageOps.exif_transpose(image)
+    if min(image.size) < min_image_size:
+        raise SkippedImage(f"too small ({image.width}x{image.height}; the minimum side is {min_image_size})")
+    image = to_mode(image, channels)
+    for size in (intermediate_resolution, resolution):
+        if size is not None:
+            image = _fit(image, size, center_crop)
     return np.asarray(image, dtype=np.uint8).reshape(resolution, resolution, channels)
 
 
-def _decode_batch(batch: dict, image_column: str, resolution: int, channels: int) -> dict:
-    return {"pixels": [to_uint8_array(image, resolution, channels) for image in batch[image_column]]}
+_open_archives: dict[tuple[str, int], zipfile.ZipFile] = {}
 
 
-def prepare_images(config: TrainingConfig) -> np.ndarray:
-    """Decode the configured source once into a (N, H, W, C) uint8 array; cached by `datasets`."""
-    source = load_source(config)
-    image_column = find_image_column(source, config.image_column)
-    if config.max_train_samples is not None and config.max_train_samples < len(source):
-        picked = np.random.default_rng(config.seed).choice(len(source), size=config.max_train_samples, replace=False)
-        source = source.select(np.sort(picked))
-    size, channels = config.resolution, config.image_channels
-    decoded = source.map(
-        _decode_batch,
-        batched=True,
-        batch_size=256,
-        fn_kwargs={"image_column": image_column, "resolution": size, "channels": channels},
-        remove_columns=source.column_names,
-        features=datasets.Features({"pixels": datasets.Array3D(shape=(size, size, channels), dtype="uint8")}),
-        num_proc=min(os.cpu_count() or 1, 8) if len(source) >= 4096 else None,
-        desc=f"Decoding {len(source)} images to {size}x{size}x{channels}",
+def _read_bytes(file: str, entry: Optional[dict], archive: Optional[str]) -> bytes:
+    if archive is not None:
+        key = (archive, os.getpid())  # one handle per worker process
+        if key not in _open_archives:
+            _open_archives[key] = zipfile.ZipFile(archive)
+        return _open_archives[key].read(file)
+    if entry is not None and entry.get("bytes") is not None:
+        return entry["bytes"]
+    return Path(entry["path"] if entry is not None else file).read_bytes()
+
+
+def decode_image(data: bytes, settings: dict) -> np.ndarray:
+    """Bytes of one image file -> uint8 array; raises SkippedImage with the reason it cannot be used."""
+    if not data:
+        raise SkippedImage("empty file")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            return to_uint8_array(image, **settings)
+    except UnidentifiedImageError:
+        raise SkippedImage("not a readable image") from None
+    except Image.DecompressionBombError as error:
+        raise SkippedImage(f"too large ({error})") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise SkippedImage(f"corrupt or truncated ({error})") from None
+
+
+def _decode_batch(batch: dict, indices: list, archive, image_column, settings: dict) -> dict:
+    size, channels = settings["resolution"], settings["channels"]
+    pixels, errors, files = [], [], []
+    for position, index in enumerate(indices):
+        entry = batch[image_column][position] if image_column else None
+        file = batch["file"][position] if image_column is None else (entry.get("path") or f"row {index}")
+        try:
+            pixels.append(decode_image(_read_bytes(file, entry, archive), settings))
+            errors.append("")
+        except (SkippedImage, OSError) as error:  # OSError: the file vanished or cannot be read
+            pixels.append(np.zeros((size, size, channels), dtype=np.uint8))
+            errors.append(str(error) or type(error).__name__)
+        files.append(file)
+    return {"pixels": pixels, "error": errors, "file": files}
+
+
+# ---------------------------------------------------------------------------------------------
+# Decode once, cache, report
+
+
+def preprocessing_settings(config: TrainingConfig) -> dict:
+    """Everything that changes the decoded pixels (and so the cache key)."""
+    return {
+        "resolution": config.resolution,
+        "channels": config.image_channels,
+        "intermediate_resolution": config.intermediate_resolution,
+        "center_crop": config.center_crop,
+        "min_image_size": config.resolution // 2 if config.min_image_size is None else config.min_image_size,
+    }
+
+
+def cache_folder(config: TrainingConfig, source: Source) -> Path:
+    """Where the decoded images of this source and these settings live."""
+    subset = {"max_train_samples": config.max_train_samples, "seed": config.seed if config.max_train_samples else None}
+    key = json.dumps({"version": CACHE_VERSION, "source": source.identity, "settings": preprocessing_settings(config), **subset}, sort_keys=True)
+    root = Path(config.cache_dir) if config.cache_dir else Path(datasets.config.HF_DATASETS_CACHE)
+    return root / "ddpm_images" / hashlib.sha256(key.encode()).hexdigest()[:20]
+
+
+def prepare_images(config: TrainingConfig) -> PreparedImages:
+    """Decode the configured source once into (N, H, W, C) uint8, or read the cache of an earlier run."""
+    started = time.perf_counter()
+    source = open_source(config)
+    folder = cache_folder(config, source)
+    if (folder / "summary.json").is_file() and (folder / "pixels.npy").is_file():
+        summary = json.loads((folder / "summary.json").read_text())
+        prepared = PreparedImages(np.load(folder / "pixels.npy", mmap_mode="r"), {**summary, "from_cache": True})
+    else:
+        prepared = _decode_source(config, source, folder)
+    prepared.summary.update(cache=str(folder), seconds=round(time.perf_counter() - started, 2))
+    if config.strict_data and prepared.summary["files_skipped"]:
+        raise DataError(f"strict_data: {source.description} has files that cannot be used; {describe_skipped(prepared.summary)}")
+    return prepared
+
+
+def _decode_source(config: TrainingConfig, source: Source, folder: Path) -> PreparedImages:
+    """Decode (a subset of) the source in parallel; write the cache folder whole or not at all."""
+    table = source.table
+    if config.max_train_samples is not None and config.max_train_samples < len(table):
+        picked = np.random.default_rng(config.seed).choice(len(table), size=config.max_train_samples, replace=False)
+        table = table.select(np.sort(picked))
+    settings = preprocessing_settings(config)
+    size, channels = settings["resolution"], settings["channels"]
+    workers = config.preprocessing_num_workers or (len(os.sched_getaffinity(0)) if len(table) >= 1000 else 1)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))  # renamed into place when complete
+    try:
+        decoded = table.map(
+            _decode_batch,
+            with_indices=True,
+            batched=True,
+            batch_size=64,
+            fn_kwargs={"archive": source.archive, "image_column": source.image_column, "settings": settings},
+            remove_columns=table.column_names,
+            features=datasets.Features(
+                {
+                    "pixels": datasets.Array3D(shape=(size, size, channels), dtype="uint8"),
+                    "error": datasets.Value("string"),
+                    "file": datasets.Value("string"),
+                }
+            ),
+            num_proc=workers if workers > 1 else None,
+            cache_file_name=str(staging / "decoded.arrow"),
+            new_fingerprint=folder.name,
+            desc=f"Decoding {len(table):,} images to {size}x{size}x{channels}",
+        )
+        errors = list(decoded["error"])
+        keep = np.array([error == "" for error in errors], dtype=bool)
+        # Straight from Arrow: the numpy formatter would widen uint8 to int64 (8x the memory).
+        column = decoded.data.column("pixels")
+        pixels = np.concatenate([chunk.to_numpy(zero_copy_only=False) for chunk in column.chunks])[keep]
+        skipped = list(source.ignored) + [(file, error) for file, error in zip(decoded["file"], errors) if error]
+        del decoded, column
+        summary = {
+            "source": source.description,
+            "images_found": len(source.table),
+            "images_decoded": len(table),
+            "images_kept": int(keep.sum()),
+            "files_skipped": len(skipped),
+            "skipped_by_reason": dict(Counter(reason.split(" (")[0] for _, reason in skipped)),
+            "skipped_examples": [f"{file}: {reason}" for file, reason in skipped[:20]],
+            "resolution": size,
+            "channels": channels,
+        }
+        if len(pixels) == 0:
+            raise DataError(f"{source.description}: none of its {len(table)} images could be used; {describe_skipped(summary)}")
+        np.save(staging / "pixels.npy", pixels)
+        (staging / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        for shard in staging.glob("*.arrow"):
+            shard.unlink()
+        if folder.exists():
+            shutil.rmtree(folder)
+        staging.rename(folder)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return PreparedImages(pixels, {**summary, "from_cache": False})
+
+
+def describe_skipped(summary: dict, limit: int = 5) -> str:
+    """How many files were skipped, why, and the first few of them."""
+    reasons = ", ".join(f"{reason} ({count})" for reason, count in summary["skipped_by_reason"].items())
+    examples = "".join(f"\n  {example}" for example in summary["skipped_examples"][:limit])
+    more = summary["files_skipped"] - min(limit, len(summary["skipped_examples"]))
+    return f"skipped {summary['files_skipped']} file(s): {reasons}{examples}" + (f"\n  ... and {more} more" if more > 0 else "")
+
+
+def describe_prepared(summary: dict) -> str:
+    """One paragraph for the log: what was kept, what was skipped and why, how long it took."""
+    where = "read from the cache" if summary["from_cache"] else "decoded"
+    text = (
+        f"Data: {summary['images_kept']:,} images of {summary['resolution']}x{summary['resolution']}x{summary['channels']} "
+        f"from {summary['source']}, {where} in {summary['seconds']:.1f} s"
     )
-    if len(decoded) == 0:
-        raise DataError("the data source holds no images")
-    # Straight from Arrow: the numpy formatter would widen uint8 to int64 (8x the memory).
-    column = decoded.data.column("pixels")  # map() wrote a fresh table, so no indices mapping applies
-    return np.concatenate([chunk.to_numpy(zero_copy_only=False) for chunk in column.chunks])
+    return text + (f"; {describe_skipped(summary)}" if summary["files_skipped"] else "")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,3 +430,26 @@ def random_flip(images: torch.Tensor, generator: Optional[torch.Generator] = Non
 def to_model_range(images: torch.Tensor) -> torch.Tensor:
     """uint8 [0, 255] -> float [-1, 1]."""
     return images.float() / 127.5 - 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line: python -m pipeline.data prepare [training flags]
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] != "prepare":
+        print("usage: python -m pipeline.data prepare [--config PRESET] [training flags, e.g. --train_data_dir DIR]", file=sys.stderr)
+        sys.exit(2)
+    try:
+        prepared = prepare_images(parse_config(argv[1:]))
+    except (ConfigError, DataError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    print(describe_prepared(prepared.summary))
+    if not prepared.summary["from_cache"]:
+        print(f"Cache: {prepared.summary['cache']}")
+
+
+if __name__ == "__main__":
+    main()

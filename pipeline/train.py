@@ -17,6 +17,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import ProjectConfiguration, set_seed
@@ -26,7 +27,7 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from .config import ConfigError, TrainingConfig, parse_config, save_config
-from .data import DataError, ImageStream, load_source, prepare_images, random_flip, to_model_range
+from .data import DataError, ImageStream, describe_prepared, open_source, prepare_images, random_flip, to_model_range
 from .diffusion import cosine_with_min_lr, diffusion_loss, training_target
 from .model import build_noise_scheduler, build_unet, count_parameters, describe_unet
 from .sample import generate, image_grid, make_sampler
@@ -233,7 +234,9 @@ def train(config: TrainingConfig) -> Path:
 
     # ----- data: decoded once (main process first, the others read its cache) -----
     with accelerator.main_process_first():
-        pixels = prepare_images(config)  # (N, H, W, C) uint8
+        prepared = prepare_images(config)
+    accelerator.print(describe_prepared(prepared.summary))
+    pixels = np.array(prepared.pixels)  # (N, H, W, C) uint8, read into memory (the cache is memory-mapped)
     images_per_step = config.train_batch_size * accelerator.num_processes * config.gradient_accumulation_steps
     if len(pixels) < config.train_batch_size * accelerator.num_processes:
         raise DataError(
@@ -269,6 +272,7 @@ def train(config: TrainingConfig) -> Path:
     run = {
         **describe_environment(accelerator),
         "num_train_images": len(images),
+        "data": {key: prepared.summary[key] for key in ("source", "images_found", "images_kept", "files_skipped")},
         "unet_parameters": count_parameters(unet),
         "total_steps": total_steps,
         "images_per_step": images_per_step,
@@ -396,7 +400,7 @@ def dry_run(config: TrainingConfig) -> None:
     print(json.dumps(config.to_dict(), indent=2))
     print(describe_unet(config, build_unet(config)))
     try:
-        num_images = len(load_source(config))
+        num_images = len(open_source(config).table)
         source_note = ""
     except DataError as error:
         num_images, source_note = None, f" (the data source is not readable yet: {error})"

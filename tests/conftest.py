@@ -71,3 +71,72 @@ def tiny_config_file(tmp_path):
 def run_from_repo(monkeypatch):
     """The embedded dataset's path is relative to the repository root, as in the README."""
     monkeypatch.chdir(REPO)
+
+
+def _photo(rng, size: int):
+    """A smooth, photograph-like RGB image: a colour gradient plus blurred blobs (not flat noise)."""
+    import numpy as np
+    from PIL import Image, ImageFilter
+
+    y, x = np.mgrid[0:size, 0:size] / size
+    base = np.stack([x, y, 1 - x * y], axis=-1) * rng.uniform(0.4, 1.0, size=3)
+    for _ in range(4):
+        cy, cx, radius = rng.uniform(0, 1, size=3) * (1, 1, 0.3)
+        base += ((x - cx) ** 2 + (y - cy) ** 2 < radius**2)[..., None] * rng.uniform(-0.4, 0.4, size=3)
+    image = Image.fromarray((base.clip(0, 1) * 255).astype("uint8"))
+    return image.filter(ImageFilter.GaussianBlur(size / 40))
+
+
+# What the SFHQ-shaped tree holds besides its good JPEGs, and what becomes of each file.
+SFHQ_TREE_GOOD_JPEGS = 30
+SFHQ_TREE_SPECIAL = {
+    "images/images/gray.jpg": "kept",
+    "images/images/rgba.png": "kept",
+    "images/images/sixteen_bit.png": "kept",
+    "images/images/cmyk.jpg": "kept",
+    "images/images/palette.png": "kept",
+    "images/images/corrupt.jpg": "not a readable image",
+    "images/images/truncated.jpg": "corrupt or truncated",
+    "images/images/empty.jpg": "empty file",
+    "images/images/tiny.jpg": "too small",
+    "images/notes.txt": "not an image file",
+}
+
+
+@pytest.fixture(scope="session")
+def sfhq_tree(tmp_path_factory):
+    """A small SFHQ-shaped dataset (Kaggle layout images/images/*.jpg) with every kind of awkward file, and its zip."""
+    import zipfile
+
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("sfhq") / "SFHQ_part1"
+    images = root / "images" / "images"
+    images.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for index in range(SFHQ_TREE_GOOD_JPEGS):
+        _photo(rng, 96).save(images / f"SFHQ_pt1_{index:08d}.jpg", quality=90)
+    _photo(rng, 96).convert("L").save(images / "gray.jpg", quality=90)
+    rgba = _photo(rng, 96).convert("RGBA")
+    rgba.putalpha(Image.fromarray(np.where(np.arange(96)[None, :] < 48, 0, 255).astype("uint8").repeat(96, 0)))
+    rgba.save(images / "rgba.png")  # left half fully transparent
+    Image.fromarray(np.full((96, 96), 128 * 257, dtype=np.uint16)).save(images / "sixteen_bit.png")  # mid grey, 16 bits
+    Image.new("CMYK", (96, 96), (0, 255, 255, 0)).save(images / "cmyk.jpg", quality=95)  # pure red
+    palette = Image.new("P", (96, 96), 1)
+    palette.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    palette.info["transparency"] = 1  # every pixel transparent
+    palette.save(images / "palette.png", transparency=1)
+    (images / "corrupt.jpg").write_bytes(rng.bytes(3000))
+    good = (images / "SFHQ_pt1_00000000.jpg").read_bytes()
+    (images / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    (images / "empty.jpg").write_bytes(b"")
+    _photo(rng, 8).save(images / "tiny.jpg")
+    (root / "images" / "notes.txt").write_text("not an image\n")
+
+    archive = root.parent / "SFHQ_part1.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for path in sorted(root.rglob("*")):
+            if path.is_file():
+                zipped.write(path, path.relative_to(root.parent))
+    return root, archive

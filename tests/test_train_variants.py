@@ -57,3 +57,16 @@ def test_too_few_images_for_one_batch_stops_before_training(tmp_path):
     with pytest.raises(DataError, match="fewer than one global batch"):
         train(config)
     assert not (tmp_path / "out").exists()
+
+
+def test_trains_on_an_sfhq_shaped_zip_as_downloaded(tmp_path, sfhq_tree):
+    """The Kaggle download, unconverted: bad files are skipped and reported, training goes on."""
+    _, archive = sfhq_tree
+    values = {**TINY, "dataset_name": None, "train_data_dir": str(archive), "image_channels": 3, "max_train_samples": None,
+              "min_image_size": 16, "max_train_steps": 4, "save_images_steps": 0, "checkpointing_steps": 0,
+              "output_dir": str(tmp_path / "out")}
+    out = train(TrainingConfig(**values))
+    run = json.loads((out / "training_config.json").read_text())["run"]
+    assert run["data"]["source"].startswith("archive ") and run["data"]["files_skipped"] == 5
+    assert run["num_train_images"] == run["data"]["images_kept"] == 35
+    assert json.loads((out / "unet" / "config.json").read_text())["in_channels"] == 3
