@@ -59,6 +59,10 @@ class TrainingConfig:
         default=None, metadata={"help": "Processes that decode images; default: every core for 1,000 images or more."}
     )
     random_flip: bool = field(default=True, metadata={"help": "Random horizontal flip, per batch, on the device."})
+    streaming: bool = field(
+        default=False, metadata={"help": "Stream --dataset_name and decode on the fly, no cache: for sources larger than the disk."}
+    )
+    shuffle_buffer_size: int = field(default=1000, metadata={"help": "Shuffle buffer of the streamed source, in images."})
 
     # ----- model: UNet2DModel arguments -----
     block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 128], metadata={"help": "Channels per level."})
@@ -176,6 +180,14 @@ def validate(config: TrainingConfig) -> None:
     _check_positive(config, "lr_warmup_steps", "min_learning_rate", "adam_weight_decay", "max_grad_norm", allow_zero=True)
     _check_positive(config, "intermediate_resolution", "preprocessing_num_workers")
     _check_positive(config, "min_image_size", allow_zero=True)
+    _check_positive(config, "shuffle_buffer_size")
+    if config.streaming:
+        if config.dataset_name is None:
+            _fail("streaming", "streams --dataset_name sources; a folder or zip on disk is decoded once into a much smaller cache")
+        if config.num_epochs is not None:
+            _fail("num_epochs", "a streamed source has no known length; give the budget as --max_train_steps")
+        if config.max_train_samples is not None:
+            _fail("max_train_samples", "drawing a random subset needs the whole source; not available with --streaming")
     if config.intermediate_resolution is not None and config.intermediate_resolution < config.resolution:
         _fail("intermediate_resolution", f"{config.intermediate_resolution} is below resolution {config.resolution}")
     _check_positive(config, "save_images_steps", "checkpointing_steps", "dropout", "freq_shift", allow_zero=True)

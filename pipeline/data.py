@@ -103,9 +103,11 @@ def _zip_source(archive: Path) -> Source:
     return Source(datasets.Dataset.from_dict({"file": images}), identity, f"archive {archive}", archive=str(archive), ignored=tuple(ignored))
 
 
-def load_dataset_source(config: TrainingConfig) -> datasets.Dataset:
-    """--dataset_name as a `datasets.Dataset`: a save_to_disk folder, parquet files, or anything load_dataset reads."""
+def load_dataset_source(config: TrainingConfig, streaming: bool = False):
+    """--dataset_name as a `datasets.Dataset` (an `IterableDataset` when streaming): a save_to_disk folder,
+    a parquet file, or anything `load_dataset` reads."""
     name = config.dataset_name
+    verb = "stream" if streaming else "load"
     try:
         if Path(name, "dataset_info.json").is_file() or Path(name, "state.json").is_file():  # a save_to_disk folder
             loaded = datasets.load_from_disk(name)
@@ -113,16 +115,18 @@ def load_dataset_source(config: TrainingConfig) -> datasets.Dataset:
                 if config.split not in loaded:
                     raise DataError(f"split: {name} has no split {config.split!r}; it has {', '.join(loaded)}")
                 loaded = loaded[config.split]
-            return loaded
+            return loaded.to_iterable_dataset() if streaming else loaded
         if name.endswith(".parquet"):
-            return datasets.load_dataset("parquet", data_files=name, split="train", cache_dir=config.cache_dir)
-        return datasets.load_dataset(name, config.dataset_config_name, split=config.split, cache_dir=config.cache_dir)
+            return datasets.load_dataset("parquet", data_files=name, split="train", cache_dir=config.cache_dir, streaming=streaming)
+        return datasets.load_dataset(
+            name, config.dataset_config_name, split=config.split, cache_dir=config.cache_dir, streaming=streaming
+        )
     except (FileNotFoundError, ValueError, ConnectionError) as error:
         if isinstance(error, DataError):
             raise
         where = "a local path (relative to the current directory) nor a" if not Path(name).exists() else "a"
         raise DataError(
-            f"dataset_name: cannot load {name!r}, split {config.split!r}: it is neither {where} readable dataset "
+            f"dataset_name: cannot {verb} {name!r}, split {config.split!r}: it is neither {where} readable dataset "
             f"({type(error).__name__}: {error})"
         ) from None
 
@@ -419,6 +423,84 @@ class ImageStream:
             in_epoch = epochs == epoch
             indices[in_epoch] = self.permutation(epoch)[offsets[in_epoch]]
         return self.images[indices.to(self.images.device)]
+
+
+class StreamingImages:
+    """Batches decoded on the fly from a streamed `datasets` source, for sources larger than the disk.
+
+    Nothing is cached. Each process reads its own part of the stream (`split_dataset_by_node`)
+    through a seeded shuffle buffer that reshuffles every epoch; images are decoded by a thread
+    pool (PIL releases the GIL), in order, so the batches are the same on every run. Unusable
+    images are skipped and counted. `state()` (epoch, examples read) goes into checkpoints: a
+    resumed run reads past what was already used without decoding it.
+    """
+
+    def __init__(self, config: TrainingConfig, process_index: int = 0, num_processes: int = 1, device="cpu"):
+        from concurrent.futures import ThreadPoolExecutor
+
+        from datasets.distributed import split_dataset_by_node
+
+        stream = load_dataset_source(config, streaming=True)
+        if stream.features is None:
+            raise DataError(f"dataset_name: {config.dataset_name!r} does not declare its features; pass --image_column")
+        self.column = find_image_column(stream.features, config.image_column)
+        stream = stream.select_columns([self.column]).cast_column(self.column, datasets.Image(decode=False))
+        self.stream = split_dataset_by_node(stream, rank=process_index, world_size=num_processes).shuffle(
+            seed=config.seed, buffer_size=config.shuffle_buffer_size
+        )
+        self.batch_size, self.device = config.train_batch_size, device
+        self.settings = preprocessing_settings(config)
+        self.pool = ThreadPoolExecutor(max_workers=config.preprocessing_num_workers or len(os.sched_getaffinity(0)))
+        self.skipped: Counter = Counter()
+        self.epoch, self.examples_read, self.next_micro_batch = 0, 0, 0
+        self._examples = None
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "examples_read": self.examples_read, "next_micro_batch": self.next_micro_batch}
+
+    def load_state(self, state: dict) -> None:
+        self.epoch, self.examples_read, self.next_micro_batch = state["epoch"], state["examples_read"], state["next_micro_batch"]
+        self._examples = None
+
+    def _read(self):
+        """Raw examples from the current position on, across epochs."""
+        while True:
+            self.stream.set_epoch(self.epoch)
+            examples = iter(self.stream)
+            for _ in range(self.examples_read):  # resume: read past what was used, without decoding
+                next(examples)
+            read_this_epoch = self.examples_read
+            for example in examples:
+                self.examples_read += 1
+                read_this_epoch += 1
+                yield example[self.column]
+            if read_this_epoch == 0:
+                raise DataError(f"dataset_name: the stream of this process holds no images (split {self.stream})")
+            self.epoch, self.examples_read = self.epoch + 1, 0
+
+    def _decode(self, entry: dict):
+        try:
+            return decode_image(_read_bytes("", entry, None), self.settings)
+        except (SkippedImage, OSError) as error:
+            return str(error).split(" (")[0]
+
+    def batch(self, micro_batch_index: int) -> torch.Tensor:
+        """The next (B, C, H, W) uint8 batch of this process; micro-batches are read in order."""
+        if micro_batch_index != self.next_micro_batch:
+            raise RuntimeError(f"a stream reads micro-batches in order: expected {self.next_micro_batch}, got {micro_batch_index}")
+        if self._examples is None:
+            self._examples = self._read()
+        images = []
+        while len(images) < self.batch_size:
+            entries = [next(self._examples) for _ in range(self.batch_size - len(images))]
+            for result in self.pool.map(self._decode, entries):
+                if isinstance(result, str):
+                    self.skipped[result] += 1
+                else:
+                    images.append(result)
+        self.next_micro_batch += 1
+        batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()  # (B, H, W, C) -> (B, C, H, W)
+        return batch.to(self.device, non_blocking=True)
 
 
 def random_flip(images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:

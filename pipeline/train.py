@@ -27,7 +27,16 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from .config import ConfigError, TrainingConfig, parse_config, save_config
-from .data import DataError, ImageStream, describe_prepared, open_source, prepare_images, random_flip, to_model_range
+from .data import (
+    DataError,
+    ImageStream,
+    StreamingImages,
+    describe_prepared,
+    open_source,
+    prepare_images,
+    random_flip,
+    to_model_range,
+)
 from .diffusion import cosine_with_min_lr, diffusion_loss, training_target
 from .model import build_noise_scheduler, build_unet, count_parameters, describe_unet
 from .sample import generate, image_grid, make_sampler
@@ -39,7 +48,7 @@ RESUME_MUST_MATCH = (
     "resolution", "image_channels", "block_out_channels", "layers_per_block", "down_block_types", "up_block_types",
     "mid_block_type", "add_attention", "attention_head_dim", "norm_num_groups", "act_fn", "flip_sin_to_cos",
     "freq_shift", "ddpm_num_steps", "ddpm_beta_schedule", "ddpm_beta_start", "ddpm_beta_end", "prediction_type",
-    "optimizer", "use_ema", "train_batch_size", "gradient_accumulation_steps", "seed",
+    "optimizer", "use_ema", "train_batch_size", "gradient_accumulation_steps", "seed", "streaming",
 )  # fmt: skip
 
 
@@ -123,7 +132,7 @@ def check_resume_compatible(config: TrainingConfig, checkpoint: Path) -> None:
         raise ConfigError(f"{differing[0]}: cannot resume {checkpoint}: {details}")
 
 
-def save_checkpoint(accelerator: Accelerator, config: TrainingConfig, state: dict, run: dict) -> None:
+def save_checkpoint(accelerator: Accelerator, config: TrainingConfig, state: dict, run: dict, stream_state: Optional[dict]) -> None:
     """Write checkpoint-<step> through a temporary folder, so a kill mid-write leaves the older ones intact."""
     checkpoints_dir = Path(config.output_dir) / "checkpoints"
     final = checkpoints_dir / f"{CHECKPOINT_PREFIX}{state['global_step']}"
@@ -132,6 +141,9 @@ def save_checkpoint(accelerator: Accelerator, config: TrainingConfig, state: dic
         shutil.rmtree(partial)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(partial))  # model, optimizer, LR schedule, grad scaler, EMA, RNG of every process
+    if stream_state is not None:  # a streamed source: where this process is in it
+        (partial / f"stream_state_{accelerator.process_index}.json").write_text(json.dumps(stream_state) + "\n")
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         save_config(config, partial / "training_config.json", run)
         (partial / "training_state.json").write_text(json.dumps(state) + "\n")
@@ -232,20 +244,26 @@ def train(config: TrainingConfig) -> Path:
         local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
         torch.set_num_threads(config.cpu_threads or max(1, len(os.sched_getaffinity(0)) // local_processes))
 
-    # ----- data: decoded once (main process first, the others read its cache) -----
-    with accelerator.main_process_first():
-        prepared = prepare_images(config)
-    accelerator.print(describe_prepared(prepared.summary))
-    pixels = np.array(prepared.pixels)  # (N, H, W, C) uint8, read into memory (the cache is memory-mapped)
+    # ----- data: decoded once (main process first, the others read its cache), or streamed -----
     images_per_step = config.train_batch_size * accelerator.num_processes * config.gradient_accumulation_steps
-    if len(pixels) < config.train_batch_size * accelerator.num_processes:
-        raise DataError(
-            f"train_batch_size: the data holds {len(pixels)} images, fewer than one global batch of "
-            f"{config.train_batch_size * accelerator.num_processes}"
-        )
-    images = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous().to(accelerator.device)  # (N, C, H, W) uint8
-    stream = ImageStream(images, config.train_batch_size, config.seed, accelerator.process_index, accelerator.num_processes)
-    total_steps = count_train_steps(config, len(images), accelerator.num_processes)
+    if config.streaming:
+        stream = StreamingImages(config, accelerator.process_index, accelerator.num_processes, accelerator.device)
+        num_images, data_summary = None, {"source": f"stream of {config.dataset_name} ({config.split})"}
+    else:
+        with accelerator.main_process_first():
+            prepared = prepare_images(config)
+        accelerator.print(describe_prepared(prepared.summary))
+        pixels = np.array(prepared.pixels)  # (N, H, W, C) uint8, read into memory (the cache is memory-mapped)
+        if len(pixels) < config.train_batch_size * accelerator.num_processes:
+            raise DataError(
+                f"train_batch_size: the data holds {len(pixels)} images, fewer than one global batch of "
+                f"{config.train_batch_size * accelerator.num_processes}"
+            )
+        images = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous().to(accelerator.device)  # (N, C, H, W) uint8
+        stream = ImageStream(images, config.train_batch_size, config.seed, accelerator.process_index, accelerator.num_processes)
+        num_images = len(images)
+        data_summary = {key: prepared.summary[key] for key in ("source", "images_found", "images_kept", "files_skipped")}
+    total_steps = count_train_steps(config, num_images, accelerator.num_processes)
 
     # ----- model, optimizer, schedules, EMA -----
     unet = build_unet(config)
@@ -271,8 +289,8 @@ def train(config: TrainingConfig) -> Path:
 
     run = {
         **describe_environment(accelerator),
-        "num_train_images": len(images),
-        "data": {key: prepared.summary[key] for key in ("source", "images_found", "images_kept", "files_skipped")},
+        "num_train_images": num_images,
+        "data": data_summary,
         "unet_parameters": count_parameters(unet),
         "total_steps": total_steps,
         "images_per_step": images_per_step,
@@ -288,11 +306,13 @@ def train(config: TrainingConfig) -> Path:
         accelerator.load_state(str(resume_from))
         state = json.loads((resume_from / "training_state.json").read_text())
         global_step, train_seconds = state["global_step"], state["train_seconds"]
+        if config.streaming:
+            stream.load_state(json.loads((resume_from / f"stream_state_{accelerator.process_index}.json").read_text()))
         accelerator.print(f"Resumed from {resume_from} at step {global_step}")
+    epochs = f"{total_steps * images_per_step / num_images:.1f} epochs" if num_images else "streamed"
     accelerator.print(
-        f"Training {count_parameters(unet):,} parameters on {len(images):,} images: {total_steps:,} steps of "
-        f"{images_per_step} images ({total_steps * images_per_step / len(images):.1f} epochs), "
-        f"{accelerator.num_processes} process(es), mixed precision {config.mixed_precision}"
+        f"Training {count_parameters(unet):,} parameters on {num_images or 'a stream of'} images: {total_steps:,} steps of "
+        f"{images_per_step} images ({epochs}), {accelerator.num_processes} process(es), mixed precision {config.mixed_precision}"
     )
 
     # ----- training loop -----
@@ -363,9 +383,12 @@ def train(config: TrainingConfig) -> Path:
             accelerator.wait_for_everyone()
         if config.checkpointing_steps and (global_step % config.checkpointing_steps == 0 or is_last):
             state = {"global_step": global_step, "train_seconds": round(train_seconds, 1)}
-            save_checkpoint(accelerator, config, state, run)
+            save_checkpoint(accelerator, config, state, run, stream.state() if config.streaming else None)
         window_start += time.perf_counter() - pause_start
     progress.close()
+    if config.streaming:
+        skipped = accelerator.reduce(torch.tensor(sum(stream.skipped.values()), device=accelerator.device), reduction="sum")
+        run["data"]["files_skipped"] = int(skipped.item())
 
     # ----- export: EMA weights into a stock DDPMPipeline -----
     if accelerator.is_main_process:
@@ -400,8 +423,8 @@ def dry_run(config: TrainingConfig) -> None:
     print(json.dumps(config.to_dict(), indent=2))
     print(describe_unet(config, build_unet(config)))
     try:
-        num_images = len(open_source(config).table)
-        source_note = ""
+        num_images = None if config.streaming else len(open_source(config).table)
+        source_note = " (streamed: the length is not known ahead)" if config.streaming else ""
     except DataError as error:
         num_images, source_note = None, f" (the data source is not readable yet: {error})"
     if config.max_train_samples is not None:

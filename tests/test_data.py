@@ -257,3 +257,48 @@ def test_random_flip_flips_about_half():
 def test_model_range():
     values = to_model_range(torch.tensor([0, 255], dtype=torch.uint8))
     assert values.tolist() == [-1.0, 1.0]
+
+
+# ----- streaming -----
+
+
+def streaming_config(*flags):
+    return parse_config(["--streaming", "--train_batch_size", "16", "--shuffle_buffer_size", "64", *flags])
+
+
+def test_streaming_batches_are_seeded_and_resume_exactly():
+    first = data.StreamingImages(streaming_config())
+    batches = [first.batch(k) for k in range(4)]
+    assert batches[0].shape == (16, 1, 28, 28) and batches[0].dtype == torch.uint8
+    again = data.StreamingImages(streaming_config())
+    assert torch.equal(again.batch(0), batches[0])
+    resumed = data.StreamingImages(streaming_config())
+    first_two = data.StreamingImages(streaming_config())
+    first_two.batch(0), first_two.batch(1)
+    resumed.load_state(first_two.state())
+    assert resumed.state() == {"epoch": 0, "examples_read": 32, "next_micro_batch": 2}
+    assert torch.equal(resumed.batch(2), batches[2]) and torch.equal(resumed.batch(3), batches[3])
+    with pytest.raises(RuntimeError, match="in order"):
+        resumed.batch(7)
+
+
+def test_streaming_processes_read_disjoint_parts():
+    ranks = [data.StreamingImages(streaming_config(), process_index=rank, num_processes=2) for rank in range(2)]
+    seen = [{bytes(image.numpy()) for k in range(10) for image in rank.batch(k)} for rank in ranks]
+    assert len(seen[0]) == len(seen[1]) == 160
+    assert not seen[0] & seen[1]
+
+
+def test_streaming_crosses_epochs_and_skips_bad_images(tmp_path):
+    import datasets
+
+    good = [encoded(Image.new("L", (28, 28), value), "PNG") for value in range(0, 250, 25)]  # 10 distinct images
+    rows = [{"bytes": image, "path": None} for image in good] + [{"bytes": b"broken", "path": None}]
+    table = datasets.Dataset.from_dict({"image": rows}, features=datasets.Features({"image": datasets.Image()}))
+    table.to_parquet(tmp_path / "small.parquet")
+    stream = data.StreamingImages(streaming_config("--dataset_name", str(tmp_path / "small.parquet"), "--train_batch_size", "4"))
+    values = [int(image[0, 0, 0]) for k in range(5) for image in stream.batch(k)]  # 20 images: 2 epochs of 10
+    assert sorted(values[:10]) == sorted(values[10:]) == list(range(0, 250, 25))
+    skipped = stream.skipped["not a readable image"]
+    assert skipped >= 1 and set(stream.skipped) == {"not a readable image"}
+    assert stream.epoch * 11 + stream.examples_read == 20 + skipped  # every example read is used or skipped

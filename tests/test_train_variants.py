@@ -70,3 +70,26 @@ def test_trains_on_an_sfhq_shaped_zip_as_downloaded(tmp_path, sfhq_tree):
     assert run["data"]["source"].startswith("archive ") and run["data"]["files_skipped"] == 5
     assert run["num_train_images"] == run["data"]["images_kept"] == 35
     assert json.loads((out / "unet" / "config.json").read_text())["in_channels"] == 3
+
+
+def test_streaming_run_checkpoints_its_position_and_resumes(tmp_path):
+    values = {**TINY, "streaming": True, "max_train_samples": None, "max_train_steps": 6, "save_images_steps": 0,
+              "checkpointing_steps": 3, "output_dir": str(tmp_path / "out")}
+    out = train(TrainingConfig(**values))
+    state = json.loads((out / "checkpoints" / "checkpoint-3" / "stream_state_0.json").read_text())
+    assert state == {"epoch": 0, "examples_read": 24, "next_micro_batch": 3}
+    run = json.loads((out / "training_config.json").read_text())["run"]
+    assert run["num_train_images"] is None and run["data"]["files_skipped"] == 0
+
+    import shutil
+
+    from safetensors.torch import load_file
+
+    resumed = tmp_path / "resumed"
+    shutil.copytree(out / "checkpoints" / "checkpoint-3", resumed / "checkpoints" / "checkpoint-3")
+    AcceleratorState._reset_state(reset_partial_state=True)
+    train(TrainingConfig(**{**values, "output_dir": str(resumed), "resume_from_checkpoint": "latest"}))
+    expected = load_file(out / "unet" / "diffusion_pytorch_model.safetensors")
+    actual = load_file(resumed / "unet" / "diffusion_pytorch_model.safetensors")
+    for name in expected:
+        assert (expected[name] == actual[name]).all(), name
