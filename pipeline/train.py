@@ -214,6 +214,16 @@ def describe_environment(accelerator: Accelerator) -> dict:
     }
 
 
+def launched_on_cpus() -> bool:
+    """Several processes (torchrun's LOCAL_RANK is set) on a machine without GPUs.
+
+    Accelerate joins such processes into one gloo group only when asked for the CPU; without
+    this, `accelerate launch --multi_gpu --num_processes 2` on a CPU machine would start two
+    independent runs writing to the same folder.
+    """
+    return "LOCAL_RANK" in os.environ and not torch.cuda.is_available()
+
+
 def tracker_config(config: TrainingConfig) -> dict:
     """TensorBoard's hparams accept scalars and strings only."""
     return {name: value if isinstance(value, (int, float, str, bool)) else str(value) for name, value in config.to_dict().items()}
@@ -233,6 +243,7 @@ def train(config: TrainingConfig) -> Path:
 
     # ----- Accelerate -----
     accelerator = Accelerator(
+        cpu=launched_on_cpus(),
         mixed_precision=config.mixed_precision,
         log_with=None if config.logger == "none" else config.logger,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
@@ -417,7 +428,7 @@ def train(config: TrainingConfig) -> Path:
 
 def dry_run(config: TrainingConfig) -> None:
     """Print the resolved config, the UNet and the step count; decode nothing, train nothing."""
-    state = PartialState()
+    state = PartialState(cpu=launched_on_cpus())
     if not state.is_main_process:
         return
     print(json.dumps(config.to_dict(), indent=2))

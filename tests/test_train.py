@@ -128,3 +128,20 @@ def test_existing_checkpoints_are_never_overwritten_by_a_new_run(tiny_run, tmp_p
     assert "error: resume_from_checkpoint:" in result.stderr and "--resume_from_checkpoint latest" in result.stderr
     assert "train.py\", line" not in result.stderr  # a message, not a traceback from our code
     assert sorted(path.name for path in (out / "checkpoints").iterdir()) == before
+
+
+def test_two_processes_on_cpu_train_as_one_group(tmp_path):
+    """`--multi_gpu` starts the processes with torchrun; on a CPU machine they join one gloo group."""
+    import yaml
+
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump({**TINY, "save_images_steps": 0, "checkpointing_steps": 6}))
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "train_ddpm.py",
+               "--config", str(tmp_path / "tiny.yaml"), "--output_dir", str(tmp_path / "out")]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = json.loads((tmp_path / "out" / "training_config.json").read_text())["run"]
+    assert run["num_processes"] == 2 and run["images_per_step"] == 16  # the batch is per process
+    checkpoint = tmp_path / "out" / "checkpoints" / "checkpoint-6"
+    assert (checkpoint / "random_states_0.pkl").is_file() and (checkpoint / "random_states_1.pkl").is_file()
+    assert result.stdout.count("Exported the DDPMPipeline") == 1  # only the main process exports
+    assert unet_weights(tmp_path / "out")
