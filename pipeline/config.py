@@ -56,7 +56,7 @@ class TrainingConfig:
     )
     strict_data: bool = field(default=False, metadata={"help": "Stop on the first unusable file instead of skipping it."})
     preprocessing_num_workers: Optional[int] = field(
-        default=None, metadata={"help": "Processes that decode images; default: every core for 1,000 images or more."}
+        default=None, metadata={"help": "Processes that decode images; default: every core for 256 images or more."}
     )
     random_flip: bool = field(default=True, metadata={"help": "Random horizontal flip, per batch, on the device."})
     streaming: bool = field(
