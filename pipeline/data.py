@@ -410,9 +410,6 @@ class ImageStream:
         self.process_index, self.num_processes = process_index, num_processes
         self._permutations: dict[int, torch.Tensor] = {}
 
-    def __len__(self) -> int:
-        return len(self.images)
-
     def permutation(self, epoch: int) -> torch.Tensor:
         if epoch not in self._permutations:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
