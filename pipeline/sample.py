@@ -1,39 +1,101 @@
-"""Sampling from a UNet with any of diffusers' samplers, built from the training scheduler's config."""
+"""Sampling from a UNet with any of diffusers' samplers, built from the training scheduler's config.
 
+`python -m pipeline.sample --model ddpm-quickstart --sampler dpmsolver++ --steps 20` writes
+numbered PNGs, a grid and `samples.json` (what was run, how long it took) into a folder.
+"""
+
+import argparse
+import json
 import math
+import sys
+import time
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
 from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, DPMSolverMultistepScheduler
 from PIL import Image
+from tqdm.auto import tqdm
+
+from .config import SAMPLERS
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def make_sampler(name: str, scheduler_config: dict):
-    """A sampler by name, sharing the training scheduler's betas and prediction type."""
+class SampleError(ValueError):
+    """A sampling request that cannot be carried out; the message says which option and why."""
+
+
+def make_sampler(name: str, scheduler_config: dict, solver_order: int = 2):
+    """A sampler by name, sharing the training scheduler's betas and prediction type.
+
+    ddpm: the ancestral chain (on a strided subsequence when steps < T); ddim: deterministic for
+    eta = 0; dpmsolver++: the multistep DPM-Solver++ of order `solver_order` (2 or 3).
+    """
     if name == "ddpm":
         return DDPMScheduler.from_config(scheduler_config)
     if name == "ddim":
         return DDIMScheduler.from_config(scheduler_config)
     if name == "dpmsolver++":
-        return DPMSolverMultistepScheduler.from_config(scheduler_config, algorithm_type="dpmsolver++", solver_order=2)
-    raise ValueError(f"unknown sampler {name!r}")
+        if solver_order not in (2, 3):
+            raise SampleError(f"solver_order: DPM-Solver++ runs at order 2 or 3, not {solver_order}")
+        return DPMSolverMultistepScheduler.from_config(scheduler_config, algorithm_type="dpmsolver++", solver_order=solver_order)
+    raise SampleError(f"sampler: unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+
+
+def image_generators(seed: int, start: int, count: int) -> list[torch.Generator]:
+    """One generator per image, from independent streams of `seed`: image i is the same whatever the batch size."""
+    states = np.random.SeedSequence(seed).spawn(start + count)[start:]
+    return [torch.Generator().manual_seed(int(state.generate_state(1, dtype=np.uint64)[0] >> 1)) for state in states]
 
 
 @torch.no_grad()
-def generate(unet, sampler, num_images: int, num_inference_steps: int, seed: int, batch_size: Optional[int] = None) -> np.ndarray:
-    """Sample images as (N, H, W, C) float in [0, 1]; the same seed gives the same images."""
-    pipeline = DDPMPipeline(unet=unet, scheduler=sampler)
-    pipeline.set_progress_bar_config(disable=True)
-    generator = torch.Generator(device="cpu").manual_seed(seed)
+def sample_batch(unet, sampler, generators: list[torch.Generator], num_inference_steps: int, eta: float = 0.0, on_step=None) -> torch.Tensor:
+    """Run the sampler from noise for one batch; returns (B, C, H, W) float32 in [0, 1] on the CPU.
+
+    The running sample stays float32 whatever the UNet's dtype: only the model call is in low precision.
+    """
+    config = unet.config
+    shape = (len(generators), config.in_channels, config.sample_size, config.sample_size)
+    noise = torch.stack([torch.randn(shape[1:], generator=generator) for generator in generators])
+    sampler.set_timesteps(num_inference_steps, device=unet.device)
+    sample = noise.to(unet.device) * sampler.init_noise_sigma
+    extra = {"eta": eta} if isinstance(sampler, DDIMScheduler) else {}
+    for timestep in sampler.timesteps:
+        model_input = sampler.scale_model_input(sample, timestep).to(unet.dtype)
+        model_output = unet(model_input, timestep).sample.float()
+        # The schedulers draw their per-step noise on the CPU from the per-image generators.
+        sample = sampler.step(model_output, timestep, sample, generator=generators, **extra).prev_sample
+        if on_step is not None:
+            on_step()
+    return (sample / 2 + 0.5).clamp(0, 1).cpu()
+
+
+def generate(
+    unet,
+    sampler,
+    num_images: int,
+    num_inference_steps: int,
+    seed: int,
+    batch_size: Optional[int] = None,
+    eta: float = 0.0,
+    progress: bool = False,
+) -> np.ndarray:
+    """Sample images as (N, H, W, C) float in [0, 1]; the same seed gives the same images at any batch size."""
     batch_size = batch_size or num_images
     batches = []
-    for start in range(0, num_images, batch_size):
-        count = min(batch_size, num_images - start)
-        # "pt", not "np": under bf16 autocast some samplers return bf16, which numpy cannot hold
-        output = pipeline(batch_size=count, generator=generator, num_inference_steps=num_inference_steps, output_type="pt")
-        batches.append(output.images.float().permute(0, 2, 3, 1).cpu().numpy())  # (B, C, H, W) -> (B, H, W, C)
+    with tqdm(total=math.ceil(num_images / batch_size) * num_inference_steps, desc="sampling", unit="step", disable=not progress) as bar:
+        for start in range(0, num_images, batch_size):
+            generators = image_generators(seed, start, min(batch_size, num_images - start))
+            images = sample_batch(unet, sampler, generators, num_inference_steps, eta=eta, on_step=lambda: bar.update())
+            batches.append(images.permute(0, 2, 3, 1).numpy())  # (B, C, H, W) -> (B, H, W, C)
     return np.concatenate(batches)
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """(N, H, W, C) floats in [0, 1] -> uint8, rounded the way a PNG of the image stores it."""
+    return (images * 255).round().clip(0, 255).astype(np.uint8)
 
 
 def image_grid(images: np.ndarray) -> Image.Image:
@@ -43,9 +105,128 @@ def image_grid(images: np.ndarray) -> Image.Image:
     rows = math.ceil(count / columns)
     pad = 2
     grid = np.zeros((rows * (height + pad) + pad, columns * (width + pad) + pad, channels), dtype=np.uint8)
-    pixels = (images * 255).round().clip(0, 255).astype(np.uint8)
-    for index, image in enumerate(pixels):
+    for index, image in enumerate(to_uint8(images)):
         row, column = divmod(index, columns)
         top, left = pad + row * (height + pad), pad + column * (width + pad)
         grid[top : top + height, left : left + width] = image
     return Image.fromarray(grid[..., 0] if channels == 1 else grid)
+
+
+def load_pipeline(model: str, device: str = "cpu", dtype: str = "fp32") -> DDPMPipeline:
+    """A saved DDPMPipeline from an output folder or a Hub id, its UNet on `device` in `dtype`."""
+    if dtype not in DTYPES:
+        raise SampleError(f"dtype: choose one of {', '.join(DTYPES)}, not {dtype!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SampleError(f"device: {device} asked for, but this machine has no CUDA GPU; use --device cpu")
+    path = Path(model)
+    if path.exists() and not (path / "model_index.json").is_file():
+        raise SampleError(f"model: {model} holds no model_index.json; pass a training output folder or a Hub id")
+    try:
+        pipeline = DDPMPipeline.from_pretrained(model, dtype=DTYPES[dtype])
+    except (OSError, ValueError) as error:
+        raise SampleError(f"model: cannot load a DDPMPipeline from {model!r} ({type(error).__name__}: {error})") from None
+    pipeline.unet.to(device).eval()
+    return pipeline
+
+
+class CountingUNet(torch.nn.Module):
+    """The UNet with a count of its forward calls on images: model evaluations, the unit samplers cost in."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self.unet = unet
+        self.evaluations = 0
+
+    @property
+    def config(self):
+        return self.unet.config
+
+    @property
+    def device(self):
+        return self.unet.device
+
+    @property
+    def dtype(self):
+        return self.unet.dtype
+
+    def forward(self, sample, timestep):
+        self.evaluations += sample.shape[0]
+        return self.unet(sample, timestep)
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.sample", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="Training output folder (or any saved DDPMPipeline) or a Hub id.")
+    parser.add_argument("--output_dir", required=True, help="Folder for the PNGs, grid.png and samples.json.")
+    parser.add_argument("--num_images", type=int, default=64)
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sampler", default="dpmsolver++", choices=SAMPLERS)
+    parser.add_argument("--steps", type=int, default=25, help="Model evaluations per image.")
+    parser.add_argument("--eta", type=float, default=0.0, help="DDIM only: 0 deterministic, 1 ancestral-like.")
+    parser.add_argument("--solver_order", type=int, default=2, choices=(2, 3), help="DPM-Solver++ only.")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="fp32", choices=tuple(DTYPES))
+    parser.add_argument("--grid_images", type=int, default=64, help="How many of the images go into grid.png (0: no grid).")
+    args = parser.parse_args(argv)
+    for name in ("num_images", "batch_size", "steps"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
+    if args.eta < 0:
+        parser.error("--eta must be >= 0")
+    if args.eta and args.sampler != "ddim":
+        parser.error("--eta applies to the ddim sampler only")
+    return args
+
+
+def run_sampling(args: argparse.Namespace) -> dict:
+    """Load, sample, write PNGs + grid + samples.json; returns what samples.json holds."""
+    pipeline = load_pipeline(args.model, args.device, args.dtype)
+    sampler = make_sampler(args.sampler, pipeline.scheduler.config, args.solver_order)
+    unet = CountingUNet(pipeline.unet)
+    output = Path(args.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    images = generate(unet, sampler, args.num_images, args.steps, args.seed, args.batch_size, eta=args.eta, progress=True)
+    seconds = time.perf_counter() - started
+    pixels = to_uint8(images)
+    for index, image in enumerate(pixels):
+        Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(output / f"{index:06d}.png")
+    if args.grid_images:
+        image_grid(images[: args.grid_images]).save(output / "grid.png")
+    record = {
+        "model": args.model,
+        "num_images": args.num_images,
+        "resolution": int(images.shape[1]),
+        "channels": int(images.shape[3]),
+        "sampler": args.sampler,
+        "steps": args.steps,
+        "eta": args.eta if args.sampler == "ddim" else None,
+        "solver_order": args.solver_order if args.sampler == "dpmsolver++" else None,
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+        "device": args.device,
+        "dtype": args.dtype,
+        "model_evaluations_per_image": unet.evaluations / args.num_images,
+        "seconds": round(seconds, 2),
+        "images_per_second": round(args.num_images / seconds, 2),
+    }
+    (output / "samples.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    args = parse_args(argv)
+    try:
+        record = run_sampling(args)
+    except SampleError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    print(
+        f"{record['num_images']} images in {record['seconds']} s ({record['images_per_second']} images/s, "
+        f"{record['model_evaluations_per_image']:g} model evaluations each) -> {args.output_dir}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,298 @@
+"""Sampling and FID/KID: our path against clean-fid's own and against an independent float64 computation.
+
+The Inception weights cannot be downloaded here, so the distances run on clean-fid's
+`custom_feat_extractor` contract with a small deterministic network; everything else (resizing,
+statistics, the distance, the commands, the weights handling) is the real code.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+from PIL import Image
+
+from pipeline import evaluate as ev
+from pipeline.config import TrainingConfig
+from pipeline.data import prepare_images
+from pipeline.model import build_noise_scheduler, build_unet
+from pipeline.train import export_pipeline
+
+from conftest import TINY
+
+
+class TinyFeatures(torch.nn.Module):
+    """A fixed random conv net: (N, 3, 299, 299) in [0, 255] -> (N, 32) features, as clean-fid's extractors take."""
+
+    def __init__(self):
+        super().__init__()
+        generator = torch.Generator().manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 8, kernel_size=9, stride=6)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=generator) * 0.1)
+            self.conv.bias.zero_()
+
+    @torch.no_grad()
+    def forward(self, batch):
+        hidden = torch.tanh(self.conv(batch / 255 - 0.5))
+        return torch.nn.functional.adaptive_avg_pool2d(hidden, 2).flatten(1)
+
+
+FEATURES = "tiny test network"
+
+
+@pytest.fixture(scope="module")
+def garments():
+    """80 real 16x16 images through the training data loader, and the same images made brighter."""
+    config = TrainingConfig(**{**TINY, "max_train_samples": 80})
+    pixels = np.asarray(prepare_images(config).pixels)
+    brighter = np.clip(pixels.astype(np.int16) + 60, 0, 255).astype(np.uint8)
+    return pixels, brighter
+
+
+@pytest.fixture(scope="module")
+def tiny_pipeline(tmp_path_factory):
+    """A saved DDPMPipeline with the tiny UNet (untrained: the commands' plumbing is what is under test)."""
+    torch.manual_seed(0)
+    config = TrainingConfig(**TINY)
+    folder = tmp_path_factory.mktemp("tiny_pipeline")
+    export_pipeline(build_unet(config), build_noise_scheduler(config), folder)
+    return folder
+
+
+def independent_fid(features1, features2):
+    """The textbook formula in float64 with scipy's sqrtm: nothing shared with our implementation."""
+    f1, f2 = np.asarray(features1, np.float64), np.asarray(features2, np.float64)
+    mu1, mu2 = f1.mean(0), f2.mean(0)
+    c1 = (f1 - mu1).T @ (f1 - mu1) / (len(f1) - 1)
+    c2 = (f2 - mu2).T @ (f2 - mu2) / (len(f2) - 1)
+    root = scipy.linalg.sqrtm(c1 @ c2)
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(c1) + np.trace(c2) - 2 * np.trace(root).real)
+
+
+def features_of(images, mode="clean"):
+    return ev.extract_features(images, TinyFeatures(), mode, batch_size=32)
+
+
+# ---------------------------------------------------------------------------------------------
+# The distance
+
+
+@pytest.mark.parametrize("size", [2, 16, 128, 512])
+def test_frechet_distance_matches_scipy_sqrtm_on_random_spd_matrices(size):
+    rng = np.random.default_rng(size)
+    a, b = rng.normal(size=(2 * size, size)), rng.normal(size=(2 * size, size))
+    sigma1, sigma2 = a.T @ a / size + 0.1 * np.eye(size), b.T @ b / size + 0.1 * np.eye(size)
+    mu1, mu2 = rng.normal(size=size), rng.normal(size=size)
+    expected = ((mu1 - mu2) ** 2).sum() + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(scipy.linalg.sqrtm(sigma1 @ sigma2)).real
+    assert ev.frechet_distance(mu1, sigma1, mu2, sigma2) == pytest.approx(expected, rel=1e-6)
+
+
+def test_frechet_distance_of_rank_deficient_covariances_is_finite_and_symmetric():
+    rng = np.random.default_rng(1)
+    features1, features2 = rng.normal(size=(10, 64)), rng.normal(size=(10, 64)) + 0.5  # 10 samples, 64 dimensions
+    forward = ev.frechet_distance(*ev.statistics(features1), *ev.statistics(features2))
+    backward = ev.frechet_distance(*ev.statistics(features2), *ev.statistics(features1))
+    assert np.isfinite(forward) and forward > 0
+    assert forward == pytest.approx(backward, rel=1e-9)
+    # the square roots of the null space's rounding noise (~1e-15) add up to ~1e-6 against a trace of ~64
+    assert ev.frechet_distance(*ev.statistics(features1), *ev.statistics(features1)) == pytest.approx(0, abs=1e-5)
+
+
+def test_statistics_of_different_sizes_are_refused():
+    with pytest.raises(ev.EvalError, match="different sizes"):
+        ev.frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+
+
+# ---------------------------------------------------------------------------------------------
+# Features: our path against clean-fid's folder path and an independent computation
+
+
+def test_fid_of_a_set_with_itself_is_zero_and_a_shifted_set_is_far(garments):
+    pixels, brighter = garments
+    real = features_of(pixels)
+    assert real.dtype == np.float64 and real.shape == (80, 32)
+    assert ev.frechet_distance(*ev.statistics(real), *ev.statistics(real)) == pytest.approx(0, abs=1e-6)
+    halves = ev.frechet_distance(*ev.statistics(real[:40]), *ev.statistics(real[40:]))
+    shifted = ev.frechet_distance(*ev.statistics(real), *ev.statistics(features_of(brighter)))
+    assert shifted > 5 * halves > 0
+
+
+def test_fid_equals_an_independent_float64_computation_on_the_same_features(garments):
+    pixels, brighter = garments
+    real, bright = features_of(pixels), features_of(brighter)
+    ours = ev.frechet_distance(*ev.statistics(real), *ev.statistics(bright))
+    assert ours == pytest.approx(independent_fid(real, bright), rel=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["clean", "legacy_pytorch"])
+def test_fid_equals_clean_fids_own_folder_computation(garments, tmp_path, mode):
+    """Same images written as PNGs and read by clean-fid itself: same resizing, same number."""
+    from cleanfid import fid as cleanfid
+
+    pixels, brighter = garments
+    for name, images in (("real", pixels), ("bright", brighter)):
+        (tmp_path / name).mkdir()
+        for index, image in enumerate(images):
+            Image.fromarray(image[..., 0]).save(tmp_path / name / f"{index:04d}.png")
+    extractor = TinyFeatures()
+    theirs = cleanfid.compute_fid(
+        str(tmp_path / "real"), str(tmp_path / "bright"), mode=mode, custom_feat_extractor=extractor,
+        num_workers=0, batch_size=32, device=torch.device("cpu"), verbose=False,
+    )  # fmt: skip
+    ours = ev.frechet_distance(*ev.statistics(features_of(pixels, mode)), *ev.statistics(features_of(brighter, mode)))
+    assert ours == pytest.approx(theirs, rel=1e-5)
+
+
+def test_wrongly_laid_out_images_never_reach_the_extractor(garments):
+    pixels, _ = garments
+    with pytest.raises(ev.EvalError, match="channel-last"):
+        features_of(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)))  # channel-first
+    with pytest.raises(ev.EvalError, match="uint8"):
+        features_of(pixels.astype(np.float32) / 127.5 - 1)  # [-1, 1] floats
+    with pytest.raises(ev.EvalError, match="uint8"):
+        features_of(torch.from_numpy(pixels))
+    with pytest.raises(ev.EvalError, match="at least 2"):
+        features_of(pixels[:1])
+
+
+def test_kid_is_reproducible_and_orders_sets(garments):
+    pixels, brighter = garments
+    real, bright = features_of(pixels), features_of(brighter)
+    same = ev.kernel_inception_distance(real[:40], real[40:], seed=3)
+    assert same == ev.kernel_inception_distance(real[:40], real[40:], seed=3)
+    assert ev.kernel_inception_distance(real, bright, seed=3) > same + 1e-3
+
+
+# ---------------------------------------------------------------------------------------------
+# Inception weights: offline, given, corrupt
+
+
+def test_missing_weights_without_network_stop_with_a_message_naming_the_file(tmp_path):
+    previous = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    try:
+        with pytest.raises(ev.EvalError) as raised:
+            ev.find_weights("legacy_pytorch", url="http://127.0.0.1:9/pt_inception-2015-12-05-6726825d.pth")
+    finally:
+        torch.hub.set_dir(previous)
+    message = str(raised.value)
+    expected = tmp_path / "hub" / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth"
+    assert str(expected) in message and "--inception_weights" in message and "could not be downloaded" in message
+    assert not list((tmp_path / "hub" / "checkpoints").iterdir())  # no partial file left behind
+
+
+@pytest.mark.parametrize("mode", ev.MODES)
+def test_corrupt_weights_are_refused_with_a_clear_message(tmp_path, mode):
+    corrupt = tmp_path / "weights.bin"
+    corrupt.write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(ev.EvalError, match="is not a usable .*download .* again"):
+        ev.build_inception(mode, corrupt)
+
+
+def run_module(*args, check=True):
+    result = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=300)
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_evaluate_command_stops_on_missing_or_corrupt_weights(tiny_pipeline, tmp_path):
+    base = ["pipeline.evaluate", "fid", "--model", str(tiny_pipeline), "--reference_dataset", "data/fashion_mnist", "--device", "cpu"]
+    missing = run_module(*base, "--inception_weights", str(tmp_path / "nowhere.pt"), check=False)
+    assert missing.returncode == 2
+    assert "error: inception_weights: no file at" in missing.stderr and "inception-2015-12-05.pt" in missing.stderr
+    corrupt = tmp_path / "inception-2015-12-05.pt"
+    corrupt.write_bytes(b"not a torchscript archive" * 100)
+    refused = run_module(*base, "--inception_weights", str(corrupt), check=False)
+    assert refused.returncode == 2 and "is not a usable inception-2015-12-05.pt" in refused.stderr
+    assert not (tiny_pipeline / "eval").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# The two commands end to end on a saved pipeline
+
+
+def test_sample_command_writes_pngs_grid_and_record_and_is_seeded(tiny_pipeline, tmp_path):
+    common = ["pipeline.sample", "--model", str(tiny_pipeline), "--num_images", "6", "--sampler", "ddpm", "--steps", "4", "--device", "cpu"]
+    run_module(*common, "--batch_size", "6", "--output_dir", str(tmp_path / "a"))
+    run_module(*common, "--batch_size", "4", "--output_dir", str(tmp_path / "b"))
+    record = json.loads((tmp_path / "a" / "samples.json").read_text())
+    assert record["num_images"] == 6 and record["sampler"] == "ddpm" and record["model_evaluations_per_image"] == 4
+    assert (tmp_path / "a" / "grid.png").is_file()
+    for index in range(6):  # the same seed gives the same images, whatever the batch size
+        a = np.asarray(Image.open(tmp_path / "a" / f"{index:06d}.png"))
+        b = np.asarray(Image.open(tmp_path / "b" / f"{index:06d}.png"))
+        assert a.shape == (16, 16) and np.array_equal(a, b)
+    first, second = (np.asarray(Image.open(tmp_path / "a" / f"00000{i}.png")) for i in (0, 1))
+    assert not np.array_equal(first, second)
+
+
+@pytest.mark.parametrize(
+    "sampler, extra, evaluations",
+    [("ddim", {"eta": 1.0}, 3), ("dpmsolver++", {"solver_order": 3}, 3), ("ddpm", {}, 3)],
+)
+def test_every_sampler_runs_from_the_saved_scheduler(tiny_pipeline, sampler, extra, evaluations):
+    from pipeline.sample import CountingUNet, generate, load_pipeline, make_sampler
+
+    pipeline = load_pipeline(str(tiny_pipeline))
+    unet = CountingUNet(pipeline.unet)
+    built = make_sampler(sampler, pipeline.scheduler.config, extra.get("solver_order", 2))
+    assert built.config.num_train_timesteps == TINY["ddpm_num_steps"]
+    images = generate(unet, built, 3, 3, seed=1, eta=extra.get("eta", 0.0))
+    assert images.shape == (3, 16, 16, 1) and images.min() >= 0 and images.max() <= 1
+    assert unet.evaluations == 3 * evaluations
+    again = generate(unet, make_sampler(sampler, pipeline.scheduler.config, extra.get("solver_order", 2)), 3, 3, seed=1, eta=extra.get("eta", 0.0))
+    assert np.array_equal(images, again)
+
+
+def evaluate_args(*extra):
+    return ev.parse_args(["fid", "--device", "cpu", "--num_images", "40", "--batch_size", "20", "--steps", "3", *extra])
+
+
+def test_evaluate_command_end_to_end_with_saved_reference_statistics(tiny_pipeline, tmp_path):
+    stats = tmp_path / "reference.npz"
+    reference_args = ev.parse_args(
+        ["reference", "--model", str(tiny_pipeline), "--reference_dataset", "data/fashion_mnist", "--reference_max_images", "64",
+         "--output", str(stats), "--device", "cpu"]
+    )  # fmt: skip
+    meta = ev.make_reference(reference_args, feature_fn=TinyFeatures(), feature_name=FEATURES)
+    assert meta["images"] == 64 and meta["resolution"] == 16 and stats.is_file()
+
+    from_stats = ev.evaluate(evaluate_args("--model", str(tiny_pipeline), "--reference", str(stats)), TinyFeatures(), FEATURES)
+    from_source = ev.evaluate(
+        evaluate_args("--model", str(tiny_pipeline), "--reference_dataset", "data/fashion_mnist", "--reference_max_images", "64"),
+        TinyFeatures(), FEATURES,
+    )  # fmt: skip
+    assert from_stats["fid"] == pytest.approx(from_source["fid"], rel=1e-4)  # stats keep features as float32
+    assert from_stats["fid"] > 0 and from_stats["num_reference"] == 64
+
+    metrics = json.loads((tiny_pipeline / "eval" / "metrics.json").read_text())["results"]
+    assert len(metrics) == 2  # one entry per reference; a rerun would replace its own
+    entry = metrics[0]
+    for key in ("fid", "kid", "num_samples", "sampler", "steps", "seed", "reference", "mode", "clean_fid_version", "wall_seconds"):
+        assert key in entry
+    assert entry["num_samples"] == 40 and entry["sampler"] == "dpmsolver++" and entry["steps"] == 3 and entry["mode"] == "clean"
+    assert entry["reference"]["source"] == "data/fashion_mnist" and entry["reference"]["statistics_file"] == "reference.npz"
+    assert (tiny_pipeline / "eval" / "samples-dpmsolver++-3.png").is_file()
+
+    ev.evaluate(evaluate_args("--model", str(tiny_pipeline), "--reference", str(stats)), TinyFeatures(), FEATURES)
+    assert len(json.loads((tiny_pipeline / "eval" / "metrics.json").read_text())["results"]) == 2
+
+    with pytest.raises(ev.EvalError, match="holds tiny test network features in mode clean"):
+        ev.evaluate(evaluate_args("--model", str(tiny_pipeline), "--reference", str(stats), "--mode", "legacy_pytorch"), TinyFeatures(), FEATURES)
+
+
+def test_evaluating_a_samples_folder_equals_evaluating_the_model(tiny_pipeline, tmp_path):
+    run_module(
+        "pipeline.sample", "--model", str(tiny_pipeline), "--num_images", "40", "--batch_size", "20", "--steps", "3",
+        "--sampler", "dpmsolver++", "--device", "cpu", "--output_dir", str(tmp_path / "samples"),
+    )  # fmt: skip
+    reference = ["--reference_dataset", "data/fashion_mnist", "--reference_max_images", "64", "--output_dir", str(tmp_path / "eval")]
+    from_folder = ev.evaluate(evaluate_args("--samples", str(tmp_path / "samples"), *reference), TinyFeatures(), FEATURES)
+    from_model = ev.evaluate(evaluate_args("--model", str(tiny_pipeline), *reference), TinyFeatures(), FEATURES)
+    assert from_folder["fid"] == from_model["fid"] and from_folder["kid"] == from_model["kid"]
