@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import json
 import math
+import re
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_min_lr", "polynomial")
 SAMPLERS = ("ddpm", "ddim", "dpmsolver++")
+HUB_ID = re.compile(r"(?:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}")
 
 
 class ConfigError(ValueError):
@@ -131,6 +133,17 @@ class TrainingConfig:
     checkpoints_total_limit: Optional[int] = field(default=2, metadata={"help": "Keep at most this many checkpoints."})
     resume_from_checkpoint: Optional[str] = field(default=None, metadata={"help": "'latest' or a checkpoint folder."})
     dry_run: bool = field(default=False, metadata={"help": "Print the resolved config, model size and step count; exit."})
+
+    # ----- model card and Hub (pipeline/hub.py) -----
+    push_to_hub: bool = field(default=False, metadata={"help": "Upload the exported pipeline, card and samples at the end of training."})
+    hub_model_id: Optional[str] = field(
+        default=None, metadata={"help": "Hub repository, 'user/name' or 'name' (under the token's user); default: the output folder's name."}
+    )
+    hub_private_repo: bool = field(default=False, metadata={"help": "Create the Hub repository private."})
+    hub_license: str = field(default="mit", metadata={"help": "Licence of the weights, as the model card states it (a Hub licence id)."})
+    hub_dataset_id: Optional[str] = field(
+        default=None, metadata={"help": "Hub dataset id the card names as training data; default: --dataset_name when it is a Hub id."}
+    )
 
     def __post_init__(self):
         validate(self)
@@ -254,6 +267,12 @@ def validate(config: TrainingConfig) -> None:
     _check_choice(config, "grid_sampler", SAMPLERS)
     if not config.output_dir:
         _fail("output_dir", "must not be empty")
+    if config.hub_model_id is not None and not HUB_ID.fullmatch(config.hub_model_id):
+        _fail("hub_model_id", f"must be 'name' or 'user/name' (letters, digits, '-', '_', '.'), got {config.hub_model_id!r}")
+    if config.hub_dataset_id is not None and not HUB_ID.fullmatch(config.hub_dataset_id):
+        _fail("hub_dataset_id", f"must be 'name' or 'user/name', got {config.hub_dataset_id!r}")
+    if not config.hub_license:
+        _fail("hub_license", "must not be empty (use 'other' and say more in the card)")
 
 
 # ---------------------------------------------------------------------------------------------

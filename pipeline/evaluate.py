@@ -386,6 +386,11 @@ def evaluate(args: argparse.Namespace, feature_fn: Optional[FeatureFn] = None, f
     output = Path(args.output_dir) if args.output_dir else (Path(model) / "eval" if Path(model).is_dir() else Path("eval"))
     append_metrics(output / "metrics.json", result)
     image_grid(images[:64].astype(np.float32) / 255).save(output / f"samples-{sampler_name}-{steps}.png")
+    model_dir = output.parent
+    if output.name == "eval" and (model_dir / "training_config.json").is_file() and (model_dir / "README.md").is_file():
+        from .hub import write_card
+
+        write_card(model_dir)  # the card shows the new numbers
     return result
 
 

@@ -24,6 +24,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers import DDPMPipeline
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
+from huggingface_hub import get_token
 from tqdm.auto import tqdm
 
 from .config import ConfigError, TrainingConfig, parse_config, save_config
@@ -37,6 +38,7 @@ from .data import (
     random_flip,
     to_model_range,
 )
+from .hub import HubError, push_to_hub, write_card
 from .diffusion import cosine_with_min_lr, diffusion_loss, training_target
 from .model import build_noise_scheduler, build_unet, count_parameters, describe_unet
 from .sample import generate, image_grid, make_sampler
@@ -240,6 +242,8 @@ def train(config: TrainingConfig) -> Path:
     resume_from = find_resume_checkpoint(config)
     if resume_from is not None:
         check_resume_compatible(config, resume_from)
+    if config.push_to_hub and not get_token():
+        raise ConfigError("push_to_hub: no Hugging Face token; set HF_TOKEN or run `hf auth login` before training")
 
     # ----- Accelerate -----
     accelerator = Accelerator(
@@ -417,7 +421,10 @@ def train(config: TrainingConfig) -> Path:
             wall_seconds=round(time.time() - started, 1),
         )
         save_config(config, output_dir / "training_config.json", run)
+        write_card(output_dir, config.hub_model_id)
         accelerator.print(f"Exported the DDPMPipeline to {output_dir} (sample grid: {grid_path}) in {time.time() - started:.0f} s")
+        if config.push_to_hub:
+            push_to_hub(output_dir, config.hub_model_id, config.hub_private_repo)
     accelerator.end_training()
     return output_dir
 
@@ -457,4 +464,7 @@ def main(argv: Optional[list[str]] = None) -> None:
             train(config)
     except (ConfigError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except HubError as error:
+        print(f"error: {error}\nThe trained pipeline is kept; push it later with `python -m pipeline.hub push`.", file=sys.stderr)
         sys.exit(2)

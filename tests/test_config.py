@@ -117,6 +117,11 @@ FLAG_VALUES = {
     "checkpoints_total_limit": (["5"], 5),
     "resume_from_checkpoint": (["latest"], "latest"),
     "dry_run": (["true"], True),
+    "push_to_hub": (["true"], True),
+    "hub_model_id": (["me/faces-64"], "me/faces-64"),
+    "hub_private_repo": (["true"], True),
+    "hub_license": (["cc-by-4.0"], "cc-by-4.0"),
+    "hub_dataset_id": (["me/sfhq"], "me/sfhq"),
 }
 
 
@@ -171,6 +176,10 @@ def test_every_field_is_settable_from_the_command_line():
         (["--logger", "wandb"], "logger"),
         (["--not_an_option", "1"], "not_an_option"),
         (["--config", "configs/does_not_exist.yaml"], "config"),
+        (["--hub_model_id", "me/faces/64"], "hub_model_id"),
+        (["--hub_model_id", "my model"], "hub_model_id"),
+        (["--hub_dataset_id", "a/b/c"], "hub_dataset_id"),
+        (["--hub_license", ""], "hub_license"),
     ],
 )
 def test_invalid_values_name_the_field(argv, field):

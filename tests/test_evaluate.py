@@ -22,24 +22,7 @@ from pipeline.data import prepare_images
 from pipeline.model import build_noise_scheduler, build_unet
 from pipeline.train import export_pipeline
 
-from conftest import TINY
-
-
-class TinyFeatures(torch.nn.Module):
-    """A fixed random conv net: (N, 3, 299, 299) in [0, 255] -> (N, 32) features, as clean-fid's extractors take."""
-
-    def __init__(self):
-        super().__init__()
-        generator = torch.Generator().manual_seed(0)
-        self.conv = torch.nn.Conv2d(3, 8, kernel_size=9, stride=6)
-        with torch.no_grad():
-            self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=generator) * 0.1)
-            self.conv.bias.zero_()
-
-    @torch.no_grad()
-    def forward(self, batch):
-        hidden = torch.tanh(self.conv(batch / 255 - 0.5))
-        return torch.nn.functional.adaptive_avg_pool2d(hidden, 2).flatten(1)
+from conftest import TINY, TinyFeatures
 
 
 FEATURES = "tiny test network"

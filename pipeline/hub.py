@@ -1,0 +1,292 @@
+"""The model card and the Hub upload of a training output folder.
+
+    python -m pipeline.hub card --output_dir ddpm-quickstart         # (re)write README.md, the model card
+    python -m pipeline.hub push --output_dir ddpm-quickstart --hub_model_id me/fashion-ddpm [--private]
+
+The card is rendered from `model_cards/ddpm_model_card.md` with huggingface_hub's ModelCard and
+filled from the folder's own records: training_config.json, eval/metrics.json and the sample
+grids. It names no path of the training machine. The upload sends what a user of the model needs
+(pipeline, card, samples, metrics) and keeps checkpoints, optimizer states and logs local unless
+asked for with --include.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, get_token
+from httpx2 import HTTPError  # huggingface_hub's HTTP client
+from huggingface_hub.errors import HfHubHTTPError
+
+TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "ddpm_model_card.md"
+TAGS = ["pytorch", "diffusers", "unconditional-image-generation", "ddpm"]
+# What a user of the model needs, relative to the output folder.
+UPLOAD_PATTERNS = ["model_index.json", "unet/*", "scheduler/*", "README.md", "samples/*.png", "eval/metrics.json", "eval/*.png"]
+# Half-written files and folders (an export or checkpoint in progress) are never uploaded, whatever --include says.
+LOCAL_ONLY_PATTERNS = ["*.part", "*.tmp/*"]
+
+
+class HubError(RuntimeError):
+    """A card or upload that cannot be made; the message says why and what to do."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The card
+
+
+def public_name(source: Optional[str]) -> Optional[str]:
+    """A data source as the card may show it: a Hub id as is, a local path by its last component only."""
+    if source is None:
+        return None
+    path = Path(source)
+    looks_local = path.is_absolute() or source.startswith((".", "~")) or path.exists() or source.endswith((".zip", ".parquet"))
+    return path.name if looks_local or source.count("/") > 1 else source
+
+
+def _sampler_text(result: dict) -> str:
+    text = f"{result['sampler']}, {result['steps']} steps"
+    if result.get("solver_order"):
+        text += f", order {result['solver_order']}"
+    if result.get("eta"):
+        text += f", eta {result['eta']}"
+    return f"{text}, seed {result['seed']}"
+
+
+def _reference_text(reference: dict) -> str:
+    name = public_name(reference.get("source")) or "saved statistics"
+    split = f" ({reference['split']})" if reference.get("split") else ""
+    return f"{name}{split}, {reference.get('images', '?')} images at {reference.get('resolution', '?')} px"
+
+
+def card_context(output_dir: Path, repo_id: Optional[str] = None) -> dict:
+    """Everything the template needs, read from the output folder."""
+    record_path = output_dir / "training_config.json"
+    if not record_path.is_file():
+        raise HubError(f"{output_dir} has no training_config.json: not a training output folder")
+    record = json.loads(record_path.read_text())
+    config, run = record["config"], record.get("run", {})
+    repo_id = repo_id or config.get("hub_model_id")
+    scheduler = json.loads((output_dir / "scheduler" / "scheduler_config.json").read_text())
+    data_source = config.get("hub_dataset_id") or config.get("dataset_name") or config.get("train_data_dir")
+    data_name = public_name(data_source)
+    processes = run.get("num_processes", 1)
+    global_batch = config["train_batch_size"] * config["gradient_accumulation_steps"] * processes
+    steps = run.get("global_step", run.get("total_steps", 0))
+    num_images = run.get("num_train_images") or 0
+
+    preprocessing = [f"resized to {config['resolution']}x{config['resolution']}"]
+    if config.get("intermediate_resolution"):
+        preprocessing[0] += f" through {config['intermediate_resolution']} px"
+    preprocessing.append("centre crop" if config.get("center_crop", True) else "squashed to square")
+    if config.get("random_flip"):
+        preprocessing.append("random horizontal flips")
+    preprocessing.append("scaled to [-1, 1]")
+    attention = "self-attention in " + ", ".join(
+        f"{config['resolution'] // 2**level} px" for level, kind in enumerate(config["down_block_types"]) if kind.startswith("Attn")
+    )
+    if attention.endswith(" in "):
+        attention = "no self-attention"
+    if config.get("mid_block_type"):
+        attention += f"; mid block {config['mid_block_type']}" + (" with attention" if config.get("add_attention") else "")
+
+    results = []
+    metrics_path = output_dir / "eval" / "metrics.json"
+    if metrics_path.is_file():
+        for result in json.loads(metrics_path.read_text())["results"]:
+            results.append({**result, "sampler_text": _sampler_text(result), "reference_text": _reference_text(result["reference"])})
+    grids = sorted((output_dir / "samples").glob("step-*.png"), key=lambda path: int(path.stem.split("-")[1]))
+    grid = grids[-1].relative_to(output_dir).as_posix() if grids else None
+
+    hours = run.get("wall_seconds", 0) / 3600
+    versions = run.get("versions", {})
+    lower = (data_name or "").lower()
+    report_relation = (
+        f"This model: {run.get('unet_parameters', 0) / 1e6:.1f}M-parameter `UNet2DModel`, T = {scheduler['num_train_timesteps']}, "
+        f"`{scheduler['beta_schedule']}` betas, {config['loss_type'].upper()} loss, {config['optimizer']} at {config['learning_rate']}, "
+        f"batch {global_batch}, {steps:,} steps on {data_name} at {config['resolution']} px in {config['mixed_precision']} precision. "
+        "An FID is comparable with the report's only when the data, the reference set, the sample count and the FID "
+        "implementation are the same (the report used pytorch-fid, whose numbers match clean-fid's `legacy_pytorch` mode)."
+    )
+    return {
+        "model_name": repo_id.split("/")[-1] if repo_id else output_dir.resolve().name,
+        "repo_id": repo_id or output_dir.resolve().name,
+        "data_name": data_name,
+        "data_hub_id": data_source if data_source and public_name(data_source) == data_source and "/" in data_source else None,
+        "resolution": config["resolution"],
+        "channels": config["image_channels"],
+        "parameters": run.get("unet_parameters", 0),
+        "num_train_timesteps": scheduler["num_train_timesteps"],
+        "beta_schedule": scheduler["beta_schedule"],
+        "beta_start": scheduler["beta_start"],
+        "beta_end": scheduler["beta_end"],
+        "variance_type": scheduler["variance_type"],
+        "prediction_type": scheduler["prediction_type"],
+        "grid": grid,
+        "grid_count": config["num_grid_images"],
+        "grid_caption": (
+            f"{config['num_grid_images']} samples at step {grid.split('-')[-1][:-4] if grid else ''}, "
+            f"{'EMA weights, ' if config['use_ema'] else ''}{config['grid_sampler']} sampler with {config['grid_inference_steps']} steps, "
+            f"seed {config['seed']}. Not picked: every image of the fixed-seed grid is shown."
+        ),
+        "num_train_images": num_images,
+        "files_skipped": run.get("data", {}).get("files_skipped", 0),
+        "preprocessing": ", ".join(preprocessing),
+        "block_out_channels": ", ".join(str(channels) for channels in config["block_out_channels"]),
+        "layers_per_block": config["layers_per_block"],
+        "attention": attention,
+        "loss": f"{config['loss_type'].upper()} between the network output and its `{config['prediction_type']}` target",
+        "optimizer": {"adamw": "AdamW", "adam": "Adam"}.get(config["optimizer"], config["optimizer"]),
+        "learning_rate": config["learning_rate"],
+        "lr_scheduler": config["lr_scheduler"],
+        "warmup": config["lr_warmup_steps"],
+        "max_grad_norm": config["max_grad_norm"],
+        "global_batch": global_batch,
+        "steps": steps,
+        "images_seen": steps * global_batch,
+        "epochs": steps * global_batch / num_images if num_images else 0,
+        "precision": {"no": "fp32", "bf16": "bf16 mixed precision", "fp16": "fp16 mixed precision"}[config["mixed_precision"]],
+        "ema": (
+            f"exponential moving average (max decay {config['ema_max_decay']}, warmup power {config['ema_power']})"
+            if config["use_ema"]
+            else "the trained weights (no EMA)"
+        ),
+        "hardware": run.get("hardware", "not recorded"),
+        "training_time": f"{hours * 60:.0f} minutes" if hours < 2 else f"{hours:.1f} hours",
+        "software": ", ".join(f"{name} {version}" for name, version in versions.items()) or "not recorded",
+        "results": results,
+        "clean_fid_version": results[-1]["clean_fid_version"] if results else None,
+        "feature_extractor": results[-1]["feature_extractor"] if results else None,
+        "report_relation": report_relation,
+        "is_sfhq": "sfhq" in lower,
+        "is_fashion_mnist": "fashion" in lower and "mnist" in lower,
+        "license": config.get("hub_license", "other"),
+    }
+
+
+def render_card(output_dir: Path, repo_id: Optional[str] = None) -> ModelCard:
+    """The model card of an output folder, metadata and body."""
+    context = card_context(output_dir, repo_id)
+    eval_results = [
+        EvalResult(
+            task_type="unconditional-image-generation",
+            dataset_type=context["data_hub_id"] or context["data_name"],
+            dataset_name=context["data_name"],
+            dataset_split=result["reference"].get("split"),
+            metric_type="fid",
+            metric_name=f"FID ({result['num_samples']} samples, {result['sampler_text']}, clean-fid {result['mode']})",
+            metric_value=result["fid"],
+        )
+        for result in context["results"]
+    ]
+    card_data = ModelCardData(
+        library_name="diffusers",
+        pipeline_tag="unconditional-image-generation",
+        license=context["license"],
+        tags=list(TAGS),
+        datasets=[context["data_hub_id"]] if context["data_hub_id"] else None,
+        model_name=context["model_name"],
+        eval_results=eval_results or None,
+    )
+    return ModelCard.from_template(card_data, template_path=str(TEMPLATE), **context)
+
+
+def write_card(output_dir: Path, repo_id: Optional[str] = None) -> Path:
+    """Render the card into <output_dir>/README.md (written whole, then moved into place)."""
+    card = render_card(output_dir, repo_id)
+    path = output_dir / "README.md"
+    partial = path.with_name("README.md.part")
+    partial.write_text(str(card), encoding="utf-8")
+    partial.replace(path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# The upload
+
+
+def upload_patterns(include: tuple[str, ...] = ()) -> tuple[list[str], list[str]]:
+    """allow_patterns and ignore_patterns for upload_folder."""
+    return UPLOAD_PATTERNS + list(include), list(LOCAL_ONLY_PATTERNS)
+
+
+def files_to_upload(output_dir: Path, include: tuple[str, ...] = ()) -> list[str]:
+    """The files the upload sends, selected exactly as huggingface_hub's upload_folder selects them."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    allow, ignore = upload_patterns(include)
+    relative = sorted(path.relative_to(output_dir).as_posix() for path in output_dir.rglob("*") if path.is_file())
+    return list(filter_repo_objects(relative, allow_patterns=allow, ignore_patterns=ignore))
+
+
+def push_to_hub(
+    output_dir: Path, repo_id: Optional[str] = None, private: bool = False, include: tuple[str, ...] = (), api: Optional[HfApi] = None
+) -> str:
+    """Create (or reuse) the Hub repository, refresh the card and upload; returns the repository id.
+
+    The token comes from HF_TOKEN or `hf auth login` (huggingface_hub's own lookup) and is handed to
+    the client only: it is never printed, logged or written. Without one, nothing is uploaded.
+    """
+    output_dir = Path(output_dir)
+    if not (output_dir / "model_index.json").is_file():
+        raise HubError(f"{output_dir} holds no exported pipeline (model_index.json); train or export first")
+    token = get_token()
+    if not token:
+        raise HubError("no Hugging Face token: set HF_TOKEN or run `hf auth login`, then push again; nothing was uploaded")
+    api = api or HfApi()
+    name = repo_id or output_dir.resolve().name
+    record = json.loads((output_dir / "training_config.json").read_text()) if (output_dir / "training_config.json").is_file() else {}
+    step = record.get("run", {}).get("global_step")
+    try:
+        repo = api.create_repo(name, token=token, private=private, exist_ok=True, repo_type="model")
+        repo_id = repo.repo_id
+        if (output_dir / "training_config.json").is_file():
+            write_card(output_dir, repo_id)
+        files = files_to_upload(output_dir, include)
+        allow, ignore = upload_patterns(include)
+        api.upload_folder(
+            repo_id=repo_id,
+            folder_path=str(output_dir),
+            allow_patterns=allow,
+            ignore_patterns=ignore,
+            commit_message=f"Upload DDPM pipeline at step {step}" if step is not None else "Upload DDPM pipeline",
+            token=token,
+            repo_type="model",
+        )
+    except HfHubHTTPError as error:
+        raise HubError(f"the upload to {name} failed ({type(error).__name__}: {error}); the local folder is unchanged") from None
+    except (OSError, HTTPError) as error:  # no network, DNS, TLS, time-outs
+        raise HubError(f"the Hub cannot be reached ({type(error).__name__}: {error}); the local folder is unchanged") from None
+    print(f"uploaded {len(files)} files to https://huggingface.co/{repo_id}" + (" (private)" if private else ""))
+    return repo_id
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.hub", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    card = commands.add_parser("card", help="Write the model card (README.md) of an output folder.")
+    card.add_argument("--output_dir", required=True)
+    card.add_argument("--hub_model_id", help="The repository id the card's usage example names.")
+    push = commands.add_parser("push", help="Upload an output folder's pipeline, card, samples and metrics.")
+    push.add_argument("--output_dir", required=True)
+    push.add_argument("--hub_model_id", help="'user/name' or 'name'; default: the folder's name, under the token's user.")
+    push.add_argument("--private", action="store_true", help="Create the repository private.")
+    push.add_argument("--include", nargs="*", default=[], help="More patterns to upload, e.g. 'checkpoints/**' or 'logs/**'.")
+    push.add_argument("--dry_run", action="store_true", help="List the files that would be uploaded; upload nothing.")
+    args = parser.parse_args(argv)
+    output_dir = Path(args.output_dir)
+    try:
+        if args.command == "card":
+            print(f"model card -> {write_card(output_dir, args.hub_model_id)}")
+        elif args.dry_run:
+            print("\n".join(files_to_upload(output_dir, tuple(args.include))))
+        else:
+            push_to_hub(output_dir, args.hub_model_id, args.private, tuple(args.include))
+    except HubError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
