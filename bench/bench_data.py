@@ -28,7 +28,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.config import parse_config  # noqa: E402
-from pipeline.data import ImageStream, prepare_images, random_flip, to_model_range  # noqa: E402
+from pipeline.data import ImageStream, prepare_images  # noqa: E402
+from pipeline.diffusion import random_flip, to_model_range  # noqa: E402
 
 
 def write_sfhq_like(folder: Path, count: int, seed: int = 0) -> None:

@@ -109,7 +109,14 @@ class TrainingConfig:
     adam_weight_decay: float = field(default=0.0, metadata={"help": "Decoupled for adamw, L2 for adam."})
     adam_epsilon: float = 1e-8
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm; 0 turns clipping off."})
+    max_bad_steps: int = field(
+        default=10,
+        metadata={"help": "Steps with a non-finite loss or gradient are skipped; stop after this many in a row (0: never stop)."},
+    )
     mixed_precision: str = field(default="bf16", metadata={"help": "no, fp16 or bf16."})
+    torch_compile: bool = field(
+        default=False, metadata={"help": "Compile the UNet with torch.compile (inductor): pays on GPUs for long runs; minutes of compile time."}
+    )
     cpu_threads: Optional[int] = field(
         default=None, metadata={"help": "Threads per process when training on CPU; default: the available cores shared by the local processes."}
     )
@@ -261,6 +268,7 @@ def validate(config: TrainingConfig) -> None:
     if not 0 < config.ema_max_decay < 1:
         _fail("ema_max_decay", f"must lie in (0, 1), got {config.ema_max_decay}")
     _check_positive(config, "ema_inv_gamma", "ema_power")
+    _check_positive(config, "max_bad_steps", allow_zero=True)
 
     # outputs
     _check_choice(config, "logger", ("tensorboard", "none"))

@@ -507,17 +507,6 @@ class StreamingImages:
         return batch.to(self.device, non_blocking=True)
 
 
-def random_flip(images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Flip each image of a (B, C, H, W) batch left-right with probability 1/2."""
-    flip = torch.rand(images.shape[0], device=images.device, generator=generator) < 0.5
-    return torch.where(flip[:, None, None, None], images.flip(-1), images)
-
-
-def to_model_range(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [0, 255] -> float [-1, 1]."""
-    return images.float() / 127.5 - 1.0
-
-
 # ---------------------------------------------------------------------------------------------
 # Command line: python -m pipeline.data prepare [training flags]
 

@@ -1,10 +1,14 @@
-"""The training objective: what the UNet is asked to predict, and the loss on it (pure maths)."""
+"""The training objective: the random draws of a step, what the UNet is asked to predict, and the loss on it."""
 
 import math
+from typing import Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
+
+from .config import TrainingConfig
 
 
 def training_target(
@@ -37,3 +41,45 @@ def cosine_with_min_lr(step: int, warmup_steps: int, total_steps: int, min_ratio
         return (step + 1) / warmup_steps
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def random_flip(images: torch.Tensor, generator: Optional[torch.Generator] = None, flip: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Flip each image of a (B, C, H, W) batch left-right with probability 1/2 (or where `flip` is True)."""
+    if flip is None:
+        flip = torch.rand(images.shape[0], device=images.device, generator=generator) < 0.5
+    return torch.where(flip[:, None, None, None], images.flip(-1), images)
+
+
+def to_model_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float [-1, 1]."""
+    return images.float() / 127.5 - 1.0
+
+
+def step_draws(config: TrainingConfig, micro_batch_index: int, process_index: int, num_processes: int, device) -> tuple:
+    """Flips, timesteps and noise of this process's share of global micro-batch `micro_batch_index`.
+
+    They come from a generator seeded by the micro-batch index alone and are drawn for the whole
+    global batch, then sliced: a pure function of the step, whatever the process count, so a resumed
+    run and an N-process run draw exactly what an uninterrupted single-process run draws.
+    """
+    seed = int(np.random.SeedSequence([config.seed, micro_batch_index]).generate_state(1, dtype=np.uint64)[0] >> 1)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    size, batch = config.resolution, config.train_batch_size
+    total = batch * num_processes
+    share = slice(process_index * batch, (process_index + 1) * batch)
+    flip = torch.rand(total, generator=generator, device=device)[share] < 0.5
+    timesteps = torch.randint(0, config.ddpm_num_steps, (total,), generator=generator, device=device)[share]
+    noise = torch.randn((total, config.image_channels, size, size), generator=generator, device=device)[share]
+    return flip, timesteps, noise
+
+
+def step_loss(unet, noise_scheduler: DDPMScheduler, config: TrainingConfig, batch: torch.Tensor, micro_batch_index: int,
+              process_index: int = 0, num_processes: int = 1) -> torch.Tensor:  # fmt: skip
+    """The loss of one micro-batch: (B, C, H, W) uint8 images -> flipped, scaled, noised, predicted, compared."""
+    flip, timesteps, noise = step_draws(config, micro_batch_index, process_index, num_processes, batch.device)
+    if config.random_flip:
+        batch = random_flip(batch, flip=flip)
+    clean_images = to_model_range(batch)
+    noisy_images = noise_scheduler.add_noise(clean_images, noise, timesteps)
+    model_output = unet(noisy_images, timesteps).sample
+    return diffusion_loss(model_output, training_target(noise_scheduler, clean_images, noise, timesteps), config.loss_type)

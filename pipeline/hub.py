@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Optional
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, get_token
-from httpx2 import HTTPError  # huggingface_hub's HTTP client
 from huggingface_hub.errors import HfHubHTTPError
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "ddpm_model_card.md"
@@ -234,6 +233,8 @@ def push_to_hub(
     token = get_token()
     if not token:
         raise HubError("no Hugging Face token: set HF_TOKEN or run `hf auth login`, then push again; nothing was uploaded")
+    from httpx2 import HTTPError  # huggingface_hub's HTTP client
+
     api = api or HfApi()
     name = repo_id or output_dir.resolve().name
     record = json.loads((output_dir / "training_config.json").read_text()) if (output_dir / "training_config.json").is_file() else {}

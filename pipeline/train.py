@@ -10,7 +10,9 @@ import math
 import os
 import platform
 import shutil
+import signal
 import sys
+import threading
 import time
 import warnings
 from contextlib import nullcontext
@@ -35,11 +37,9 @@ from .data import (
     describe_prepared,
     open_source,
     prepare_images,
-    random_flip,
-    to_model_range,
 )
+from .diffusion import cosine_with_min_lr, step_loss
 from .hub import HubError, push_to_hub, write_card
-from .diffusion import cosine_with_min_lr, diffusion_loss, training_target
 from .model import build_noise_scheduler, build_unet, count_parameters, describe_unet
 from .sample import generate, image_grid, make_sampler
 
@@ -58,6 +58,38 @@ RESUME_MUST_MATCH = (
 # Helpers
 
 
+class TrainingStopped(RuntimeError):
+    """The run stopped early on purpose (a signal, divergence); `exit_code` is what the process exits with."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class StopRequest:
+    """SIGTERM or SIGINT asks the loop to stop after the current step and checkpoint; a second SIGINT stops at once."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.received: Optional[int] = None
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
+            self._previous = {number: signal.signal(number, self._handle) for number in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+
+    def _handle(self, number, frame):
+        if self.received == signal.SIGINT and number == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = number
+
+
 def count_train_steps(config: TrainingConfig, num_images: int, num_processes: int) -> int:
     """Optimizer steps in the run: --max_train_steps, or enough global batches for --num_epochs."""
     if config.max_train_steps is not None:
@@ -66,7 +98,8 @@ def count_train_steps(config: TrainingConfig, num_images: int, num_processes: in
     return math.ceil(config.num_epochs * num_images / images_per_step)
 
 
-def build_optimizer(config: TrainingConfig, parameters) -> torch.optim.Optimizer:
+def build_optimizer(config: TrainingConfig, parameters, device: Optional[torch.device] = None) -> torch.optim.Optimizer:
+    """Adam or AdamW; the fused CUDA kernel when the parameters are on a GPU (one launch per step instead of many)."""
     optimizer_class = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
     return optimizer_class(
         parameters,
@@ -74,6 +107,7 @@ def build_optimizer(config: TrainingConfig, parameters) -> torch.optim.Optimizer
         betas=(config.adam_beta1, config.adam_beta2),
         weight_decay=config.adam_weight_decay,
         eps=config.adam_epsilon,
+        fused=True if device is not None and device.type == "cuda" else None,
     )
 
 
@@ -90,6 +124,10 @@ def build_lr_scheduler(config: TrainingConfig, optimizer, total_steps: int):
     return get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps, num_training_steps=total_steps)
 
 
+def checkpoint_step(path: Path) -> int:
+    return int(path.name[len(CHECKPOINT_PREFIX) :])
+
+
 def list_checkpoints(checkpoints_dir: Path) -> list[Path]:
     """Complete checkpoints, oldest first. Partial ones (a `.tmp` left by a kill) are skipped with a warning."""
     if not checkpoints_dir.is_dir():
@@ -101,7 +139,7 @@ def list_checkpoints(checkpoints_dir: Path) -> list[Path]:
         for path in checkpoints_dir.glob(f"{CHECKPOINT_PREFIX}*")
         if path.name[len(CHECKPOINT_PREFIX) :].isdigit() and (path / "training_state.json").is_file()
     ]
-    return sorted(complete, key=lambda path: int(path.name[len(CHECKPOINT_PREFIX) :]))
+    return sorted(complete, key=checkpoint_step)
 
 
 def find_resume_checkpoint(config: TrainingConfig) -> Optional[Path]:
@@ -252,8 +290,9 @@ def train(config: TrainingConfig) -> Path:
         log_with=None if config.logger == "none" else config.logger,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
         step_scheduler_with_optimizer=False,  # the LR schedule counts optimizer steps, whatever the process count
+        dynamo_backend="inductor" if config.torch_compile else "no",
     )
-    set_seed(config.seed, device_specific=True)  # a different noise stream per process
+    set_seed(config.seed, device_specific=True)  # dropout and sampling; the training draws come from step_draws
     if accelerator.device.type == "cpu":
         # `accelerate launch` without --cpu sets OMP_NUM_THREADS=1, which halves the speed on 2 cores.
         local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
@@ -281,9 +320,9 @@ def train(config: TrainingConfig) -> Path:
     total_steps = count_train_steps(config, num_images, accelerator.num_processes)
 
     # ----- model, optimizer, schedules, EMA -----
-    unet = build_unet(config)
+    unet = build_unet(config).to(accelerator.device)
     noise_scheduler = build_noise_scheduler(config)
-    optimizer = build_optimizer(config, unet.parameters())
+    optimizer = build_optimizer(config, unet.parameters(), accelerator.device)
     lr_scheduler = build_lr_scheduler(config, optimizer, total_steps)
     ema = None
     if config.use_ema:
@@ -321,6 +360,7 @@ def train(config: TrainingConfig) -> Path:
         accelerator.load_state(str(resume_from))
         state = json.loads((resume_from / "training_state.json").read_text())
         global_step, train_seconds = state["global_step"], state["train_seconds"]
+        run["skipped_steps"] = state.get("skipped_steps", 0)
         if config.streaming:
             stream.load_state(json.loads((resume_from / f"stream_state_{accelerator.process_index}.json").read_text()))
         accelerator.print(f"Resumed from {resume_from} at step {global_step}")
@@ -334,45 +374,64 @@ def train(config: TrainingConfig) -> Path:
     progress = tqdm(total=total_steps, initial=global_step, desc="Training", disable=not accelerator.is_main_process)
     loss_sum, loss_count = torch.zeros((), device=accelerator.device), 0
     window_start, window_steps = time.perf_counter(), 0
+    bad_steps_in_a_row = 0
+    run.setdefault("skipped_steps", 0)
+    stop_request = StopRequest().__enter__()
     unet.train()
     while global_step < total_steps:
         # 1. forward and backward over the micro-batches of one optimizer step
+        losses = torch.zeros((), device=accelerator.device)
         for micro_step in range(config.gradient_accumulation_steps):
-            batch = stream.batch(global_step * config.gradient_accumulation_steps + micro_step)
-            if config.random_flip:
-                batch = random_flip(batch)
-            clean_images = to_model_range(batch)
-            noise = torch.randn_like(clean_images)
-            timesteps = torch.randint(0, config.ddpm_num_steps, (clean_images.shape[0],), device=clean_images.device)
-            noisy_images = noise_scheduler.add_noise(clean_images, noise, timesteps)
+            micro_batch_index = global_step * config.gradient_accumulation_steps + micro_step
+            batch = stream.batch(micro_batch_index)
             last_micro_step = micro_step == config.gradient_accumulation_steps - 1
             with nullcontext() if last_micro_step else accelerator.no_sync(unet):
-                model_output = unet(noisy_images, timesteps).sample
-                loss = diffusion_loss(model_output, training_target(noise_scheduler, clean_images, noise, timesteps), config.loss_type)
+                loss = step_loss(unet, noise_scheduler, config, batch, micro_batch_index, accelerator.process_index, accelerator.num_processes)
                 accelerator.backward(loss / config.gradient_accumulation_steps)
-            loss_sum += loss.detach()
-            loss_count += 1
+            losses += loss.detach()
 
-        # 2. optimizer, LR schedule and EMA step
-        if config.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(unet.parameters(), config.max_grad_norm)
-        optimizer.step()
+        # 2. optimizer, LR schedule and EMA step; a step with a non-finite loss or gradient is skipped
+        grad_norm = accelerator.clip_grad_norm_(unet.parameters(), config.max_grad_norm if config.max_grad_norm > 0 else math.inf)
+        # fp16: the grad scaler skips overflowing steps itself. Otherwise one host sync per step: gradients
+        # are already averaged over processes, so every process takes the same decision.
+        finite = config.mixed_precision == "fp16" or bool(torch.isfinite(grad_norm) & torch.isfinite(losses))
+        if finite:
+            optimizer.step()
+            if ema is not None:
+                ema.step(unet.parameters())
+            loss_sum += losses
+            loss_count += config.gradient_accumulation_steps
+            bad_steps_in_a_row = 0
+        else:
+            run["skipped_steps"] += 1
+            bad_steps_in_a_row += 1
+            progress.write(f"step {global_step + 1}: non-finite loss or gradient, step skipped ({bad_steps_in_a_row} in a row)")
         lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        if ema is not None:
-            ema.step(unet.parameters())
         global_step += 1
         window_steps += 1
         progress.update(1)
+        if config.max_bad_steps and bad_steps_in_a_row >= config.max_bad_steps:
+            good_step = global_step - bad_steps_in_a_row  # checkpoints written during the bad streak hold the same weights
+            checkpoints = [path for path in list_checkpoints(output_dir / "checkpoints") if checkpoint_step(path) <= good_step]
+            last_good = f"the last good checkpoint is {checkpoints[-1]}" if checkpoints else "there is no checkpoint yet"
+            raise TrainingStopped(
+                f"training diverged: {bad_steps_in_a_row} steps in a row (up to step {global_step}) had a non-finite loss or "
+                f"gradient and were skipped; {last_good}. Resume from it with a lower --learning_rate "
+                f"(--resume_from_checkpoint PATH), or raise --max_bad_steps.",
+                exit_code=3,
+            )
 
         # 3. logs (the loss is read back from the device only here, not every step)
         if global_step % config.logging_steps == 0 or global_step == total_steps:
             elapsed = time.perf_counter() - window_start
             train_seconds += elapsed
             logs = {
-                "loss": accelerator.reduce(loss_sum, reduction="mean").item() / loss_count,
+                # nan when every step of the window was skipped
+                "loss": accelerator.reduce(loss_sum, reduction="mean").item() / loss_count if loss_count else math.nan,
                 "lr": lr_scheduler.get_last_lr()[0],
                 "images_per_second": window_steps * images_per_step / elapsed,
+                "skipped_steps": run["skipped_steps"],
             }
             if ema is not None:
                 logs["ema_decay"] = ema.cur_decay_value
@@ -387,7 +446,7 @@ def train(config: TrainingConfig) -> Path:
         is_last = global_step == total_steps
         if config.save_images_steps and global_step % config.save_images_steps == 0 and not is_last:
             if accelerator.is_main_process:
-                model = accelerator.unwrap_model(unet)
+                model = accelerator.unwrap_model(unet, keep_torch_compile=False)
                 if ema is not None:
                     ema.store(model.parameters())
                     ema.copy_to(model.parameters())
@@ -396,10 +455,24 @@ def train(config: TrainingConfig) -> Path:
                     ema.restore(model.parameters())
                 progress.write(f"step {global_step}: sample grid {path}")
             accelerator.wait_for_everyone()
-        if config.checkpointing_steps and (global_step % config.checkpointing_steps == 0 or is_last):
-            state = {"global_step": global_step, "train_seconds": round(train_seconds, 1)}
+        stop = stop_request.received is not None
+        if accelerator.num_processes > 1:  # every process must stop after the same step
+            stop = accelerator.reduce(torch.tensor(float(stop), device=accelerator.device), reduction="sum").item() > 0
+        if (config.checkpointing_steps and (global_step % config.checkpointing_steps == 0 or is_last)) or (stop and not is_last):
+            state = {"global_step": global_step, "train_seconds": round(train_seconds, 1), "skipped_steps": run["skipped_steps"]}
             save_checkpoint(accelerator, config, state, run, stream.state() if config.streaming else None)
         window_start += time.perf_counter() - pause_start
+        if stop and not is_last:
+            progress.close()
+            accelerator.end_training()
+            name = signal.Signals(stop_request.received).name if stop_request.received else "a signal to another process"
+            raise TrainingStopped(
+                f"stopped by {name} after step {global_step} of {total_steps}: checkpoint "
+                f"{output_dir / 'checkpoints' / f'{CHECKPOINT_PREFIX}{global_step}'} written. Continue with the same "
+                f"command and --resume_from_checkpoint latest.",
+                exit_code=128 + (stop_request.received or signal.SIGTERM),
+            )
+    stop_request.__exit__()
     progress.close()
     if config.streaming:
         skipped = accelerator.reduce(torch.tensor(sum(stream.skipped.values()), device=accelerator.device), reduction="sum")
@@ -408,7 +481,7 @@ def train(config: TrainingConfig) -> Path:
     # ----- export: EMA weights into a stock DDPMPipeline -----
     if accelerator.is_main_process:
         export_unet = build_unet(config)
-        export_unet.load_state_dict(accelerator.unwrap_model(unet, keep_fp32_wrapper=False).state_dict())
+        export_unet.load_state_dict(accelerator.unwrap_model(unet, keep_fp32_wrapper=False, keep_torch_compile=False).state_dict())
         if ema is not None:
             ema.copy_to(export_unet.parameters())
         export_unet.to(accelerator.device)
@@ -465,6 +538,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     except (ConfigError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except TrainingStopped as error:
+        print(f"{'error: ' if error.exit_code == 3 else ''}{error}", file=sys.stderr)
+        sys.exit(error.exit_code)
     except HubError as error:
         print(f"error: {error}\nThe trained pipeline is kept; push it later with `python -m pipeline.hub push`.", file=sys.stderr)
         sys.exit(2)

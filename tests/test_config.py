@@ -118,6 +118,8 @@ FLAG_VALUES = {
     "resume_from_checkpoint": (["latest"], "latest"),
     "dry_run": (["true"], True),
     "push_to_hub": (["true"], True),
+    "max_bad_steps": (["3"], 3),
+    "torch_compile": (["true"], True),
     "hub_model_id": (["me/faces-64"], "me/faces-64"),
     "hub_private_repo": (["true"], True),
     "hub_license": (["cc-by-4.0"], "cc-by-4.0"),
@@ -180,6 +182,7 @@ def test_every_field_is_settable_from_the_command_line():
         (["--hub_model_id", "my model"], "hub_model_id"),
         (["--hub_dataset_id", "a/b/c"], "hub_dataset_id"),
         (["--hub_license", ""], "hub_license"),
+        (["--max_bad_steps", "-1"], "max_bad_steps"),
     ],
 )
 def test_invalid_values_name_the_field(argv, field):

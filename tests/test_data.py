@@ -11,7 +11,8 @@ from PIL import Image
 from conftest import REPO, SFHQ_TREE_GOOD_JPEGS, SFHQ_TREE_SPECIAL
 from pipeline import data
 from pipeline.config import parse_config
-from pipeline.data import DataError, ImageStream, decode_image, open_source, prepare_images, random_flip, to_model_range, to_uint8_array
+from pipeline.data import DataError, ImageStream, decode_image, open_source, prepare_images, to_uint8_array
+from pipeline.diffusion import random_flip, to_model_range
 
 SETTINGS = {"resolution": 32, "channels": 3, "intermediate_resolution": None, "center_crop": True, "min_image_size": 16}
 KEPT = SFHQ_TREE_GOOD_JPEGS + sum(outcome == "kept" for outcome in SFHQ_TREE_SPECIAL.values())

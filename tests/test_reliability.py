@@ -1,0 +1,223 @@
+"""Interruption, divergence and multi-process runs, against real `accelerate launch` processes.
+
+Signals are real (SIGTERM, SIGINT, SIGKILL) and sent at chosen moments: after a given checkpoint
+appears, or while a checkpoint is being written. Resumed runs are compared weight for weight with
+an uninterrupted run of the same configuration.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from accelerate.state import AcceleratorState
+from safetensors.torch import load_file
+
+from conftest import REPO, TINY
+from pipeline.config import TrainingConfig
+from pipeline.train import TrainingStopped, train
+
+# Long enough that a signal sent after the first checkpoint lands well before the end.
+LONG = {**TINY, "max_train_steps": 48, "checkpointing_steps": 16, "checkpoints_total_limit": 3, "save_images_steps": 0, "logging_steps": 4}
+
+
+def launch_command(config_file: Path, output_dir: Path, *extra) -> list[str]:
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "accelerate_config.yaml", "train_ddpm.py",
+            "--config", str(config_file), "--output_dir", str(output_dir), *extra]  # fmt: skip
+
+
+def run_to_end(config_file: Path, output_dir: Path, *extra) -> subprocess.CompletedProcess:
+    result = subprocess.run(launch_command(config_file, output_dir, *extra), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def unet_weights(folder: Path) -> dict:
+    return load_file(folder / "unet" / "diffusion_pytorch_model.safetensors")
+
+
+def assert_same_weights(actual: dict, expected: dict, atol: float = 0.0) -> None:
+    assert actual.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=atol, msg=name)
+
+
+def training_process(launcher: subprocess.Popen, timeout: float = 60) -> int:
+    """The PID of the training script that `accelerate launch` started."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for task in Path(f"/proc/{launcher.pid}/task").glob("*"):
+            for child in (task / "children").read_text().split():
+                try:
+                    arguments = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+                    if len(arguments) > 1 and arguments[1] == b"train_ddpm.py":  # not a fork of the launcher itself
+                        return int(child)
+                except FileNotFoundError:  # a short-lived helper the launcher ran
+                    continue
+        time.sleep(0.01)
+    raise AssertionError("accelerate launch started no training process")
+
+
+def wait_for(predicate, launcher: subprocess.Popen, timeout: float = 300, interval: float = 0.002) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert launcher.poll() is None, "the run ended before the moment the test waits for"
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(interval)
+
+
+def wait_gone(pid: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid):
+        assert time.monotonic() < deadline, f"process {pid} did not exit"
+        time.sleep(0.05)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0].lower()
+    except (FileNotFoundError, IndexError):
+        return "zombie"
+
+
+@pytest.fixture(scope="module")
+def long_config(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("long")
+    (folder / "long.yaml").write_text(yaml.safe_dump(LONG))
+    return folder / "long.yaml"
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(long_config, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("uninterrupted") / "out"
+    run_to_end(long_config, output_dir)
+    return output_dir
+
+
+def test_sigterm_checkpoints_and_exits_and_the_resumed_run_equals_an_uninterrupted_one(long_config, uninterrupted, tmp_path):
+    output_dir = tmp_path / "out"
+    launcher = subprocess.Popen(launch_command(long_config, output_dir), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    trainer = training_process(launcher)
+    wait_for(lambda: (output_dir / "checkpoints" / "checkpoint-16").is_dir(), launcher)
+    os.kill(trainer, signal.SIGTERM)  # a preemption notice, mid-way between checkpoints
+    _, stderr = launcher.communicate(timeout=300)
+    assert launcher.returncode != 0
+    assert "stopped by SIGTERM after step" in stderr and "--resume_from_checkpoint latest" in stderr
+    stopped_at = int(stderr.split("stopped by SIGTERM after step ")[1].split()[0])
+    assert 16 <= stopped_at < 48
+    assert (output_dir / "checkpoints" / f"checkpoint-{stopped_at}" / "training_state.json").is_file()
+    assert json.loads((output_dir / "training_config.json").read_text())["run"]["finished"] is False
+    assert not (output_dir / "model_index.json").exists()
+
+    resumed = run_to_end(output_dir / "training_config.json", output_dir, "--resume_from_checkpoint", "latest")
+    assert f"at step {stopped_at}" in resumed.stdout
+    assert_same_weights(unet_weights(output_dir), unet_weights(uninterrupted))
+    run = json.loads((output_dir / "training_config.json").read_text())["run"]
+    assert run["finished"] is True and run["global_step"] == 48
+
+
+def test_ctrl_c_to_the_process_group_checkpoints_and_exits(long_config, tmp_path):
+    """SIGINT to the whole group, as a terminal's Ctrl-C sends it: the launcher gives up, the trainer checkpoints."""
+    output_dir = tmp_path / "out"
+    launcher = subprocess.Popen(
+        launch_command(long_config, output_dir), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    trainer = training_process(launcher)
+    wait_for(lambda: (output_dir / "checkpoints" / "checkpoint-16").is_dir(), launcher)
+    os.killpg(launcher.pid, signal.SIGINT)
+    _, stderr = launcher.communicate(timeout=300)  # the pipes close once the trainer has exited too
+    wait_gone(trainer)
+    assert "stopped by SIGINT after step" in stderr
+    stopped_at = int(stderr.split("stopped by SIGINT after step ")[1].split()[0])
+    assert (output_dir / "checkpoints" / f"checkpoint-{stopped_at}" / "training_state.json").is_file()
+
+
+def test_sigkill_during_a_checkpoint_write_leaves_the_previous_one_usable(long_config, uninterrupted, tmp_path):
+    output_dir = tmp_path / "out"
+    checkpoints = output_dir / "checkpoints"
+    launcher = subprocess.Popen(
+        launch_command(long_config, output_dir), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    trainer = training_process(launcher)
+    wait_for(lambda: (checkpoints / ".checkpoint-32.tmp").exists(), launcher, interval=0)
+    os.killpg(launcher.pid, signal.SIGKILL)
+    launcher.communicate(timeout=60)
+    wait_gone(trainer)
+    assert (checkpoints / ".checkpoint-32.tmp").exists() and not (checkpoints / "checkpoint-32").exists()
+    assert (checkpoints / "checkpoint-16" / "training_state.json").is_file()
+
+    resumed = run_to_end(output_dir / "training_config.json", output_dir, "--resume_from_checkpoint", "latest")
+    assert "ignoring the incomplete checkpoint" in resumed.stderr and "at step 16" in resumed.stdout
+    assert_same_weights(unet_weights(output_dir), unet_weights(uninterrupted))
+    assert not (checkpoints / ".checkpoint-32.tmp").exists()  # rewritten whole this time
+    assert sorted(path.name for path in checkpoints.iterdir()) == ["checkpoint-16", "checkpoint-32", "checkpoint-48"]
+
+
+def test_divergence_skips_bad_steps_then_stops_naming_the_last_good_checkpoint(tmp_path):
+    """A learning rate of 1e30 makes the first update finite but every later loss infinite."""
+    AcceleratorState._reset_state(reset_partial_state=True)
+    output_dir = tmp_path / "out"
+    config = TrainingConfig(
+        **{**TINY, "output_dir": str(output_dir), "learning_rate": 1e30, "lr_scheduler": "constant", "lr_warmup_steps": 0,
+           "mixed_precision": "no", "max_grad_norm": 0.0, "checkpointing_steps": 1, "checkpoints_total_limit": None,
+           "max_bad_steps": 3, "max_train_steps": 20, "save_images_steps": 0, "logging_steps": 1}
+    )  # fmt: skip
+    with pytest.raises(TrainingStopped) as stopped:
+        train(config)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    message = str(stopped.value)
+    assert stopped.value.exit_code == 3
+    assert "training diverged: 3 steps in a row (up to step 4)" in message
+    assert f"the last good checkpoint is {output_dir / 'checkpoints' / 'checkpoint-1'}" in message
+    state = json.loads((output_dir / "checkpoints" / "checkpoint-3" / "training_state.json").read_text())
+    assert state["skipped_steps"] == 2  # steps 2 and 3; step 4 stopped the run before its checkpoint
+    weights = load_file(output_dir / "checkpoints" / "checkpoint-3" / "model.safetensors")
+    assert all(torch.isfinite(tensor).all() for tensor in weights.values())  # skipped steps never wrote NaN
+    assert not (output_dir / "model_index.json").exists()
+
+
+def test_divergence_exits_with_a_message_from_the_command_line(tmp_path):
+    config_file = tmp_path / "diverge.yaml"
+    config_file.write_text(yaml.safe_dump({**TINY, "learning_rate": 1e30, "lr_scheduler": "constant", "lr_warmup_steps": 0,
+                                           "mixed_precision": "no", "max_grad_norm": 0.0, "max_bad_steps": 2, "save_images_steps": 0}))  # fmt: skip
+    result = subprocess.run(launch_command(config_file, tmp_path / "out"), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0
+    assert "error: training diverged: 2 steps in a row" in result.stderr and "there is no checkpoint yet" in result.stderr
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
+    """2 processes x 4 images against 1 process x 8: same images, same noise, same schedules.
+
+    fp32, so the only difference is the order of floating-point sums (DDP averages two half-batch
+    gradients, one process averages eight). Measured: every weight within 6e-6 except the attention
+    key biases, within 2.5e-5. Their true gradient is zero (softmax ignores a shift shared by all
+    keys), so Adam normalises pure rounding noise into steps of size ~lr: they get 1e-4, the rest 1e-5.
+    """
+    common = {**TINY, "mixed_precision": "no", "save_images_steps": 0, "checkpointing_steps": 6}
+    (tmp_path / "two.yaml").write_text(yaml.safe_dump({**common, "train_batch_size": 4}))
+    (tmp_path / "one.yaml").write_text(yaml.safe_dump({**common, "train_batch_size": 8}))
+    two = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "train_ddpm.py",
+           "--config", str(tmp_path / "two.yaml"), "--output_dir", str(tmp_path / "two")]  # fmt: skip
+    result = subprocess.run(two, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_to_end(tmp_path / "one.yaml", tmp_path / "one")
+
+    two_run = json.loads((tmp_path / "two" / "training_config.json").read_text())["run"]
+    one_run = json.loads((tmp_path / "one" / "training_config.json").read_text())["run"]
+    assert two_run["num_processes"] == 2 and two_run["images_per_step"] == one_run["images_per_step"] == 8
+    two_weights, one_weights = unet_weights(tmp_path / "two"), unet_weights(tmp_path / "one")
+    key_biases = [name for name in one_weights if name.endswith("to_k.bias")]
+    assert_same_weights({name: two_weights[name] for name in key_biases}, {name: one_weights[name] for name in key_biases}, atol=1e-4)
+    rest = [name for name in one_weights if name not in key_biases]
+    assert_same_weights({name: two_weights[name] for name in rest}, {name: one_weights[name] for name in rest}, atol=1e-5)
+    # only the main process writes the export, the card and the logs
+    assert result.stdout.count("Exported the DDPMPipeline") == 1
+    assert len(list((tmp_path / "two" / "logs").rglob("events.out.tfevents.*"))) == len(list((tmp_path / "one" / "logs").rglob("events.out.tfevents.*")))
