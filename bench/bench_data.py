@@ -51,12 +51,11 @@ def write_sfhq_like(folder: Path, count: int, seed: int = 0) -> None:
         crop.resize((1024, 1024), Image.Resampling.BICUBIC).save(target / f"SFHQ_pt1_{index:08d}.jpg", quality=90)
 
 
-def diffusers_example_loader(folder: Path, resolution: int, batch_size: int, num_workers: int) -> float:
-    """One epoch through the diffusers unconditional example's data path; returns images/s."""
+def example_dataloader(folder: Path, resolution: int, batch_size: int, num_workers: int):
+    """The diffusers unconditional example's data path: imagefolder, torchvision transforms at every step."""
     from datasets import load_dataset
     from torchvision import transforms
 
-    started = time.perf_counter()
     augmentations = transforms.Compose(
         [
             transforms.Resize(resolution, interpolation=transforms.InterpolationMode.BILINEAR),
@@ -68,8 +67,13 @@ def diffusers_example_loader(folder: Path, resolution: int, batch_size: int, num
     )
     dataset = load_dataset("imagefolder", data_dir=str(folder), split="train")
     dataset.set_transform(lambda examples: {"input": [augmentations(image.convert("RGB")) for image in examples["image"]]})
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=num_workers)
-    count = sum(batch["input"].shape[0] for batch in loader)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=num_workers)
+
+
+def diffusers_example_loader(folder: Path, resolution: int, batch_size: int, num_workers: int) -> float:
+    """One epoch through the diffusers unconditional example's data path; returns images/s."""
+    started = time.perf_counter()
+    count = sum(batch["input"].shape[0] for batch in example_dataloader(folder, resolution, batch_size, num_workers))
     return count / (time.perf_counter() - started)
 
 

@@ -31,6 +31,7 @@ from pipeline.sample import CountingUNet, generate, load_pipeline, make_sampler,
 GRID = [
     ("ddpm", {}, [300, 100, 50, 25]),
     ("ddim", {}, [100, 50, 25, 10]),
+    ("ddim", {"eta": 1.0}, [50, 25]),
     ("dpmsolver++", {"solver_order": 2}, [25, 20, 15, 10]),
     ("dpmsolver++", {"solver_order": 3}, [20, 10]),
 ]
@@ -123,15 +124,16 @@ def main():
     pipeline = load_pipeline(args.model)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if args.bf16 else torch.autocast("cpu", enabled=False)
     rows = []
-    print(f"{'sampler':<16}{'steps':>6}{'evals/img':>10}{'images/s':>10}{'quality':>10}")
+    print(f"{'sampler':<24}{'steps':>6}{'evals/img':>10}{'images/s':>10}{'quality':>10}")
     for name, options, step_counts in GRID:
         label = name + (f" (order {options['solver_order']})" if "solver_order" in options else "")
+        label += f" (eta {options['eta']})" if "eta" in options else ""
         for steps in step_counts:
             unet = CountingUNet(pipeline.unet)
-            sampler = make_sampler(name, pipeline.scheduler.config, **options)
+            sampler = make_sampler(name, pipeline.scheduler.config, options.get("solver_order", 2))
             started = time.perf_counter()
             with autocast:
-                images = generate(unet, sampler, args.num_images, steps, seed=0, batch_size=args.batch_size)
+                images = generate(unet, sampler, args.num_images, steps, seed=0, batch_size=args.batch_size, eta=options.get("eta", 0.0))
             seconds = time.perf_counter() - started
             quality = ev.frechet_distance(*ev.statistics(features(to_uint8(images))), *reference)
             row = {
@@ -139,7 +141,7 @@ def main():
                 "images_per_second": round(args.num_images / seconds, 2), "quality": round(quality, 4),
             }  # fmt: skip
             rows.append(row)
-            print(f"{label:<16}{steps:>6}{row['model_evaluations_per_image']:>10g}{row['images_per_second']:>10.1f}{quality:>10.3f}", flush=True)
+            print(f"{label:<24}{steps:>6}{row['model_evaluations_per_image']:>10g}{row['images_per_second']:>10.1f}{quality:>10.3f}", flush=True)
 
     result = {
         "command": " ".join(sys.argv),

@@ -27,6 +27,7 @@ PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_min_lr", "polynomial")
 SAMPLERS = ("ddpm", "ddim", "dpmsolver++")
+FID_MODES = ("clean", "legacy_pytorch")  # clean-fid's resizing modes
 HUB_ID = re.compile(r"(?:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}")
 
 
@@ -136,6 +137,17 @@ class TrainingConfig:
     num_grid_images: int = field(default=64, metadata={"help": "Images in each sample grid."})
     grid_sampler: str = field(default="ddpm", metadata={"help": f"Sampler for the grids, one of {SAMPLERS}."})
     grid_inference_steps: int = field(default=100, metadata={"help": "Sampler steps for the grids."})
+    fid_steps: int = field(
+        default=0,
+        metadata={"help": "Every N steps (and at the end): FID of EMA samples against --fid_reference, logged; the best "
+                          "weights are exported to <output_dir>/best-fid. 0: off."},
+    )  # fmt: skip
+    fid_reference: Optional[str] = field(default=None, metadata={"help": "Statistics (.npz) from `python -m pipeline.evaluate reference`."})
+    fid_num_images: int = field(default=1000, metadata={"help": "Samples per FID during training."})
+    fid_sampler: str = field(default="dpmsolver++", metadata={"help": f"Sampler for the FID samples, one of {SAMPLERS}."})
+    fid_inference_steps: int = field(default=20, metadata={"help": "Sampler steps for the FID samples."})
+    fid_mode: str = field(default="clean", metadata={"help": f"clean-fid mode, one of {FID_MODES}."})
+    inception_weights: Optional[str] = field(default=None, metadata={"help": "Inception weights file, when clean-fid cannot download it."})
     checkpointing_steps: int = field(default=400, metadata={"help": "Checkpoint every N optimizer steps; 0: none."})
     checkpoints_total_limit: Optional[int] = field(default=2, metadata={"help": "Keep at most this many checkpoints."})
     resume_from_checkpoint: Optional[str] = field(default=None, metadata={"help": "'latest' or a checkpoint folder."})
@@ -273,6 +285,14 @@ def validate(config: TrainingConfig) -> None:
     # outputs
     _check_choice(config, "logger", ("tensorboard", "none"))
     _check_choice(config, "grid_sampler", SAMPLERS)
+    _check_positive(config, "fid_steps", allow_zero=True)
+    _check_positive(config, "fid_inference_steps")
+    if config.fid_num_images < 2:
+        _fail("fid_num_images", f"must be at least 2 (a covariance needs two samples), got {config.fid_num_images}")
+    _check_choice(config, "fid_sampler", SAMPLERS)
+    _check_choice(config, "fid_mode", FID_MODES)
+    if config.fid_steps and config.fid_reference is None:
+        _fail("fid_reference", "--fid_steps needs reference statistics: make them with `python -m pipeline.evaluate reference`")
     if not config.output_dir:
         _fail("output_dir", "must not be empty")
     if config.hub_model_id is not None and not HUB_ID.fullmatch(config.hub_model_id):

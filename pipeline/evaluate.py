@@ -19,6 +19,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import zipfile
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -27,11 +28,11 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .config import FID_MODES as MODES
 from .config import SAMPLERS, ConfigError, TrainingConfig
 from .data import DataError, describe_skipped, prepare_images
 from .sample import DTYPES, CountingUNet, SampleError, generate, image_grid, load_pipeline, make_sampler, to_uint8
 
-MODES = ("clean", "legacy_pytorch")
 # The weights clean-fid loads in each mode: file name, where clean-fid looks for it, where it downloads it from.
 INCEPTION_FILES = {
     "clean": "inception-2015-12-05.pt",
@@ -134,6 +135,11 @@ def build_inception(mode: str, weights: Path, device: str = "cpu") -> FeatureFn:
     if tuple(probe.shape) != (1, FEATURE_DIM):
         raise EvalError(f"inception_weights: {weights} gives features of shape {tuple(probe.shape[1:])}, not ({FEATURE_DIM},)")
     return extract
+
+
+def inception_extractor(mode: str, weights: Optional[str] = None, device: str = "cpu") -> tuple[FeatureFn, str]:
+    """clean-fid's Inception for `mode` and the name results record it under."""
+    return build_inception(mode, find_weights(mode, weights), device), f"clean-fid Inception-V3 ({INCEPTION_FILES[mode]})"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,7 +286,7 @@ def load_reference(path: Path) -> tuple[np.ndarray, dict]:
     try:
         with np.load(path) as stored:
             return stored["features"].astype(np.float64), json.loads(str(stored["meta"]))
-    except (KeyError, ValueError, OSError) as error:
+    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
         raise EvalError(f"reference: {path} is not a statistics file written by `python -m pipeline.evaluate reference` ({error})") from None
 
 
@@ -320,9 +326,7 @@ def evaluate(args: argparse.Namespace, feature_fn: Optional[FeatureFn] = None, f
     """
     started = time.perf_counter()
     if feature_fn is None:
-        weights = find_weights(args.mode, args.inception_weights)
-        feature_fn = build_inception(args.mode, weights, args.device)
-        feature_name = f"clean-fid Inception-V3 ({INCEPTION_FILES[args.mode]})"
+        feature_fn, feature_name = inception_extractor(args.mode, args.inception_weights, args.device)
 
     # The samples: generated here, or a folder from pipeline.sample
     if args.samples is not None:
@@ -397,9 +401,7 @@ def evaluate(args: argparse.Namespace, feature_fn: Optional[FeatureFn] = None, f
 def make_reference(args: argparse.Namespace, feature_fn: Optional[FeatureFn] = None, feature_name: Optional[str] = None) -> dict:
     """The `reference` command: encode a data source once and save its statistics."""
     if feature_fn is None:
-        weights = find_weights(args.mode, args.inception_weights)
-        feature_fn = build_inception(args.mode, weights, args.device)
-        feature_name = f"clean-fid Inception-V3 ({INCEPTION_FILES[args.mode]})"
+        feature_fn, feature_name = inception_extractor(args.mode, args.inception_weights, args.device)
     if args.model is not None:
         model_dir = Path(args.model)
         unet_config = model_dir / "unet" / "config.json"
@@ -420,6 +422,33 @@ def make_reference(args: argparse.Namespace, feature_fn: Optional[FeatureFn] = N
     meta = {**description, "mode": args.mode, "feature_extractor": feature_name, "clean_fid_version": importlib.metadata.version("clean-fid")}
     save_reference(Path(args.output), features, meta)
     return meta
+
+
+class TrainingFid:
+    """FID during training (--fid_steps): a small, fast-sampled FID against saved reference statistics.
+
+    Built before training starts, so a missing reference or missing weights stop the run before any work.
+    """
+
+    def __init__(self, config: TrainingConfig, device):
+        self.config, self.device = config, str(device)
+        features, meta = load_reference(Path(config.fid_reference))
+        self.feature_fn, self.feature_name = inception_extractor(config.fid_mode, config.inception_weights, self.device)
+        if meta.get("mode") != config.fid_mode or meta.get("feature_extractor") != self.feature_name:
+            raise EvalError(
+                f"fid_reference: {config.fid_reference} holds {meta.get('feature_extractor')} features in mode {meta.get('mode')}, "
+                f"training uses {self.feature_name} in mode {config.fid_mode}"
+            )
+        if meta.get("resolution") != config.resolution:
+            raise EvalError(f"fid_reference: its images are {meta.get('resolution')} px, the model's {config.resolution} px")
+        self.reference = statistics(features)
+
+    def __call__(self, unet, scheduler_config: dict) -> float:
+        config = self.config
+        sampler = make_sampler(config.fid_sampler, scheduler_config)
+        images = generate(unet, sampler, config.fid_num_images, config.fid_inference_steps, seed=config.seed, batch_size=config.num_grid_images)
+        features = extract_features(to_uint8(images), self.feature_fn, config.fid_mode, device=self.device, description="FID features")
+        return frechet_distance(*statistics(features), *self.reference)
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -443,8 +472,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     fid.add_argument("--num_images", type=int, default=10_000)
     fid.add_argument("--batch_size", type=int, default=256)
     fid.add_argument("--seed", type=int, default=0)
-    fid.add_argument("--sampler", default="dpmsolver++", choices=SAMPLERS)
-    fid.add_argument("--steps", type=int, default=25)
+    fid.add_argument("--sampler", default="ddpm", choices=SAMPLERS)
+    fid.add_argument("--steps", type=int, default=100)
     fid.add_argument("--eta", type=float, default=0.0)
     fid.add_argument("--solver_order", type=int, default=2, choices=(2, 3))
     fid.add_argument("--dtype", default="fp32", choices=tuple(DTYPES))

@@ -39,6 +39,7 @@ from .data import (
     prepare_images,
 )
 from .diffusion import cosine_with_min_lr, step_loss
+from .evaluate import EvalError, TrainingFid
 from .hub import HubError, push_to_hub, write_card
 from .model import build_noise_scheduler, build_unet, count_parameters, describe_unet
 from .sample import generate, image_grid, make_sampler
@@ -230,6 +231,28 @@ def save_sample_grid(unet, config: TrainingConfig, noise_scheduler, global_step:
     return path
 
 
+def track_fid(fid_tracker, model, ema, noise_scheduler, global_step: int, output_dir: Path, best: Optional[dict], accelerator, progress) -> dict:
+    """FID of the EMA weights now; logged, and exported to best-fid/ when it is the best so far. Returns the best."""
+    if ema is not None:
+        ema.store(model.parameters())
+        ema.copy_to(model.parameters())
+    model.eval()
+    with accelerator.autocast():
+        fid = fid_tracker(model, noise_scheduler.config)
+    accelerator.log({"fid": fid}, step=global_step)
+    if best is None or fid < best["fid"]:
+        best = {"step": global_step, "fid": round(fid, 4)}
+        export_pipeline(model, noise_scheduler, output_dir / "best-fid")
+        (output_dir / "best-fid" / "fid.json").write_text(json.dumps({**best, "reference": fid_tracker.config.fid_reference,
+            "num_images": fid_tracker.config.fid_num_images, "sampler": fid_tracker.config.fid_sampler,
+            "steps": fid_tracker.config.fid_inference_steps, "mode": fid_tracker.config.fid_mode}, indent=2) + "\n")  # fmt: skip
+    progress.write(f"step {global_step}: FID {fid:.2f} (best {best['fid']:.2f} at step {best['step']})")
+    model.train()
+    if ema is not None:
+        ema.restore(model.parameters())
+    return best
+
+
 def describe_environment(accelerator: Accelerator) -> dict:
     import accelerate
     import datasets
@@ -298,6 +321,9 @@ def train(config: TrainingConfig) -> Path:
         local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
         torch.set_num_threads(config.cpu_threads or max(1, len(os.sched_getaffinity(0)) // local_processes))
 
+    # FID during training: the reference and the Inception weights are checked before any work
+    fid_tracker = TrainingFid(config, accelerator.device) if config.fid_steps and accelerator.is_main_process else None
+
     # ----- data: decoded once (main process first, the others read its cache), or streamed -----
     images_per_step = config.train_batch_size * accelerator.num_processes * config.gradient_accumulation_steps
     if config.streaming:
@@ -361,6 +387,7 @@ def train(config: TrainingConfig) -> Path:
         state = json.loads((resume_from / "training_state.json").read_text())
         global_step, train_seconds = state["global_step"], state["train_seconds"]
         run["skipped_steps"] = state.get("skipped_steps", 0)
+        run["best_fid"] = state.get("best_fid")
         if config.streaming:
             stream.load_state(json.loads((resume_from / f"stream_state_{accelerator.process_index}.json").read_text()))
         accelerator.print(f"Resumed from {resume_from} at step {global_step}")
@@ -376,103 +403,109 @@ def train(config: TrainingConfig) -> Path:
     window_start, window_steps = time.perf_counter(), 0
     bad_steps_in_a_row = 0
     run.setdefault("skipped_steps", 0)
-    stop_request = StopRequest().__enter__()
     unet.train()
-    while global_step < total_steps:
-        # 1. forward and backward over the micro-batches of one optimizer step
-        losses = torch.zeros((), device=accelerator.device)
-        for micro_step in range(config.gradient_accumulation_steps):
-            micro_batch_index = global_step * config.gradient_accumulation_steps + micro_step
-            batch = stream.batch(micro_batch_index)
-            last_micro_step = micro_step == config.gradient_accumulation_steps - 1
-            with nullcontext() if last_micro_step else accelerator.no_sync(unet):
-                loss = step_loss(unet, noise_scheduler, config, batch, micro_batch_index, accelerator.process_index, accelerator.num_processes)
-                accelerator.backward(loss / config.gradient_accumulation_steps)
-            losses += loss.detach()
+    with StopRequest() as stop_request:  # SIGTERM/SIGINT: finish the step, checkpoint, stop
+        while global_step < total_steps:
+            # 1. forward and backward over the micro-batches of one optimizer step
+            losses = torch.zeros((), device=accelerator.device)
+            for micro_step in range(config.gradient_accumulation_steps):
+                micro_batch_index = global_step * config.gradient_accumulation_steps + micro_step
+                batch = stream.batch(micro_batch_index)
+                last_micro_step = micro_step == config.gradient_accumulation_steps - 1
+                with nullcontext() if last_micro_step else accelerator.no_sync(unet):
+                    loss = step_loss(unet, noise_scheduler, config, batch, micro_batch_index, accelerator.process_index, accelerator.num_processes)
+                    accelerator.backward(loss / config.gradient_accumulation_steps)
+                losses += loss.detach()
 
-        # 2. optimizer, LR schedule and EMA step; a step with a non-finite loss or gradient is skipped
-        grad_norm = accelerator.clip_grad_norm_(unet.parameters(), config.max_grad_norm if config.max_grad_norm > 0 else math.inf)
-        # fp16: the grad scaler skips overflowing steps itself. Otherwise one host sync per step: gradients
-        # are already averaged over processes, so every process takes the same decision.
-        finite = config.mixed_precision == "fp16" or bool(torch.isfinite(grad_norm) & torch.isfinite(losses))
-        if finite:
-            optimizer.step()
-            if ema is not None:
-                ema.step(unet.parameters())
-            loss_sum += losses
-            loss_count += config.gradient_accumulation_steps
-            bad_steps_in_a_row = 0
-        else:
-            run["skipped_steps"] += 1
-            bad_steps_in_a_row += 1
-            progress.write(f"step {global_step + 1}: non-finite loss or gradient, step skipped ({bad_steps_in_a_row} in a row)")
-        lr_scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        global_step += 1
-        window_steps += 1
-        progress.update(1)
-        if config.max_bad_steps and bad_steps_in_a_row >= config.max_bad_steps:
-            good_step = global_step - bad_steps_in_a_row  # checkpoints written during the bad streak hold the same weights
-            checkpoints = [path for path in list_checkpoints(output_dir / "checkpoints") if checkpoint_step(path) <= good_step]
-            last_good = f"the last good checkpoint is {checkpoints[-1]}" if checkpoints else "there is no checkpoint yet"
-            raise TrainingStopped(
-                f"training diverged: {bad_steps_in_a_row} steps in a row (up to step {global_step}) had a non-finite loss or "
-                f"gradient and were skipped; {last_good}. Resume from it with a lower --learning_rate "
-                f"(--resume_from_checkpoint PATH), or raise --max_bad_steps.",
-                exit_code=3,
-            )
-
-        # 3. logs (the loss is read back from the device only here, not every step)
-        if global_step % config.logging_steps == 0 or global_step == total_steps:
-            elapsed = time.perf_counter() - window_start
-            train_seconds += elapsed
-            logs = {
-                # nan when every step of the window was skipped
-                "loss": accelerator.reduce(loss_sum, reduction="mean").item() / loss_count if loss_count else math.nan,
-                "lr": lr_scheduler.get_last_lr()[0],
-                "images_per_second": window_steps * images_per_step / elapsed,
-                "skipped_steps": run["skipped_steps"],
-            }
-            if ema is not None:
-                logs["ema_decay"] = ema.cur_decay_value
-            progress.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}", img_s=f"{logs['images_per_second']:.0f}")
-            accelerator.log(logs, step=global_step)
-            loss_sum.zero_()
-            loss_count = 0
-            window_start, window_steps = time.perf_counter(), 0
-
-        # 4. sample grids and checkpoints (their time is left out of images/s)
-        pause_start = time.perf_counter()
-        is_last = global_step == total_steps
-        if config.save_images_steps and global_step % config.save_images_steps == 0 and not is_last:
-            if accelerator.is_main_process:
-                model = accelerator.unwrap_model(unet, keep_torch_compile=False)
+            # 2. optimizer, LR schedule and EMA step; a step with a non-finite loss or gradient is skipped
+            grad_norm = accelerator.clip_grad_norm_(unet.parameters(), config.max_grad_norm if config.max_grad_norm > 0 else math.inf)
+            # fp16: the grad scaler skips overflowing steps itself. Otherwise one host sync per step: gradients
+            # are already averaged over processes, so every process takes the same decision.
+            finite = config.mixed_precision == "fp16" or bool(torch.isfinite(grad_norm) & torch.isfinite(losses))
+            if finite:
+                optimizer.step()
                 if ema is not None:
-                    ema.store(model.parameters())
-                    ema.copy_to(model.parameters())
-                path = save_sample_grid(model, config, noise_scheduler, global_step, accelerator)
+                    ema.step(unet.parameters())
+                loss_sum += losses
+                loss_count += config.gradient_accumulation_steps
+                bad_steps_in_a_row = 0
+            else:
+                run["skipped_steps"] += 1
+                bad_steps_in_a_row += 1
+                progress.write(f"step {global_step + 1}: non-finite loss or gradient, step skipped ({bad_steps_in_a_row} in a row)")
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            global_step += 1
+            window_steps += 1
+            progress.update(1)
+            if config.max_bad_steps and bad_steps_in_a_row >= config.max_bad_steps:
+                good_step = global_step - bad_steps_in_a_row  # checkpoints written during the bad streak hold the same weights
+                checkpoints = [path for path in list_checkpoints(output_dir / "checkpoints") if checkpoint_step(path) <= good_step]
+                last_good = f"the last good checkpoint is {checkpoints[-1]}" if checkpoints else "there is no checkpoint yet"
+                accelerator.end_training()
+                raise TrainingStopped(
+                    f"training diverged: {bad_steps_in_a_row} steps in a row (up to step {global_step}) had a non-finite loss or "
+                    f"gradient and were skipped; {last_good}. Resume from it with a lower --learning_rate "
+                    f"(--resume_from_checkpoint PATH), or raise --max_bad_steps.",
+                    exit_code=3,
+                )
+
+            # 3. logs (the loss is read back from the device only here, not every step)
+            if global_step % config.logging_steps == 0 or global_step == total_steps:
+                elapsed = time.perf_counter() - window_start
+                train_seconds += elapsed
+                logs = {
+                    # nan when every step of the window was skipped
+                    "loss": accelerator.reduce(loss_sum, reduction="mean").item() / loss_count if loss_count else math.nan,
+                    "lr": lr_scheduler.get_last_lr()[0],
+                    "images_per_second": window_steps * images_per_step / elapsed,
+                    "skipped_steps": run["skipped_steps"],
+                }
                 if ema is not None:
-                    ema.restore(model.parameters())
-                progress.write(f"step {global_step}: sample grid {path}")
-            accelerator.wait_for_everyone()
-        stop = stop_request.received is not None
-        if accelerator.num_processes > 1:  # every process must stop after the same step
-            stop = accelerator.reduce(torch.tensor(float(stop), device=accelerator.device), reduction="sum").item() > 0
-        if (config.checkpointing_steps and (global_step % config.checkpointing_steps == 0 or is_last)) or (stop and not is_last):
-            state = {"global_step": global_step, "train_seconds": round(train_seconds, 1), "skipped_steps": run["skipped_steps"]}
-            save_checkpoint(accelerator, config, state, run, stream.state() if config.streaming else None)
-        window_start += time.perf_counter() - pause_start
-        if stop and not is_last:
-            progress.close()
-            accelerator.end_training()
-            name = signal.Signals(stop_request.received).name if stop_request.received else "a signal to another process"
-            raise TrainingStopped(
-                f"stopped by {name} after step {global_step} of {total_steps}: checkpoint "
-                f"{output_dir / 'checkpoints' / f'{CHECKPOINT_PREFIX}{global_step}'} written. Continue with the same "
-                f"command and --resume_from_checkpoint latest.",
-                exit_code=128 + (stop_request.received or signal.SIGTERM),
-            )
-    stop_request.__exit__()
+                    logs["ema_decay"] = ema.cur_decay_value
+                progress.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}", img_s=f"{logs['images_per_second']:.0f}")
+                accelerator.log(logs, step=global_step)
+                loss_sum.zero_()
+                loss_count = 0
+                window_start, window_steps = time.perf_counter(), 0
+
+            # 4. sample grids and checkpoints (their time is left out of images/s)
+            pause_start = time.perf_counter()
+            is_last = global_step == total_steps
+            if config.save_images_steps and global_step % config.save_images_steps == 0 and not is_last:
+                if accelerator.is_main_process:
+                    model = accelerator.unwrap_model(unet, keep_torch_compile=False)
+                    if ema is not None:
+                        ema.store(model.parameters())
+                        ema.copy_to(model.parameters())
+                    path = save_sample_grid(model, config, noise_scheduler, global_step, accelerator)
+                    if ema is not None:
+                        ema.restore(model.parameters())
+                    progress.write(f"step {global_step}: sample grid {path}")
+                accelerator.wait_for_everyone()
+            if config.fid_steps and (global_step % config.fid_steps == 0 or is_last):
+                if accelerator.is_main_process:
+                    run["best_fid"] = track_fid(fid_tracker, accelerator.unwrap_model(unet, keep_torch_compile=False), ema,
+                                                noise_scheduler, global_step, output_dir, run.get("best_fid"), accelerator, progress)  # fmt: skip
+                accelerator.wait_for_everyone()
+            stop = stop_request.received is not None
+            if accelerator.num_processes > 1:  # every process must stop after the same step
+                stop = accelerator.reduce(torch.tensor(float(stop), device=accelerator.device), reduction="sum").item() > 0
+            if (config.checkpointing_steps and (global_step % config.checkpointing_steps == 0 or is_last)) or (stop and not is_last):
+                state = {"global_step": global_step, "train_seconds": round(train_seconds, 1), "skipped_steps": run["skipped_steps"],
+                         "best_fid": run.get("best_fid")}  # fmt: skip
+                save_checkpoint(accelerator, config, state, run, stream.state() if config.streaming else None)
+            window_start += time.perf_counter() - pause_start
+            if stop and not is_last:
+                progress.close()
+                accelerator.end_training()
+                name = signal.Signals(stop_request.received).name if stop_request.received else "a signal to another process"
+                raise TrainingStopped(
+                    f"stopped by {name} after step {global_step} of {total_steps}: checkpoint "
+                    f"{output_dir / 'checkpoints' / f'{CHECKPOINT_PREFIX}{global_step}'} written. Continue with the same "
+                    f"command and --resume_from_checkpoint latest.",
+                    exit_code=128 + (stop_request.received or signal.SIGTERM),
+                )
     progress.close()
     if config.streaming:
         skipped = accelerator.reduce(torch.tensor(sum(stream.skipped.values()), device=accelerator.device), reduction="sum")
@@ -535,7 +568,7 @@ def main(argv: Optional[list[str]] = None) -> None:
             dry_run(config)
         else:
             train(config)
-    except (ConfigError, DataError) as error:
+    except (ConfigError, DataError, EvalError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     except TrainingStopped as error:

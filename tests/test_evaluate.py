@@ -8,7 +8,6 @@ statistics, the distance, the commands, the weights handling) is the real code.
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -234,7 +233,7 @@ def test_every_sampler_runs_from_the_saved_scheduler(tiny_pipeline, sampler, ext
 
 
 def evaluate_args(*extra):
-    return ev.parse_args(["fid", "--device", "cpu", "--num_images", "40", "--batch_size", "20", "--steps", "3", *extra])
+    return ev.parse_args(["fid", "--device", "cpu", "--num_images", "40", "--batch_size", "20", "--sampler", "dpmsolver++", "--steps", "3", *extra])
 
 
 def test_evaluate_command_end_to_end_with_saved_reference_statistics(tiny_pipeline, tmp_path):

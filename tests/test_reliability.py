@@ -221,3 +221,44 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     # only the main process writes the export, the card and the logs
     assert result.stdout.count("Exported the DDPMPipeline") == 1
     assert len(list((tmp_path / "two" / "logs").rglob("events.out.tfevents.*"))) == len(list((tmp_path / "one" / "logs").rglob("events.out.tfevents.*")))
+
+
+def test_fid_during_training_is_logged_and_keeps_the_best_weights(tmp_path, monkeypatch):
+    """--fid_steps with saved reference statistics; the small test network stands in for Inception."""
+    from conftest import TinyFeatures
+    from pipeline import evaluate as ev
+
+    monkeypatch.setattr(ev, "inception_extractor", lambda mode, weights=None, device="cpu": (TinyFeatures(), "tiny test network"))
+    stats = tmp_path / "reference.npz"
+    ev.make_reference(
+        ev.parse_args(["reference", "--resolution", "16", "--channels", "1", "--reference_dataset", "data/fashion_mnist",
+                       "--reference_max_images", "64", "--output", str(stats), "--device", "cpu"])
+    )  # fmt: skip
+    AcceleratorState._reset_state(reset_partial_state=True)
+    output_dir = tmp_path / "out"
+    train(TrainingConfig(**{**TINY, "output_dir": str(output_dir), "fid_steps": 3, "fid_reference": str(stats), "fid_num_images": 8,
+                            "fid_inference_steps": 2, "save_images_steps": 0}))  # fmt: skip
+    AcceleratorState._reset_state(reset_partial_state=True)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events,) = [path.parent for path in (output_dir / "logs").rglob("events.out.tfevents.*") if path.parent.name == "train_ddpm"]
+    accumulator = EventAccumulator(str(events))
+    accumulator.Reload()
+    logged = {event.step: event.value for event in accumulator.Scalars("fid")}
+    assert sorted(logged) == [3, 6] and all(value > 0 for value in logged.values())
+    best = json.loads((output_dir / "best-fid" / "fid.json").read_text())
+    assert best["fid"] == pytest.approx(min(logged.values()), rel=1e-4) and best["step"] == min(logged, key=logged.get)
+    assert (output_dir / "best-fid" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert json.loads((output_dir / "training_config.json").read_text())["run"]["best_fid"]["step"] == best["step"]
+
+
+def test_fid_during_training_with_a_bad_reference_stops_before_any_work(tmp_path):
+    stats = tmp_path / "reference.npz"
+    stats.write_bytes(b"")
+    config_file = tmp_path / "fid.yaml"
+    config_file.write_text(yaml.safe_dump({**TINY, "fid_steps": 3, "fid_reference": str(stats), "fid_mode": "legacy_pytorch",
+                                           "inception_weights": str(tmp_path / "missing.pth")}))  # fmt: skip
+    result = subprocess.run(launch_command(config_file, tmp_path / "out"), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0
+    assert f"error: reference: {stats} is not a statistics file" in result.stderr
+    assert not (tmp_path / "out").exists()
