@@ -115,6 +115,9 @@ class TrainingConfig:
         metadata={"help": "Steps with a non-finite loss or gradient are skipped; stop after this many in a row (0: never stop)."},
     )
     mixed_precision: str = field(default="bf16", metadata={"help": "no, fp16 or bf16."})
+    allow_tf32: bool = field(
+        default=True, metadata={"help": "On NVIDIA GPUs, TF32 for fp32 matmuls and convolutions (and cuDNN autotuning); no effect on CPUs."}
+    )
     torch_compile: bool = field(
         default=False, metadata={"help": "Compile the UNet with torch.compile (inductor): pays on GPUs for long runs; minutes of compile time."}
     )

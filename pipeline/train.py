@@ -316,6 +316,10 @@ def train(config: TrainingConfig) -> Path:
         dynamo_backend="inductor" if config.torch_compile else "no",
     )
     set_seed(config.seed, device_specific=True)  # dropout and sampling; the training draws come from step_draws
+    if accelerator.device.type == "cuda" and config.allow_tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True  # the fp32 parts (and fp32 runs such as the report preset)
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True  # fixed shapes: autotune each convolution once
     if accelerator.device.type == "cpu":
         # `accelerate launch` without --cpu sets OMP_NUM_THREADS=1, which halves the speed on 2 cores.
         local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", 1))

@@ -120,6 +120,7 @@ FLAG_VALUES = {
     "push_to_hub": (["true"], True),
     "max_bad_steps": (["3"], 3),
     "torch_compile": (["true"], True),
+    "allow_tf32": (["false"], False),
     "fid_steps": (["500", "--fid_reference", "ref.npz"], 500),
     "fid_reference": (["ref.npz"], "ref.npz"),
     "fid_num_images": (["64"], 64),
