@@ -64,6 +64,15 @@ def training_process(launcher: subprocess.Popen, timeout: float = 60) -> int:
     raise AssertionError("accelerate launch started no training process")
 
 
+def start_run(config_file: Path, output_dir: Path, own_group: bool = False) -> tuple[subprocess.Popen, int]:
+    """`accelerate launch` in the background (in a process group of its own if asked); returns it and the trainer's PID."""
+    launcher = subprocess.Popen(
+        launch_command(config_file, output_dir), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=own_group,
+    )  # fmt: skip
+    return launcher, training_process(launcher)
+
+
 def wait_for(predicate, launcher: subprocess.Popen, timeout: float = 300, interval: float = 0.002) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -102,8 +111,7 @@ def uninterrupted(long_config, tmp_path_factory):
 
 def test_sigterm_checkpoints_and_exits_and_the_resumed_run_equals_an_uninterrupted_one(long_config, uninterrupted, tmp_path):
     output_dir = tmp_path / "out"
-    launcher = subprocess.Popen(launch_command(long_config, output_dir), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    trainer = training_process(launcher)
+    launcher, trainer = start_run(long_config, output_dir)
     wait_for(lambda: (output_dir / "checkpoints" / "checkpoint-16").is_dir(), launcher)
     os.kill(trainer, signal.SIGTERM)  # a preemption notice, mid-way between checkpoints
     _, stderr = launcher.communicate(timeout=300)
@@ -125,11 +133,7 @@ def test_sigterm_checkpoints_and_exits_and_the_resumed_run_equals_an_uninterrupt
 def test_ctrl_c_to_the_process_group_checkpoints_and_exits(long_config, tmp_path):
     """SIGINT to the whole group, as a terminal's Ctrl-C sends it: the launcher gives up, the trainer checkpoints."""
     output_dir = tmp_path / "out"
-    launcher = subprocess.Popen(
-        launch_command(long_config, output_dir), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True,
-    )  # fmt: skip
-    trainer = training_process(launcher)
+    launcher, trainer = start_run(long_config, output_dir, own_group=True)
     wait_for(lambda: (output_dir / "checkpoints" / "checkpoint-16").is_dir(), launcher)
     os.killpg(launcher.pid, signal.SIGINT)
     _, stderr = launcher.communicate(timeout=300)  # the pipes close once the trainer has exited too
@@ -142,11 +146,7 @@ def test_ctrl_c_to_the_process_group_checkpoints_and_exits(long_config, tmp_path
 def test_sigkill_during_a_checkpoint_write_leaves_the_previous_one_usable(long_config, uninterrupted, tmp_path):
     output_dir = tmp_path / "out"
     checkpoints = output_dir / "checkpoints"
-    launcher = subprocess.Popen(
-        launch_command(long_config, output_dir), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True,
-    )  # fmt: skip
-    trainer = training_process(launcher)
+    launcher, trainer = start_run(long_config, output_dir, own_group=True)
     wait_for(lambda: (checkpoints / ".checkpoint-32.tmp").exists(), launcher, interval=0)
     os.killpg(launcher.pid, signal.SIGKILL)
     launcher.communicate(timeout=60)
