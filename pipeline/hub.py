@@ -99,11 +99,14 @@ def card_context(output_dir: Path, repo_id: Optional[str] = None) -> dict:
     grid = grids[-1].relative_to(output_dir).as_posix() if grids else None
 
     hours = run.get("wall_seconds", 0) / 3600
+    parameters = run.get("unet_parameters", 0)
+    size = f"{parameters / 1e6:.1f}M" if parameters >= 1e6 else f"{parameters / 1e3:.0f}K"
+    optimizer = {"adamw": "AdamW", "adam": "Adam"}.get(config["optimizer"], config["optimizer"])
     versions = run.get("versions", {})
     lower = (data_name or "").lower()
     report_relation = (
-        f"This model: {run.get('unet_parameters', 0) / 1e6:.1f}M-parameter `UNet2DModel`, T = {scheduler['num_train_timesteps']}, "
-        f"`{scheduler['beta_schedule']}` betas, {config['loss_type'].upper()} loss, {config['optimizer']} at {config['learning_rate']}, "
+        f"This model: {size}-parameter `UNet2DModel`, T = {scheduler['num_train_timesteps']}, "
+        f"`{scheduler['beta_schedule']}` betas, {config['loss_type'].upper()} loss, {optimizer} at {config['learning_rate']}, "
         f"batch {global_batch}, {steps:,} steps on {data_name} at {config['resolution']} px in {config['mixed_precision']} precision. "
         "An FID is comparable with the report's only when the data, the reference set, the sample count and the FID "
         "implementation are the same (the report used pytorch-fid, whose numbers match clean-fid's `legacy_pytorch` mode)."
@@ -115,7 +118,8 @@ def card_context(output_dir: Path, repo_id: Optional[str] = None) -> dict:
         "data_hub_id": data_source if data_source and public_name(data_source) == data_source and "/" in data_source else None,
         "resolution": config["resolution"],
         "channels": config["image_channels"],
-        "parameters": run.get("unet_parameters", 0),
+        "parameters": parameters,
+        "parameters_short": size,
         "num_train_timesteps": scheduler["num_train_timesteps"],
         "beta_schedule": scheduler["beta_schedule"],
         "beta_start": scheduler["beta_start"],
@@ -136,7 +140,7 @@ def card_context(output_dir: Path, repo_id: Optional[str] = None) -> dict:
         "layers_per_block": config["layers_per_block"],
         "attention": attention,
         "loss": f"{config['loss_type'].upper()} between the network output and its `{config['prediction_type']}` target",
-        "optimizer": {"adamw": "AdamW", "adam": "Adam"}.get(config["optimizer"], config["optimizer"]),
+        "optimizer": optimizer,
         "learning_rate": config["learning_rate"],
         "lr_scheduler": config["lr_scheduler"],
         "warmup": config["lr_warmup_steps"],
