@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from .config import FID_MODES as MODES
 from .config import SAMPLERS, ConfigError, TrainingConfig
 from .data import DataError, describe_skipped, prepare_images
-from .sample import DTYPES, CountingUNet, SampleError, generate, image_grid, load_pipeline, make_sampler, to_uint8
+from .sample import DTYPES, SampleError, generate, image_grid, make_sampler, sample_images, to_uint8
 
 # The weights clean-fid loads in each mode: file name, where clean-fid looks for it, where it downloads it from.
 INCEPTION_FILES = {
@@ -270,6 +270,16 @@ def reference_images(config: TrainingConfig) -> tuple[np.ndarray, dict]:
     return np.asarray(prepared.pixels), description
 
 
+def encode_reference(args: argparse.Namespace, model_dir: Optional[Path], resolution: int, channels: int, feature_fn: FeatureFn):
+    """The --reference_* source's features (float64) and description, read at `resolution` through the data loader."""
+    config = reference_config(
+        model_dir, resolution, channels, train_data_dir=args.reference_data_dir, dataset_name=args.reference_dataset,
+        split=args.reference_split, max_train_samples=args.reference_max_images,
+    )  # fmt: skip
+    pixels, description = reference_images(config)
+    return extract_features(pixels, feature_fn, args.mode, args.feature_batch_size, args.device, "reference features"), description
+
+
 def save_reference(path: Path, features: np.ndarray, meta: dict) -> None:
     """Mean, covariance, features (for KID) and a description, in one .npz written whole or not at all."""
     mu, sigma = statistics(features)
@@ -328,23 +338,14 @@ def evaluate(args: argparse.Namespace, feature_fn: Optional[FeatureFn] = None, f
     if feature_fn is None:
         feature_fn, feature_name = inception_extractor(args.mode, args.inception_weights, args.device)
 
-    # The samples: generated here, or a folder from pipeline.sample
+    # The samples: generated here, or a folder from pipeline.sample; either way with the record of how
     if args.samples is not None:
         images, record = read_samples(Path(args.samples))
-        model, sampler_name, steps, seed = record["model"], record["sampler"], record["steps"], record["seed"]
-        eta, order, evaluations = record.get("eta"), record.get("solver_order"), record.get("model_evaluations_per_image")
+    elif args.model is None:
+        raise EvalError("model: pass --model (a saved pipeline) or --samples (a folder from pipeline.sample)")
     else:
-        if args.model is None:
-            raise EvalError("model: pass --model (a saved pipeline) or --samples (a folder from pipeline.sample)")
-        pipeline = load_pipeline(args.model, args.device, args.dtype)
-        sampler = make_sampler(args.sampler, pipeline.scheduler.config, args.solver_order)
-        unet = CountingUNet(pipeline.unet)
-        generated = generate(unet, sampler, args.num_images, args.steps, args.seed, args.batch_size, eta=args.eta, progress=True)
-        images = to_uint8(generated)
-        model, sampler_name, steps, seed = args.model, args.sampler, args.steps, args.seed
-        eta = args.eta if args.sampler == "ddim" else None
-        order = args.solver_order if args.sampler == "dpmsolver++" else None
-        evaluations = unet.evaluations / args.num_images
+        images, record = sample_images(args)
+    model = record["model"]
     sample_features = extract_features(images, feature_fn, args.mode, args.feature_batch_size, args.device, "sample features")
 
     # The reference: saved statistics, or a data source read at the samples' resolution
@@ -358,12 +359,7 @@ def evaluate(args: argparse.Namespace, feature_fn: Optional[FeatureFn] = None, f
             )
     else:
         model_dir = Path(model) if Path(model).is_dir() else None
-        config = reference_config(
-            model_dir, images.shape[1], images.shape[3], train_data_dir=args.reference_data_dir,
-            dataset_name=args.reference_dataset, split=args.reference_split, max_train_samples=args.reference_max_images,
-        )  # fmt: skip
-        pixels, reference = reference_images(config)
-        reference_features = extract_features(pixels, feature_fn, args.mode, args.feature_batch_size, args.device, "reference features")
+        reference_features, reference = encode_reference(args, model_dir, images.shape[1], images.shape[3], feature_fn)
     if reference.get("resolution") not in (None, images.shape[1]):
         raise EvalError(f"reference: its images are {reference['resolution']} px, the samples {images.shape[1]} px")
 
@@ -374,12 +370,7 @@ def evaluate(args: argparse.Namespace, feature_fn: Optional[FeatureFn] = None, f
         "kid": round(kid, 6),
         "num_samples": int(len(images)),
         "num_reference": int(len(reference_features)),
-        "sampler": sampler_name,
-        "steps": steps,
-        "eta": eta,
-        "solver_order": order,
-        "model_evaluations_per_image": evaluations,
-        "seed": seed,
+        **{key: record.get(key) for key in ("sampler", "steps", "eta", "solver_order", "model_evaluations_per_image", "seed")},
         "reference": reference,
         "mode": args.mode,
         "feature_extractor": feature_name,
@@ -389,7 +380,7 @@ def evaluate(args: argparse.Namespace, feature_fn: Optional[FeatureFn] = None, f
     }
     output = Path(args.output_dir) if args.output_dir else (Path(model) / "eval" if Path(model).is_dir() else Path("eval"))
     append_metrics(output / "metrics.json", result)
-    image_grid(images[:64].astype(np.float32) / 255).save(output / f"samples-{sampler_name}-{steps}.png")
+    image_grid(images[:64].astype(np.float32) / 255).save(output / f"samples-{record['sampler']}-{record['steps']}.png")
     model_dir = output.parent
     if output.name == "eval" and (model_dir / "training_config.json").is_file() and (model_dir / "README.md").is_file():
         from .hub import write_card
@@ -413,12 +404,7 @@ def make_reference(args: argparse.Namespace, feature_fn: Optional[FeatureFn] = N
         model_dir, resolution, channels = None, args.resolution, args.channels
     else:
         raise EvalError("reference: pass --model (its resolution is used) or --resolution and --channels")
-    config = reference_config(
-        model_dir, resolution, channels, train_data_dir=args.reference_data_dir, dataset_name=args.reference_dataset,
-        split=args.reference_split, max_train_samples=args.reference_max_images,
-    )  # fmt: skip
-    pixels, description = reference_images(config)
-    features = extract_features(pixels, feature_fn, args.mode, args.feature_batch_size, args.device, "reference features")
+    features, description = encode_reference(args, model_dir, resolution, channels, feature_fn)
     meta = {**description, "mode": args.mode, "feature_extractor": feature_name, "clean_fid_version": importlib.metadata.version("clean-fid")}
     save_reference(Path(args.output), features, meta)
     return meta

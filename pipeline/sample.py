@@ -179,21 +179,15 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     return args
 
 
-def run_sampling(args: argparse.Namespace) -> dict:
-    """Load, sample, write PNGs + grid + samples.json; returns what samples.json holds."""
+def sample_images(args: argparse.Namespace) -> tuple[np.ndarray, dict]:
+    """Load the pipeline and sample as `args` says (model, device, dtype, sampler, steps, eta, solver_order,
+    num_images, batch_size, seed); returns uint8 (N, H, W, C) images and the record of what was run."""
     pipeline = load_pipeline(args.model, args.device, args.dtype)
     sampler = make_sampler(args.sampler, pipeline.scheduler.config, args.solver_order)
     unet = CountingUNet(pipeline.unet)
-    output = Path(args.output_dir)
-    output.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     images = generate(unet, sampler, args.num_images, args.steps, args.seed, args.batch_size, eta=args.eta, progress=True)
     seconds = time.perf_counter() - started
-    pixels = to_uint8(images)
-    for index, image in enumerate(pixels):
-        Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(output / f"{index:06d}.png")
-    if args.grid_images:
-        image_grid(images[: args.grid_images]).save(output / "grid.png")
     record = {
         "model": args.model,
         "num_images": args.num_images,
@@ -211,6 +205,18 @@ def run_sampling(args: argparse.Namespace) -> dict:
         "seconds": round(seconds, 2),
         "images_per_second": round(args.num_images / seconds, 2),
     }
+    return to_uint8(images), record
+
+
+def run_sampling(args: argparse.Namespace) -> dict:
+    """Sample, then write PNGs + grid + samples.json; returns what samples.json holds."""
+    pixels, record = sample_images(args)
+    output = Path(args.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    for index, image in enumerate(pixels):
+        Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(output / f"{index:06d}.png")
+    if args.grid_images:
+        image_grid(pixels[: args.grid_images].astype(np.float32) / 255).save(output / "grid.png")
     (output / "samples.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
 

@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 import warnings
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Optional
 
@@ -231,12 +231,24 @@ def save_sample_grid(unet, config: TrainingConfig, noise_scheduler, global_step:
     return path
 
 
-def track_fid(fid_tracker, model, ema, noise_scheduler, global_step: int, output_dir: Path, best: Optional[dict], accelerator, progress) -> dict:
-    """FID of the EMA weights now; logged, and exported to best-fid/ when it is the best so far. Returns the best."""
+@contextmanager
+def ema_weights(model, ema: Optional[EMAModel]):
+    """The model with the EMA weights in place (and in eval mode) inside the block; the trained ones after."""
     if ema is not None:
         ema.store(model.parameters())
         ema.copy_to(model.parameters())
+    was_training = model.training
     model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+        if ema is not None:
+            ema.restore(model.parameters())
+
+
+def track_fid(fid_tracker, model, noise_scheduler, global_step: int, output_dir: Path, best: Optional[dict], accelerator, progress) -> dict:
+    """FID of `model` (the EMA weights) now; logged, and exported to best-fid/ when it is the best so far. Returns the best."""
     with accelerator.autocast():
         fid = fid_tracker(model, noise_scheduler.config)
     accelerator.log({"fid": fid}, step=global_step)
@@ -247,9 +259,6 @@ def track_fid(fid_tracker, model, ema, noise_scheduler, global_step: int, output
             "num_images": fid_tracker.config.fid_num_images, "sampler": fid_tracker.config.fid_sampler,
             "steps": fid_tracker.config.fid_inference_steps, "mode": fid_tracker.config.fid_mode}, indent=2) + "\n")  # fmt: skip
     progress.write(f"step {global_step}: FID {fid:.2f} (best {best['fid']:.2f} at step {best['step']})")
-    model.train()
-    if ema is not None:
-        ema.restore(model.parameters())
     return best
 
 
@@ -478,19 +487,15 @@ def train(config: TrainingConfig) -> Path:
             is_last = global_step == total_steps
             if config.save_images_steps and global_step % config.save_images_steps == 0 and not is_last:
                 if accelerator.is_main_process:
-                    model = accelerator.unwrap_model(unet, keep_torch_compile=False)
-                    if ema is not None:
-                        ema.store(model.parameters())
-                        ema.copy_to(model.parameters())
-                    path = save_sample_grid(model, config, noise_scheduler, global_step, accelerator)
-                    if ema is not None:
-                        ema.restore(model.parameters())
+                    with ema_weights(accelerator.unwrap_model(unet, keep_torch_compile=False), ema) as model:
+                        path = save_sample_grid(model, config, noise_scheduler, global_step, accelerator)
                     progress.write(f"step {global_step}: sample grid {path}")
                 accelerator.wait_for_everyone()
             if config.fid_steps and (global_step % config.fid_steps == 0 or is_last):
                 if accelerator.is_main_process:
-                    run["best_fid"] = track_fid(fid_tracker, accelerator.unwrap_model(unet, keep_torch_compile=False), ema,
-                                                noise_scheduler, global_step, output_dir, run.get("best_fid"), accelerator, progress)  # fmt: skip
+                    with ema_weights(accelerator.unwrap_model(unet, keep_torch_compile=False), ema) as model:
+                        run["best_fid"] = track_fid(fid_tracker, model, noise_scheduler, global_step, output_dir, run.get("best_fid"),
+                                                    accelerator, progress)  # fmt: skip
                 accelerator.wait_for_everyone()
             stop = stop_request.received is not None
             if accelerator.num_processes > 1:  # every process must stop after the same step

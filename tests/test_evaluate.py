@@ -215,6 +215,33 @@ def test_sample_command_writes_pngs_grid_and_record_and_is_seeded(tiny_pipeline,
 
 
 @pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--sampler", "ddpm", "--eta", "1"], "--eta applies to the ddim sampler only"),
+        (["--steps", "0"], "--steps must be at least 1"),
+        (["--sampler", "euler"], "invalid choice"),
+    ],
+)
+def test_sample_command_refuses_bad_options_before_loading_anything(tmp_path, capsys, argv, message):
+    from pipeline.sample import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["--model", str(tmp_path / "nowhere"), "--output_dir", str(tmp_path / "out"), *argv])
+    assert stopped.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_sample_command_names_a_folder_that_is_not_a_pipeline(tmp_path, capsys):
+    from pipeline.sample import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["--model", str(tmp_path), "--output_dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and "error: model: " in err and "holds no model_index.json" in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
     "sampler, extra, evaluations",
     [("ddim", {"eta": 1.0}, 3), ("dpmsolver++", {"solver_order": 3}, 3), ("ddpm", {}, 3)],
 )

@@ -210,3 +210,14 @@ def test_push_with_the_real_client_and_no_network_fails_cleanly(trained, token):
     with pytest.raises(hub.HubError, match="cannot be reached .* the local folder is unchanged"):
         hub.push_to_hub(trained, "someone/tiny-faces")
     assert folder_digest(trained) == before
+
+
+def test_card_command_rewrites_the_card_for_a_repository_id(trained, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.hub", "card", "--output_dir", str(trained), "--hub_model_id", "other/name"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert 'DDPMPipeline.from_pretrained("other/name")' in (trained / "README.md").read_text()
+    refused = subprocess.run([sys.executable, "-m", "pipeline.hub", "card", "--output_dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "error: " in refused.stderr and "not a training output folder" in refused.stderr
