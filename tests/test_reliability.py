@@ -197,9 +197,11 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     """2 processes x 4 images against 1 process x 8: same images, same noise, same schedules.
 
     fp32, so the only difference is the order of floating-point sums (DDP averages two half-batch
-    gradients, one process averages eight). Measured: every weight within 6e-6 except the attention
-    key biases, within 2.5e-5. Their true gradient is zero (softmax ignores a shift shared by all
-    keys), so Adam normalises pure rounding noise into steps of size ~lr: they get 1e-4, the rest 1e-5.
+    gradients, one process averages eight). Adam divides each gradient by its running RMS, so an
+    element whose true gradient is (nearly) zero, such as the attention key biases (softmax ignores
+    a shift shared by all keys), turns that rounding noise into steps of about the learning rate:
+    measured on two machines, most weights agree within 6e-6 and a few elements up to 4.4e-5.
+    Different images or draws would move nearly every element by ~lr x steps = 6e-3 instead.
     """
     common = {**TINY, "mixed_precision": "no", "save_images_steps": 0, "checkpointing_steps": 6}
     (tmp_path / "two.yaml").write_text(yaml.safe_dump({**common, "train_batch_size": 4}))
@@ -214,10 +216,10 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     one_run = json.loads((tmp_path / "one" / "training_config.json").read_text())["run"]
     assert two_run["num_processes"] == 2 and two_run["images_per_step"] == one_run["images_per_step"] == 8
     two_weights, one_weights = unet_weights(tmp_path / "two"), unet_weights(tmp_path / "one")
-    key_biases = [name for name in one_weights if name.endswith("to_k.bias")]
-    assert_same_weights({name: two_weights[name] for name in key_biases}, {name: one_weights[name] for name in key_biases}, atol=1e-4)
-    rest = [name for name in one_weights if name not in key_biases]
-    assert_same_weights({name: two_weights[name] for name in rest}, {name: one_weights[name] for name in rest}, atol=1e-5)
+    assert two_weights.keys() == one_weights.keys()
+    differences = torch.cat([(two_weights[name] - one_weights[name]).abs().flatten() for name in one_weights])
+    assert differences.max() < 2e-4  # no element moved by a different batch (that would be ~6e-3)
+    assert torch.quantile(differences, 0.999) < 1e-5  # and rounding noise alone, nearly everywhere
     # only the main process writes the export, the card and the logs
     assert result.stdout.count("Exported the DDPMPipeline") == 1
     assert len(list((tmp_path / "two" / "logs").rglob("events.out.tfevents.*"))) == len(list((tmp_path / "one" / "logs").rglob("events.out.tfevents.*")))
