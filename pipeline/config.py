@@ -28,6 +28,7 @@ VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_min_lr", "polynomial")
 SAMPLERS = ("ddpm", "ddim", "dpmsolver++")
 FID_MODES = ("clean", "legacy_pytorch")  # clean-fid's resizing modes
+MAX_SEED = 2**32 - 1
 HUB_ID = re.compile(r"(?:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}")
 
 
@@ -58,6 +59,9 @@ class TrainingConfig:
         default=None, metadata={"help": "Skip images whose short side is below this; default: half of --resolution."}
     )
     strict_data: bool = field(default=False, metadata={"help": "Stop on the first unusable file instead of skipping it."})
+    max_image_bytes: int = field(
+        default=64 * 2**20, metadata={"help": "Skip image files (or archive members) larger than this, without reading them."}
+    )
     preprocessing_num_workers: Optional[int] = field(
         default=None, metadata={"help": "Processes that decode images; default: every core for 256 images or more."}
     )
@@ -127,7 +131,12 @@ class TrainingConfig:
 
     # ----- EMA (diffusers.training_utils.EMAModel, with warmup) -----
     use_ema: bool = field(default=True, metadata={"help": "Keep an EMA of the weights; export and sample from it."})
-    ema_max_decay: float = 0.999
+    ema_max_decay: float = field(default=0.999, metadata={"help": "Decay of the EMA that is exported and sampled."})
+    ema_extra_decays: list[float] = field(
+        default_factory=list,
+        metadata={"help": "More EMA decays tracked in the same update, checkpointed, scored by FID during training and exported "
+                          "to <output_dir>/ema-<decay>/: the best EMA length is only known after training."},
+    )  # fmt: skip
     ema_inv_gamma: float = 1.0
     ema_power: float = field(default=0.75, metadata={"help": "EMA warmup: decay = 1 - (1 + step / inv_gamma) ** -power."})
 
@@ -215,7 +224,7 @@ def validate(config: TrainingConfig) -> None:
     _check_positive(config, "lr_warmup_steps", "min_learning_rate", "adam_weight_decay", "max_grad_norm", allow_zero=True)
     _check_positive(config, "intermediate_resolution", "preprocessing_num_workers")
     _check_positive(config, "min_image_size", allow_zero=True)
-    _check_positive(config, "shuffle_buffer_size")
+    _check_positive(config, "shuffle_buffer_size", "max_image_bytes")
     if config.streaming:
         if config.dataset_name is None:
             _fail("streaming", "streams --dataset_name sources; a folder or zip on disk is decoded once into a much smaller cache")
@@ -282,14 +291,24 @@ def validate(config: TrainingConfig) -> None:
         _fail("min_learning_rate", f"must be below learning_rate ({config.min_learning_rate} >= {config.learning_rate})")
     if not 0 < config.ema_max_decay < 1:
         _fail("ema_max_decay", f"must lie in (0, 1), got {config.ema_max_decay}")
+    for decay in config.ema_extra_decays:
+        if not 0 < decay < 1:
+            _fail("ema_extra_decays", f"each decay must lie in (0, 1), got {decay}")
+    if len(set(config.ema_extra_decays + [config.ema_max_decay])) != len(config.ema_extra_decays) + 1:
+        _fail("ema_extra_decays", f"must differ from each other and from ema_max_decay ({config.ema_max_decay}), got {config.ema_extra_decays}")
     _check_positive(config, "ema_inv_gamma", "ema_power")
     _check_positive(config, "max_bad_steps", allow_zero=True)
 
     # outputs
+    if isinstance(config.seed, bool) or not 0 <= config.seed <= MAX_SEED:
+        _fail("seed", f"must lie in [0, {MAX_SEED}] (NumPy's seed range), got {config.seed}")
     _check_choice(config, "logger", ("tensorboard", "none"))
     _check_choice(config, "grid_sampler", SAMPLERS)
     _check_positive(config, "fid_steps", allow_zero=True)
     _check_positive(config, "fid_inference_steps")
+    for name in ("grid_inference_steps", "fid_inference_steps"):
+        if getattr(config, name) > config.ddpm_num_steps:
+            _fail(name, f"{getattr(config, name)} sampler steps, but the model has only ddpm_num_steps={config.ddpm_num_steps}")
     if config.fid_num_images < 2:
         _fail("fid_num_images", f"must be at least 2 (a covariance needs two samples), got {config.fid_num_images}")
     _check_choice(config, "fid_sampler", SAMPLERS)
@@ -399,7 +418,8 @@ def _none_or(convert, text: str):
 
 
 def _flags_given(argv: list[str]) -> set[str]:
-    return {arg[2:].split("=", 1)[0] for arg in argv if arg.startswith("--")}
+    """The fields named by --flags in `argv`, whichever spelling (`--max_train_steps`, `--max-train-steps`)."""
+    return {arg[2:].split("=", 1)[0].replace("-", "_") for arg in argv if arg.startswith("--")}
 
 
 def parse_config(argv: Optional[list[str]] = None) -> TrainingConfig:

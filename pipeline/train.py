@@ -25,10 +25,20 @@ from accelerate import Accelerator, PartialState
 from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers import DDPMPipeline
 from diffusers.optimization import get_scheduler
-from diffusers.training_utils import EMAModel
 from huggingface_hub import get_token
 from tqdm.auto import tqdm
 
+from .checkpoint import (
+    CHECKPOINT_PREFIX,
+    CheckpointError,
+    TrainingState,
+    check_resume_compatible,
+    checkpoint_step,
+    find_resume_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
 from .config import ConfigError, TrainingConfig, parse_config, save_config
 from .data import (
     DataError,
@@ -39,20 +49,13 @@ from .data import (
     prepare_images,
 )
 from .diffusion import cosine_with_min_lr, step_loss
+from .ema import EMA
 from .evaluate import EvalError, TrainingFid
 from .hub import HubError, push_to_hub, write_card
 from .model import build_noise_scheduler, build_unet, count_parameters, describe_unet
 from .sample import generate, image_grid, make_sampler
 
-CHECKPOINT_PREFIX = "checkpoint-"
 EXPORT_FILES = ("model_index.json", "unet", "scheduler")
-# Fields that must match between a checkpoint and the run that resumes it.
-RESUME_MUST_MATCH = (
-    "resolution", "image_channels", "block_out_channels", "layers_per_block", "down_block_types", "up_block_types",
-    "mid_block_type", "add_attention", "attention_head_dim", "norm_num_groups", "act_fn", "flip_sin_to_cos",
-    "freq_shift", "ddpm_num_steps", "ddpm_beta_schedule", "ddpm_beta_start", "ddpm_beta_end", "prediction_type",
-    "optimizer", "use_ema", "train_batch_size", "gradient_accumulation_steps", "seed", "streaming",
-)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -67,14 +70,23 @@ class TrainingStopped(RuntimeError):
         self.exit_code = exit_code
 
 
+class StopRequested(Exception):
+    """A signal arrived during a wait that it interrupts (see StopRequest.interruptible); args[0] is its number."""
+
+
 class StopRequest:
-    """SIGTERM or SIGINT asks the loop to stop after the current step and checkpoint; a second SIGINT stops at once."""
+    """SIGTERM or SIGINT asks the loop to stop after the current step and checkpoint; a second SIGINT stops at once.
+
+    Inside `interruptible()` (a wait for data, which can last long on a slow or broken stream) the
+    signal ends the wait at once by raising StopRequested.
+    """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
         self.received: Optional[int] = None
         self._previous = {}
+        self._interruptible = False
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
@@ -85,10 +97,22 @@ class StopRequest:
         for number, handler in self._previous.items():
             signal.signal(number, handler)
 
+    @contextmanager
+    def interruptible(self):
+        if self.received is not None:
+            raise StopRequested(self.received)
+        self._interruptible = True
+        try:
+            yield
+        finally:
+            self._interruptible = False
+
     def _handle(self, number, frame):
         if self.received == signal.SIGINT and number == signal.SIGINT:
             raise KeyboardInterrupt
         self.received = number
+        if self._interruptible:
+            raise StopRequested(number)
 
 
 def count_train_steps(config: TrainingConfig, num_images: int, num_processes: int) -> int:
@@ -125,79 +149,6 @@ def build_lr_scheduler(config: TrainingConfig, optimizer, total_steps: int):
     return get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps, num_training_steps=total_steps)
 
 
-def checkpoint_step(path: Path) -> int:
-    return int(path.name[len(CHECKPOINT_PREFIX) :])
-
-
-def list_checkpoints(checkpoints_dir: Path) -> list[Path]:
-    """Complete checkpoints, oldest first. Partial ones (a `.tmp` left by a kill) are skipped with a warning."""
-    if not checkpoints_dir.is_dir():
-        return []
-    for partial in checkpoints_dir.glob(f".{CHECKPOINT_PREFIX}*.tmp"):
-        warnings.warn(f"ignoring the incomplete checkpoint {partial} (the run stopped while writing it)")
-    complete = [
-        path
-        for path in checkpoints_dir.glob(f"{CHECKPOINT_PREFIX}*")
-        if path.name[len(CHECKPOINT_PREFIX) :].isdigit() and (path / "training_state.json").is_file()
-    ]
-    return sorted(complete, key=checkpoint_step)
-
-
-def find_resume_checkpoint(config: TrainingConfig) -> Optional[Path]:
-    """The checkpoint to resume from, or None for a fresh run. Raises ConfigError when that is ambiguous."""
-    checkpoints = list_checkpoints(Path(config.output_dir) / "checkpoints")
-    if config.resume_from_checkpoint is None:
-        if checkpoints:
-            raise ConfigError(
-                f"resume_from_checkpoint: {config.output_dir} already holds checkpoints of an earlier run "
-                f"(newest: {checkpoints[-1].name}); pass --resume_from_checkpoint latest to continue it, "
-                "or choose another --output_dir"
-            )
-        return None
-    if config.resume_from_checkpoint == "latest":
-        if not checkpoints:
-            warnings.warn(f"--resume_from_checkpoint latest: no checkpoint in {config.output_dir}; starting a new run")
-            return None
-        return checkpoints[-1]
-    path = Path(config.resume_from_checkpoint)
-    if not (path / "training_state.json").is_file():
-        raise ConfigError(f"resume_from_checkpoint: {path} is not a complete checkpoint folder")
-    return path
-
-
-def check_resume_compatible(config: TrainingConfig, checkpoint: Path) -> None:
-    saved = json.loads((checkpoint / "training_config.json").read_text())["config"]
-    differing = [name for name in RESUME_MUST_MATCH if saved.get(name) != getattr(config, name)]
-    if differing:
-        details = ", ".join(f"{name} ({saved.get(name)!r} in the checkpoint, {getattr(config, name)!r} now)" for name in differing)
-        raise ConfigError(f"{differing[0]}: cannot resume {checkpoint}: {details}")
-
-
-def save_checkpoint(accelerator: Accelerator, config: TrainingConfig, state: dict, run: dict, stream_state: Optional[dict]) -> None:
-    """Write checkpoint-<step> through a temporary folder, so a kill mid-write leaves the older ones intact."""
-    checkpoints_dir = Path(config.output_dir) / "checkpoints"
-    final = checkpoints_dir / f"{CHECKPOINT_PREFIX}{state['global_step']}"
-    partial = checkpoints_dir / f".{CHECKPOINT_PREFIX}{state['global_step']}.tmp"
-    if accelerator.is_main_process and partial.exists():
-        shutil.rmtree(partial)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(partial))  # model, optimizer, LR schedule, grad scaler, EMA, RNG of every process
-    if stream_state is not None:  # a streamed source: where this process is in it
-        (partial / f"stream_state_{accelerator.process_index}.json").write_text(json.dumps(stream_state) + "\n")
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        save_config(config, partial / "training_config.json", run)
-        (partial / "training_state.json").write_text(json.dumps(state) + "\n")
-        if final.exists():
-            shutil.rmtree(final)
-        partial.rename(final)
-        checkpoints = list_checkpoints(checkpoints_dir)
-        if config.checkpoints_total_limit is not None:
-            for old in checkpoints[: max(0, len(checkpoints) - config.checkpoints_total_limit)]:
-                shutil.rmtree(old)
-    accelerator.wait_for_everyone()
-
-
 def export_pipeline(unet, noise_scheduler, output_dir: Path) -> None:
     """Save a stock DDPMPipeline (safetensors only), replacing an earlier export only once the new one is whole."""
     for name, parameter in unet.named_parameters():
@@ -232,19 +183,46 @@ def save_sample_grid(unet, config: TrainingConfig, noise_scheduler, global_step:
 
 
 @contextmanager
-def ema_weights(model, ema: Optional[EMAModel]):
-    """The model with the EMA weights in place (and in eval mode) inside the block; the trained ones after."""
+def ema_weights(model, ema: Optional[EMA], index: int = 0):
+    """The model with EMA `index` in place (or its own weights without EMA), in eval mode, inside the block."""
     if ema is not None:
-        ema.store(model.parameters())
-        ema.copy_to(model.parameters())
+        with ema.swapped_in(model, index):
+            yield model
+        return
     was_training = model.training
     model.eval()
     try:
         yield model
     finally:
         model.train(was_training)
-        if ema is not None:
-            ema.restore(model.parameters())
+
+
+def check_output_dir(config: TrainingConfig, parameters: int) -> None:
+    """Before any work: the output folder can be created and written, and has room for a checkpoint (a warning if not)."""
+    output_dir = Path(config.output_dir)
+    missing = [folder for folder in (output_dir, *output_dir.parents) if not folder.exists()]
+    existing = output_dir.parents[len(missing) - 1] if missing else output_dir
+    if not existing.is_dir():
+        raise ConfigError(f"output_dir: {existing} exists and is not a folder")
+    try:  # create what is missing and a file in it, then remove them again: nothing is left if the run stops early
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / ".write-test.tmp"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise ConfigError(f"output_dir: cannot write to {output_dir} ({error.strerror or error})") from None
+    finally:
+        for folder in missing:
+            if folder.is_dir():
+                folder.rmdir()
+    # weights + two Adam moments + each EMA, fp32
+    checkpoint_bytes = 4 * parameters * (3 + (1 + len(config.ema_extra_decays) if config.use_ema else 0))
+    free = shutil.disk_usage(existing).free
+    if config.checkpointing_steps and free < 2 * checkpoint_bytes:
+        warnings.warn(
+            f"{output_dir} has {free / 2**20:,.0f} MiB free; one checkpoint takes about {checkpoint_bytes / 2**20:,.0f} MiB "
+            f"(and --checkpoints_total_limit {config.checkpoints_total_limit} are kept)"
+        )
 
 
 def track_fid(fid_tracker, model, noise_scheduler, global_step: int, output_dir: Path, best: Optional[dict], accelerator, progress) -> dict:
@@ -334,7 +312,10 @@ def train(config: TrainingConfig) -> Path:
         local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
         torch.set_num_threads(config.cpu_threads or max(1, len(os.sched_getaffinity(0)) // local_processes))
 
-    # FID during training: the reference and the Inception weights are checked before any work
+    # Before any work: the output folder, the reference and the Inception weights for FID during training
+    unet = build_unet(config)
+    if accelerator.is_main_process:
+        check_output_dir(config, count_parameters(unet))
     fid_tracker = TrainingFid(config, accelerator.device) if config.fid_steps and accelerator.is_main_process else None
 
     # ----- data: decoded once (main process first, the others read its cache), or streamed -----
@@ -359,26 +340,12 @@ def train(config: TrainingConfig) -> Path:
     total_steps = count_train_steps(config, num_images, accelerator.num_processes)
 
     # ----- model, optimizer, schedules, EMA -----
-    unet = build_unet(config).to(accelerator.device)
+    unet = unet.to(accelerator.device)
     noise_scheduler = build_noise_scheduler(config)
     optimizer = build_optimizer(config, unet.parameters(), accelerator.device)
     lr_scheduler = build_lr_scheduler(config, optimizer, total_steps)
-    ema = None
-    if config.use_ema:
-        ema = EMAModel(
-            unet.parameters(),
-            decay=config.ema_max_decay,
-            use_ema_warmup=True,
-            inv_gamma=config.ema_inv_gamma,
-            power=config.ema_power,
-            foreach=True,
-            model_cls=type(unet),
-            model_config=unet.config,
-        )
+    ema = EMA(unet, [config.ema_max_decay, *config.ema_extra_decays], config.ema_inv_gamma, config.ema_power) if config.use_ema else None
     unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
-    if ema is not None:
-        ema.to(accelerator.device)
-        accelerator.register_for_checkpointing(ema)
 
     run = {
         **describe_environment(accelerator),
@@ -389,21 +356,16 @@ def train(config: TrainingConfig) -> Path:
         "images_per_step": images_per_step,
     }
     if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, output_dir / "training_config.json", {**run, "finished": False})
         accelerator.init_trackers("train_ddpm", config=tracker_config(config))
 
     # ----- resume -----
-    global_step, train_seconds = 0, 0.0
+    state = TrainingState()
     if resume_from is not None:
-        accelerator.load_state(str(resume_from))
-        state = json.loads((resume_from / "training_state.json").read_text())
-        global_step, train_seconds = state["global_step"], state["train_seconds"]
-        run["skipped_steps"] = state.get("skipped_steps", 0)
-        run["best_fid"] = state.get("best_fid")
-        if config.streaming:
-            stream.load_state(json.loads((resume_from / f"stream_state_{accelerator.process_index}.json").read_text()))
-        accelerator.print(f"Resumed from {resume_from} at step {global_step}")
+        state = load_checkpoint(resume_from, accelerator, unet, optimizer, lr_scheduler, ema, stream if config.streaming else None)
+        accelerator.print(f"Resumed from {resume_from} at step {state.global_step}")
+    global_step, train_seconds = state.global_step, state.train_seconds
+    run["skipped_steps"], run["best_fid"] = state.skipped_steps, state.best_fid
     epochs = f"{total_steps * images_per_step / num_images:.1f} epochs" if num_images else "streamed"
     accelerator.print(
         f"Training {count_parameters(unet):,} parameters on {num_images or 'a stream of'} images: {total_steps:,} steps of "
@@ -415,7 +377,6 @@ def train(config: TrainingConfig) -> Path:
     loss_sum, loss_count = torch.zeros((), device=accelerator.device), 0
     window_start, window_steps = time.perf_counter(), 0
     bad_steps_in_a_row = 0
-    run.setdefault("skipped_steps", 0)
     unet.train()
     with StopRequest() as stop_request:  # SIGTERM/SIGINT: finish the step, checkpoint, stop
         while global_step < total_steps:
@@ -423,7 +384,20 @@ def train(config: TrainingConfig) -> Path:
             losses = torch.zeros((), device=accelerator.device)
             for micro_step in range(config.gradient_accumulation_steps):
                 micro_batch_index = global_step * config.gradient_accumulation_steps + micro_step
-                batch = stream.batch(micro_batch_index)
+                try:
+                    with stop_request.interruptible() if config.streaming else nullcontext():  # only a stream can wait long
+                        batch = stream.batch(micro_batch_index)
+                except StopRequested as stopped:
+                    progress.close()
+                    accelerator.end_training()
+                    checkpoints = list_checkpoints(output_dir / "checkpoints")
+                    raise TrainingStopped(
+                        f"stopped by {signal.Signals(stopped.args[0]).name} while waiting for the data of step {global_step + 1}: "
+                        f"no checkpoint was written for this step. "
+                        + (f"Continue from {checkpoints[-1].name} with --resume_from_checkpoint latest." if checkpoints
+                           else "There is no checkpoint yet."),
+                        exit_code=128 + stopped.args[0],
+                    ) from None  # fmt: skip
                 last_micro_step = micro_step == config.gradient_accumulation_steps - 1
                 with nullcontext() if last_micro_step else accelerator.no_sync(unet):
                     loss = step_loss(unet, noise_scheduler, config, batch, micro_batch_index, accelerator.process_index, accelerator.num_processes)
@@ -438,7 +412,7 @@ def train(config: TrainingConfig) -> Path:
             if finite:
                 optimizer.step()
                 if ema is not None:
-                    ema.step(unet.parameters())
+                    ema.update(unet.parameters())
                 loss_sum += losses
                 loss_count += config.gradient_accumulation_steps
                 bad_steps_in_a_row = 0
@@ -475,7 +449,7 @@ def train(config: TrainingConfig) -> Path:
                     "skipped_steps": run["skipped_steps"],
                 }
                 if ema is not None:
-                    logs["ema_decay"] = ema.cur_decay_value
+                    logs["ema_decay"] = ema.current_decays()[0]
                 progress.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}", img_s=f"{logs['images_per_second']:.0f}")
                 accelerator.log(logs, step=global_step)
                 loss_sum.zero_()
@@ -501,9 +475,9 @@ def train(config: TrainingConfig) -> Path:
             if accelerator.num_processes > 1:  # every process must stop after the same step
                 stop = accelerator.reduce(torch.tensor(float(stop), device=accelerator.device), reduction="sum").item() > 0
             if (config.checkpointing_steps and (global_step % config.checkpointing_steps == 0 or is_last)) or (stop and not is_last):
-                state = {"global_step": global_step, "train_seconds": round(train_seconds, 1), "skipped_steps": run["skipped_steps"],
-                         "best_fid": run.get("best_fid")}  # fmt: skip
-                save_checkpoint(accelerator, config, state, run, stream.state() if config.streaming else None)
+                state = TrainingState(global_step, round(train_seconds, 1), run["skipped_steps"], run.get("best_fid"))
+                save_checkpoint(accelerator, config, run, state, unet, optimizer, lr_scheduler, ema,
+                                stream.state() if config.streaming else None)  # fmt: skip
             window_start += time.perf_counter() - pause_start
             if stop and not is_last:
                 progress.close()
@@ -524,9 +498,12 @@ def train(config: TrainingConfig) -> Path:
     if accelerator.is_main_process:
         export_unet = build_unet(config)
         export_unet.load_state_dict(accelerator.unwrap_model(unet, keep_fp32_wrapper=False, keep_torch_compile=False).state_dict())
-        if ema is not None:
-            ema.copy_to(export_unet.parameters())
         export_unet.to(accelerator.device)
+        if ema is not None:
+            for index, decay in enumerate(ema.max_decays[1:], start=1):  # the other EMA lengths, each a pipeline of its own
+                ema.copy_to(export_unet.parameters(), index)
+                export_pipeline(export_unet, noise_scheduler, output_dir / f"ema-{decay:g}")
+            ema.copy_to(export_unet.parameters(), 0)
         export_pipeline(export_unet, noise_scheduler, output_dir)
         grid_path = save_sample_grid(export_unet, config, noise_scheduler, global_step, accelerator)
         run.update(
@@ -577,7 +554,7 @@ def main(argv: Optional[list[str]] = None) -> None:
             dry_run(config)
         else:
             train(config)
-    except (ConfigError, DataError, EvalError) as error:
+    except (ConfigError, DataError, EvalError, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     except TrainingStopped as error:

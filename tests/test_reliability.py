@@ -179,7 +179,7 @@ def test_divergence_skips_bad_steps_then_stops_naming_the_last_good_checkpoint(t
     assert f"the last good checkpoint is {output_dir / 'checkpoints' / 'checkpoint-1'}" in message
     state = json.loads((output_dir / "checkpoints" / "checkpoint-3" / "training_state.json").read_text())
     assert state["skipped_steps"] == 2  # steps 2 and 3; step 4 stopped the run before its checkpoint
-    weights = load_file(output_dir / "checkpoints" / "checkpoint-3" / "model.safetensors")
+    weights = load_file(output_dir / "checkpoints" / "checkpoint-3" / "unet" / "diffusion_pytorch_model.safetensors")
     assert all(torch.isfinite(tensor).all() for tensor in weights.values())  # skipped steps never wrote NaN
     assert not (output_dir / "model_index.json").exists()
 

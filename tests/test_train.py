@@ -80,27 +80,23 @@ def test_run_leaves_config_grids_checkpoints_and_logs(tiny_run):
     checkpoint = out / "checkpoints" / "checkpoint-6"
     state = json.loads((checkpoint / "training_state.json").read_text())
     assert state["global_step"] == 6 and state["train_seconds"] > 0
-    assert (checkpoint / "training_config.json").is_file() and (checkpoint / "model.safetensors").is_file()
+    assert (checkpoint / "training_config.json").is_file() and (checkpoint / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert not [path for path in checkpoint.rglob("*") if path.suffix in PICKLE_SUFFIXES]  # nothing a resume would unpickle
     assert list((out / "logs").rglob("events.out.tfevents.*"))
     assert "Exported the DDPMPipeline" in result.stdout
 
 
-def test_export_holds_the_ema_weights(tiny_run):
+def test_checkpoints_load_with_stock_diffusers_and_the_export_holds_the_ema_weights(tiny_run):
+    """Each checkpoint's unet/ and unet_ema/ are diffusers folders; the final EMA is what was exported."""
     out, _ = tiny_run
-    from diffusers.training_utils import EMAModel
+    from diffusers import UNet2DModel
 
-    from pipeline.model import build_unet
-
-    config = TrainingConfig(**json.loads((out / "training_config.json").read_text())["config"])
-    ema_state = torch.load(out / "checkpoints" / "checkpoint-6" / "custom_checkpoint_0.pkl", weights_only=False)
-    unet = build_unet(config)
-    ema = EMAModel(unet.parameters())
-    ema.load_state_dict(ema_state)
-    ema.copy_to(unet.parameters())
+    checkpoint = out / "checkpoints" / "checkpoint-6"
+    trained = UNet2DModel.from_pretrained(checkpoint / "unet").state_dict()
+    ema = UNet2DModel.from_pretrained(checkpoint / "unet_ema").state_dict()
     exported = unet_weights(out)
-    trained = load_file(out / "checkpoints" / "checkpoint-6" / "model.safetensors")
-    for name, parameter in unet.named_parameters():
-        torch.testing.assert_close(exported[name], parameter.detach(), rtol=0, atol=0)
+    for name in exported:
+        torch.testing.assert_close(exported[name], ema[name], rtol=0, atol=0)
     assert any(not torch.equal(trained[name], exported[name]) for name in exported)  # EMA differs from the raw weights
 
 
@@ -142,6 +138,6 @@ def test_two_processes_on_cpu_train_as_one_group(tmp_path):
     run = json.loads((tmp_path / "out" / "training_config.json").read_text())["run"]
     assert run["num_processes"] == 2 and run["images_per_step"] == 16  # the batch is per process
     checkpoint = tmp_path / "out" / "checkpoints" / "checkpoint-6"
-    assert (checkpoint / "random_states_0.pkl").is_file() and (checkpoint / "random_states_1.pkl").is_file()
+    assert (checkpoint / "rng_state_0.json").is_file() and (checkpoint / "rng_state_1.json").is_file()
     assert result.stdout.count("Exported the DDPMPipeline") == 1  # only the main process exports
     assert unet_weights(tmp_path / "out")

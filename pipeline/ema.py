@@ -1,0 +1,102 @@
+"""Exponential moving averages (EMA) of the weights, at one or several decays at once.
+
+The decay follows diffusers' `EMAModel` with warmup (`use_ema_warmup=True`, the unconditional
+example's setting), so a run with one decay averages exactly as the diffusers example does:
+
+    decay(n) = min(max_decay, 1 - (1 + (n - 1) / inv_gamma) ** -power)   at optimizer step n >= 2; 0 at n = 1
+
+Written here rather than taken from `EMAModel` because the best EMA length depends on the model
+and the data and is only known after training (Karras et al. 2024, EDM2): a run keeps several
+lengths, and `EMAModel` holds one. All averages are updated by one `torch._foreach_lerp_` over
+every (average, parameter) pair; `EMAModel` runs one update per object and allocates a temporary
+copy of the weights in each (bench/bench_train.py measures both).
+"""
+
+from contextlib import contextmanager
+from typing import Iterable, Sequence
+
+import torch
+
+
+def ema_decay(step: int, max_decay: float, inv_gamma: float, power: float) -> float:
+    """The decay used at optimizer step `step` (counted from 1)."""
+    if step <= 1:
+        return 0.0
+    return min(max_decay, 1 - (1 + (step - 1) / inv_gamma) ** -power)
+
+
+class EMA:
+    """Averages of `model`'s parameters for each of `max_decays`; index 0 is the run's main EMA (exported, sampled)."""
+
+    def __init__(self, model: torch.nn.Module, max_decays: Sequence[float], inv_gamma: float = 1.0, power: float = 0.75):
+        named = list(model.named_parameters())
+        self.names = [name for name, _ in named]
+        self.max_decays = [float(decay) for decay in max_decays]
+        self.inv_gamma, self.power = inv_gamma, power
+        self.optimization_step = 0
+        self.averages = [[parameter.detach().clone() for _, parameter in named] for _ in self.max_decays]
+
+    def current_decays(self) -> list[float]:
+        """The decay of each average at the last update."""
+        return [ema_decay(self.optimization_step, decay, self.inv_gamma, self.power) for decay in self.max_decays]
+
+    @torch.no_grad()
+    def update(self, parameters: Iterable[torch.Tensor]) -> None:
+        """One optimizer step's update of every average: average += (1 - decay) * (parameter - average)."""
+        parameters = list(parameters)
+        self.optimization_step += 1
+        weights = [1.0 - decay for decay in self.current_decays()]
+        torch._foreach_lerp_(
+            [average for averages in self.averages for average in averages],
+            parameters * len(self.averages),
+            [weight for weight in weights for _ in parameters],
+        )
+
+    def to(self, device) -> "EMA":
+        self.averages = [[average.to(device) for average in averages] for averages in self.averages]
+        return self
+
+    @torch.no_grad()
+    def copy_to(self, parameters: Iterable[torch.Tensor], index: int = 0) -> None:
+        """Write average `index` into `parameters` (in the order of the model's named_parameters)."""
+        torch._foreach_copy_(list(parameters), self.averages[index])
+
+    @contextmanager
+    def swapped_in(self, model: torch.nn.Module, index: int = 0):
+        """`model` with average `index` in place of its weights, in eval mode, inside the block; as it was after."""
+        parameters = list(model.parameters())
+        trained = [parameter.detach().clone() for parameter in parameters]
+        was_training = model.training
+        self.copy_to(parameters, index)
+        model.eval()
+        try:
+            yield model
+        finally:
+            model.train(was_training)
+            with torch.no_grad():
+                torch._foreach_copy_(parameters, trained)
+
+    # ----- checkpoints: the averages as named tensors, the counters as JSON -----
+
+    def state(self) -> dict:
+        """What a checkpoint stores besides the tensors (JSON)."""
+        return {"max_decays": self.max_decays, "inv_gamma": self.inv_gamma, "power": self.power, "optimization_step": self.optimization_step}
+
+    def load_state(self, state: dict, averages: Sequence[dict[str, torch.Tensor]]) -> None:
+        """Restore from `state()` and one {parameter name: tensor} mapping per average. Raises ValueError when they do not fit."""
+        if [float(decay) for decay in state.get("max_decays", [])] != self.max_decays:
+            raise ValueError(f"holds averages for decays {state.get('max_decays')}, this run tracks {self.max_decays}")
+        step = state.get("optimization_step")
+        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+            raise ValueError(f"optimization_step must be a non-negative integer, got {step!r}")
+        if len(averages) != len(self.averages):
+            raise ValueError(f"holds {len(averages)} averages, this run tracks {len(self.averages)}")
+        for own, stored in zip(self.averages, averages):
+            missing = [name for name in self.names if name not in stored]
+            if missing:
+                raise ValueError(f"has no tensor {missing[0]!r} ({len(missing)} missing)")
+            for name, average in zip(self.names, own):
+                if stored[name].shape != average.shape:
+                    raise ValueError(f"tensor {name!r} has shape {tuple(stored[name].shape)}, the model's {tuple(average.shape)}")
+                average.copy_(stored[name])
+        self.optimization_step = step
