@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 import zipfile
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,8 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".
 # Bump when decoding changes what it produces for the same settings: older caches are not reused.
 CACHE_VERSION = 2
 SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
+# A streamed source whose rows fail this many times in a row holds no usable images: stop instead of reading it forever.
+MAX_UNUSABLE_ROWS_IN_A_ROW = 1000
 
 
 class DataError(ValueError):
@@ -68,17 +71,40 @@ def _files_identity(entries: list[tuple[str, int, int]]) -> str:
     return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
 
 
-def _folder_source(folder: Path) -> Source:
+def readable_name(name: str) -> str:
+    """A file name as text, with bytes that are not UTF-8 shown as escapes (`bad\\xff.jpg`)."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+def _folder_source(folder: Path, max_image_bytes: int) -> Source:
+    """List the image files under `folder`. Whatever cannot be listed or used (a dangling or looping link, a name that is
+    not UTF-8, an unreadable subfolder, a file over the size limit) is set aside with its reason, never a traceback."""
     images, ignored, entries = [], [], []
-    for root, directories, files in os.walk(folder):
+
+    def unreadable(error: OSError):
+        ignored.append((readable_name(str(Path(error.filename).relative_to(folder))) + "/", f"unreadable folder ({error.strerror})"))
+
+    for root, directories, files in os.walk(folder, onerror=unreadable):
         directories.sort()
         for name in sorted(files):
             path = Path(root, name)
-            relative = str(path.relative_to(folder))
+            relative = readable_name(str(path.relative_to(folder)))
             if path.suffix.lower() not in IMAGE_EXTENSIONS:
                 ignored.append((relative, f"not an image file ({path.suffix or 'no extension'})"))
                 continue
-            stat = path.stat()
+            try:
+                str(path).encode("utf-8")
+            except UnicodeEncodeError:
+                ignored.append((relative, "file name is not valid UTF-8 (rename the file to use it)"))
+                continue
+            try:
+                stat = path.stat()
+            except OSError as error:  # a dangling link, a link loop, a file removed while listing
+                ignored.append((relative, f"unreadable ({error.strerror})"))
+                continue
+            if stat.st_size > max_image_bytes:
+                ignored.append((relative, f"too large ({stat.st_size:,} bytes; --max_image_bytes {max_image_bytes:,})"))
+                continue
             images.append(str(path))
             entries.append((relative, stat.st_size, stat.st_mtime_ns))
     if not images:
@@ -88,16 +114,25 @@ def _folder_source(folder: Path) -> Source:
     return Source(datasets.Dataset.from_dict({"file": images}), identity, f"folder {folder}", ignored=tuple(ignored))
 
 
-def _zip_source(archive: Path) -> Source:
+def _zip_source(archive: Path, max_image_bytes: int) -> Source:
+    """List the image members of a zip archive; encrypted members and members over the size limit are set aside unread."""
     try:
         with zipfile.ZipFile(archive) as opened:
-            members = sorted(info.filename for info in opened.infolist() if not info.is_dir())
-    except zipfile.BadZipFile as error:
+            members = sorted((info for info in opened.infolist() if not info.is_dir()), key=lambda info: info.filename)
+    except (zipfile.BadZipFile, OSError) as error:
         raise DataError(f"train_data_dir: {archive} is not a readable zip archive ({error})") from None
-    images = [name for name in members if Path(name).suffix.lower() in IMAGE_EXTENSIONS]
-    ignored = [(name, f"not an image file ({Path(name).suffix or 'no extension'})") for name in members if name not in set(images)]
+    images, ignored = [], []
+    for info in members:
+        if Path(info.filename).suffix.lower() not in IMAGE_EXTENSIONS:
+            ignored.append((info.filename, f"not an image file ({Path(info.filename).suffix or 'no extension'})"))
+        elif info.flag_bits & 0x1:
+            ignored.append((info.filename, "encrypted archive member"))
+        elif info.file_size > max_image_bytes:
+            ignored.append((info.filename, f"too large ({info.file_size:,} bytes; --max_image_bytes {max_image_bytes:,})"))
+        else:
+            images.append(info.filename)
     if not images:
-        raise DataError(f"train_data_dir: the archive {archive} holds no image files ({len(members)} other files)")
+        raise DataError(f"train_data_dir: the archive {archive} holds no usable image files ({len(members)} other files)")
     stat = archive.stat()
     identity = {"kind": "zip", "path": str(archive.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     return Source(datasets.Dataset.from_dict({"file": images}), identity, f"archive {archive}", archive=str(archive), ignored=tuple(ignored))
@@ -150,10 +185,10 @@ def open_source(config: TrainingConfig) -> Source:
     if config.train_data_dir is not None:
         path = Path(config.train_data_dir)
         if path.is_file() and path.suffix.lower() == ".zip":
-            return _zip_source(path)
+            return _zip_source(path, config.max_image_bytes)
         if not path.is_dir():
             raise DataError(f"train_data_dir: {path} is neither a folder of images nor a .zip archive")
-        return _folder_source(path)
+        return _folder_source(path, config.max_image_bytes)
 
     loaded = load_dataset_source(config)
     column = find_image_column(loaded.features, config.image_column)
@@ -219,17 +254,36 @@ def to_uint8_array(
 
 
 _open_archives: dict[tuple[str, int], zipfile.ZipFile] = {}
+# What reading one archive member can raise besides OSError: a bad CRC or header, a compression
+# method zipfile lacks, a truncated or corrupt compressed stream, a password it does not have.
+ARCHIVE_MEMBER_ERRORS = (zipfile.BadZipFile, NotImplementedError, zlib.error, EOFError, RuntimeError)
 
 
-def _read_bytes(file: str, entry: Optional[dict], archive: Optional[str]) -> bytes:
+def _too_large(size: int, max_bytes: int) -> SkippedImage:
+    return SkippedImage(f"too large ({size:,} bytes; --max_image_bytes {max_bytes:,})")
+
+
+def _read_bytes(file: Optional[str], entry: Optional[dict], archive: Optional[str], max_bytes: int) -> bytes:
+    """The bytes of one image: an archive member, a file, or a datasets row (bytes or a path). Raises SkippedImage."""
     if archive is not None:
         key = (archive, os.getpid())  # one handle per worker process
         if key not in _open_archives:
             _open_archives[key] = zipfile.ZipFile(archive)
-        return _open_archives[key].read(file)
+        try:
+            return _open_archives[key].read(file)  # the member's declared size was checked when listing
+        except ARCHIVE_MEMBER_ERRORS as error:
+            raise SkippedImage(f"unreadable archive member ({type(error).__name__}: {error})") from None
     if entry is not None and entry.get("bytes") is not None:
+        if len(entry["bytes"]) > max_bytes:
+            raise _too_large(len(entry["bytes"]), max_bytes)
         return entry["bytes"]
-    return Path(entry["path"] if entry is not None else file).read_bytes()
+    path = entry.get("path") if entry is not None else file
+    if not path:
+        raise SkippedImage("empty row (no image)")
+    size = Path(path).stat().st_size
+    if size > max_bytes:
+        raise _too_large(size, max_bytes)
+    return Path(path).read_bytes()
 
 
 def decode_image(data: bytes, settings: dict) -> np.ndarray:
@@ -255,14 +309,16 @@ def decode_image(data: bytes, settings: dict) -> np.ndarray:
         raise SkippedImage(f"corrupt or truncated ({error})") from None
 
 
-def _decode_batch(batch: dict, indices: list, archive, image_column, settings: dict) -> dict:
+def _decode_batch(batch: dict, indices: list, archive, image_column, settings: dict, max_bytes: int) -> dict:
     size, channels = settings["resolution"], settings["channels"]
     pixels, errors, files = [], [], []
     for position, index in enumerate(indices):
         entry = batch[image_column][position] if image_column else None
-        file = batch["file"][position] if image_column is None else (entry.get("path") or f"row {index}")
+        file = batch["file"][position] if image_column is None else ((entry or {}).get("path") or f"row {index}")
         try:
-            pixels.append(decode_image(_read_bytes(file, entry, archive), settings))
+            if image_column is not None and entry is None:
+                raise SkippedImage("empty row (no image)")
+            pixels.append(decode_image(_read_bytes(file, entry, archive, max_bytes), settings))
             errors.append("")
         except (SkippedImage, OSError) as error:  # OSError: the file vanished or cannot be read
             pixels.append(np.zeros((size, size, channels), dtype=np.uint8))
@@ -327,7 +383,8 @@ def _decode_source(config: TrainingConfig, source: Source, folder: Path) -> Prep
             with_indices=True,
             batched=True,
             batch_size=64,
-            fn_kwargs={"archive": source.archive, "image_column": source.image_column, "settings": settings},
+            fn_kwargs={"archive": source.archive, "image_column": source.image_column, "settings": settings,
+                       "max_bytes": config.max_image_bytes},  # fmt: skip
             remove_columns=table.column_names,
             features=datasets.Features(
                 {
@@ -454,6 +511,7 @@ class StreamingImages:
         )
         self.batch_size, self.device = config.train_batch_size, device
         self.settings = preprocessing_settings(config)
+        self.max_image_bytes = config.max_image_bytes
         self.pool = ThreadPoolExecutor(max_workers=config.preprocessing_num_workers or len(os.sched_getaffinity(0)))
         self.skipped: Counter = Counter()
         self.epoch, self.examples_read, self.next_micro_batch = 0, 0, 0
@@ -463,7 +521,11 @@ class StreamingImages:
         return {"epoch": self.epoch, "examples_read": self.examples_read, "next_micro_batch": self.next_micro_batch}
 
     def load_state(self, state: dict) -> None:
-        self.epoch, self.examples_read, self.next_micro_batch = state["epoch"], state["examples_read"], state["next_micro_batch"]
+        """Continue from `state()`; raises ValueError for anything but three non-negative integers."""
+        values = [state.get(name) for name in ("epoch", "examples_read", "next_micro_batch")]
+        if any(isinstance(value, bool) or not isinstance(value, int) or value < 0 for value in values):
+            raise ValueError(f"epoch, examples_read and next_micro_batch must be non-negative integers, got {state}")
+        self.epoch, self.examples_read, self.next_micro_batch = values
         self._examples = None
 
     def _read(self):
@@ -484,7 +546,9 @@ class StreamingImages:
 
     def _decode(self, entry: dict):
         try:
-            return decode_image(_read_bytes("", entry, None), self.settings)
+            if entry is None:
+                raise SkippedImage("empty row (no image)")
+            return decode_image(_read_bytes(None, entry, None, self.max_image_bytes), self.settings)
         except (SkippedImage, OSError) as error:
             return str(error).split(" (")[0]
 
@@ -494,14 +558,22 @@ class StreamingImages:
             raise RuntimeError(f"a stream reads micro-batches in order: expected {self.next_micro_batch}, got {micro_batch_index}")
         if self._examples is None:
             self._examples = self._read()
-        images = []
+        images, unusable_in_a_row = [], Counter()
         while len(images) < self.batch_size:
             entries = [next(self._examples) for _ in range(self.batch_size - len(images))]
             for result in self.pool.map(self._decode, entries):
                 if isinstance(result, str):
                     self.skipped[result] += 1
+                    unusable_in_a_row[result] += 1
                 else:
                     images.append(result)
+                    unusable_in_a_row.clear()
+            if unusable_in_a_row.total() >= MAX_UNUSABLE_ROWS_IN_A_ROW:
+                reasons = ", ".join(f"{reason} ({count})" for reason, count in unusable_in_a_row.most_common())
+                raise DataError(
+                    f"dataset_name: the last {unusable_in_a_row.total():,} rows of the stream held no usable image ({reasons}); "
+                    "check --dataset_name, --split and --image_column"
+                )
         self.next_micro_batch += 1
         batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()  # (B, H, W, C) -> (B, C, H, W)
         return batch.to(self.device, non_blocking=True)
