@@ -11,6 +11,7 @@ loader at the model's resolution, so it is preprocessed exactly like the trainin
 
 import argparse
 import contextlib
+import hashlib
 import importlib.metadata
 import json
 import shutil
@@ -19,11 +20,13 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
+import scipy.linalg
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
@@ -31,6 +34,7 @@ from tqdm.auto import tqdm
 from .config import FID_MODES as MODES
 from .config import SAMPLERS, ConfigError, TrainingConfig
 from .data import DataError, describe_skipped, prepare_images
+from .files import staged, write_json
 from .sample import DTYPES, SampleError, generate, image_grid, make_sampler, sample_images, to_uint8
 
 # The weights clean-fid loads in each mode: file name, where clean-fid looks for it, where it downloads it from.
@@ -42,6 +46,8 @@ INCEPTION_URLS = {
     "clean": "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt",
     "legacy_pytorch": "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth",
 }
+# SHA-256 of pytorch-fid's published file (its name carries the first 8 hex digits, torch.hub's convention).
+LEGACY_INCEPTION_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
 FEATURE_DIM = 2048
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
@@ -76,14 +82,10 @@ def find_weights(mode: str, weights: Optional[str] = None, url: Optional[str] = 
     if path.is_file():
         return path
     url = url or INCEPTION_URLS[mode]
-    partial = path.with_name(path.name + ".part")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with urllib.request.urlopen(url, timeout=30) as response, open(partial, "wb") as file:
+        with staged(path) as partial, urllib.request.urlopen(url, timeout=30) as response, open(partial, "wb") as file:
             shutil.copyfileobj(response, file)
-        partial.replace(path)
     except (urllib.error.URLError, OSError) as error:
-        partial.unlink(missing_ok=True)
         raise EvalError(
             f"the Inception weights for mode {mode!r} are not at {path} and could not be downloaded from {url} "
             f"({type(error).__name__}: {getattr(error, 'reason', error)}). On a machine with network, download that "
@@ -92,14 +94,47 @@ def find_weights(mode: str, weights: Optional[str] = None, url: Optional[str] = 
     return path
 
 
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_legacy_weights(path: Path) -> dict:
+    """pytorch-fid's Inception state dict, read without running code from the file: `torch.load(weights_only=True)`
+    accepts tensors and containers only. A file that loads but is not the published one gets a warning."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # UnpicklingError for code or unknown classes, RuntimeError/EOFError for a damaged file
+        raise EvalError(
+            f"inception_weights: {path} is not a usable {INCEPTION_FILES['legacy_pytorch']} ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''}); delete it and download {INCEPTION_URLS['legacy_pytorch']} again"
+        ) from None
+    if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
+        raise EvalError(f"inception_weights: {path} holds no state dict of tensors; download {INCEPTION_URLS['legacy_pytorch']} again")
+    digest = file_sha256(path)
+    if digest != LEGACY_INCEPTION_SHA256:
+        warnings.warn(
+            f"{path} is not the published {INCEPTION_FILES['legacy_pytorch']} (SHA-256 {digest[:16]}..., expected "
+            f"{LEGACY_INCEPTION_SHA256[:16]}...): its FID values are not comparable with other work"
+        )
+    return state
+
+
 @contextlib.contextmanager
-def _under_expected_name(path: Path, mode: str):
-    """A folder in which the weights carry the file name clean-fid looks for (a link, nothing copied)."""
-    with tempfile.TemporaryDirectory() as folder:
-        target = Path(folder, "checkpoints" if mode == "legacy_pytorch" else "", INCEPTION_FILES[mode])
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.symlink_to(path.resolve())
-        yield folder
+def _clean_fid_loads(state: dict):
+    """clean-fid's pytorch Inception (mode legacy_pytorch) fetches its weights with torch.hub's loader, which unpickles
+    with weights_only=False; inside this block it receives the state dict already loaded safely instead."""
+    from cleanfid import inception_pytorch
+
+    original = inception_pytorch.load_state_dict_from_url
+    inception_pytorch.load_state_dict_from_url = lambda *args, **kwargs: state
+    try:
+        yield
+    finally:
+        inception_pytorch.load_state_dict_from_url = original
 
 
 def build_inception(mode: str, weights: Path, device: str = "cpu") -> FeatureFn:
@@ -107,27 +142,24 @@ def build_inception(mode: str, weights: Path, device: str = "cpu") -> FeatureFn:
     from cleanfid.features import build_feature_extractor
 
     try:
-        with _under_expected_name(weights, mode) as folder:
-            if mode == "clean":
-                from cleanfid.inception_torchscript import InceptionV3W
+        if mode == "clean":
+            from cleanfid.inception_torchscript import InceptionV3W
 
-                network = InceptionV3W(folder, download=False).to(device).eval()
+            with tempfile.TemporaryDirectory() as folder:  # the file name clean-fid looks for: a link, nothing copied
+                (Path(folder) / INCEPTION_FILES[mode]).symlink_to(weights.resolve())
+                network = InceptionV3W(folder, download=False).to(device).eval()  # TorchScript, not a pickle
 
-                def extract(batch):
-                    return network(batch)
+            def extract(batch):
+                return network(batch)
 
-            else:
-                previous = torch.hub.get_dir()
-                torch.hub.set_dir(folder)
-                try:
-                    extract = build_feature_extractor(mode, torch.device(device), use_dataparallel=False)
-                finally:
-                    torch.hub.set_dir(previous)
+        else:
+            with _clean_fid_loads(load_legacy_weights(weights)):
+                extract = build_feature_extractor(mode, torch.device(device), use_dataparallel=False)
         with torch.no_grad():
             probe = extract(torch.zeros(1, 3, 299, 299, device=device))
     except EvalError:
         raise
-    except Exception as error:  # torch.jit / torch.load raise many types for a bad file
+    except Exception as error:  # torch.jit raises many types for a bad file
         raise EvalError(
             f"inception_weights: {weights} is not a usable {INCEPTION_FILES[mode]} ({type(error).__name__}: "
             f"{str(error).splitlines()[0] if str(error) else ''}); delete it and download {INCEPTION_URLS[mode]} again"
@@ -190,25 +222,36 @@ def statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return features.mean(axis=0), np.cov(features, rowvar=False)
 
 
-def _symmetric_sqrt(matrix: np.ndarray) -> np.ndarray:
-    values, vectors = np.linalg.eigh(matrix)
-    return (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
+def _psd_factor(matrix: np.ndarray) -> np.ndarray:
+    """F (n x rank) with F F^T = matrix, for a symmetric positive semi-definite matrix: LAPACK's pivoted Cholesky
+    (dpstrf), which stops at the matrix's numerical rank, so rank-deficient covariances (fewer samples than dimensions) work."""
+    factor, pivots, rank, info = scipy.linalg.lapack.dpstrf(matrix, lower=1)
+    if info < 0:
+        raise EvalError(f"covariance: LAPACK dpstrf rejected argument {-info}")
+    result = np.zeros((len(matrix), rank))
+    result[pivots - 1] = np.tril(factor)[:, :rank]  # P^T A P = L L^T, so A = (P L)(P L)^T
+    return result
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
     """||mu1 - mu2||^2 + Tr(S1) + Tr(S2) - 2 Tr((S1 S2)^1/2), in float64.
 
     Tr((S1 S2)^1/2) is the sum of the square roots of the eigenvalues of S1 S2, which are those of
-    the symmetric positive semi-definite sqrt(S1) S2 sqrt(S1): two symmetric eigendecompositions
-    instead of scipy's general sqrtm (seconds instead of about a minute at 2048 dimensions, and no
-    spurious imaginary parts). Eigenvalues below zero are rounding error of singular covariances and count as 0.
+    the symmetric positive semi-definite F^T S2 F for any factor S1 = F F^T. F comes from a pivoted
+    Cholesky factorisation and only eigenvalues are computed: about 0.5 s at 2048 dimensions on
+    2 cores, and still about 1 s with the cores oversubscribed by another job, where an
+    eigendecomposition with eigenvectors (or scipy's sqrtm, about 50 s even when idle) slows down
+    to half a minute (bench/bench_frechet.py). Eigenvalues below zero are rounding error and count as 0.
     """
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (mu1.size, mu1.size):
         raise EvalError(f"statistics of different sizes: mean {mu1.shape} vs {mu2.shape}, covariance {sigma1.shape} vs {sigma2.shape}")
-    root1 = _symmetric_sqrt(sigma1)
-    middle = root1 @ sigma2 @ root1
+    for name, value in (("mean", mu1), ("covariance", sigma1), ("mean", mu2), ("covariance", sigma2)):
+        if not np.isfinite(value).all():
+            raise EvalError(f"statistics: the {name} holds NaN or infinite values")
+    factor = _psd_factor(sigma1)
+    middle = factor.T @ sigma2 @ factor
     eigenvalues = np.linalg.eigvalsh((middle + middle.T) / 2)
     trace_sqrt = np.sqrt(np.clip(eigenvalues, 0, None)).sum()
     diff = mu1 - mu2
@@ -283,21 +326,26 @@ def encode_reference(args: argparse.Namespace, model_dir: Optional[Path], resolu
 def save_reference(path: Path, features: np.ndarray, meta: dict) -> None:
     """Mean, covariance, features (for KID) and a description, in one .npz written whole or not at all."""
     mu, sigma = statistics(features)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".part.npz")
-    np.savez(partial, mu=mu, sigma=sigma, features=features.astype(np.float32), meta=json.dumps(meta))
-    partial.replace(path)
+    with staged(path) as partial, open(partial, "wb") as file:
+        np.savez(file, mu=mu, sigma=sigma, features=features.astype(np.float32), meta=json.dumps(meta))
 
 
 def load_reference(path: Path) -> tuple[np.ndarray, dict]:
-    """Features and description of reference statistics saved by `reference`."""
+    """Features and description of reference statistics saved by `reference`, checked: at least 2 rows of finite numbers."""
     if not path.is_file():
         raise EvalError(f"reference: no file at {path}")
     try:
-        with np.load(path) as stored:
-            return stored["features"].astype(np.float64), json.loads(str(stored["meta"]))
+        with np.load(path, allow_pickle=False) as stored:
+            features, meta = stored["features"].astype(np.float64), json.loads(str(stored["meta"]))
     except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
         raise EvalError(f"reference: {path} is not a statistics file written by `python -m pipeline.evaluate reference` ({error})") from None
+    if features.ndim != 2 or len(features) < 2:
+        raise EvalError(f"reference: {path} holds features of shape {features.shape}; at least 2 rows are needed for a covariance")
+    if not np.isfinite(features).all():
+        raise EvalError(f"reference: {path} holds NaN or infinite features; encode the reference again")
+    if not isinstance(meta, dict):
+        raise EvalError(f"reference: {path} has no description (meta); encode the reference again")
+    return features, meta
 
 
 # ---------------------------------------------------------------------------------------------
@@ -323,10 +371,7 @@ def append_metrics(path: Path, result: dict) -> None:
     key_fields = ("sampler", "steps", "eta", "solver_order", "num_samples", "seed", "reference", "mode", "feature_extractor")
     existing = json.loads(path.read_text())["results"] if path.is_file() else []
     kept = [entry for entry in existing if any(entry.get(name) != result.get(name) for name in key_fields)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".part")
-    partial.write_text(json.dumps({"results": kept + [result]}, indent=2) + "\n")
-    partial.replace(path)
+    write_json(path, {"results": kept + [result]})
 
 
 def evaluate(args: argparse.Namespace, feature_fn: Optional[FeatureFn] = None, feature_name: Optional[str] = None) -> dict:
@@ -338,6 +383,16 @@ def evaluate(args: argparse.Namespace, feature_fn: Optional[FeatureFn] = None, f
     if feature_fn is None:
         feature_fn, feature_name = inception_extractor(args.mode, args.inception_weights, args.device)
 
+    # Saved reference statistics are read and checked before any sampling
+    if args.reference is not None:
+        reference_features, reference = load_reference(Path(args.reference))
+        reference = {**reference, "statistics_file": Path(args.reference).name}
+        if reference.get("mode") != args.mode or reference.get("feature_extractor") != feature_name:
+            raise EvalError(
+                f"reference: {args.reference} holds {reference.get('feature_extractor')} features in mode {reference.get('mode')}, "
+                f"this evaluation uses {feature_name} in mode {args.mode}"
+            )
+
     # The samples: generated here, or a folder from pipeline.sample; either way with the record of how
     if args.samples is not None:
         images, record = read_samples(Path(args.samples))
@@ -348,16 +403,8 @@ def evaluate(args: argparse.Namespace, feature_fn: Optional[FeatureFn] = None, f
     model = record["model"]
     sample_features = extract_features(images, feature_fn, args.mode, args.feature_batch_size, args.device, "sample features")
 
-    # The reference: saved statistics, or a data source read at the samples' resolution
-    if args.reference is not None:
-        reference_features, reference = load_reference(Path(args.reference))
-        reference = {**reference, "statistics_file": Path(args.reference).name}
-        if reference.get("mode") != args.mode or reference.get("feature_extractor") != feature_name:
-            raise EvalError(
-                f"reference: {args.reference} holds {reference.get('feature_extractor')} features in mode {reference.get('mode')}, "
-                f"this evaluation uses {feature_name} in mode {args.mode}"
-            )
-    else:
+    # Or the reference is a data source, read at the samples' resolution
+    if args.reference is None:
         model_dir = Path(model) if Path(model).is_dir() else None
         reference_features, reference = encode_reference(args, model_dir, images.shape[1], images.shape[3], feature_fn)
     if reference.get("resolution") not in (None, images.shape[1]):

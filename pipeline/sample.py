@@ -183,6 +183,9 @@ def sample_images(args: argparse.Namespace) -> tuple[np.ndarray, dict]:
     """Load the pipeline and sample as `args` says (model, device, dtype, sampler, steps, eta, solver_order,
     num_images, batch_size, seed); returns uint8 (N, H, W, C) images and the record of what was run."""
     pipeline = load_pipeline(args.model, args.device, args.dtype)
+    num_train_timesteps = pipeline.scheduler.config.num_train_timesteps
+    if args.steps > num_train_timesteps:
+        raise SampleError(f"steps: {args.steps} sampler steps, but the model was trained with T = {num_train_timesteps}")
     sampler = make_sampler(args.sampler, pipeline.scheduler.config, args.solver_order)
     unet = CountingUNet(pipeline.unet)
     started = time.perf_counter()
