@@ -12,19 +12,21 @@ asked for with --include.
 
 import argparse
 import json
+import os
+import stat
 import sys
 from pathlib import Path
 from typing import Optional
 
-from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, get_token
+from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData, get_token
 from huggingface_hub.errors import HfHubHTTPError
+
+from .files import write_text
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "ddpm_model_card.md"
 TAGS = ["pytorch", "diffusers", "unconditional-image-generation", "ddpm"]
 # What a user of the model needs, relative to the output folder.
 UPLOAD_PATTERNS = ["model_index.json", "unet/*", "scheduler/*", "README.md", "samples/*.png", "eval/metrics.json", "eval/*.png"]
-# Half-written files and folders (an export or checkpoint in progress) are never uploaded, whatever --include says.
-LOCAL_ONLY_PATTERNS = ["*.part", "*.tmp/*"]
 
 
 class HubError(RuntimeError):
@@ -197,11 +199,8 @@ def render_card(output_dir: Path, repo_id: Optional[str] = None) -> ModelCard:
 
 def write_card(output_dir: Path, repo_id: Optional[str] = None) -> Path:
     """Render the card into <output_dir>/README.md (written whole, then moved into place)."""
-    card = render_card(output_dir, repo_id)
     path = output_dir / "README.md"
-    partial = path.with_name("README.md.part")
-    partial.write_text(str(card), encoding="utf-8")
-    partial.replace(path)
+    write_text(path, str(render_card(output_dir, repo_id)))
     return path
 
 
@@ -209,24 +208,50 @@ def write_card(output_dir: Path, repo_id: Optional[str] = None) -> Path:
 # The upload
 
 
-def upload_patterns(include: tuple[str, ...] = ()) -> tuple[list[str], list[str]]:
-    """allow_patterns and ignore_patterns for upload_folder."""
-    return UPLOAD_PATTERNS + list(include), list(LOCAL_ONLY_PATTERNS)
+def _regular_files(output_dir: Path) -> tuple[list[str], list[str]]:
+    """Relative paths of the regular files under `output_dir`, and of what was left out: symbolic links (to files or
+    folders, which could point anywhere), and anything whose name starts with "." (.git, .env, staging folders)."""
+    files, left_out = [], []
+    for current, folders, names in os.walk(output_dir):  # does not enter links to folders
+        relative_folder = Path(current).relative_to(output_dir)
+        for name in sorted(folders):
+            if name.startswith(".") or Path(current, name).is_symlink():
+                left_out.append((relative_folder / name).as_posix() + "/")
+        folders[:] = sorted(name for name in folders if not name.startswith(".") and not Path(current, name).is_symlink())
+        for name in sorted(names):
+            path = Path(current, name)
+            relative = (relative_folder / name).as_posix()
+            if name.startswith(".") or path.is_symlink() or not stat.S_ISREG(path.lstat().st_mode):
+                left_out.append(relative)
+            else:
+                files.append(relative)
+    return files, left_out
 
 
 def files_to_upload(output_dir: Path, include: tuple[str, ...] = ()) -> list[str]:
-    """The files the upload sends, selected exactly as huggingface_hub's upload_folder selects them."""
+    """Exactly the files the upload sends: regular files inside the folder (no links, no dot-files) that match
+    the upload patterns (`fnmatch`, as huggingface_hub matches them) or `include`."""
     from huggingface_hub.utils import filter_repo_objects
 
-    allow, ignore = upload_patterns(include)
-    relative = sorted(path.relative_to(output_dir).as_posix() for path in output_dir.rglob("*") if path.is_file())
-    return list(filter_repo_objects(relative, allow_patterns=allow, ignore_patterns=ignore))
+    files, _ = _regular_files(Path(output_dir))
+    return list(filter_repo_objects(files, allow_patterns=UPLOAD_PATTERNS + list(include)))
+
+
+def _open_regular(path: Path):
+    """Open a file for reading, refusing a symbolic link even if one replaced the file since it was listed."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        os.close(descriptor)
+        raise HubError(f"{path} is no longer a regular file; nothing was uploaded")
+    return os.fdopen(descriptor, "rb")
 
 
 def push_to_hub(
     output_dir: Path, repo_id: Optional[str] = None, private: bool = False, include: tuple[str, ...] = (), api: Optional[HfApi] = None
 ) -> str:
-    """Create (or reuse) the Hub repository, refresh the card and upload; returns the repository id.
+    """Create (or reuse) the Hub repository and upload the files of `files_to_upload` in one commit, with the card
+    rendered for that repository; returns the repository id. The local folder changes only after a successful
+    upload (its README.md becomes the uploaded card).
 
     The token comes from HF_TOKEN or `hf auth login` (huggingface_hub's own lookup) and is handed to
     the client only: it is never printed, logged or written. Without one, nothing is uploaded.
@@ -241,20 +266,24 @@ def push_to_hub(
 
     api = api or HfApi()
     name = repo_id or output_dir.resolve().name
-    record = json.loads((output_dir / "training_config.json").read_text()) if (output_dir / "training_config.json").is_file() else {}
-    step = record.get("run", {}).get("global_step")
+    has_record = (output_dir / "training_config.json").is_file()
+    step = json.loads((output_dir / "training_config.json").read_text()).get("run", {}).get("global_step") if has_record else None
+    files = files_to_upload(output_dir, include)
+    opened = []
     try:
-        repo = api.create_repo(name, token=token, private=private, exist_ok=True, repo_type="model")
-        repo_id = repo.repo_id
-        if (output_dir / "training_config.json").is_file():
-            write_card(output_dir, repo_id)
-        files = files_to_upload(output_dir, include)
-        allow, ignore = upload_patterns(include)
-        api.upload_folder(
+        repo_id = api.create_repo(name, token=token, private=private, exist_ok=True, repo_type="model").repo_id
+        card = str(render_card(output_dir, repo_id)) if has_record else None
+        operations = []
+        for relative in files:
+            if relative == "README.md" and card is not None:
+                continue
+            opened.append(_open_regular(output_dir / relative))
+            operations.append(CommitOperationAdd(path_in_repo=relative, path_or_fileobj=opened[-1]))
+        if card is not None:
+            operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode("utf-8")))
+        api.create_commit(
             repo_id=repo_id,
-            folder_path=str(output_dir),
-            allow_patterns=allow,
-            ignore_patterns=ignore,
+            operations=operations,
             commit_message=f"Upload DDPM pipeline at step {step}" if step is not None else "Upload DDPM pipeline",
             token=token,
             repo_type="model",
@@ -263,7 +292,12 @@ def push_to_hub(
         raise HubError(f"the upload to {name} failed ({type(error).__name__}: {error}); the local folder is unchanged") from None
     except (OSError, HTTPError) as error:  # no network, DNS, TLS, time-outs
         raise HubError(f"the Hub cannot be reached ({type(error).__name__}: {error}); the local folder is unchanged") from None
-    print(f"uploaded {len(files)} files to https://huggingface.co/{repo_id}" + (" (private)" if private else ""))
+    finally:
+        for file in opened:
+            file.close()
+    if card is not None:
+        write_text(output_dir / "README.md", card)
+    print(f"uploaded {len(operations)} files to https://huggingface.co/{repo_id}" + (" (private)" if private else ""))
     return repo_id
 
 
@@ -277,7 +311,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     push.add_argument("--output_dir", required=True)
     push.add_argument("--hub_model_id", help="'user/name' or 'name'; default: the folder's name, under the token's user.")
     push.add_argument("--private", action="store_true", help="Create the repository private.")
-    push.add_argument("--include", nargs="*", default=[], help="More patterns to upload, e.g. 'checkpoints/**' or 'logs/**'.")
+    push.add_argument("--include", nargs="*", default=[], help="More patterns to upload, e.g. 'checkpoints/*' or 'logs/*'.")
     push.add_argument("--dry_run", action="store_true", help="List the files that would be uploaded; upload nothing.")
     args = parser.parse_args(argv)
     output_dir = Path(args.output_dir)
@@ -286,6 +320,9 @@ def main(argv: Optional[list[str]] = None) -> None:
             print(f"model card -> {write_card(output_dir, args.hub_model_id)}")
         elif args.dry_run:
             print("\n".join(files_to_upload(output_dir, tuple(args.include))))
+            _, left_out = _regular_files(output_dir)
+            if left_out:
+                print(f"never uploaded (links and dot-files): {', '.join(left_out)}", file=sys.stderr)
         else:
             push_to_hub(output_dir, args.hub_model_id, args.private, tuple(args.include))
     except HubError as error:

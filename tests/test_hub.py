@@ -8,6 +8,7 @@ recorded instead of sent. The file selection is the client's own.
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -75,12 +76,16 @@ class RecordingApi(HfApi):
     def _validate_yaml(self, content, *, repo_type=None, token=None):
         self.calls.append(("validate_yaml", {"content": content}))
 
-    def upload_folder(self, *, repo_id, folder_path, allow_patterns=None, ignore_patterns=None, commit_message=None, token=None, **kwargs):
-        operations = self._prepare_upload_folder_additions(
-            folder_path, "", allow_patterns=allow_patterns, ignore_patterns=ignore_patterns, repo_type="model", token=token
-        )
-        files = sorted(operation.path_in_repo for operation in operations)
-        self.calls.append(("upload_folder", {"repo_id": repo_id, "files": files, "commit_message": commit_message, "token": token}))
+    def create_commit(self, *, repo_id, operations, commit_message=None, token=None, repo_type=None, **kwargs):
+        operations = list(operations)
+        contents = {}
+        for operation in operations:
+            with operation.as_file() as file:
+                contents[operation.path_in_repo] = file.read()
+        if "README.md" in contents:  # what the real create_commit does before any upload
+            self._validate_yaml(contents["README.md"].decode(), repo_type=repo_type, token=token)
+        self.calls.append(("create_commit", {"repo_id": repo_id, "files": sorted(contents), "contents": contents,
+                                             "commit_message": commit_message, "token": token}))  # fmt: skip
         if self.fail_upload:
             url = f"https://huggingface.co/api/models/{repo_id}/commit/main"
             response = httpx2.Response(500, request=httpx2.Request("POST", url))
@@ -149,7 +154,7 @@ def test_push_creates_the_repository_with_its_private_flag_and_uploads_the_files
     repo_id = hub.push_to_hub(trained, "someone/tiny-faces", private=True, api=api)
     assert repo_id == "someone/tiny-faces"
     names = [name for name, _ in api.calls]
-    assert names == ["create_repo", "validate_yaml", "upload_folder"]
+    assert names == ["create_repo", "validate_yaml", "create_commit"]
     create, validate, upload = (arguments for _, arguments in api.calls)
     assert create["repo_id"] == "someone/tiny-faces" and create["private"] is True and create["exist_ok"] is True
     assert upload["repo_id"] == "someone/tiny-faces"
@@ -173,11 +178,40 @@ def test_push_without_a_token_stops_before_any_call(trained, no_token):
 
 
 def test_failed_upload_leaves_the_local_folder_intact(trained, token):
-    hub.write_card(trained, "someone/tiny-faces")
+    hub.write_card(trained, "someone/else")  # the push renders a different card: the local one must not change
     before = folder_digest(trained)
     with pytest.raises(hub.HubError, match="the upload to someone/tiny-faces failed .* the local folder is unchanged"):
         hub.push_to_hub(trained, "someone/tiny-faces", api=RecordingApi(fail_upload=True))
     assert folder_digest(trained) == before
+
+
+def test_push_sends_regular_files_inside_the_folder_only(trained, tmp_path, token):
+    """Links (to files or folders outside) and dot-files are never listed nor sent, whatever the patterns say."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for the Hub\n")
+    planted = [trained / "unet" / "leak.json", trained / "samples" / "leak.png", trained / "samples" / "outside"]
+    planted[0].symlink_to(secret)
+    planted[1].symlink_to(secret)
+    planted[2].symlink_to(tmp_path, target_is_directory=True)
+    (trained / "unet" / ".env").write_text("HF_TOKEN=hf_should_never_leave\n")
+    (trained / ".git").mkdir()
+    (trained / ".git" / "config").write_text("[core]\n")
+    try:
+        listed = hub.files_to_upload(trained, ("*", "**/*", ".git/*"))
+        assert not [name for name in listed if "leak" in name or "outside" in name or ".env" in name or ".git" in name]
+        api = RecordingApi()
+        hub.push_to_hub(trained, "someone/tiny-faces", include=("*", "**/*", ".git/*"), api=api)
+        (_, commit), = [call for call in api.calls if call[0] == "create_commit"]
+        assert commit["files"] == sorted(listed)
+        assert not [content for content in commit["contents"].values() if b"not for the Hub" in content or b"hf_should" in content]
+        dry_run = subprocess.run([sys.executable, "-m", "pipeline.hub", "push", "--output_dir", str(trained), "--dry_run"],
+                                 capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert dry_run.stdout.split() == hub.files_to_upload(trained)
+        assert "unet/leak.json" in dry_run.stderr and "unet/.env" in dry_run.stderr and ".git/" in dry_run.stderr
+    finally:
+        for path in planted + [trained / "unet" / ".env"]:
+            path.unlink()
+        shutil.rmtree(trained / ".git")
 
 
 def test_push_command_without_token_exits_with_the_message(trained, tmp_path):
