@@ -8,8 +8,8 @@ photographs scikit-image ships) into a temporary folder, then measures on the sa
 (a) the diffusers unconditional example's loader: `load_dataset("imagefolder")`, torchvision
     Resize/CenterCrop/RandomHorizontalFlip/ToTensor/Normalize in `set_transform`, a DataLoader
     with 0 workers (its default) and with 2;
-(b) ours: `prepare_images` (decode once) into an empty cache, cold, then again from the cache,
-    warm, each followed by the batches `ImageStream` + `random_flip` + `to_model_range` deliver.
+(b) ours: `prepare_training_images` (decode once) into an empty cache, cold, then again from the cache,
+    warm, each followed by the batches `CachedBatches` + `random_flip` + `to_model_range` deliver.
 Every figure is images per second for one epoch as the training loop sees it, start-up included.
 """
 
@@ -28,7 +28,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.config import parse_config  # noqa: E402
-from pipeline.data import ImageStream, prepare_images  # noqa: E402
+from pipeline.batches import CachedBatches  # noqa: E402
+from pipeline.data import prepare_training_images  # noqa: E402
 from pipeline.diffusion import random_flip, to_model_range  # noqa: E402
 
 
@@ -78,15 +79,14 @@ def diffusers_example_loader(folder: Path, resolution: int, batch_size: int, num
 
 
 def our_loader(folder: Path, cache_dir: Path, resolution: int, batch_size: int, workers: int) -> dict:
-    """prepare_images (cold or warm, by the cache's state) then one epoch of batches; returns the timings."""
+    """prepare_training_images (cold or warm, by the cache's state) then one epoch of batches; returns the timings."""
     config = parse_config(["--train_data_dir", str(folder), "--resolution", str(resolution), "--image_channels", "3",
                            "--cache_dir", str(cache_dir), "--preprocessing_num_workers", str(workers)])  # fmt: skip
     started = time.perf_counter()
-    prepared = prepare_images(config)
-    images = torch.from_numpy(np.array(prepared.pixels)).permute(0, 3, 1, 2).contiguous()
+    prepared = prepare_training_images(config)
+    stream = CachedBatches.from_pixels(prepared.pixels, "cpu", batch_size, seed=0)
     prepared_seconds = time.perf_counter() - started
-    stream = ImageStream(images, batch_size, seed=0)
-    steps = len(images) // batch_size
+    steps = stream.num_images // batch_size
     batch_started = time.perf_counter()
     for step in range(steps):
         clean_images = to_model_range(random_flip(stream.batch(step)))

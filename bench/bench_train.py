@@ -11,12 +11,16 @@ update and the peak resident memory. Variants:
                              transforms on every step (from pre-decoded images in memory, or
                              decoding SFHQ-shaped 1024x1024 JPEGs), AdamW and EMAModel with their
                              defaults, `loss.item()` every step, DataLoader with 0 workers
-  ours                       the training loop's step: decode-once uint8 cache, flips and noise
-                             drawn on the device per global batch, bf16 autocast, foreach EMA,
-                             the loss read back only every 10 steps
+  ours                       pipeline.train.optimizer_step, the function train() runs, on the
+                             decode-once cache's batches, with train()'s own Accelerator setup:
+                             flips and noise drawn on the device per global batch, bf16 autocast,
+                             one foreach EMA update, the loss read back only every 10 steps
   ours, end to end           the same, with the cold decode of the JPEGs counted in
-  ours without X             one optimisation off at a time (bf16, foreach EMA, no per-step sync),
-                             and channels_last / torch.compile on
+  ours without X             one optimisation off at a time (bf16, no per-step sync), and
+                             channels_last / torch.compile on
+
+and the EMA update alone: ours (one foreach lerp for every average) against diffusers' EMAModel
+(one object per decay), for one and for three decays.
 
 Also: the machine's measured matmul and 3x3-convolution peaks in fp32 and bf16, forward+backward
 FLOPs per image (torch.utils.flop_counter) and the fraction of the bf16 matmul peak our step
@@ -41,6 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_data import example_dataloader, write_sfhq_like  # noqa: E402
 
+from dataclasses import replace  # noqa: E402
+
 from pipeline.config import TrainingConfig, load_preset  # noqa: E402
 from pipeline.diffusion import step_loss  # noqa: E402
 from pipeline.model import build_noise_scheduler, build_unet  # noqa: E402
@@ -50,12 +56,13 @@ REPO = Path(__file__).resolve().parent.parent
 
 def quickstart_config(resolution: int, batch_size: int) -> TrainingConfig:
     """The quickstart's UNet (2.5M parameters at 1 channel), here on RGB images."""
-    return TrainingConfig(resolution=resolution, image_channels=3, train_batch_size=batch_size, output_dir=tempfile.mkdtemp())
+    return TrainingConfig(resolution=resolution, image_channels=3, train_batch_size=batch_size, output_dir=tempfile.mkdtemp(), logger="none")
 
 
 def report_config(batch_size: int) -> TrainingConfig:
     values = load_preset(str(REPO / "configs" / "report_sfhq64.yaml"))
-    return TrainingConfig(**{**values, "train_batch_size": batch_size, "mixed_precision": "bf16", "output_dir": tempfile.mkdtemp()})
+    return TrainingConfig(**{**values, "train_batch_size": batch_size, "mixed_precision": "bf16", "output_dir": tempfile.mkdtemp(),
+                             "logger": "none"})  # fmt: skip
 
 
 def peaks(size: int = 2048) -> dict:
@@ -132,57 +139,60 @@ def reference_loop(config: TrainingConfig, loader_factory, steps: int) -> dict:
     return {"images_per_second": steps * config.train_batch_size / seconds, "data_wait_s": timings["data"], "ema_ms": 1000 * timings["ema"] / steps}
 
 
-def our_loop(config: TrainingConfig, images: torch.Tensor, steps: int, bf16=True, foreach_ema=True, sync_every_step=False,
-             channels_last=False, compile_model=False) -> dict:  # fmt: skip
-    """The training loop's step (pipeline.train), without Accelerate's process handling."""
-    from diffusers.training_utils import EMAModel
+def our_loop(config: TrainingConfig, pixels: np.ndarray, steps: int, sync_every_step=False, channels_last=False) -> dict:
+    """train()'s own step (pipeline.train.optimizer_step) with train()'s Accelerator setup, on the cache's batches."""
+    from pipeline.batches import CachedBatches
+    from pipeline.train import build_training, optimizer_step, setup_accelerator
 
-    from pipeline.data import ImageStream
-    from pipeline.train import build_optimizer
-
-    unet, scheduler = build_unet(config), build_noise_scheduler(config)
+    accelerator = setup_accelerator(config)
+    batches = CachedBatches.from_pixels(pixels, accelerator.device, config.train_batch_size, config.seed)
+    unet = build_unet(config)
     if channels_last:
         unet = unet.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(config, unet.parameters(), torch.device("cpu"))
-    ema = EMAModel(unet.parameters(), decay=config.ema_max_decay, use_ema_warmup=True, inv_gamma=1.0, power=0.75, foreach=foreach_ema)
-    model = torch.compile(unet) if compile_model else unet
-    stream = ImageStream(images, config.train_batch_size, config.seed)
-    loss_sum = torch.zeros(())
-    timings = {"data": 0.0, "ema": 0.0}
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+    parts = build_training(config, accelerator, unet, total_steps=steps + 3)
+    timings = {"data": 0.0}
     for index in range(steps + 3):
         if index == 3:
-            started, timings = time.perf_counter(), {"data": 0.0, "ema": 0.0}
+            started, timings = time.perf_counter(), {"data": 0.0}
         fetch = time.perf_counter()
-        batch = stream.batch(index)
+        micro_batches = [batches.batch(index)]
         timings["data"] += time.perf_counter() - fetch
-        with autocast:
-            loss = step_loss(model, scheduler, config, batch, index)
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(unet.parameters(), config.max_grad_norm)
-        if bool(torch.isfinite(norm) & torch.isfinite(loss)):
-            optimizer.step()
-            ema_started = time.perf_counter()
-            ema.step(unet.parameters())
-            timings["ema"] += time.perf_counter() - ema_started
-        optimizer.zero_grad(set_to_none=True)
-        loss_sum += loss.detach()
+        outcome = optimizer_step(accelerator, parts, micro_batches, index)
         if sync_every_step or index % 10 == 0:
-            loss_sum.item()
+            outcome.loss.item()
     seconds = time.perf_counter() - started
-    return {"images_per_second": steps * config.train_batch_size / seconds, "data_wait_s": timings["data"], "ema_ms": 1000 * timings["ema"] / steps}
+    return {"images_per_second": steps * config.train_batch_size / seconds, "data_wait_s": timings["data"],
+            "ema_ms": ema_update_ms(parts.unet, [config.ema_max_decay])["ours"]}  # fmt: skip
+
+
+def ema_update_ms(unet, decays: list[float], repeats: int = 20) -> dict:
+    """Milliseconds per EMA update of `unet`'s parameters at `decays`: ours (one foreach lerp) and diffusers' EMAModel."""
+    from diffusers.training_utils import EMAModel
+
+    from pipeline.ema import EMA
+
+    parameters = list(unet.parameters())
+    ours = EMA(unet, decays)
+    theirs = [EMAModel(parameters, decay=decay, use_ema_warmup=True, foreach=True) for decay in decays]
+
+    def timed(update) -> float:
+        update()
+        started = time.perf_counter()
+        for _ in range(repeats):
+            update()
+        return 1000 * (time.perf_counter() - started) / repeats
+
+    return {"ours": timed(lambda: ours.update(parameters)),
+            "diffusers_ema_model": timed(lambda: [ema.step(parameters) for ema in theirs])}  # fmt: skip
 
 
 def decoded_images(folder: Path, config: TrainingConfig, cache_dir: Path) -> tuple[torch.Tensor, float]:
     """The JPEG folder through our decode-once path; returns (N, C, H, W) uint8 and the seconds it took."""
-    from dataclasses import replace
-
-    from pipeline.data import prepare_images
+    from pipeline.data import prepare_training_images
 
     started = time.perf_counter()
-    prepared = prepare_images(replace(config, dataset_name=None, train_data_dir=str(folder), cache_dir=str(cache_dir)))
-    pixels = torch.from_numpy(np.array(prepared.pixels)).permute(0, 3, 1, 2).contiguous()
-    return pixels, time.perf_counter() - started
+    prepared = prepare_training_images(replace(config, dataset_name=None, train_data_dir=str(folder), cache_dir=str(cache_dir)))
+    return np.array(prepared.pixels), time.perf_counter() - started
 
 
 def run_variant(args) -> dict:
@@ -196,7 +206,7 @@ def run_variant(args) -> dict:
 
         else:
             pixels, _ = decoded_images(folder, config, Path(args.cache))
-            memory = torch.utils.data.TensorDataset(pixels)
+            memory = torch.utils.data.TensorDataset(torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous())
 
             def collate(items):
                 images = torch.stack([item[0] for item in items]).float() / 255
@@ -209,15 +219,11 @@ def run_variant(args) -> dict:
         result = reference_loop(config, factory, args.steps)
     else:
         pixels, decode_seconds = decoded_images(folder, config, Path(args.cache))
-        options = {
-            "ours": {},
-            "ours-end-to-end": {},
-            "ours-fp32": {"bf16": False},
-            "ours-ema-per-tensor": {"foreach_ema": False},
-            "ours-sync-every-step": {"sync_every_step": True},
-            "ours-channels-last": {"channels_last": True},
-            "ours-compile": {"compile_model": True},
-        }[args.variant]
+        if args.variant == "ours-fp32":
+            config = replace(config, mixed_precision="no")
+        if args.variant == "ours-compile":
+            config = replace(config, torch_compile=True)
+        options = {"ours-sync-every-step": {"sync_every_step": True}, "ours-channels-last": {"channels_last": True}}.get(args.variant, {})
         result = our_loop(config, pixels, args.steps, **options)
         if args.variant == "ours-end-to-end":  # the cold decode, spread over the timed steps
             seconds = args.steps * config.train_batch_size / result["images_per_second"] + decode_seconds
@@ -227,8 +233,7 @@ def run_variant(args) -> dict:
     return result
 
 
-VARIANTS = ["reference-memory", "reference-jpeg", "ours", "ours-end-to-end", "ours-fp32", "ours-ema-per-tensor", "ours-sync-every-step",
-            "ours-channels-last"]  # fmt: skip
+VARIANTS = ["reference-memory", "reference-jpeg", "ours", "ours-end-to-end", "ours-fp32", "ours-sync-every-step", "ours-channels-last"]
 
 
 def main() -> None:
@@ -293,6 +298,9 @@ def main() -> None:
             "fraction_of_bf16_matmul_peak": round(report_flops * row["images_per_second"] / 1e12 / measured["matmul_bf16_tflops"], 3),
             "peak_rss_gib": round(row["peak_rss_gib"], 2),
         }
+    unet = build_unet(config)
+    ema = {"one_decay": ema_update_ms(unet, [0.999]), "three_decays": ema_update_ms(unet, [0.999, 0.9999, 0.99])}
+    print("EMA update (ms):", json.dumps(ema), flush=True)
     result = {
         "command": " ".join(sys.argv),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
@@ -307,6 +315,7 @@ def main() -> None:
             "ours_end_to_end_vs_reference_jpeg": round(rows["ours-end-to-end"]["images_per_second"] / rows["reference-jpeg"]["images_per_second"], 2),
         },
         "utilisation": utilisation,
+        "ema_update_ms": ema,
         "date": time.strftime("%Y-%m-%d"),
     }
     Path(args.output).write_text(json.dumps(result, indent=2) + "\n")

@@ -6,8 +6,8 @@
 One call, nothing installed, nothing downloaded. For the report preset and the improved preset at
 64x64 and their batch of 128, bf16 autocast:
   - the measured ceilings: a large bf16 matrix product and a bf16 3x3 convolution;
-  - our training step (pipeline.diffusion.step_loss, fused AdamW, foreach EMA, gradient clipping,
-    the non-finite check), eager and under torch.compile: images/s, forward+backward FLOPs per
+  - train()'s own optimizer step (pipeline.train.optimizer_step: step_loss, fused AdamW, the foreach
+    EMA, gradient clipping, the non-finite check), eager and under torch.compile: images/s, forward+backward FLOPs per
     image (torch.utils.flop_counter), model FLOP utilisation against the measured matmul ceiling
     and against the datasheet's 989 TFLOP/s, peak memory, time per EMA update;
   - the real `train()` loop for 40 steps on a folder of images (decode cache, Accelerate,
@@ -87,49 +87,35 @@ def flops_per_image(config: TrainingConfig) -> float:
 
 
 def train_step_benchmark(name: str, compile_model: bool, channels_last: bool, steps: int, peak: float) -> dict:
-    """Our step in isolation: data already on the GPU as uint8, as the decode-once cache delivers it."""
-    from diffusers.training_utils import EMAModel
+    """train()'s own step (pipeline.train.optimizer_step, with train()'s Accelerator setup) in isolation: uint8
+    images already on the GPU, as the decode-once cache delivers them."""
+    from accelerate.state import AcceleratorState
 
-    from pipeline.train import build_optimizer
+    from pipeline.batches import CachedBatches
+    from pipeline.train import build_training, optimizer_step, setup_accelerator
 
-    config = preset_config(name)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    config = preset_config(name, torch_compile=compile_model, logger="none")
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
-    unet = build_unet(config).cuda()
+    accelerator = setup_accelerator(config)
+    unet = build_unet(config)
+    parameters = count_parameters(unet)
     if channels_last:
         unet = unet.to(memory_format=torch.channels_last)
-    scheduler = build_noise_scheduler(config)
-    optimizer = build_optimizer(config, unet.parameters(), torch.device("cuda"))
-    ema = EMAModel(unet.parameters(), decay=config.ema_max_decay, use_ema_warmup=True, foreach=True) if config.use_ema else None
-    if ema is not None:
-        ema.to("cuda")
-    model = torch.compile(unet) if compile_model else unet
-    images = torch.randint(0, 256, (4096, config.image_channels, 64, 64), dtype=torch.uint8, device="cuda")
+    parts = build_training(config, accelerator, unet, total_steps=steps + 3)
+    pixels = np.random.default_rng(0).integers(0, 256, (4096, 64, 64, config.image_channels), dtype=np.uint8)
+    batches = CachedBatches.from_pixels(pixels, accelerator.device, config.train_batch_size, config.seed)
     batch_size = config.train_batch_size
-    ema_times = []
 
     def step(index: int) -> None:
-        batch = images[(index * batch_size) % 4096 : (index * batch_size) % 4096 + batch_size]
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = step_loss(model, scheduler, config, batch, index)
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(unet.parameters(), config.max_grad_norm or float("inf"))
-        if bool(torch.isfinite(norm) & torch.isfinite(loss)):  # the training loop's one sync per step
-            optimizer.step()
-            if ema is not None:
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                ema.step(unet.parameters())
-                end.record()
-                ema_times.append((start, end))
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_step(accelerator, parts, [batches.batch(index)], index)
 
     started = time.perf_counter()
     for index in range(3):  # warm-up: cuDNN autotuning, or compilation
         step(index)
     torch.cuda.synchronize()
     warmup_seconds = time.perf_counter() - started
-    ema_times.clear()
     started = time.perf_counter()
     for index in range(3, 3 + steps):
         step(index)
@@ -142,7 +128,7 @@ def train_step_benchmark(name: str, compile_model: bool, channels_last: bool, st
         "preset": name,
         "compile": compile_model,
         "channels_last": channels_last,
-        "parameters": count_parameters(unet),
+        "parameters": parameters,
         "batch_size": batch_size,
         "images_per_second": round(images_per_second, 1),
         "step_ms": round(1000 * seconds / steps, 2),
@@ -151,7 +137,7 @@ def train_step_benchmark(name: str, compile_model: bool, channels_last: bool, st
         "mfu_vs_measured_matmul": round(achieved / peak, 3),
         "mfu_vs_datasheet": round(achieved / DATASHEET_BF16_TFLOPS, 3),
         "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
-        "ema_update_ms": round(statistics.median(s.elapsed_time(e) for s, e in ema_times), 3) if ema_times else None,
+        "ema_update_ms": round(1000 * cuda_time(lambda: parts.ema.update(parts.unet.parameters()), 10), 3) if parts.ema else None,
         "warmup_or_compile_seconds": round(warmup_seconds, 1),
     }
 

@@ -31,8 +31,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .config import ConfigError, TrainingConfig, save_config
+from .config import ConfigError, TrainingConfig
 from .files import remove, staging_name, write_json
+from .record import RECORD_NAME, RunRecord, read_record, write_record
 
 CHECKPOINT_PREFIX = "checkpoint-"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"  # diffusers' file name in a model folder
@@ -113,12 +114,14 @@ def find_resume_checkpoint(config: TrainingConfig) -> Optional[Path]:
 
 
 def check_resume_compatible(config: TrainingConfig, checkpoint: Path) -> None:
-    saved = _read_json(checkpoint / "training_config.json").get("config")
-    if not isinstance(saved, dict):
-        raise CheckpointError(f"{checkpoint / 'training_config.json'}: holds no 'config' mapping")
-    differing = [name for name in RESUME_MUST_MATCH if saved.get(name, getattr(TrainingConfig, name, None)) != getattr(config, name)]
+    """The checkpoint's config and `config` agree on everything a resume cannot change (RESUME_MUST_MATCH)."""
+    try:
+        saved = read_record(checkpoint / RECORD_NAME).config
+    except ConfigError as error:
+        raise CheckpointError(str(error)) from None
+    differing = [name for name in RESUME_MUST_MATCH if getattr(saved, name) != getattr(config, name)]
     if differing:
-        details = ", ".join(f"{name} ({saved.get(name)!r} in the checkpoint, {getattr(config, name)!r} now)" for name in differing)
+        details = ", ".join(f"{name} ({getattr(saved, name)!r} in the checkpoint, {getattr(config, name)!r} now)" for name in differing)
         raise ConfigError(f"{differing[0]}: cannot resume {checkpoint}: {details}")
 
 
@@ -225,9 +228,10 @@ def _optimizer_state_dict(tensors: dict, rest: dict) -> dict:
 # Save and load
 
 
-def save_checkpoint(accelerator, config: TrainingConfig, record: dict, state: TrainingState, unet, optimizer, lr_scheduler,
-                    ema=None, stream_state: Optional[dict] = None) -> Path:  # fmt: skip
-    """Write checkpoint-<step> through a temporary folder; prune old ones past --checkpoints_total_limit."""
+def save_checkpoint(accelerator, parts, record: RunRecord, state: TrainingState, stream_state: Optional[dict] = None) -> Path:
+    """Write checkpoint-<step> of `parts` (pipeline.train.TrainingParts) through a temporary folder; prune old ones
+    past --checkpoints_total_limit."""
+    config, ema = parts.config, parts.ema
     checkpoints_dir = Path(config.output_dir) / "checkpoints"
     final = checkpoints_dir / f"{CHECKPOINT_PREFIX}{state.global_step}"
     partial = staging_name(final)
@@ -242,20 +246,20 @@ def save_checkpoint(accelerator, config: TrainingConfig, record: dict, state: Tr
             write_json(partial / f"stream_state_{index}.json", stream_state)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            model = accelerator.unwrap_model(unet, keep_fp32_wrapper=False, keep_torch_compile=False)
+            model = accelerator.unwrap_model(parts.unet, keep_fp32_wrapper=False, keep_torch_compile=False)
             save_unet_folder(model, partial / "unet")
             if ema is not None:
                 for average_index, decay in enumerate(ema.max_decays):
                     save_unet_folder(model, partial / ema_folder_name(average_index, decay), ema.averages[average_index])
-            tensors, rest = _optimizer_files(optimizer)
+            tensors, rest = _optimizer_files(parts.optimizer)
             save_file(tensors, partial / "optimizer.safetensors")
             write_json(partial / "optimizer.json", rest)
-            save_config(config, partial / "training_config.json", record)
+            write_record(partial / RECORD_NAME, config, record)
             files = {path.relative_to(partial).as_posix(): path.stat().st_size for path in sorted(partial.rglob("*")) if path.is_file()}
             write_json(partial / STATE_FILE, {
                 **asdict(state),
                 "num_processes": accelerator.num_processes,
-                "lr_scheduler": lr_scheduler.state_dict(),
+                "lr_scheduler": parts.lr_scheduler.state_dict(),
                 "grad_scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
                 "ema": ema.state() if ema is not None else None,
                 "files": files,
@@ -311,10 +315,12 @@ def read_training_state(checkpoint: Path) -> dict:
     return state
 
 
-def load_checkpoint(checkpoint: Path, accelerator, unet, optimizer, lr_scheduler, ema=None, stream=None) -> TrainingState:
-    """Restore every part of a run from `checkpoint`; returns where it was. Raises CheckpointError naming the bad file."""
+def load_checkpoint(checkpoint: Path, accelerator, parts, stream=None) -> TrainingState:
+    """Restore `parts` (pipeline.train.TrainingParts), the generators and the stream position from `checkpoint`;
+    returns where the run was. Raises CheckpointError naming the bad file."""
     state = read_training_state(checkpoint)
     state_path = checkpoint / STATE_FILE
+    unet, optimizer, lr_scheduler, ema = parts.unet, parts.optimizer, parts.lr_scheduler, parts.ema
 
     model = accelerator.unwrap_model(unet, keep_fp32_wrapper=False, keep_torch_compile=False)
     weights_path = checkpoint / "unet" / WEIGHTS_NAME

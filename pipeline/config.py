@@ -8,7 +8,6 @@ preset. Invalid values stop the run before any work with a message naming the fi
 
 import dataclasses
 import functools
-import json
 import math
 import re
 import sys
@@ -178,6 +177,10 @@ class TrainingConfig:
 
     def __post_init__(self):
         validate(self)
+
+    def global_batch_size(self, num_processes: int) -> int:
+        """Images per optimizer step: the per-process batch, times the processes, times the micro-batches."""
+        return self.train_batch_size * num_processes * self.gradient_accumulation_steps
 
     @property
     def downsampling_factor(self) -> int:
@@ -441,17 +444,3 @@ def parse_config(argv: Optional[list[str]] = None) -> TrainingConfig:
         flags = [arg for arg in unknown if arg.startswith("-")] or unknown
         _fail(flags[0].lstrip("-").split("=")[0], f"unknown option {' '.join(unknown)!r}; see --help")
     return config
-
-
-def save_config(config: TrainingConfig, path, run: Optional[dict] = None) -> None:
-    """Write training_config.json: the resolved config and facts about the run that used it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"config": config.to_dict(), "run": run or {}}, indent=2) + "\n")
-    tmp.replace(path)
-
-
-def load_config(path) -> TrainingConfig:
-    """Read back a training_config.json (or a preset) as a validated TrainingConfig."""
-    return TrainingConfig(**load_preset(path))

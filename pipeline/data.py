@@ -1,10 +1,12 @@
-"""Training data: an image folder, a zip archive or any `datasets` source, decoded once, then streamed.
+"""Images from a folder, a zip archive or any `datasets` source, decoded once into a cached uint8 array.
 
-list the source -> pick a subset -> decode, convert and resize each image once (a batched,
-parallel `datasets.map`) -> a uint8 array (N, H, W, C) cached on disk, keyed by the source and
-every preprocessing setting -> one tensor on the training device -> seeded batches, flipped on
-the device at each step. Images that cannot be used are skipped, counted and reported (or stop
-the run under --strict_data); one bad file never stops a run mid-epoch.
+    DataSource (what to read) -> list it -> pick a subset -> decode, convert and resize each image once
+    with a Preprocessing (how), in a batched, parallel `datasets.map` -> (N, H, W, C) uint8 cached on
+    disk, keyed by the source's identity and every preprocessing setting
+
+Training reads the array through pipeline/batches.py; evaluation reads reference images through
+the same two objects, so both see pixels made the same way. Images that cannot be used are
+skipped, counted and reported (or stop the run under --strict_data); one bad file never stops a run.
 
 `python -m pipeline.data prepare [training flags]` builds the cache ahead of time.
 """
@@ -20,13 +22,12 @@ import time
 import zipfile
 import zlib
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
 import datasets
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .config import ConfigError, TrainingConfig, parse_config
@@ -35,8 +36,7 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".
 # Bump when decoding changes what it produces for the same settings: older caches are not reused.
 CACHE_VERSION = 2
 SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
-# A streamed source whose rows fail this many times in a row holds no usable images: stop instead of reading it forever.
-MAX_UNUSABLE_ROWS_IN_A_ROW = 1000
+DEFAULT_MAX_IMAGE_BYTES = 64 * 2**20
 
 
 class DataError(ValueError):
@@ -45,6 +45,49 @@ class DataError(ValueError):
 
 class SkippedImage(Exception):
     """One image that cannot be used; the message is the reason."""
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """What to read: a folder or zip archive (`train_data_dir`), or a `datasets` source (`dataset_name`)."""
+
+    train_data_dir: Optional[str] = None
+    dataset_name: Optional[str] = None
+    dataset_config_name: Optional[str] = None
+    split: str = "train"
+    image_column: Optional[str] = None
+    cache_dir: Optional[str] = None  # default: HF_DATASETS_CACHE
+    max_images: Optional[int] = None  # a random subset of this size, drawn with `seed`
+    seed: int = 0
+    strict: bool = False  # stop on the first unusable file instead of skipping it
+    num_workers: Optional[int] = None  # decoding processes; default: every core for 256 images or more
+
+    @classmethod
+    def from_config(cls, config: TrainingConfig) -> "DataSource":
+        return cls(config.train_data_dir, config.dataset_name, config.dataset_config_name, config.split, config.image_column,
+                   config.cache_dir, config.max_train_samples, config.seed, config.strict_data, config.preprocessing_num_workers)  # fmt: skip
+
+    @property
+    def name(self) -> str:
+        return self.train_data_dir if self.train_data_dir is not None else self.dataset_name
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How to turn a file into pixels: everything that changes the decoded array, and so the cache key."""
+
+    resolution: int
+    channels: int  # 1 (grayscale) or 3 (RGB)
+    intermediate_resolution: Optional[int] = None  # resize to this first (the report: 1024 -> 256 -> 64)
+    center_crop: bool = True  # scale the short side and crop the centre; False: squash to a square
+    min_image_size: int = 0  # skip images whose short side is smaller
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES  # skip files (and archive members) larger than this, unread
+
+    @classmethod
+    def from_config(cls, config: TrainingConfig) -> "Preprocessing":
+        min_size = config.resolution // 2 if config.min_image_size is None else config.min_image_size
+        return cls(config.resolution, config.image_channels, config.intermediate_resolution, config.center_crop, min_size,
+                   config.max_image_bytes)  # fmt: skip
 
 
 @dataclass
@@ -138,30 +181,30 @@ def _zip_source(archive: Path, max_image_bytes: int) -> Source:
     return Source(datasets.Dataset.from_dict({"file": images}), identity, f"archive {archive}", archive=str(archive), ignored=tuple(ignored))
 
 
-def load_dataset_source(config: TrainingConfig, streaming: bool = False):
-    """--dataset_name as a `datasets.Dataset` (an `IterableDataset` when streaming): a save_to_disk folder,
+def load_dataset_source(source: DataSource, streaming: bool = False):
+    """`source.dataset_name` as a `datasets.Dataset` (an `IterableDataset` when streaming): a save_to_disk folder,
     a parquet file, or anything `load_dataset` reads."""
-    name = config.dataset_name
+    name = source.dataset_name
     verb = "stream" if streaming else "load"
     try:
         if Path(name, "dataset_info.json").is_file() or Path(name, "state.json").is_file():  # a save_to_disk folder
             loaded = datasets.load_from_disk(name)
             if isinstance(loaded, datasets.DatasetDict):
-                if config.split not in loaded:
-                    raise DataError(f"split: {name} has no split {config.split!r}; it has {', '.join(loaded)}")
-                loaded = loaded[config.split]
+                if source.split not in loaded:
+                    raise DataError(f"split: {name} has no split {source.split!r}; it has {', '.join(loaded)}")
+                loaded = loaded[source.split]
             return loaded.to_iterable_dataset() if streaming else loaded
         if name.endswith(".parquet"):
-            return datasets.load_dataset("parquet", data_files=name, split="train", cache_dir=config.cache_dir, streaming=streaming)
+            return datasets.load_dataset("parquet", data_files=name, split="train", cache_dir=source.cache_dir, streaming=streaming)
         return datasets.load_dataset(
-            name, config.dataset_config_name, split=config.split, cache_dir=config.cache_dir, streaming=streaming
+            name, source.dataset_config_name, split=source.split, cache_dir=source.cache_dir, streaming=streaming
         )
     except (FileNotFoundError, ValueError, ConnectionError) as error:
         if isinstance(error, DataError):
             raise
         where = "a local path (relative to the current directory) nor a" if not Path(name).exists() else "a"
         raise DataError(
-            f"dataset_name: cannot {verb} {name!r}, split {config.split!r}: it is neither {where} readable dataset "
+            f"dataset_name: cannot {verb} {name!r}, split {source.split!r}: it is neither {where} readable dataset "
             f"({type(error).__name__}: {error})"
         ) from None
 
@@ -180,28 +223,30 @@ def find_image_column(features: datasets.Features, image_column: Optional[str]) 
     raise DataError(f"image_column: the dataset has no Image feature (columns: {', '.join(features)}); pass --image_column")
 
 
-def open_source(config: TrainingConfig) -> Source:
-    """List the configured source without decoding anything. Raises DataError when it cannot be used."""
-    if config.train_data_dir is not None:
-        path = Path(config.train_data_dir)
+def open_source(source: DataSource, max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> Source:
+    """List the source without decoding anything. Raises DataError when it cannot be used."""
+    if source.train_data_dir is not None:
+        path = Path(source.train_data_dir)
         if path.is_file() and path.suffix.lower() == ".zip":
-            return _zip_source(path, config.max_image_bytes)
+            return _zip_source(path, max_image_bytes)
         if not path.is_dir():
             raise DataError(f"train_data_dir: {path} is neither a folder of images nor a .zip archive")
-        return _folder_source(path, config.max_image_bytes)
+        return _folder_source(path, max_image_bytes)
+    if source.dataset_name is None:
+        raise DataError("dataset_name: give a folder, a zip archive or a datasets source")
 
-    loaded = load_dataset_source(config)
-    column = find_image_column(loaded.features, config.image_column)
+    loaded = load_dataset_source(source)
+    column = find_image_column(loaded.features, source.image_column)
     table = loaded.select_columns([column]).cast_column(column, datasets.Image(decode=False))
     identity = {
         "kind": "dataset",
-        "name": config.dataset_name,
-        "config": config.dataset_config_name,
-        "split": config.split,
+        "name": source.dataset_name,
+        "config": source.dataset_config_name,
+        "split": source.split,
         "column": column,
         "fingerprint": loaded._fingerprint,  # datasets' own hash of the data files / revision
     }
-    return Source(table, identity, f"dataset {config.dataset_name} ({config.split})", image_column=column)
+    return Source(table, identity, f"dataset {source.dataset_name} ({source.split})", image_column=column)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,23 +279,13 @@ def _fit(image: Image.Image, size: int, center_crop: bool) -> Image.Image:
     return image.crop((left, top, left + size, top + size))
 
 
-def to_uint8_array(
-    image: Image.Image,
-    resolution: int,
-    channels: int,
-    intermediate_resolution: Optional[int] = None,
-    center_crop: bool = True,
-    min_image_size: int = 0,
-) -> np.ndarray:
-    """One image -> (resolution, resolution, channels) uint8, through the intermediate size if given."""
-    image = ImageOps.exif_transpose(image)
-    if min(image.size) < min_image_size:
-        raise SkippedImage(f"too small ({image.width}x{image.height}; the minimum side is {min_image_size})")
-    image = to_mode(image, channels)
-    for size in (intermediate_resolution, resolution):
+def to_uint8_array(image: Image.Image, preprocessing: Preprocessing) -> np.ndarray:
+    """One image -> (resolution, resolution, channels) uint8: EXIF orientation, mode, then each resize."""
+    image = to_mode(ImageOps.exif_transpose(image), preprocessing.channels)
+    for size in (preprocessing.intermediate_resolution, preprocessing.resolution):
         if size is not None:
-            image = _fit(image, size, center_crop)
-    return np.asarray(image, dtype=np.uint8).reshape(resolution, resolution, channels)
+            image = _fit(image, size, preprocessing.center_crop)
+    return np.asarray(image, dtype=np.uint8).reshape(preprocessing.resolution, preprocessing.resolution, preprocessing.channels)
 
 
 _open_archives: dict[tuple[str, int], zipfile.ZipFile] = {}
@@ -263,7 +298,7 @@ def _too_large(size: int, max_bytes: int) -> SkippedImage:
     return SkippedImage(f"too large ({size:,} bytes; --max_image_bytes {max_bytes:,})")
 
 
-def _read_bytes(file: Optional[str], entry: Optional[dict], archive: Optional[str], max_bytes: int) -> bytes:
+def read_bytes(file: Optional[str], entry: Optional[dict], archive: Optional[str], max_bytes: int) -> bytes:
     """The bytes of one image: an archive member, a file, or a datasets row (bytes or a path). Raises SkippedImage."""
     if archive is not None:
         key = (archive, os.getpid())  # one handle per worker process
@@ -286,21 +321,21 @@ def _read_bytes(file: Optional[str], entry: Optional[dict], archive: Optional[st
     return Path(path).read_bytes()
 
 
-def decode_image(data: bytes, settings: dict) -> np.ndarray:
+def decode_image(data: bytes, preprocessing: Preprocessing) -> np.ndarray:
     """Bytes of one image file -> uint8 array; raises SkippedImage with the reason it cannot be used."""
     if not data:
         raise SkippedImage("empty file")
     try:
         with Image.open(io.BytesIO(data)) as image:
-            if min(image.size) < settings["min_image_size"]:
-                raise SkippedImage(f"too small ({image.width}x{image.height}; the minimum side is {settings['min_image_size']})")
+            if min(image.size) < preprocessing.min_image_size:
+                raise SkippedImage(f"too small ({image.width}x{image.height}; the minimum side is {preprocessing.min_image_size})")
             if image.format == "JPEG":
                 # Let libjpeg scale by 1/2, 1/4 or 1/8 while decoding, keeping at least twice the first
                 # target size: a 1024 -> 64 decode is about 5x faster and the final resize still antialiases.
-                target = 2 * max(settings["resolution"], settings["intermediate_resolution"] or 0)
+                target = 2 * max(preprocessing.resolution, preprocessing.intermediate_resolution or 0)
                 image.draft(image.mode, (target, target))
             image.load()
-            return to_uint8_array(image, **{**settings, "min_image_size": 0})
+            return to_uint8_array(image, preprocessing)
     except UnidentifiedImageError:
         raise SkippedImage("not a readable image") from None
     except Image.DecompressionBombError as error:
@@ -309,8 +344,8 @@ def decode_image(data: bytes, settings: dict) -> np.ndarray:
         raise SkippedImage(f"corrupt or truncated ({error})") from None
 
 
-def _decode_batch(batch: dict, indices: list, archive, image_column, settings: dict, max_bytes: int) -> dict:
-    size, channels = settings["resolution"], settings["channels"]
+def _decode_batch(batch: dict, indices: list, archive, image_column, preprocessing: Preprocessing) -> dict:
+    size, channels = preprocessing.resolution, preprocessing.channels
     pixels, errors, files = [], [], []
     for position, index in enumerate(indices):
         entry = batch[image_column][position] if image_column else None
@@ -318,7 +353,7 @@ def _decode_batch(batch: dict, indices: list, archive, image_column, settings: d
         try:
             if image_column is not None and entry is None:
                 raise SkippedImage("empty row (no image)")
-            pixels.append(decode_image(_read_bytes(file, entry, archive, max_bytes), settings))
+            pixels.append(decode_image(read_bytes(file, entry, archive, preprocessing.max_image_bytes), preprocessing))
             errors.append("")
         except (SkippedImage, OSError) as error:  # OSError: the file vanished or cannot be read
             pixels.append(np.zeros((size, size, channels), dtype=np.uint8))
@@ -331,50 +366,43 @@ def _decode_batch(batch: dict, indices: list, archive, image_column, settings: d
 # Decode once, cache, report
 
 
-def preprocessing_settings(config: TrainingConfig) -> dict:
-    """Everything that changes the decoded pixels (and so the cache key)."""
-    return {
-        "resolution": config.resolution,
-        "channels": config.image_channels,
-        "intermediate_resolution": config.intermediate_resolution,
-        "center_crop": config.center_crop,
-        "min_image_size": config.resolution // 2 if config.min_image_size is None else config.min_image_size,
-    }
-
-
-def cache_folder(config: TrainingConfig, source: Source) -> Path:
+def cache_folder(source: DataSource, listed: Source, preprocessing: Preprocessing) -> Path:
     """Where the decoded images of this source and these settings live."""
-    subset = {"max_train_samples": config.max_train_samples, "seed": config.seed if config.max_train_samples else None}
-    key = json.dumps({"version": CACHE_VERSION, "source": source.identity, "settings": preprocessing_settings(config), **subset}, sort_keys=True)
-    root = Path(config.cache_dir) if config.cache_dir else Path(datasets.config.HF_DATASETS_CACHE)
+    subset = {"max_train_samples": source.max_images, "seed": source.seed if source.max_images else None}
+    key = json.dumps({"version": CACHE_VERSION, "source": listed.identity, "settings": asdict(preprocessing), **subset}, sort_keys=True)
+    root = Path(source.cache_dir) if source.cache_dir else Path(datasets.config.HF_DATASETS_CACHE)
     return root / "ddpm_images" / hashlib.sha256(key.encode()).hexdigest()[:20]
 
 
-def prepare_images(config: TrainingConfig) -> PreparedImages:
-    """Decode the configured source once into (N, H, W, C) uint8, or read the cache of an earlier run."""
+def prepare_images(source: DataSource, preprocessing: Preprocessing) -> PreparedImages:
+    """Decode `source` once into (N, H, W, C) uint8 with `preprocessing`, or read the cache of an earlier run."""
     started = time.perf_counter()
-    source = open_source(config)
-    folder = cache_folder(config, source)
+    listed = open_source(source, preprocessing.max_image_bytes)
+    folder = cache_folder(source, listed, preprocessing)
     if (folder / "summary.json").is_file() and (folder / "pixels.npy").is_file():
         summary = json.loads((folder / "summary.json").read_text())
         prepared = PreparedImages(np.load(folder / "pixels.npy", mmap_mode="r"), {**summary, "from_cache": True})
     else:
-        prepared = _decode_source(config, source, folder)
+        prepared = _decode_source(source, listed, preprocessing, folder)
     prepared.summary.update(cache=str(folder), seconds=round(time.perf_counter() - started, 2))
-    if config.strict_data and prepared.summary["files_skipped"]:
-        raise DataError(f"strict_data: {source.description} has files that cannot be used; {describe_skipped(prepared.summary)}")
+    if source.strict and prepared.summary["files_skipped"]:
+        raise DataError(f"strict_data: {listed.description} has files that cannot be used; {describe_skipped(prepared.summary)}")
     return prepared
 
 
-def _decode_source(config: TrainingConfig, source: Source, folder: Path) -> PreparedImages:
+def prepare_training_images(config: TrainingConfig) -> PreparedImages:
+    """The training data of `config`, decoded once."""
+    return prepare_images(DataSource.from_config(config), Preprocessing.from_config(config))
+
+
+def _decode_source(source: DataSource, listed: Source, preprocessing: Preprocessing, folder: Path) -> PreparedImages:
     """Decode (a subset of) the source in parallel; write the cache folder whole or not at all."""
-    table = source.table
-    if config.max_train_samples is not None and config.max_train_samples < len(table):
-        picked = np.random.default_rng(config.seed).choice(len(table), size=config.max_train_samples, replace=False)
+    table = listed.table
+    if source.max_images is not None and source.max_images < len(table):
+        picked = np.random.default_rng(source.seed).choice(len(table), size=source.max_images, replace=False)
         table = table.select(np.sort(picked))
-    settings = preprocessing_settings(config)
-    size, channels = settings["resolution"], settings["channels"]
-    workers = config.preprocessing_num_workers or (len(os.sched_getaffinity(0)) if len(table) >= 256 else 1)
+    size, channels = preprocessing.resolution, preprocessing.channels
+    workers = source.num_workers or (len(os.sched_getaffinity(0)) if len(table) >= 256 else 1)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))  # renamed into place when complete
     try:
@@ -383,8 +411,7 @@ def _decode_source(config: TrainingConfig, source: Source, folder: Path) -> Prep
             with_indices=True,
             batched=True,
             batch_size=64,
-            fn_kwargs={"archive": source.archive, "image_column": source.image_column, "settings": settings,
-                       "max_bytes": config.max_image_bytes},  # fmt: skip
+            fn_kwargs={"archive": listed.archive, "image_column": listed.image_column, "preprocessing": preprocessing},
             remove_columns=table.column_names,
             features=datasets.Features(
                 {
@@ -403,11 +430,11 @@ def _decode_source(config: TrainingConfig, source: Source, folder: Path) -> Prep
         # Straight from Arrow: the numpy formatter would widen uint8 to int64 (8x the memory).
         column = decoded.data.column("pixels")
         pixels = np.concatenate([chunk.to_numpy(zero_copy_only=False) for chunk in column.chunks])[keep]
-        skipped = list(source.ignored) + [(file, error) for file, error in zip(decoded["file"], errors) if error]
+        skipped = list(listed.ignored) + [(file, error) for file, error in zip(decoded["file"], errors) if error]
         del decoded, column
         summary = {
-            "source": source.description,
-            "images_found": len(source.table),
+            "source": listed.description,
+            "images_found": len(listed.table),
             "images_decoded": len(table),
             "images_kept": int(keep.sum()),
             "files_skipped": len(skipped),
@@ -417,7 +444,7 @@ def _decode_source(config: TrainingConfig, source: Source, folder: Path) -> Prep
             "channels": channels,
         }
         if len(pixels) == 0:
-            raise DataError(f"{source.description}: none of its {len(table)} images could be used; {describe_skipped(summary)}")
+            raise DataError(f"{listed.description}: none of its {len(table)} images could be used; {describe_skipped(summary)}")
         np.save(staging / "pixels.npy", pixels)
         (staging / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         for shard in staging.glob("*.arrow"):
@@ -450,136 +477,6 @@ def describe_prepared(summary: dict) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Batches
-
-
-class ImageStream:
-    """An endless, seeded stream of uint8 batches: every image once per epoch, in a new order each epoch.
-
-    Micro-batch `k` of the whole run is a pure function of `k`, so a resumed run continues
-    with exactly the images an uninterrupted one would have seen. Each process takes its own
-    slice of the global micro-batch (`num_processes * batch_size` images).
-    """
-
-    def __init__(self, images: torch.Tensor, batch_size: int, seed: int, process_index: int = 0, num_processes: int = 1):
-        self.images = images  # (N, C, H, W) uint8
-        self.batch_size, self.seed = batch_size, seed
-        self.process_index, self.num_processes = process_index, num_processes
-        self._permutations: dict[int, torch.Tensor] = {}
-
-    def permutation(self, epoch: int) -> torch.Tensor:
-        if epoch not in self._permutations:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._permutations = {e: p for e, p in self._permutations.items() if e >= epoch - 1}
-            self._permutations[epoch] = torch.randperm(len(self.images), generator=generator)
-        return self._permutations[epoch]
-
-    def batch(self, micro_batch_index: int) -> torch.Tensor:
-        """This process's share of global micro-batch `micro_batch_index`: (B, C, H, W) uint8."""
-        start = (micro_batch_index * self.num_processes + self.process_index) * self.batch_size
-        positions = torch.arange(start, start + self.batch_size)  # positions in the endless sequence of epochs
-        epochs, offsets = positions // len(self.images), positions % len(self.images)
-        indices = torch.empty_like(positions)
-        for epoch in epochs.unique().tolist():
-            in_epoch = epochs == epoch
-            indices[in_epoch] = self.permutation(epoch)[offsets[in_epoch]]
-        return self.images[indices.to(self.images.device)]
-
-
-class StreamingImages:
-    """Batches decoded on the fly from a streamed `datasets` source, for sources larger than the disk.
-
-    Nothing is cached. Each process reads its own part of the stream (`split_dataset_by_node`)
-    through a seeded shuffle buffer that reshuffles every epoch; images are decoded by a thread
-    pool (PIL releases the GIL), in order, so the batches are the same on every run. Unusable
-    images are skipped and counted. `state()` (epoch, examples read) goes into checkpoints: a
-    resumed run reads past what was already used without decoding it.
-    """
-
-    def __init__(self, config: TrainingConfig, process_index: int = 0, num_processes: int = 1, device="cpu"):
-        from concurrent.futures import ThreadPoolExecutor
-
-        from datasets.distributed import split_dataset_by_node
-
-        stream = load_dataset_source(config, streaming=True)
-        if stream.features is None:
-            raise DataError(f"dataset_name: {config.dataset_name!r} does not declare its features; pass --image_column")
-        self.column = find_image_column(stream.features, config.image_column)
-        stream = stream.select_columns([self.column]).cast_column(self.column, datasets.Image(decode=False))
-        self.stream = split_dataset_by_node(stream, rank=process_index, world_size=num_processes).shuffle(
-            seed=config.seed, buffer_size=config.shuffle_buffer_size
-        )
-        self.batch_size, self.device = config.train_batch_size, device
-        self.settings = preprocessing_settings(config)
-        self.max_image_bytes = config.max_image_bytes
-        self.pool = ThreadPoolExecutor(max_workers=config.preprocessing_num_workers or len(os.sched_getaffinity(0)))
-        self.skipped: Counter = Counter()
-        self.epoch, self.examples_read, self.next_micro_batch = 0, 0, 0
-        self._examples = None
-
-    def state(self) -> dict:
-        return {"epoch": self.epoch, "examples_read": self.examples_read, "next_micro_batch": self.next_micro_batch}
-
-    def load_state(self, state: dict) -> None:
-        """Continue from `state()`; raises ValueError for anything but three non-negative integers."""
-        values = [state.get(name) for name in ("epoch", "examples_read", "next_micro_batch")]
-        if any(isinstance(value, bool) or not isinstance(value, int) or value < 0 for value in values):
-            raise ValueError(f"epoch, examples_read and next_micro_batch must be non-negative integers, got {state}")
-        self.epoch, self.examples_read, self.next_micro_batch = values
-        self._examples = None
-
-    def _read(self):
-        """Raw examples from the current position on, across epochs."""
-        while True:
-            self.stream.set_epoch(self.epoch)
-            examples = iter(self.stream)
-            for _ in range(self.examples_read):  # resume: read past what was used, without decoding
-                next(examples)
-            read_this_epoch = self.examples_read
-            for example in examples:
-                self.examples_read += 1
-                read_this_epoch += 1
-                yield example[self.column]
-            if read_this_epoch == 0:
-                raise DataError(f"dataset_name: the stream of this process holds no images (split {self.stream})")
-            self.epoch, self.examples_read = self.epoch + 1, 0
-
-    def _decode(self, entry: dict):
-        try:
-            if entry is None:
-                raise SkippedImage("empty row (no image)")
-            return decode_image(_read_bytes(None, entry, None, self.max_image_bytes), self.settings)
-        except (SkippedImage, OSError) as error:
-            return str(error).split(" (")[0]
-
-    def batch(self, micro_batch_index: int) -> torch.Tensor:
-        """The next (B, C, H, W) uint8 batch of this process; micro-batches are read in order."""
-        if micro_batch_index != self.next_micro_batch:
-            raise RuntimeError(f"a stream reads micro-batches in order: expected {self.next_micro_batch}, got {micro_batch_index}")
-        if self._examples is None:
-            self._examples = self._read()
-        images, unusable_in_a_row = [], Counter()
-        while len(images) < self.batch_size:
-            entries = [next(self._examples) for _ in range(self.batch_size - len(images))]
-            for result in self.pool.map(self._decode, entries):
-                if isinstance(result, str):
-                    self.skipped[result] += 1
-                    unusable_in_a_row[result] += 1
-                else:
-                    images.append(result)
-                    unusable_in_a_row.clear()
-            if unusable_in_a_row.total() >= MAX_UNUSABLE_ROWS_IN_A_ROW:
-                reasons = ", ".join(f"{reason} ({count})" for reason, count in unusable_in_a_row.most_common())
-                raise DataError(
-                    f"dataset_name: the last {unusable_in_a_row.total():,} rows of the stream held no usable image ({reasons}); "
-                    "check --dataset_name, --split and --image_column"
-                )
-        self.next_micro_batch += 1
-        batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()  # (B, H, W, C) -> (B, C, H, W)
-        return batch.to(self.device, non_blocking=True)
-
-
-# ---------------------------------------------------------------------------------------------
 # Command line: python -m pipeline.data prepare [training flags]
 
 
@@ -589,7 +486,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         print("usage: python -m pipeline.data prepare [--config PRESET] [training flags, e.g. --train_data_dir DIR]", file=sys.stderr)
         sys.exit(2)
     try:
-        prepared = prepare_images(parse_config(argv[1:]))
+        prepared = prepare_training_images(parse_config(argv[1:]))
     except (ConfigError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

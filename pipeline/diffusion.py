@@ -1,6 +1,5 @@
 """The training objective: the random draws of a step, what the UNet is asked to predict, and the loss on it."""
 
-import math
 from typing import Optional
 
 import numpy as np
@@ -33,14 +32,6 @@ def diffusion_loss(model_output: torch.Tensor, target: torch.Tensor, loss_type: 
     if loss_type == "l2":
         return F.mse_loss(model_output, target)
     raise ValueError(f"unknown loss_type {loss_type!r}")
-
-
-def cosine_with_min_lr(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
-    """LR multiplier: linear warmup to 1, then a half cosine from 1 down to `min_ratio` at `total_steps`."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def random_flip(images: torch.Tensor, generator: Optional[torch.Generator] = None, flip: Optional[torch.Tensor] = None) -> torch.Tensor:

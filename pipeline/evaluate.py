@@ -22,6 +22,7 @@ import urllib.error
 import urllib.request
 import warnings
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -32,10 +33,20 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .config import FID_MODES as MODES
-from .config import SAMPLERS, ConfigError, TrainingConfig
-from .data import DataError, describe_skipped, prepare_images
+from .config import TrainingConfig
+from .data import DataError, DataSource, Preprocessing, describe_skipped, prepare_images
 from .files import staged, write_json
-from .sample import DTYPES, SampleError, generate, image_grid, make_sampler, sample_images, to_uint8
+from .record import RECORD_NAME, read_record
+from .sample import (
+    SampleError,
+    SamplingRequest,
+    add_sampling_arguments,
+    image_grid,
+    sample_images,
+    sample_unet,
+    sampling_request,
+    to_uint8,
+)
 
 # The weights clean-fid loads in each mode: file name, where clean-fid looks for it, where it downloads it from.
 INCEPTION_FILES = {
@@ -275,38 +286,38 @@ def kernel_inception_distance(features1: np.ndarray, features2: np.ndarray, seed
 # Reference statistics: from a data source through the training loader, or saved earlier
 
 
-def reference_config(model_dir: Optional[Path], resolution: int, channels: int, **source) -> TrainingConfig:
-    """A data config for the reference at the model's resolution, with the preprocessing of the
-    training run when its training_config.json is there (intermediate resize, crop)."""
-    settings = {"resolution": resolution, "image_channels": channels, "train_data_dir": None, "dataset_name": None}
-    saved = model_dir / "training_config.json" if model_dir is not None else None
-    if saved is not None and saved.is_file():
-        trained = json.loads(saved.read_text())["config"]
-        settings.update(intermediate_resolution=trained.get("intermediate_resolution"), center_crop=trained.get("center_crop", True))
-    settings.update({key: value for key, value in source.items() if value is not None})
-    if (settings["train_data_dir"] is None) == (settings["dataset_name"] is None):
+def reference_preprocessing(model_dir: Optional[Path], resolution: int, channels: int) -> Preprocessing:
+    """The model's resolution and channels, with the training run's resizing (intermediate size, crop) when its
+    record is there: reference images are made exactly as the training images were."""
+    record = model_dir / RECORD_NAME if model_dir is not None else None
+    if record is None or not record.is_file():
+        return Preprocessing(resolution, channels)
+    trained = Preprocessing.from_config(read_record(record).config)
+    return replace(trained, resolution=resolution, channels=channels, min_image_size=0)
+
+
+def reference_source(args: argparse.Namespace) -> DataSource:
+    """The --reference_* flags as a data source."""
+    if (args.reference_data_dir is None) == (args.reference_dataset is None):
         raise EvalError("reference: give exactly one of --reference_data_dir and --reference_dataset (or --reference stats.npz)")
-    try:
-        return TrainingConfig(**settings)
-    except ConfigError as error:
-        raise EvalError(f"reference: {error}") from None
+    return DataSource(args.reference_data_dir, args.reference_dataset, split=args.reference_split, max_images=args.reference_max_images)
 
 
-def reference_images(config: TrainingConfig) -> tuple[np.ndarray, dict]:
+def reference_images(source: DataSource, preprocessing: Preprocessing) -> tuple[np.ndarray, dict]:
     """The reference images as uint8 (N, H, W, C) and what was read, through the training data loader."""
     try:
-        prepared = prepare_images(config)
+        prepared = prepare_images(source, preprocessing)
     except DataError as error:
         raise EvalError(f"reference: {error}") from None
     summary = prepared.summary
     description = {
-        "source": config.train_data_dir or config.dataset_name,
-        "split": None if config.train_data_dir else config.split,
+        "source": source.name,
+        "split": None if source.train_data_dir else source.split,
         "images": int(len(prepared.pixels)),
         "files_skipped": summary.get("files_skipped", 0),
-        "resolution": config.resolution,
-        "intermediate_resolution": config.intermediate_resolution,
-        "center_crop": config.center_crop,
+        "resolution": preprocessing.resolution,
+        "intermediate_resolution": preprocessing.intermediate_resolution,
+        "center_crop": preprocessing.center_crop,
     }
     if summary.get("files_skipped"):
         print(f"reference: {describe_skipped(summary)}", file=sys.stderr)
@@ -315,11 +326,7 @@ def reference_images(config: TrainingConfig) -> tuple[np.ndarray, dict]:
 
 def encode_reference(args: argparse.Namespace, model_dir: Optional[Path], resolution: int, channels: int, feature_fn: FeatureFn):
     """The --reference_* source's features (float64) and description, read at `resolution` through the data loader."""
-    config = reference_config(
-        model_dir, resolution, channels, train_data_dir=args.reference_data_dir, dataset_name=args.reference_dataset,
-        split=args.reference_split, max_train_samples=args.reference_max_images,
-    )  # fmt: skip
-    pixels, description = reference_images(config)
+    pixels, description = reference_images(reference_source(args), reference_preprocessing(model_dir, resolution, channels))
     return extract_features(pixels, feature_fn, args.mode, args.feature_batch_size, args.device, "reference features"), description
 
 
@@ -380,6 +387,7 @@ def evaluate(args: argparse.Namespace, feature_fn: Optional[FeatureFn] = None, f
     `feature_fn` replaces Inception (as clean-fid's custom_feat_extractor does); the CLI always uses Inception.
     """
     started = time.perf_counter()
+    request = sampling_request(args) if args.samples is None else None  # checked before anything is loaded
     if feature_fn is None:
         feature_fn, feature_name = inception_extractor(args.mode, args.inception_weights, args.device)
 
@@ -399,7 +407,7 @@ def evaluate(args: argparse.Namespace, feature_fn: Optional[FeatureFn] = None, f
     elif args.model is None:
         raise EvalError("model: pass --model (a saved pipeline) or --samples (a folder from pipeline.sample)")
     else:
-        images, record = sample_images(args)
+        images, record = sample_images(args.model, request)
     model = record["model"]
     sample_features = extract_features(images, feature_fn, args.mode, args.feature_batch_size, args.device, "sample features")
 
@@ -478,8 +486,8 @@ class TrainingFid:
 
     def __call__(self, unet, scheduler_config: dict) -> float:
         config = self.config
-        sampler = make_sampler(config.fid_sampler, scheduler_config)
-        images = generate(unet, sampler, config.fid_num_images, config.fid_inference_steps, seed=config.seed, batch_size=config.num_grid_images)
+        request = SamplingRequest(config.fid_sampler, config.fid_inference_steps, config.fid_num_images, config.num_grid_images, config.seed)
+        images = sample_unet(unet, scheduler_config, request)
         features = extract_features(to_uint8(images), self.feature_fn, config.fid_mode, device=self.device, description="FID features")
         return frechet_distance(*statistics(features), *self.reference)
 
@@ -490,7 +498,6 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--mode", default="clean", choices=MODES, help="clean-fid mode: how images are resized to 299x299.")
     common.add_argument("--inception_weights", help="The Inception weights file, when it cannot be downloaded to clean-fid's place.")
-    common.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     common.add_argument("--feature_batch_size", type=int, default=64)
     source = argparse.ArgumentParser(add_help=False)
     source.add_argument("--reference_data_dir", help="Reference images: a folder or .zip (as --train_data_dir).")
@@ -502,21 +509,15 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     fid.add_argument("--model", help="Training output folder or Hub id to sample from.")
     fid.add_argument("--samples", help="Instead of --model: a folder written by `python -m pipeline.sample`.")
     fid.add_argument("--reference", help="Reference statistics (.npz) written by the `reference` command.")
-    fid.add_argument("--num_images", type=int, default=10_000)
-    fid.add_argument("--batch_size", type=int, default=256)
-    fid.add_argument("--seed", type=int, default=0)
-    fid.add_argument("--sampler", default="ddpm", choices=SAMPLERS)
-    fid.add_argument("--steps", type=int, default=100)
-    fid.add_argument("--eta", type=float, default=0.0)
-    fid.add_argument("--solver_order", type=int, default=2, choices=(2, 3))
-    fid.add_argument("--dtype", default="fp32", choices=tuple(DTYPES))
     fid.add_argument("--output_dir", help="Where metrics.json goes (default: <model>/eval).")
+    add_sampling_arguments(fid, num_images=10_000, batch_size=256)
 
     reference = commands.add_parser("reference", parents=[common, source], help="Encode reference images once; save their statistics.")
     reference.add_argument("--model", help="Take the resolution and channels from this training output folder.")
     reference.add_argument("--resolution", type=int)
     reference.add_argument("--channels", type=int, default=3, choices=(1, 3))
     reference.add_argument("--output", required=True, help="The .npz to write.")
+    reference.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     if args.command == "fid":
         given = [name for name in ("reference", "reference_data_dir", "reference_dataset") if getattr(args, name)]
@@ -524,9 +525,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
             parser.error("give exactly one of --reference, --reference_data_dir, --reference_dataset")
         if (args.model is None) == (args.samples is None):
             parser.error("give exactly one of --model and --samples")
-        for name in ("num_images", "batch_size", "steps", "feature_batch_size"):
-            if getattr(args, name) < (2 if name == "num_images" else 1):
-                parser.error(f"--{name} is too small")
+        if args.num_images < 2:
+            parser.error("--num_images: a covariance needs at least 2 samples")
+    if args.feature_batch_size < 1:
+        parser.error("--feature_batch_size must be at least 1")
     return args
 
 

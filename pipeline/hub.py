@@ -11,6 +11,7 @@ asked for with --include.
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import stat
@@ -21,7 +22,9 @@ from typing import Optional
 from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData, get_token
 from huggingface_hub.errors import HfHubHTTPError
 
+from .config import ConfigError
 from .files import write_text
+from .record import RECORD_NAME, read_record
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "ddpm_model_card.md"
 TAGS = ["pytorch", "diffusers", "unconditional-image-generation", "ddpm"]
@@ -63,19 +66,21 @@ def _reference_text(reference: dict) -> str:
 
 def card_context(output_dir: Path, repo_id: Optional[str] = None) -> dict:
     """Everything the template needs, read from the output folder."""
-    record_path = output_dir / "training_config.json"
+    record_path = output_dir / RECORD_NAME
     if not record_path.is_file():
-        raise HubError(f"{output_dir} has no training_config.json: not a training output folder")
-    record = json.loads(record_path.read_text())
-    config, run = record["config"], record.get("run", {})
+        raise HubError(f"{output_dir} has no {RECORD_NAME}: not a training output folder")
+    try:
+        record = read_record(record_path)
+    except ConfigError as error:
+        raise HubError(str(error)) from None
+    config, run = record.config.to_dict(), dataclasses.asdict(record.run)
     repo_id = repo_id or config.get("hub_model_id")
     scheduler = json.loads((output_dir / "scheduler" / "scheduler_config.json").read_text())
     data_source = config.get("hub_dataset_id") or config.get("dataset_name") or config.get("train_data_dir")
     data_name = public_name(data_source)
-    processes = run.get("num_processes", 1)
-    global_batch = config["train_batch_size"] * config["gradient_accumulation_steps"] * processes
-    steps = run.get("global_step", run.get("total_steps", 0))
-    num_images = run.get("num_train_images") or 0
+    global_batch = record.config.global_batch_size(record.run.num_processes)
+    steps = record.run.global_step
+    num_images = run["num_train_images"] or 0
 
     preprocessing = [f"resized to {config['resolution']}x{config['resolution']}"]
     if config.get("intermediate_resolution"):
@@ -100,11 +105,11 @@ def card_context(output_dir: Path, repo_id: Optional[str] = None) -> dict:
     grids = sorted((output_dir / "samples").glob("step-*.png"), key=lambda path: int(path.stem.split("-")[1]))
     grid = grids[-1].relative_to(output_dir).as_posix() if grids else None
 
-    hours = run.get("wall_seconds", 0) / 3600
-    parameters = run.get("unet_parameters", 0)
+    hours = (run["wall_seconds"] or 0) / 3600
+    parameters = run["unet_parameters"]
     size = f"{parameters / 1e6:.1f}M" if parameters >= 1e6 else f"{parameters / 1e3:.0f}K"
     optimizer = {"adamw": "AdamW", "adam": "Adam"}.get(config["optimizer"], config["optimizer"])
-    versions = run.get("versions", {})
+    versions = run["versions"]
     lower = (data_name or "").lower()
     report_relation = (
         f"This model: {size}-parameter `UNet2DModel`, T = {scheduler['num_train_timesteps']}, "
@@ -136,7 +141,7 @@ def card_context(output_dir: Path, repo_id: Optional[str] = None) -> dict:
             f"seed {config['seed']}. Not picked: every image of the fixed-seed grid is shown."
         ),
         "num_train_images": num_images,
-        "files_skipped": run.get("data", {}).get("files_skipped", 0),
+        "files_skipped": run["data"].get("files_skipped", 0),
         "preprocessing": ", ".join(preprocessing),
         "block_out_channels": ", ".join(str(channels) for channels in config["block_out_channels"]),
         "layers_per_block": config["layers_per_block"],
@@ -157,7 +162,7 @@ def card_context(output_dir: Path, repo_id: Optional[str] = None) -> dict:
             if config["use_ema"]
             else "the trained weights (no EMA)"
         ),
-        "hardware": run.get("hardware", "not recorded"),
+        "hardware": run["hardware"],
         "training_time": f"{hours * 60:.0f} minutes" if hours < 2 else f"{hours:.1f} hours",
         "software": ", ".join(f"{name} {version}" for name, version in versions.items()) or "not recorded",
         "results": results,
@@ -266,8 +271,8 @@ def push_to_hub(
 
     api = api or HfApi()
     name = repo_id or output_dir.resolve().name
-    has_record = (output_dir / "training_config.json").is_file()
-    step = json.loads((output_dir / "training_config.json").read_text()).get("run", {}).get("global_step") if has_record else None
+    has_record = (output_dir / RECORD_NAME).is_file()
+    step = card_context(output_dir)["steps"] if has_record else None
     files = files_to_upload(output_dir, include)
     opened = []
     try:

@@ -5,10 +5,10 @@ numbered PNGs, a grid and `samples.json` (what was run, how long it took) into a
 """
 
 import argparse
-import json
 import math
 import sys
 import time
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Optional
 
@@ -19,6 +19,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .config import SAMPLERS
+from .files import write_json
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -93,6 +94,79 @@ def generate(
     return np.concatenate(batches)
 
 
+@dataclass
+class SamplingRequest:
+    """What to sample and how: one request type for `pipeline.sample`, `pipeline.evaluate fid`, the
+    training grids and FID during training. Invalid values raise SampleError naming the field."""
+
+    sampler: str = "ddpm"
+    steps: int = 100  # sampler steps (model evaluations per image for every sampler here)
+    num_images: int = 64
+    batch_size: int = 64
+    seed: int = 0
+    eta: float = 0.0  # DDIM only: 0 deterministic, 1 ancestral-like
+    solver_order: int = 2  # DPM-Solver++ only
+    device: str = "cpu"
+    dtype: str = "fp32"  # of the UNet; the running sample stays fp32
+
+    def __post_init__(self):
+        if self.sampler not in SAMPLERS:
+            raise SampleError(f"sampler: unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        for name in ("steps", "num_images", "batch_size"):
+            if getattr(self, name) < 1:
+                raise SampleError(f"{name}: must be at least 1, got {getattr(self, name)}")
+        if self.eta < 0:
+            raise SampleError(f"eta: must be >= 0, got {self.eta}")
+        if self.eta and self.sampler != "ddim":
+            raise SampleError("eta: applies to the ddim sampler only")
+        if self.solver_order not in (2, 3):
+            raise SampleError(f"solver_order: DPM-Solver++ runs at order 2 or 3, not {self.solver_order}")
+        if self.dtype not in DTYPES:
+            raise SampleError(f"dtype: choose one of {', '.join(DTYPES)}, not {self.dtype!r}")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise SampleError(f"device: {self.device} asked for, but this machine has no CUDA GPU; use --device cpu")
+
+    def check_steps(self, num_train_timesteps: int) -> None:
+        if self.steps > num_train_timesteps:
+            raise SampleError(f"steps: {self.steps} sampler steps, but the model was trained with T = {num_train_timesteps}")
+
+    def record(self) -> dict:
+        """The request as results record it (eta and order only where they apply)."""
+        return {
+            **asdict(self),
+            "eta": self.eta if self.sampler == "ddim" else None,
+            "solver_order": self.solver_order if self.sampler == "dpmsolver++" else None,
+        }
+
+
+SAMPLING_FIELDS = [item.name for item in fields(SamplingRequest)]
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser, num_images: int = 64, batch_size: int = 64) -> None:
+    """The sampling flags, shared by `pipeline.sample` and `pipeline.evaluate fid`."""
+    parser.add_argument("--num_images", type=int, default=num_images)
+    parser.add_argument("--batch_size", type=int, default=batch_size)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sampler", default="ddpm", choices=SAMPLERS, help="Default: the saved DDPM chain (see bench/README.md).")
+    parser.add_argument("--steps", type=int, default=100, help="Model evaluations per image.")
+    parser.add_argument("--eta", type=float, default=0.0, help="DDIM only: 0 deterministic, 1 ancestral-like.")
+    parser.add_argument("--solver_order", type=int, default=2, choices=(2, 3), help="DPM-Solver++ only.")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="fp32", choices=tuple(DTYPES))
+
+
+def sampling_request(args: argparse.Namespace) -> SamplingRequest:
+    """The request that the flags of `add_sampling_arguments` describe."""
+    return SamplingRequest(**{name: getattr(args, name) for name in SAMPLING_FIELDS})
+
+
+def sample_unet(unet, scheduler_config: dict, request: SamplingRequest, progress: bool = False) -> np.ndarray:
+    """Images as (N, H, W, C) float in [0, 1] from a UNet and the scheduler config it was trained with."""
+    request.check_steps(scheduler_config["num_train_timesteps"])
+    sampler = make_sampler(request.sampler, scheduler_config, request.solver_order)
+    return generate(unet, sampler, request.num_images, request.steps, request.seed, request.batch_size, request.eta, progress)
+
+
 def to_uint8(images: np.ndarray) -> np.ndarray:
     """(N, H, W, C) floats in [0, 1] -> uint8, rounded the way a PNG of the image stores it."""
     return (images * 255).round().clip(0, 255).astype(np.uint8)
@@ -114,10 +188,6 @@ def image_grid(images: np.ndarray) -> Image.Image:
 
 def load_pipeline(model: str, device: str = "cpu", dtype: str = "fp32") -> DDPMPipeline:
     """A saved DDPMPipeline from an output folder or a Hub id, its UNet on `device` in `dtype`."""
-    if dtype not in DTYPES:
-        raise SampleError(f"dtype: choose one of {', '.join(DTYPES)}, not {dtype!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SampleError(f"device: {device} asked for, but this machine has no CUDA GPU; use --device cpu")
     path = Path(model)
     if path.exists() and not (path / "model_index.json").is_file():
         raise SampleError(f"model: {model} holds no model_index.json; pass a training output folder or a Hub id")
@@ -154,83 +224,48 @@ class CountingUNet(torch.nn.Module):
         return self.unet(sample, timestep)
 
 
-def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.sample", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="Training output folder (or any saved DDPMPipeline) or a Hub id.")
-    parser.add_argument("--output_dir", required=True, help="Folder for the PNGs, grid.png and samples.json.")
-    parser.add_argument("--num_images", type=int, default=64)
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--sampler", default="ddpm", choices=SAMPLERS, help="Default: the saved DDPM chain (see bench/README.md).")
-    parser.add_argument("--steps", type=int, default=100, help="Model evaluations per image.")
-    parser.add_argument("--eta", type=float, default=0.0, help="DDIM only: 0 deterministic, 1 ancestral-like.")
-    parser.add_argument("--solver_order", type=int, default=2, choices=(2, 3), help="DPM-Solver++ only.")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="fp32", choices=tuple(DTYPES))
-    parser.add_argument("--grid_images", type=int, default=64, help="How many of the images go into grid.png (0: no grid).")
-    args = parser.parse_args(argv)
-    for name in ("num_images", "batch_size", "steps"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be at least 1")
-    if args.eta < 0:
-        parser.error("--eta must be >= 0")
-    if args.eta and args.sampler != "ddim":
-        parser.error("--eta applies to the ddim sampler only")
-    return args
-
-
-def sample_images(args: argparse.Namespace) -> tuple[np.ndarray, dict]:
-    """Load the pipeline and sample as `args` says (model, device, dtype, sampler, steps, eta, solver_order,
-    num_images, batch_size, seed); returns uint8 (N, H, W, C) images and the record of what was run."""
-    pipeline = load_pipeline(args.model, args.device, args.dtype)
-    num_train_timesteps = pipeline.scheduler.config.num_train_timesteps
-    if args.steps > num_train_timesteps:
-        raise SampleError(f"steps: {args.steps} sampler steps, but the model was trained with T = {num_train_timesteps}")
-    sampler = make_sampler(args.sampler, pipeline.scheduler.config, args.solver_order)
+def sample_images(model: str, request: SamplingRequest) -> tuple[np.ndarray, dict]:
+    """Load the pipeline and sample as `request` says; returns uint8 (N, H, W, C) images and the record of what was run."""
+    pipeline = load_pipeline(model, request.device, request.dtype)
     unet = CountingUNet(pipeline.unet)
     started = time.perf_counter()
-    images = generate(unet, sampler, args.num_images, args.steps, args.seed, args.batch_size, eta=args.eta, progress=True)
+    images = sample_unet(unet, pipeline.scheduler.config, request, progress=True)
     seconds = time.perf_counter() - started
     record = {
-        "model": args.model,
-        "num_images": args.num_images,
+        "model": model,
+        **request.record(),
         "resolution": int(images.shape[1]),
         "channels": int(images.shape[3]),
-        "sampler": args.sampler,
-        "steps": args.steps,
-        "eta": args.eta if args.sampler == "ddim" else None,
-        "solver_order": args.solver_order if args.sampler == "dpmsolver++" else None,
-        "seed": args.seed,
-        "batch_size": args.batch_size,
-        "device": args.device,
-        "dtype": args.dtype,
-        "model_evaluations_per_image": unet.evaluations / args.num_images,
+        "model_evaluations_per_image": unet.evaluations / request.num_images,
         "seconds": round(seconds, 2),
-        "images_per_second": round(args.num_images / seconds, 2),
+        "images_per_second": round(request.num_images / seconds, 2),
     }
     return to_uint8(images), record
 
 
-def run_sampling(args: argparse.Namespace) -> dict:
-    """Sample, then write PNGs + grid + samples.json; returns what samples.json holds."""
-    pixels, record = sample_images(args)
-    output = Path(args.output_dir)
-    output.mkdir(parents=True, exist_ok=True)
+def write_samples(pixels: np.ndarray, record: dict, output_dir: Path, grid_images: int = 64) -> None:
+    """Numbered PNGs, grid.png and samples.json: the folder `pipeline.evaluate fid --samples` reads."""
+    output_dir.mkdir(parents=True, exist_ok=True)
     for index, image in enumerate(pixels):
-        Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(output / f"{index:06d}.png")
-    if args.grid_images:
-        image_grid(pixels[: args.grid_images].astype(np.float32) / 255).save(output / "grid.png")
-    (output / "samples.json").write_text(json.dumps(record, indent=2) + "\n")
-    return record
+        Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(output_dir / f"{index:06d}.png")
+    if grid_images:
+        image_grid(pixels[:grid_images].astype(np.float32) / 255).save(output_dir / "grid.png")
+    write_json(output_dir / "samples.json", record)
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    args = parse_args(argv)
+    parser = argparse.ArgumentParser(prog="python -m pipeline.sample", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="Training output folder (or any saved DDPMPipeline) or a Hub id.")
+    parser.add_argument("--output_dir", required=True, help="Folder for the PNGs, grid.png and samples.json.")
+    parser.add_argument("--grid_images", type=int, default=64, help="How many of the images go into grid.png (0: no grid).")
+    add_sampling_arguments(parser)
+    args = parser.parse_args(argv)
     try:
-        record = run_sampling(args)
+        pixels, record = sample_images(args.model, sampling_request(args))
     except SampleError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    write_samples(pixels, record, Path(args.output_dir), args.grid_images)
     print(
         f"{record['num_images']} images in {record['seconds']} s ({record['images_per_second']} images/s, "
         f"{record['model_evaluations_per_image']:g} model evaluations each) -> {args.output_dir}"

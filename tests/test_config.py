@@ -7,7 +7,8 @@ import pytest
 import yaml
 
 from conftest import REPO
-from pipeline.config import ConfigError, TrainingConfig, load_config, load_preset, parse_config, save_config
+from pipeline.config import ConfigError, TrainingConfig, load_preset, parse_config
+from pipeline.record import RunRecord, read_record, write_record
 
 PRESETS = sorted((REPO / "configs").glob("*.yaml"))
 
@@ -247,11 +248,20 @@ def test_yaml_numbers_without_a_dot_are_read_as_numbers(tmp_path):
 
 def test_training_config_json_round_trips_and_is_a_valid_preset(tmp_path):
     config = parse_config(["--config", "configs/sfhq64_improved.yaml", "--seed", "3"])
-    save_config(config, tmp_path / "training_config.json", {"note": "anything"})
+    run = RunRecord(hardware="a machine", num_processes=2, global_step=7, best_fid={"step": 5, "fid": 1.5, "ema_decay": 0.999})
+    write_record(tmp_path / "training_config.json", config, run)
     saved = json.loads((tmp_path / "training_config.json").read_text())
-    assert saved["run"] == {"note": "anything"}
-    assert load_config(tmp_path / "training_config.json") == config
+    assert saved["run"]["hardware"] == "a machine" and saved["config"]["seed"] == 3
+    record = read_record(tmp_path / "training_config.json")
+    assert record.config == config and record.run == run
     assert parse_config(["--config", str(tmp_path / "training_config.json")]) == config
+    # a record written by another version: unknown facts are ignored, missing ones take their defaults
+    saved["run"] = {"hardware": "older", "a_fact_from_the_future": 1}
+    (tmp_path / "training_config.json").write_text(json.dumps(saved))
+    assert read_record(tmp_path / "training_config.json").run == RunRecord(hardware="older")
+    (tmp_path / "training_config.json").write_text("{")
+    with pytest.raises(ConfigError, match="training_config.json: not valid JSON"):
+        read_record(tmp_path / "training_config.json")
 
 
 def run_cli(*args):

@@ -17,7 +17,7 @@ from PIL import Image
 
 from pipeline import evaluate as ev
 from pipeline.config import TrainingConfig
-from pipeline.data import prepare_images
+from pipeline.data import prepare_training_images
 from pipeline.model import build_noise_scheduler, build_unet
 from pipeline.train import export_pipeline
 
@@ -31,7 +31,7 @@ FEATURES = "tiny test network"
 def garments():
     """80 real 16x16 images through the training data loader, and the same images made brighter."""
     config = TrainingConfig(**{**TINY, "max_train_samples": 80})
-    pixels = np.asarray(prepare_images(config).pixels)
+    pixels = np.asarray(prepare_training_images(config).pixels)
     brighter = np.clip(pixels.astype(np.int16) + 60, 0, 255).astype(np.uint8)
     return pixels, brighter
 
@@ -217,8 +217,8 @@ def test_sample_command_writes_pngs_grid_and_record_and_is_seeded(tiny_pipeline,
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--sampler", "ddpm", "--eta", "1"], "--eta applies to the ddim sampler only"),
-        (["--steps", "0"], "--steps must be at least 1"),
+        (["--sampler", "ddpm", "--eta", "1"], "error: eta: applies to the ddim sampler only"),
+        (["--steps", "0"], "error: steps: must be at least 1"),
         (["--sampler", "euler"], "invalid choice"),
     ],
 )

@@ -29,11 +29,11 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from conftest import REPO, TINY
-from pipeline import data
 from pipeline import evaluate as ev
 from pipeline.checkpoint import CheckpointError
 from pipeline.config import ConfigError, TrainingConfig, parse_config
-from pipeline.data import DataError, prepare_images
+from pipeline.batches import MAX_UNUSABLE_ROWS_IN_A_ROW, StreamedBatches
+from pipeline.data import DataError, prepare_training_images
 from pipeline.train import train
 
 
@@ -195,7 +195,7 @@ def test_a_failed_checkpoint_write_removes_the_partial_folder_and_says_so(tmp_pa
     """A real write failure: the file size limit (RLIMIT_FSIZE, as a quota or a full disk would) lets the weights
     (194 KB) through and stops the optimizer state (392 KB)."""
     values = {**TINY, "logger": "none", "save_images_steps": 0, "checkpointing_steps": 3}
-    prepare_images(TrainingConfig(**values))  # decode the data first: only the checkpoint should hit the limit
+    prepare_training_images(TrainingConfig(**values))  # decode the data first: only the checkpoint should hit the limit
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(values))
 
     def limit_file_size():
@@ -256,7 +256,7 @@ def test_a_zip_with_broken_encrypted_and_huge_members_skips_each_and_keeps_the_r
     _patch_member(archive, "bad_header.png", break_signature)
     _patch_member(archive, "encrypted.png", set_encrypted)
     started = time.perf_counter()
-    prepared = prepare_images(parse_config(["--train_data_dir", str(archive), "--resolution", "16", "--image_channels", "3"]))
+    prepared = prepare_training_images(parse_config(["--train_data_dir", str(archive), "--resolution", "16", "--image_channels", "3"]))
     summary = prepared.summary
     assert len(prepared.pixels) == 4 and summary["files_skipped"] == 4
     reasons = dict(example.split(": ", 1) for example in summary["skipped_examples"])
@@ -278,7 +278,7 @@ def test_a_folder_with_dangling_and_looping_links_and_undecodable_names_is_liste
     (folder / "sub" / "back_up").symlink_to(folder, target_is_directory=True)  # a folder loop
     with open(os.path.join(os.fsencode(folder), b"caf\xe9.png"), "wb") as file:  # Latin-1, not UTF-8
         file.write(_png(90))
-    prepared = prepare_images(parse_config(["--train_data_dir", str(folder), "--resolution", "16", "--image_channels", "3"]))
+    prepared = prepare_training_images(parse_config(["--train_data_dir", str(folder), "--resolution", "16", "--image_channels", "3"]))
     assert len(prepared.pixels) == 2
     reasons = dict(example.split(": ", 1) for example in prepared.summary["skipped_examples"])
     assert reasons["dangling.png"].startswith("unreadable (No such file")
@@ -297,17 +297,17 @@ def _rows_parquet(path: Path, rows: list) -> Path:
 def test_empty_rows_of_a_datasets_source_are_skipped_cached_and_streamed(tmp_path):
     rows = [{"bytes": _png(value), "path": None} for value in (0, 100, 200, 250)] + [None, None]
     source = str(_rows_parquet(tmp_path / "rows.parquet", rows))
-    prepared = prepare_images(parse_config(["--dataset_name", source, "--resolution", "16"]))
+    prepared = prepare_training_images(parse_config(["--dataset_name", source, "--resolution", "16"]))
     assert len(prepared.pixels) == 4 and prepared.summary["skipped_by_reason"] == {"empty row": 2}
-    stream = data.StreamingImages(parse_config(["--dataset_name", source, "--resolution", "16", "--streaming",
+    stream = StreamedBatches(parse_config(["--dataset_name", source, "--resolution", "16", "--streaming",
                                                 "--train_batch_size", "4"]))  # fmt: skip
     assert stream.batch(0).shape == (4, 1, 16, 16) and stream.skipped["empty row"] >= 1
 
 
 def test_a_stream_without_one_decodable_image_stops_instead_of_hanging(tmp_path):
     source = str(_rows_parquet(tmp_path / "junk.parquet", [{"bytes": b"junk", "path": None}] * 1200))  # one epoch
-    stream = data.StreamingImages(parse_config(["--dataset_name", source, "--streaming", "--train_batch_size", "8"]))
-    with pytest.raises(DataError, match=f"the last {data.MAX_UNUSABLE_ROWS_IN_A_ROW:,} rows of the stream held no usable image"):
+    stream = StreamedBatches(parse_config(["--dataset_name", source, "--streaming", "--train_batch_size", "8"]))
+    with pytest.raises(DataError, match=f"the last {MAX_UNUSABLE_ROWS_IN_A_ROW:,} rows of the stream held no usable image"):
         stream.batch(0)
 
 

@@ -4,7 +4,8 @@ import torch
 
 from conftest import REPO
 from pipeline.config import parse_config
-from pipeline.diffusion import cosine_with_min_lr, diffusion_loss, training_target
+from pipeline.diffusion import diffusion_loss, training_target
+from pipeline.optim import cosine_with_min_lr
 from pipeline.model import build_noise_scheduler, build_unet, count_parameters
 
 PRESETS = sorted((REPO / "configs").glob("*.yaml"))

@@ -1,0 +1,51 @@
+"""The optimizer, the learning-rate schedule and the step budget."""
+
+import functools
+import math
+from typing import Optional
+
+import torch
+from diffusers.optimization import get_scheduler
+
+from .config import TrainingConfig
+
+
+def count_train_steps(config: TrainingConfig, num_images: Optional[int], num_processes: int) -> int:
+    """Optimizer steps in the run: --max_train_steps, or enough global batches for --num_epochs."""
+    if config.max_train_steps is not None:
+        return config.max_train_steps
+    return math.ceil(config.num_epochs * num_images / config.global_batch_size(num_processes))
+
+
+def build_optimizer(config: TrainingConfig, parameters, device: Optional[torch.device] = None) -> torch.optim.Optimizer:
+    """Adam or AdamW; the fused CUDA kernel when the parameters are on a GPU (one launch per step instead of many)."""
+    optimizer_class = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    return optimizer_class(
+        parameters,
+        lr=config.learning_rate,
+        betas=(config.adam_beta1, config.adam_beta2),
+        weight_decay=config.adam_weight_decay,
+        eps=config.adam_epsilon,
+        fused=True if device is not None and device.type == "cuda" else None,
+    )
+
+
+def cosine_with_min_lr(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
+    """LR multiplier: linear warmup to 1, then a half cosine from 1 down to `min_ratio` at `total_steps`."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_lr_scheduler(config: TrainingConfig, optimizer, total_steps: int):
+    """diffusers' schedules; `cosine_with_min_lr` (which diffusers lacks) decays to --min_learning_rate."""
+    if config.lr_scheduler == "cosine_with_min_lr":
+        multiplier = functools.partial(
+            cosine_with_min_lr,
+            warmup_steps=config.lr_warmup_steps,
+            total_steps=total_steps,
+            min_ratio=config.min_learning_rate / config.learning_rate,
+        )
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
+    return get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps, num_training_steps=total_steps)
