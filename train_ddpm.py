@@ -9,5 +9,6 @@ Every option: python train_ddpm.py --help. The options live in pipeline/config.p
 
 from pipeline.train import main
 
+
 if __name__ == "__main__":
     main()

@@ -1,7 +1,7 @@
 """Images per second delivered to the training loop: per-step decoding (the diffusers example) vs our cache.
 
     pip install scikit-image        # only for the sample photographs this benchmark upscales
-    python bench/bench_data.py [--num_images 300] [--resolution 64] [--batch_size 16] [--out bench/results/data_loading.json]
+    python bench/bench_data.py [--num_images 300] [--resolution 64] [--batch_size 16]
 
 It writes SFHQ-shaped data (1024x1024 JPEGs, quality 90, upscaled random crops of the
 photographs scikit-image ships) into a temporary folder, then measures on the same files:
@@ -25,10 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.config import parse_config  # noqa: E402
 from pipeline.batches import CachedBatches  # noqa: E402
+from pipeline.config import parse_config  # noqa: E402
 from pipeline.data import prepare_training_images  # noqa: E402
 from pipeline.diffusion import random_flip, to_model_range  # noqa: E402
 
@@ -38,7 +39,10 @@ def write_sfhq_like(folder: Path, count: int, seed: int = 0) -> None:
     import skimage.data
     from PIL import Image
 
-    photos = [getattr(skimage.data, name)() for name in ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "retina")]
+    photos = [
+        getattr(skimage.data, name)()
+        for name in ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "retina")
+    ]
     rng = np.random.default_rng(seed)
     target = folder / "images" / "images"
     target.mkdir(parents=True)
@@ -67,7 +71,9 @@ def example_dataloader(folder: Path, resolution: int, batch_size: int, num_worke
         ]
     )
     dataset = load_dataset("imagefolder", data_dir=str(folder), split="train")
-    dataset.set_transform(lambda examples: {"input": [augmentations(image.convert("RGB")) for image in examples["image"]]})
+    dataset.set_transform(
+        lambda examples: {"input": [augmentations(image.convert("RGB")) for image in examples["image"]]}
+    )
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=num_workers)
 
 
@@ -80,8 +86,20 @@ def diffusers_example_loader(folder: Path, resolution: int, batch_size: int, num
 
 def our_loader(folder: Path, cache_dir: Path, resolution: int, batch_size: int, workers: int) -> dict:
     """prepare_training_images (cold or warm, by the cache's state) then one epoch of batches; returns the timings."""
-    config = parse_config(["--train_data_dir", str(folder), "--resolution", str(resolution), "--image_channels", "3",
-                           "--cache_dir", str(cache_dir), "--preprocessing_num_workers", str(workers)])  # fmt: skip
+    config = parse_config(
+        [
+            "--train_data_dir",
+            str(folder),
+            "--resolution",
+            str(resolution),
+            "--image_channels",
+            "3",
+            "--cache_dir",
+            str(cache_dir),
+            "--preprocessing_num_workers",
+            str(workers),
+        ]
+    )
     started = time.perf_counter()
     prepared = prepare_training_images(config)
     stream = CachedBatches.from_pixels(prepared.pixels, "cpu", batch_size, seed=0)
@@ -125,12 +143,18 @@ def main() -> None:
         results = {}
         for workers in (0, 2):
             name = f"diffusers example loader, {workers} workers"
-            results[name] = {"epoch_images_per_second": round(diffusers_example_loader(scratch / "sfhq", args.resolution, args.batch_size, workers), 1)}
+            results[name] = {
+                "epoch_images_per_second": round(
+                    diffusers_example_loader(scratch / "sfhq", args.resolution, args.batch_size, workers), 1
+                )
+            }
             print(name, results[name], flush=True)
         for workers in (1, cores):
             for state in ("cold", "warm"):
                 name = f"ours, {state} cache, {workers} decode process(es)"
-                results[name] = our_loader(scratch / "sfhq", scratch / f"cache-{workers}", args.resolution, args.batch_size, workers)
+                results[name] = our_loader(
+                    scratch / "sfhq", scratch / f"cache-{workers}", args.resolution, args.batch_size, workers
+                )
                 print(name, results[name], flush=True)
 
     reference = results["diffusers example loader, 0 workers"]["epoch_images_per_second"]

@@ -28,9 +28,11 @@ from pathlib import Path
 import numpy as np
 import scipy.linalg
 
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.evaluate import frechet_distance  # noqa: E402
+
 
 LOAD = """
 import time, torch
@@ -45,7 +47,9 @@ while True:
 def statistics(seed: int = 0, dimensions: int = 2048):
     rng = np.random.default_rng(seed)
     samples = rng.normal(size=(1000, dimensions))
-    reference = rng.normal(size=(5000, dimensions)) @ (np.eye(dimensions) + 0.01 * rng.normal(size=(dimensions, dimensions)))
+    reference = rng.normal(size=(5000, dimensions)) @ (
+        np.eye(dimensions) + 0.01 * rng.normal(size=(dimensions, dimensions))
+    )
     return samples.mean(0), np.cov(samples, rowvar=False), reference.mean(0), np.cov(reference, rowvar=False)
 
 
@@ -73,8 +77,14 @@ def time_methods(methods: dict, stats, repeats: int) -> dict:
             started = time.perf_counter()
             values[name] = function(*stats)
             times[name].append(time.perf_counter() - started)
-    return {name: {"median_seconds": round(float(np.median(times[name])), 3), "worst_seconds": round(max(times[name]), 3),
-                   "value": values[name]} for name in methods}  # fmt: skip
+    return {
+        name: {
+            "median_seconds": round(float(np.median(times[name])), 3),
+            "worst_seconds": round(max(times[name]), 3),
+            "value": values[name],
+        }
+        for name in methods
+    }
 
 
 def main():
@@ -96,8 +106,12 @@ def main():
         try:
             for name, row in time_methods(methods, stats, args.repeats).items():
                 rows.setdefault(name, {})[condition] = row
-                print(f"{name:<6} {condition:<7} median {row['median_seconds']:7.2f} s  worst {row['worst_seconds']:7.2f} s   "
-                      f"FD = {row['value']:.9f}", flush=True)  # fmt: skip
+                print(
+                    f"{name:<6} {condition:<7} median {row['median_seconds']:7.2f} s  worst "
+                    f"{row['worst_seconds']:7.2f} s   "
+                    f"FD = {row['value']:.9f}",
+                    flush=True,
+                )
         finally:
             if load is not None:
                 load.kill()
@@ -110,7 +124,9 @@ def main():
         "scipy": scipy.__version__,
         "dimensions": 2048,
         "rows": rows,
-        "max_relative_difference_to_eigh": max(abs(row[c]["value"] - reference) / abs(reference) for row in rows.values() for c in row),
+        "max_relative_difference_to_eigh": max(
+            abs(row[c]["value"] - reference) / abs(reference) for row in rows.values() for c in row
+        ),
         "date": time.strftime("%Y-%m-%d"),
     }
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)

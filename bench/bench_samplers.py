@@ -23,10 +23,12 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline import evaluate as ev  # noqa: E402
 from pipeline.sample import CountingUNet, generate, load_pipeline, make_sampler, to_uint8  # noqa: E402
+
 
 GRID = [
     ("ddpm", {}, [300, 100, 50, 25]),
@@ -43,10 +45,16 @@ class Classifier(torch.nn.Module):
     def __init__(self):
         super().__init__()
         self.body = torch.nn.Sequential(
-            torch.nn.Conv2d(1, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-            torch.nn.Conv2d(32, 64, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-            torch.nn.Flatten(), torch.nn.Linear(64 * 7 * 7, 128), torch.nn.ReLU(),
-        )  # fmt: skip
+            torch.nn.Conv2d(1, 32, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.MaxPool2d(2),
+            torch.nn.Conv2d(32, 64, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.MaxPool2d(2),
+            torch.nn.Flatten(),
+            torch.nn.Linear(64 * 7 * 7, 128),
+            torch.nn.ReLU(),
+        )
         self.head = torch.nn.Linear(128, 10)
 
     def forward(self, images):
@@ -94,7 +102,9 @@ def main():
     parser.add_argument("--num_images", type=int, default=512)
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast for the UNet (fp32 otherwise)")
-    parser.add_argument("--inception_weights", help="Use clean-fid's Inception (mode clean) instead of the classifier.")
+    parser.add_argument(
+        "--inception_weights", help="Use clean-fid's Inception (mode clean) instead of the classifier."
+    )
     parser.add_argument("--output", default="bench/results/samplers.json")
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
@@ -119,7 +129,10 @@ def main():
     rng = np.random.default_rng(0)
     real_subset = pixels[rng.choice(len(pixels), args.num_images, replace=False)]
     floor = ev.frechet_distance(*ev.statistics(features(real_subset)), *reference)
-    print(f"{measure}: {args.num_images} training images against all {len(pixels)}: {floor:.3f} (the floor at this sample count)")
+    print(
+        f"{measure}: {args.num_images} training images against all {len(pixels)}: {floor:.3f} (the floor at this "
+        "sample count)"
+    )
 
     pipeline = load_pipeline(args.model)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if args.bf16 else torch.autocast("cpu", enabled=False)
@@ -133,15 +146,29 @@ def main():
             sampler = make_sampler(name, pipeline.scheduler.config, options.get("solver_order", 2))
             started = time.perf_counter()
             with autocast:
-                images = generate(unet, sampler, args.num_images, steps, seed=0, batch_size=args.batch_size, eta=options.get("eta", 0.0))
+                images = generate(
+                    unet,
+                    sampler,
+                    args.num_images,
+                    steps,
+                    seed=0,
+                    batch_size=args.batch_size,
+                    eta=options.get("eta", 0.0),
+                )
             seconds = time.perf_counter() - started
             quality = ev.frechet_distance(*ev.statistics(features(to_uint8(images))), *reference)
             row = {
-                "sampler": label, "steps": steps, "model_evaluations_per_image": unet.evaluations / args.num_images,
-                "images_per_second": round(args.num_images / seconds, 2), "quality": round(quality, 4),
-            }  # fmt: skip
+                "sampler": label,
+                "steps": steps,
+                "model_evaluations_per_image": unet.evaluations / args.num_images,
+                "images_per_second": round(args.num_images / seconds, 2),
+                "quality": round(quality, 4),
+            }
             rows.append(row)
-            print(f"{label:<24}{steps:>6}{row['model_evaluations_per_image']:>10g}{row['images_per_second']:>10.1f}{quality:>10.3f}", flush=True)
+            print(
+                f"{label:<24}{steps:>6}{row['model_evaluations_per_image']:>10g}{row['images_per_second']:>10.1f}{quality:>10.3f}",
+                flush=True,
+            )
 
     result = {
         "command": " ".join(sys.argv),

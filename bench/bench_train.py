@@ -1,6 +1,6 @@
 """Training throughput: the diffusers example's loop against ours, on the same model, data and batch.
 
-    python bench/bench_train.py                       # quickstart-size UNet, RGB 32x32, batch 32 (about 15 minutes on 2 cores)
+    python bench/bench_train.py            # quickstart-size UNet, RGB 32x32, batch 32 (about 15 minutes on 2 cores)
     python bench/bench_train.py --steps 10 --skip_report
 
 Every variant runs in its own process (so its peak memory is its own) for --steps timed steps
@@ -40,29 +40,44 @@ from pathlib import Path
 import numpy as np
 import torch
 
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_data import example_dataloader, write_sfhq_like  # noqa: E402
-
 from dataclasses import replace  # noqa: E402
+
+from bench_data import example_dataloader, write_sfhq_like  # noqa: E402
 
 from pipeline.config import TrainingConfig, load_preset  # noqa: E402
 from pipeline.diffusion import step_loss  # noqa: E402
 from pipeline.model import build_noise_scheduler, build_unet  # noqa: E402
+
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def quickstart_config(resolution: int, batch_size: int) -> TrainingConfig:
     """The quickstart's UNet (2.5M parameters at 1 channel), here on RGB images."""
-    return TrainingConfig(resolution=resolution, image_channels=3, train_batch_size=batch_size, output_dir=tempfile.mkdtemp(), logger="none")
+    return TrainingConfig(
+        resolution=resolution,
+        image_channels=3,
+        train_batch_size=batch_size,
+        output_dir=tempfile.mkdtemp(),
+        logger="none",
+    )
 
 
 def report_config(batch_size: int) -> TrainingConfig:
     values = load_preset(str(REPO / "configs" / "report_sfhq64.yaml"))
-    return TrainingConfig(**{**values, "train_batch_size": batch_size, "mixed_precision": "bf16", "output_dir": tempfile.mkdtemp(),
-                             "logger": "none"})  # fmt: skip
+    return TrainingConfig(
+        **{
+            **values,
+            "train_batch_size": batch_size,
+            "mixed_precision": "bf16",
+            "output_dir": tempfile.mkdtemp(),
+            "logger": "none",
+        }
+    )
 
 
 def peaks(size: int = 2048) -> dict:
@@ -84,7 +99,9 @@ def peaks(size: int = 2048) -> dict:
             started = time.perf_counter()
             for _ in range(5):
                 conv(x)
-        result[f"conv3x3_{name}_tflops"] = round(2 * 32 * 128 * 32 * 32 * 128 * 9 * 5 / (time.perf_counter() - started) / 1e12, 3)
+        result[f"conv3x3_{name}_tflops"] = round(
+            2 * 32 * 128 * 32 * 32 * 128 * 9 * 5 / (time.perf_counter() - started) / 1e12, 3
+        )
     return result
 
 
@@ -92,7 +109,12 @@ def flops_per_image(config: TrainingConfig) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     unet, scheduler = build_unet(config), build_noise_scheduler(config)
-    batch = torch.randint(0, 256, (config.train_batch_size, config.image_channels, config.resolution, config.resolution), dtype=torch.uint8)
+    batch = torch.randint(
+        0,
+        256,
+        (config.train_batch_size, config.image_channels, config.resolution, config.resolution),
+        dtype=torch.uint8,
+    )
     with FlopCounterMode(display=False) as counter:
         step_loss(unet, scheduler, config, batch, 0).backward()
     return counter.get_total_flops() / config.train_batch_size
@@ -108,7 +130,9 @@ def reference_loop(config: TrainingConfig, loader_factory, steps: int) -> dict:
 
     unet, scheduler = build_unet(config), build_noise_scheduler(config)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4)
-    ema = EMAModel(unet.parameters(), decay=0.9999, use_ema_warmup=True, inv_gamma=1.0, power=3 / 4)  # the example's defaults
+    ema = EMAModel(
+        unet.parameters(), decay=0.9999, use_ema_warmup=True, inv_gamma=1.0, power=3 / 4
+    )  # the example's defaults
     timings = {"data": 0.0, "ema": 0.0}
     iterator = iter(loader_factory())
     for index in range(steps + 3):
@@ -136,10 +160,16 @@ def reference_loop(config: TrainingConfig, loader_factory, steps: int) -> dict:
         timings["ema"] += time.perf_counter() - ema_started
         loss.item()  # the example logs the loss every step
     seconds = time.perf_counter() - started
-    return {"images_per_second": steps * config.train_batch_size / seconds, "data_wait_s": timings["data"], "ema_ms": 1000 * timings["ema"] / steps}
+    return {
+        "images_per_second": steps * config.train_batch_size / seconds,
+        "data_wait_s": timings["data"],
+        "ema_ms": 1000 * timings["ema"] / steps,
+    }
 
 
-def our_loop(config: TrainingConfig, pixels: np.ndarray, steps: int, sync_every_step=False, channels_last=False) -> dict:
+def our_loop(
+    config: TrainingConfig, pixels: np.ndarray, steps: int, sync_every_step=False, channels_last=False
+) -> dict:
     """train()'s own step (pipeline.train.optimizer_step) with train()'s Accelerator setup, on the cache's batches."""
     from pipeline.batches import CachedBatches
     from pipeline.train import build_training, optimizer_step, setup_accelerator
@@ -161,12 +191,15 @@ def our_loop(config: TrainingConfig, pixels: np.ndarray, steps: int, sync_every_
         if sync_every_step or index % 10 == 0:
             outcome.loss.item()
     seconds = time.perf_counter() - started
-    return {"images_per_second": steps * config.train_batch_size / seconds, "data_wait_s": timings["data"],
-            "ema_ms": ema_update_ms(parts.unet, [config.ema_max_decay])["ours"]}  # fmt: skip
+    return {
+        "images_per_second": steps * config.train_batch_size / seconds,
+        "data_wait_s": timings["data"],
+        "ema_ms": ema_update_ms(parts.unet, [config.ema_max_decay])["ours"],
+    }
 
 
 def ema_update_ms(unet, decays: list[float], repeats: int = 20) -> dict:
-    """Milliseconds per EMA update of `unet`'s parameters at `decays`: ours (one foreach lerp) and diffusers' EMAModel."""
+    """Milliseconds per EMA update of `unet`'s parameters at `decays`: ours (one foreach lerp), diffusers' EMAModel."""
     from diffusers.training_utils import EMAModel
 
     from pipeline.ema import EMA
@@ -182,8 +215,10 @@ def ema_update_ms(unet, decays: list[float], repeats: int = 20) -> dict:
             update()
         return 1000 * (time.perf_counter() - started) / repeats
 
-    return {"ours": timed(lambda: ours.update(parameters)),
-            "diffusers_ema_model": timed(lambda: [ema.step(parameters) for ema in theirs])}  # fmt: skip
+    return {
+        "ours": timed(lambda: ours.update(parameters)),
+        "diffusers_ema_model": timed(lambda: [ema.step(parameters) for ema in theirs]),
+    }
 
 
 def decoded_images(folder: Path, config: TrainingConfig, cache_dir: Path) -> tuple[torch.Tensor, float]:
@@ -191,12 +226,18 @@ def decoded_images(folder: Path, config: TrainingConfig, cache_dir: Path) -> tup
     from pipeline.data import prepare_training_images
 
     started = time.perf_counter()
-    prepared = prepare_training_images(replace(config, dataset_name=None, train_data_dir=str(folder), cache_dir=str(cache_dir)))
+    prepared = prepare_training_images(
+        replace(config, dataset_name=None, train_data_dir=str(folder), cache_dir=str(cache_dir))
+    )
     return np.array(prepared.pixels), time.perf_counter() - started
 
 
 def run_variant(args) -> dict:
-    config = quickstart_config(args.resolution, args.batch_size) if args.model == "quickstart" else report_config(args.batch_size)
+    config = (
+        quickstart_config(args.resolution, args.batch_size)
+        if args.model == "quickstart"
+        else report_config(args.batch_size)
+    )
     folder = Path(args.data)
     if args.variant.startswith("reference"):
         if args.variant == "reference-jpeg":
@@ -214,7 +255,9 @@ def run_variant(args) -> dict:
                 return {"input": (torch.where(flip[:, None, None, None], images.flip(-1), images) - 0.5) / 0.5}
 
             def factory():
-                return torch.utils.data.DataLoader(memory, batch_size=config.train_batch_size, shuffle=True, collate_fn=collate)
+                return torch.utils.data.DataLoader(
+                    memory, batch_size=config.train_batch_size, shuffle=True, collate_fn=collate
+                )
 
         result = reference_loop(config, factory, args.steps)
     else:
@@ -223,7 +266,10 @@ def run_variant(args) -> dict:
             config = replace(config, mixed_precision="no")
         if args.variant == "ours-compile":
             config = replace(config, torch_compile=True)
-        options = {"ours-sync-every-step": {"sync_every_step": True}, "ours-channels-last": {"channels_last": True}}.get(args.variant, {})
+        options = {
+            "ours-sync-every-step": {"sync_every_step": True},
+            "ours-channels-last": {"channels_last": True},
+        }.get(args.variant, {})
         result = our_loop(config, pixels, args.steps, **options)
         if args.variant == "ours-end-to-end":  # the cold decode, spread over the timed steps
             seconds = args.steps * config.train_batch_size / result["images_per_second"] + decode_seconds
@@ -233,7 +279,15 @@ def run_variant(args) -> dict:
     return result
 
 
-VARIANTS = ["reference-memory", "reference-jpeg", "ours", "ours-end-to-end", "ours-fp32", "ours-sync-every-step", "ours-channels-last"]
+VARIANTS = [
+    "reference-memory",
+    "reference-jpeg",
+    "ours",
+    "ours-end-to-end",
+    "ours-fp32",
+    "ours-sync-every-step",
+    "ours-channels-last",
+]
 
 
 def main() -> None:
@@ -242,7 +296,9 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--num_images", type=int, default=300, help="SFHQ-shaped JPEGs to make (1024x1024).")
-    parser.add_argument("--compile", action="store_true", help="Also time torch.compile (minutes of compile on a CPU).")
+    parser.add_argument(
+        "--compile", action="store_true", help="Also time torch.compile (minutes of compile on a CPU)."
+    )
     parser.add_argument("--skip_report", action="store_true", help="Skip the report preset's UNet at 64x64.")
     parser.add_argument("--output", default="bench/results/training.json")
     parser.add_argument("--variant", help=argparse.SUPPRESS)
@@ -261,9 +317,24 @@ def main() -> None:
     print("peaks (TFLOP/s):", measured, flush=True)
 
     def child(variant: str, model: str = "quickstart", cache: str = "cache", **extra) -> dict:
-        command = [sys.executable, __file__, "--variant", variant, "--model", model, "--data", str(work / "sfhq"),
-                   "--cache", str(work / cache), "--resolution", str(args.resolution), "--batch_size", str(extra.get("batch", args.batch_size)),
-                   "--steps", str(extra.get("steps", args.steps))]  # fmt: skip
+        command = [
+            sys.executable,
+            __file__,
+            "--variant",
+            variant,
+            "--model",
+            model,
+            "--data",
+            str(work / "sfhq"),
+            "--cache",
+            str(work / cache),
+            "--resolution",
+            str(args.resolution),
+            "--batch_size",
+            str(extra.get("batch", args.batch_size)),
+            "--steps",
+            str(extra.get("steps", args.steps)),
+        ]
         output = subprocess.run(command, capture_output=True, text=True, check=True, cwd=REPO).stdout
         return json.loads(output.strip().splitlines()[-1])
 
@@ -272,8 +343,12 @@ def main() -> None:
     for variant in variants:
         cache = f"cold-{variant}" if variant == "ours-end-to-end" else "cache"  # a fresh cache: the decode is counted
         rows[variant] = child(variant, cache=cache)
-        print(f"{variant:<24}{rows[variant]['images_per_second']:>9.1f} img/s  data wait {rows[variant]['data_wait_s']:.2f} s  "
-              f"EMA {rows[variant]['ema_ms']:.1f} ms  peak RSS {rows[variant]['peak_rss_gib']:.2f} GiB", flush=True)  # fmt: skip
+        print(
+            f"{variant:<24}{rows[variant]['images_per_second']:>9.1f} img/s  data wait "
+            f"{rows[variant]['data_wait_s']:.2f} s  "
+            f"EMA {rows[variant]['ema_ms']:.1f} ms  peak RSS {rows[variant]['peak_rss_gib']:.2f} GiB",
+            flush=True,
+        )
 
     config = quickstart_config(args.resolution, args.batch_size)
     flops = flops_per_image(config)
@@ -283,9 +358,11 @@ def main() -> None:
             "gflops_per_image": round(flops / 1e9, 3),
             "achieved_tflops": round(achieved / 1e12, 4),
             "fraction_of_bf16_matmul_peak": round(achieved / 1e12 / measured["matmul_bf16_tflops"], 3),
-            "reference_fraction_of_fp32_matmul_peak": round(flops * rows["reference-memory"]["images_per_second"] / 1e12 / measured["matmul_fp32_tflops"], 3),
+            "reference_fraction_of_fp32_matmul_peak": round(
+                flops * rows["reference-memory"]["images_per_second"] / 1e12 / measured["matmul_fp32_tflops"], 3
+            ),
         }
-    }  # fmt: skip
+    }
     if not args.skip_report:
         report = report_config(8)
         report_flops = flops_per_image(report)
@@ -295,7 +372,9 @@ def main() -> None:
             "images_per_second": round(row["images_per_second"], 2),
             "gflops_per_image": round(report_flops / 1e9, 2),
             "achieved_tflops": round(report_flops * row["images_per_second"] / 1e12, 4),
-            "fraction_of_bf16_matmul_peak": round(report_flops * row["images_per_second"] / 1e12 / measured["matmul_bf16_tflops"], 3),
+            "fraction_of_bf16_matmul_peak": round(
+                report_flops * row["images_per_second"] / 1e12 / measured["matmul_bf16_tflops"], 3
+            ),
             "peak_rss_gib": round(row["peak_rss_gib"], 2),
         }
     unet = build_unet(config)
@@ -311,8 +390,12 @@ def main() -> None:
         "peaks_tflops": measured,
         "variants": {name: {key: round(value, 3) for key, value in row.items()} for name, row in rows.items()},
         "speedups": {
-            "ours_vs_reference_predecoded": round(rows["ours"]["images_per_second"] / rows["reference-memory"]["images_per_second"], 2),
-            "ours_end_to_end_vs_reference_jpeg": round(rows["ours-end-to-end"]["images_per_second"] / rows["reference-jpeg"]["images_per_second"], 2),
+            "ours_vs_reference_predecoded": round(
+                rows["ours"]["images_per_second"] / rows["reference-memory"]["images_per_second"], 2
+            ),
+            "ours_end_to_end_vs_reference_jpeg": round(
+                rows["ours-end-to-end"]["images_per_second"] / rows["reference-jpeg"]["images_per_second"], 2
+            ),
         },
         "utilisation": utilisation,
         "ema_update_ms": ema,

@@ -1,7 +1,7 @@
 """GPU check: training throughput, model FLOP utilisation, peak memory and sampling time on one NVIDIA GPU.
 
     python bench/gpu_check.py --out gpu_check.json        # under 5 minutes on an H200, 3 of them compiling
-    python bench/gpu_check.py --channels_last --fp16      # and the channels_last step and an fp16 run (about 7 minutes)
+    python bench/gpu_check.py --channels_last --fp16      # also channels_last and an fp16 run (about 7 minutes)
 
 One call, nothing installed, nothing downloaded. For the report preset and the improved preset at
 64x64 and their batch of 128, bf16 autocast:
@@ -30,12 +30,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.config import TrainingConfig, load_preset  # noqa: E402
 from pipeline.diffusion import step_loss  # noqa: E402
 from pipeline.model import build_noise_scheduler, build_unet, count_parameters  # noqa: E402
 from pipeline.sample import generate, make_sampler  # noqa: E402
+
 
 REPO = Path(__file__).resolve().parent.parent
 PRESETS = {"report": REPO / "configs" / "report_sfhq64.yaml", "improved": REPO / "configs" / "sfhq64_improved.yaml"}
@@ -58,9 +60,17 @@ def cuda_time(function, repeats: int, warmup: int = 2) -> float:
 
 
 def ceilings() -> dict:
-    a, b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16), torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    a, b = (
+        torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16),
+        torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16),
+    )
     matmul = 2 * 8192**3 / cuda_time(lambda: a @ b, 10, 3) / 1e12
-    conv = torch.nn.Conv2d(256, 256, 3, padding=1, bias=False).cuda().to(torch.bfloat16).to(memory_format=torch.channels_last)
+    conv = (
+        torch.nn.Conv2d(256, 256, 3, padding=1, bias=False)
+        .cuda()
+        .to(torch.bfloat16)
+        .to(memory_format=torch.channels_last)
+    )
     x = torch.randn(128, 256, 64, 64, device="cuda", dtype=torch.bfloat16).to(memory_format=torch.channels_last)
     with torch.no_grad():
         conv_tflops = 2 * 128 * 256 * 64 * 64 * 256 * 9 / cuda_time(lambda: conv(x), 10, 3) / 1e12
@@ -79,7 +89,9 @@ def flops_per_image(config: TrainingConfig) -> float:
 
     unet = build_unet(config).cuda()
     scheduler = build_noise_scheduler(config)
-    batch = torch.randint(0, 256, (config.train_batch_size, config.image_channels, 64, 64), dtype=torch.uint8, device="cuda")
+    batch = torch.randint(
+        0, 256, (config.train_batch_size, config.image_channels, 64, 64), dtype=torch.uint8, device="cuda"
+    )
     with FlopCounterMode(display=False) as counter, torch.autocast("cuda", dtype=torch.bfloat16):
         step_loss(unet, scheduler, config, batch, 0).backward()
     del unet
@@ -137,7 +149,9 @@ def train_step_benchmark(name: str, compile_model: bool, channels_last: bool, st
         "mfu_vs_measured_matmul": round(achieved / peak, 3),
         "mfu_vs_datasheet": round(achieved / DATASHEET_BF16_TFLOPS, 3),
         "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
-        "ema_update_ms": round(1000 * cuda_time(lambda: parts.ema.update(parts.unet.parameters()), 10), 3) if parts.ema else None,
+        "ema_update_ms": round(1000 * cuda_time(lambda: parts.ema.update(parts.unet.parameters()), 10), 3)
+        if parts.ema
+        else None,
         "warmup_or_compile_seconds": round(warmup_seconds, 1),
     }
 
@@ -149,7 +163,12 @@ def sampling_benchmark(name: str, chain_steps_timed: int = 100) -> list[dict]:
     unet = build_unet(config).cuda().eval()
     scheduler = build_noise_scheduler(config)
     rows = []
-    for sampler_name, steps in (("ddpm", config.ddpm_num_steps), ("ddim", 50), ("dpmsolver++", 25), ("dpmsolver++", 20)):
+    for sampler_name, steps in (
+        ("ddpm", config.ddpm_num_steps),
+        ("ddim", 50),
+        ("dpmsolver++", 25),
+        ("dpmsolver++", 20),
+    ):
         sampler = make_sampler(sampler_name, scheduler.config)
         timed = min(steps, chain_steps_timed) if sampler_name == "ddpm" else steps
         with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -169,7 +188,15 @@ def sampling_benchmark(name: str, chain_steps_timed: int = 100) -> list[dict]:
                     generate(unet, sampler, 128, steps, seed=0, batch_size=128)
             torch.cuda.synchronize()
         seconds = (time.perf_counter() - started) * steps / timed
-        rows.append({"preset": name, "sampler": sampler_name, "steps": steps, "steps_timed": timed, "seconds_per_128_images": round(seconds, 2)})
+        rows.append(
+            {
+                "preset": name,
+                "sampler": sampler_name,
+                "steps": steps,
+                "steps_timed": timed,
+                "seconds_per_128_images": round(seconds, 2),
+            }
+        )
     return rows
 
 
@@ -183,18 +210,32 @@ def real_training_run(name: str, precision: str, steps: int, folder: Path) -> di
     AcceleratorState._reset_state(reset_partial_state=True)
     output_dir = Path(tempfile.mkdtemp()) / "run"
     config = preset_config(
-        name, train_data_dir=str(folder), mixed_precision=precision, num_epochs=None, max_train_steps=steps,
-        logging_steps=10, save_images_steps=0, checkpointing_steps=steps // 2, num_grid_images=16,
-        grid_sampler="dpmsolver++", grid_inference_steps=20, output_dir=str(output_dir), lr_warmup_steps=0,
+        name,
+        train_data_dir=str(folder),
+        mixed_precision=precision,
+        num_epochs=None,
+        max_train_steps=steps,
+        logging_steps=10,
+        save_images_steps=0,
+        checkpointing_steps=steps // 2,
+        num_grid_images=16,
+        grid_sampler="dpmsolver++",
+        grid_inference_steps=20,
+        output_dir=str(output_dir),
+        lr_warmup_steps=0,
         intermediate_resolution=None,
-    )  # fmt: skip
+    )
     started = time.perf_counter()
     train(config)
     wall = time.perf_counter() - started
-    (events,) = [p.parent for p in (output_dir / "logs").rglob("events.out.tfevents.*") if p.parent.name == "train_ddpm"]
+    (events,) = [
+        p.parent for p in (output_dir / "logs").rglob("events.out.tfevents.*") if p.parent.name == "train_ddpm"
+    ]
     accumulator = EventAccumulator(str(events))
     accumulator.Reload()
-    windows = [event.value for event in accumulator.Scalars("images_per_second")][1:]  # the first window holds the warm-up
+    windows = [event.value for event in accumulator.Scalars("images_per_second")][
+        1:
+    ]  # the first window holds the warm-up
     losses = [event.value for event in accumulator.Scalars("loss")]
     run = json.loads((output_dir / "training_config.json").read_text())["run"]
     shutil.rmtree(output_dir.parent, ignore_errors=True)
@@ -229,8 +270,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="Timed training steps per variant.")
     parser.add_argument("--out", default="gpu_check.json")
     parser.add_argument("--no_compile", action="store_true")
-    parser.add_argument("--channels_last", action="store_true", help="Also time the report preset in channels_last (slower on an H200).")
-    parser.add_argument("--fp16", action="store_true", help="Also run the real loop in fp16 with the grad scaler (the improved preset).")
+    parser.add_argument(
+        "--channels_last",
+        action="store_true",
+        help="Also time the report preset in channels_last (slower on an H200).",
+    )
+    parser.add_argument(
+        "--fp16",
+        action="store_true",
+        help="Also run the real loop in fp16 with the grad scaler (the improved preset).",
+    )
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("error: no CUDA GPU: this check is for a machine with one NVIDIA GPU")
@@ -282,7 +331,10 @@ def main() -> None:
 
     print("\n" + "=" * 100)
     print(f"{result['gpu']}, torch {result['torch']}; ceilings {result['ceilings'][0]}")
-    print(f"{'preset':<10}{'compile':>8}{'ch_last':>8}{'img/s':>9}{'ms/step':>9}{'GF/img':>8}{'TFLOP/s':>9}{'MFU':>7}{'MFU(ds)':>8}{'GiB':>7}{'EMA ms':>8}")
+    print(
+        f"{'preset':<10}{'compile':>8}{'ch_last':>8}{'img/s':>9}{'ms/step':>9}{'GF/img':>8}{'TFLOP/s':>9}"
+        f"{'MFU':>7}{'MFU(ds)':>8}{'GiB':>7}{'EMA ms':>8}"
+    )
     for row in result.get("train_step", []):
         if "error" in row:
             print(f"error: {row['error']}")

@@ -27,7 +27,9 @@ from .data import (
     read_bytes,
 )
 
-# A streamed source whose rows fail this many times in a row holds no usable images: stop instead of reading it forever.
+
+# A streamed source whose rows fail this many times in a row holds no usable images: stop instead of reading it
+# forever.
 MAX_UNUSABLE_ROWS_IN_A_ROW = 1000
 
 
@@ -39,15 +41,19 @@ class CachedBatches:
     slice of the global micro-batch (`num_processes * batch_size` images).
     """
 
-    def __init__(self, images: torch.Tensor, batch_size: int, seed: int, process_index: int = 0, num_processes: int = 1):
+    def __init__(
+        self, images: torch.Tensor, batch_size: int, seed: int, process_index: int = 0, num_processes: int = 1
+    ):
         self.images = images  # (N, C, H, W) uint8, on the training device
         self.batch_size, self.seed = batch_size, seed
         self.process_index, self.num_processes = process_index, num_processes
         self._permutations: dict[int, torch.Tensor] = {}
 
     @classmethod
-    def from_pixels(cls, pixels: np.ndarray, device, batch_size: int, seed: int, process_index: int = 0, num_processes: int = 1):
-        """From the cache's (N, H, W, C) uint8 array (memory-mapped: read into memory here), copied to `device` once."""
+    def from_pixels(
+        cls, pixels: np.ndarray, device, batch_size: int, seed: int, process_index: int = 0, num_processes: int = 1
+    ):
+        """From the cache's (N, H, W, C) uint8 array (memory-mapped: read into memory here), copied to `device`."""
         images = torch.from_numpy(np.array(pixels)).permute(0, 3, 1, 2).contiguous().to(device)  # (N, C, H, W)
         return cls(images, batch_size, seed, process_index, num_processes)
 
@@ -101,7 +107,9 @@ class StreamedBatches:
         source = DataSource.from_config(config)
         stream = load_dataset_source(source, streaming=True)
         if stream.features is None:
-            raise DataError(f"dataset_name: {config.dataset_name!r} does not declare its features; pass --image_column")
+            raise DataError(
+                f"dataset_name: {config.dataset_name!r} does not declare its features; pass --image_column"
+            )
         self.column = find_image_column(stream.features, config.image_column)
         stream = stream.select_columns([self.column]).cast_column(self.column, datasets.Image(decode=False))
         self.stream = split_dataset_by_node(stream, rank=process_index, world_size=num_processes).shuffle(
@@ -155,7 +163,9 @@ class StreamedBatches:
     def batch(self, micro_batch_index: int) -> torch.Tensor:
         """The next (B, C, H, W) uint8 batch of this process; micro-batches are read in order."""
         if micro_batch_index != self.next_micro_batch:
-            raise RuntimeError(f"a stream reads micro-batches in order: expected {self.next_micro_batch}, got {micro_batch_index}")
+            raise RuntimeError(
+                f"a stream reads micro-batches in order: expected {self.next_micro_batch}, got {micro_batch_index}"
+            )
         if self._examples is None:
             self._examples = self._read()
         images, unusable_in_a_row = [], Counter()
@@ -171,7 +181,8 @@ class StreamedBatches:
             if unusable_in_a_row.total() >= MAX_UNUSABLE_ROWS_IN_A_ROW:
                 reasons = ", ".join(f"{reason} ({count})" for reason, count in unusable_in_a_row.most_common())
                 raise DataError(
-                    f"dataset_name: the last {unusable_in_a_row.total():,} rows of the stream held no usable image ({reasons}); "
+                    f"dataset_name: the last {unusable_in_a_row.total():,} rows of the stream held no usable image "
+                    f"({reasons}); "
                     "check --dataset_name, --split and --image_column"
                 )
         self.next_micro_batch += 1

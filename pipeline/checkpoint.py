@@ -35,17 +35,39 @@ from .config import ConfigError, TrainingConfig
 from .files import remove, staging_name, write_json
 from .record import RECORD_NAME, RunRecord, read_record, write_record
 
+
 CHECKPOINT_PREFIX = "checkpoint-"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"  # diffusers' file name in a model folder
 STATE_FILE = "training_state.json"
 # Fields that must match between a checkpoint and the run that resumes it.
 RESUME_MUST_MATCH = (
-    "resolution", "image_channels", "block_out_channels", "layers_per_block", "down_block_types", "up_block_types",
-    "mid_block_type", "add_attention", "attention_head_dim", "norm_num_groups", "act_fn", "flip_sin_to_cos",
-    "freq_shift", "ddpm_num_steps", "ddpm_beta_schedule", "ddpm_beta_start", "ddpm_beta_end", "prediction_type",
-    "optimizer", "use_ema", "ema_max_decay", "ema_extra_decays", "train_batch_size", "gradient_accumulation_steps", "seed",
+    "resolution",
+    "image_channels",
+    "block_out_channels",
+    "layers_per_block",
+    "down_block_types",
+    "up_block_types",
+    "mid_block_type",
+    "add_attention",
+    "attention_head_dim",
+    "norm_num_groups",
+    "act_fn",
+    "flip_sin_to_cos",
+    "freq_shift",
+    "ddpm_num_steps",
+    "ddpm_beta_schedule",
+    "ddpm_beta_start",
+    "ddpm_beta_end",
+    "prediction_type",
+    "optimizer",
+    "use_ema",
+    "ema_max_decay",
+    "ema_extra_decays",
+    "train_batch_size",
+    "gradient_accumulation_steps",
+    "seed",
     "streaming",
-)  # fmt: skip
+)
 
 
 class CheckpointError(Exception):
@@ -121,7 +143,9 @@ def check_resume_compatible(config: TrainingConfig, checkpoint: Path) -> None:
         raise CheckpointError(str(error)) from None
     differing = [name for name in RESUME_MUST_MATCH if getattr(saved, name) != getattr(config, name)]
     if differing:
-        details = ", ".join(f"{name} ({getattr(saved, name)!r} in the checkpoint, {getattr(config, name)!r} now)" for name in differing)
+        details = ", ".join(
+            f"{name} ({getattr(saved, name)!r} in the checkpoint, {getattr(config, name)!r} now)" for name in differing
+        )
         raise ConfigError(f"{differing[0]}: cannot resume {checkpoint}: {details}")
 
 
@@ -156,14 +180,18 @@ def ema_folder_name(index: int, decay: float) -> str:
 
 
 def save_unet_folder(unet, folder: Path, parameters: Optional[list] = None) -> None:
-    """A diffusers model folder (config.json + safetensors) of `unet`, with `parameters` in place of its own if given."""
+    """A diffusers model folder (config.json + safetensors) of `unet`, with `parameters` instead of its own."""
     tensors = unet.state_dict()
     if parameters is not None:
         names = [name for name, _ in unet.named_parameters()]
         tensors.update(zip(names, parameters))
     folder.mkdir(parents=True, exist_ok=True)
     unet.save_config(folder)
-    save_file({name: tensor.detach().contiguous() for name, tensor in tensors.items()}, folder / WEIGHTS_NAME, metadata={"format": "pt"})
+    save_file(
+        {name: tensor.detach().contiguous() for name, tensor in tensors.items()},
+        folder / WEIGHTS_NAME,
+        metadata={"format": "pt"},
+    )
 
 
 def _encode_bytes(tensor: torch.Tensor) -> str:
@@ -180,7 +208,13 @@ def rng_state() -> dict:
     name, keys, position, has_gauss, cached = np.random.get_state()
     state = {
         "python": {"version": version, "state": list(internal), "gauss": gauss},
-        "numpy": {"name": name, "keys": keys.tolist(), "position": position, "has_gauss": has_gauss, "cached_gaussian": cached},
+        "numpy": {
+            "name": name,
+            "keys": keys.tolist(),
+            "position": position,
+            "has_gauss": has_gauss,
+            "cached_gaussian": cached,
+        },
         "torch": _encode_bytes(torch.get_rng_state()),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -193,9 +227,14 @@ def set_rng_state(state: dict) -> None:
     python, numpy_state = state["python"], state["numpy"]
     random.setstate((python["version"], tuple(python["state"]), python["gauss"]))
     np.random.set_state(
-        (numpy_state["name"], np.asarray(numpy_state["keys"], dtype=np.uint32), numpy_state["position"], numpy_state["has_gauss"],
-         numpy_state["cached_gaussian"])
-    )  # fmt: skip
+        (
+            numpy_state["name"],
+            np.asarray(numpy_state["keys"], dtype=np.uint32),
+            numpy_state["position"],
+            numpy_state["has_gauss"],
+            numpy_state["cached_gaussian"],
+        )
+    )
     torch.set_rng_state(_decode_bytes(state["torch"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([_decode_bytes(text) for text in state["cuda"]])
@@ -220,7 +259,9 @@ def _optimizer_state_dict(tensors: dict, rest: dict) -> dict:
     for name, tensor in tensors.items():
         index, key = name.split(".", 1)
         state.setdefault(int(index), {})[key] = tensor
-    groups = [{**group, "betas": tuple(group["betas"])} if "betas" in group else group for group in rest["param_groups"]]
+    groups = [
+        {**group, "betas": tuple(group["betas"])} if "betas" in group else group for group in rest["param_groups"]
+    ]
     return {"state": state, "param_groups": groups}
 
 
@@ -228,7 +269,9 @@ def _optimizer_state_dict(tensors: dict, rest: dict) -> dict:
 # Save and load
 
 
-def save_checkpoint(accelerator, parts, record: RunRecord, state: TrainingState, stream_state: Optional[dict] = None) -> Path:
+def save_checkpoint(
+    accelerator, parts, record: RunRecord, state: TrainingState, stream_state: Optional[dict] = None
+) -> Path:
     """Write checkpoint-<step> of `parts` (pipeline.train.TrainingParts) through a temporary folder; prune old ones
     past --checkpoints_total_limit."""
     config, ema = parts.config, parts.ema
@@ -250,27 +293,37 @@ def save_checkpoint(accelerator, parts, record: RunRecord, state: TrainingState,
             save_unet_folder(model, partial / "unet")
             if ema is not None:
                 for average_index, decay in enumerate(ema.max_decays):
-                    save_unet_folder(model, partial / ema_folder_name(average_index, decay), ema.averages[average_index])
+                    save_unet_folder(
+                        model, partial / ema_folder_name(average_index, decay), ema.averages[average_index]
+                    )
             tensors, rest = _optimizer_files(parts.optimizer)
             save_file(tensors, partial / "optimizer.safetensors")
             write_json(partial / "optimizer.json", rest)
             write_record(partial / RECORD_NAME, config, record)
-            files = {path.relative_to(partial).as_posix(): path.stat().st_size for path in sorted(partial.rglob("*")) if path.is_file()}
-            write_json(partial / STATE_FILE, {
-                **asdict(state),
-                "num_processes": accelerator.num_processes,
-                "lr_scheduler": parts.lr_scheduler.state_dict(),
-                "grad_scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
-                "ema": ema.state() if ema is not None else None,
-                "files": files,
-            })  # fmt: skip
+            files = {
+                path.relative_to(partial).as_posix(): path.stat().st_size
+                for path in sorted(partial.rglob("*"))
+                if path.is_file()
+            }
+            write_json(
+                partial / STATE_FILE,
+                {
+                    **asdict(state),
+                    "num_processes": accelerator.num_processes,
+                    "lr_scheduler": parts.lr_scheduler.state_dict(),
+                    "grad_scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
+                    "ema": ema.state() if ema is not None else None,
+                    "files": files,
+                },
+            )
     except (OSError, SafetensorError) as error:  # a full disk, a quota, a file size limit
         remove(partial)
         latest = list_checkpoints(checkpoints_dir)
         reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
         raise CheckpointError(
             f"{partial}: cannot write the checkpoint of step {state.global_step} ({reason}); the partial "
-            f"checkpoint was removed. {f'The last complete one is {latest[-1]}' if latest else 'No complete checkpoint exists yet'}; "
+            "checkpoint was removed. "
+            f"{f'The last complete one is {latest[-1]}' if latest else 'No complete checkpoint exists yet'}; "
             "free some space and resume with --resume_from_checkpoint latest."
         ) from None
     accelerator.wait_for_everyone()
@@ -288,11 +341,14 @@ def save_checkpoint(accelerator, parts, record: RunRecord, state: TrainingState,
 def _non_negative(path: Path, state: dict, name: str, kind) -> None:
     value = state.get(name)
     if isinstance(value, bool) or not isinstance(value, kind) or value < 0:
-        raise CheckpointError(f"{path}: {name} must be a non-negative {'integer' if kind is int else 'number'}, got {value!r}")
+        raise CheckpointError(
+            f"{path}: {name} must be a non-negative {'integer' if kind is int else 'number'}, got {value!r}"
+        )
 
 
 def read_training_state(checkpoint: Path) -> dict:
-    """training_state.json, checked: counters of the right type and range, every recorded file present at its recorded size."""
+    """training_state.json, checked: counters of the right type and range, every recorded file present at its recorded
+    size."""
     path = checkpoint / STATE_FILE
     state = _read_json(path)
     _non_negative(path, state, "global_step", int)
@@ -300,7 +356,9 @@ def read_training_state(checkpoint: Path) -> dict:
     _non_negative(path, state, "train_seconds", (int, float))
     if checkpoint.name.startswith(CHECKPOINT_PREFIX) and checkpoint.name[len(CHECKPOINT_PREFIX) :].isdigit():
         if state["global_step"] != checkpoint_step(checkpoint):
-            raise CheckpointError(f"{path}: global_step {state['global_step']} does not match the folder name {checkpoint.name}")
+            raise CheckpointError(
+                f"{path}: global_step {state['global_step']} does not match the folder name {checkpoint.name}"
+            )
     files = state.get("files")
     if not isinstance(files, dict):
         raise CheckpointError(f"{path}: no 'files' record (not written by this version of the pipeline?)")
@@ -311,7 +369,9 @@ def read_training_state(checkpoint: Path) -> dict:
         if not file.is_file():
             raise CheckpointError(f"{file}: missing")
         if file.stat().st_size != size:
-            raise CheckpointError(f"{file}: {file.stat().st_size} bytes, the checkpoint recorded {size} (truncated or changed since)")
+            raise CheckpointError(
+                f"{file}: {file.stat().st_size} bytes, the checkpoint recorded {size} (truncated or changed since)"
+            )
     return state
 
 
@@ -329,7 +389,9 @@ def load_checkpoint(checkpoint: Path, accelerator, parts, stream=None) -> Traini
     except RuntimeError as error:
         raise CheckpointError(f"{weights_path}: does not fit the model ({str(error).splitlines()[0]})") from None
     if ema is not None:
-        folders = [checkpoint / ema_folder_name(index, decay) / WEIGHTS_NAME for index, decay in enumerate(ema.max_decays)]
+        folders = [
+            checkpoint / ema_folder_name(index, decay) / WEIGHTS_NAME for index, decay in enumerate(ema.max_decays)
+        ]
         try:
             ema.load_state(state.get("ema") or {}, [_read_tensors(folder) for folder in folders])
         except ValueError as error:
@@ -337,15 +399,21 @@ def load_checkpoint(checkpoint: Path, accelerator, parts, stream=None) -> Traini
 
     optimizer_path = checkpoint / "optimizer.safetensors"
     try:
-        optimizer.load_state_dict(_optimizer_state_dict(_read_tensors(optimizer_path), _read_json(checkpoint / "optimizer.json")))
+        optimizer.load_state_dict(
+            _optimizer_state_dict(_read_tensors(optimizer_path), _read_json(checkpoint / "optimizer.json"))
+        )
     except (KeyError, ValueError, TypeError, AttributeError) as error:
-        raise CheckpointError(f"{optimizer_path}: does not fit the optimizer ({type(error).__name__}: {error})") from None
+        raise CheckpointError(
+            f"{optimizer_path}: does not fit the optimizer ({type(error).__name__}: {error})"
+        ) from None
     try:
         lr_scheduler.load_state_dict(dict(state["lr_scheduler"]))
         if accelerator.scaler is not None:
             accelerator.scaler.load_state_dict(state["grad_scaler"])
     except (KeyError, ValueError, TypeError, AttributeError) as error:
-        raise CheckpointError(f"{state_path}: malformed LR schedule or grad scaler state ({type(error).__name__}: {error})") from None
+        raise CheckpointError(
+            f"{state_path}: malformed LR schedule or grad scaler state ({type(error).__name__}: {error})"
+        ) from None
 
     index = accelerator.process_index
     rng_path = checkpoint / f"rng_state_{index}.json"
@@ -355,15 +423,22 @@ def load_checkpoint(checkpoint: Path, accelerator, parts, stream=None) -> Traini
         except (KeyError, ValueError, TypeError, RuntimeError) as error:
             raise CheckpointError(f"{rng_path}: malformed generator state ({type(error).__name__}: {error})") from None
     else:
-        warnings.warn(f"{checkpoint} was written by {state.get('num_processes')} process(es): process {index} starts its dropout "
-                      "generator from the seed, so dropout draws differ from an uninterrupted run")  # fmt: skip
+        warnings.warn(
+            f"{checkpoint} was written by {state.get('num_processes')} process(es): process {index} starts its "
+            "dropout "
+            "generator from the seed, so dropout draws differ from an uninterrupted run"
+        )
     if stream is not None:
         stream_path = checkpoint / f"stream_state_{index}.json"
         try:
             stream.load_state(_read_json(stream_path))
         except (KeyError, ValueError, TypeError) as error:
-            raise CheckpointError(f"{stream_path}: malformed stream position ({type(error).__name__}: {error})") from None
+            raise CheckpointError(
+                f"{stream_path}: malformed stream position ({type(error).__name__}: {error})"
+            ) from None
     best_fid = state.get("best_fid")
     if best_fid is not None and not (isinstance(best_fid, dict) and isinstance(best_fid.get("fid"), (int, float))):
-        raise CheckpointError(f"{state_path}: best_fid must be null or an object with a numeric 'fid', got {best_fid!r}")
+        raise CheckpointError(
+            f"{state_path}: best_fid must be null or an object with a numeric 'fid', got {best_fid!r}"
+        )
     return TrainingState(state["global_step"], float(state["train_seconds"]), state["skipped_steps"], best_fid)

@@ -18,6 +18,7 @@ from typing import Literal, Optional
 
 import yaml
 
+
 DOWN_BLOCK_TYPES = ("DownBlock2D", "AttnDownBlock2D", "ResnetDownsampleBlock2D")
 UP_BLOCK_TYPES = ("UpBlock2D", "AttnUpBlock2D", "ResnetUpsampleBlock2D")
 MID_BLOCK_TYPES = ("UNetMidBlock2D",)
@@ -38,53 +39,78 @@ class ConfigError(ValueError):
 @dataclass
 class TrainingConfig:
     # ----- data -----
-    train_data_dir: Optional[str] = field(default=None, metadata={"help": "Folder of images (searched recursively) or a .zip of them."})
+    train_data_dir: Optional[str] = field(
+        default=None, metadata={"help": "Folder of images (searched recursively) or a .zip of them."}
+    )
     dataset_name: Optional[str] = field(
         default="data/fashion_mnist",
-        metadata={"help": "Hub dataset id or local dataset folder (parquet, save_to_disk). Default: the embedded subset."},
+        metadata={
+            "help": "Hub dataset id or local dataset folder (parquet, save_to_disk). Default: the embedded subset."
+        },
     )
     dataset_config_name: Optional[str] = field(default=None, metadata={"help": "Configuration of --dataset_name."})
     split: str = field(default="train", metadata={"help": "Split of --dataset_name to train on."})
-    image_column: Optional[str] = field(default=None, metadata={"help": "Image column; default: the first Image feature."})
-    cache_dir: Optional[str] = field(default=None, metadata={"help": "datasets cache folder (default: HF_DATASETS_CACHE)."})
-    max_train_samples: Optional[int] = field(default=None, metadata={"help": "Train on this many images drawn at random with --seed."})
+    image_column: Optional[str] = field(
+        default=None, metadata={"help": "Image column; default: the first Image feature."}
+    )
+    cache_dir: Optional[str] = field(
+        default=None, metadata={"help": "datasets cache folder (default: HF_DATASETS_CACHE)."}
+    )
+    max_train_samples: Optional[int] = field(
+        default=None, metadata={"help": "Train on this many images drawn at random with --seed."}
+    )
     resolution: int = field(default=28, metadata={"help": "Training resolution in pixels (square)."})
     image_channels: int = field(default=1, metadata={"help": "1 (grayscale) or 3 (RGB); the UNet's in/out channels."})
     intermediate_resolution: Optional[int] = field(
-        default=None, metadata={"help": "Resize to this size first, then to --resolution (the report: 1024 -> 256 -> 64)."}
+        default=None,
+        metadata={"help": "Resize to this size first, then to --resolution (the report: 1024 -> 256 -> 64)."},
     )
-    center_crop: bool = field(default=True, metadata={"help": "Scale the short side and crop the centre; false: squash to a square."})
+    center_crop: bool = field(
+        default=True, metadata={"help": "Scale the short side and crop the centre; false: squash to a square."}
+    )
     min_image_size: Optional[int] = field(
         default=None, metadata={"help": "Skip images whose short side is below this; default: half of --resolution."}
     )
-    strict_data: bool = field(default=False, metadata={"help": "Stop on the first unusable file instead of skipping it."})
+    strict_data: bool = field(
+        default=False, metadata={"help": "Stop on the first unusable file instead of skipping it."}
+    )
     max_image_bytes: int = field(
-        default=64 * 2**20, metadata={"help": "Skip image files (or archive members) larger than this, without reading them."}
+        default=64 * 2**20,
+        metadata={"help": "Skip image files (or archive members) larger than this, without reading them."},
     )
     preprocessing_num_workers: Optional[int] = field(
         default=None, metadata={"help": "Processes that decode images; default: every core for 256 images or more."}
     )
     random_flip: bool = field(default=True, metadata={"help": "Random horizontal flip, per batch, on the device."})
     streaming: bool = field(
-        default=False, metadata={"help": "Stream --dataset_name and decode on the fly, no cache: for sources larger than the disk."}
+        default=False,
+        metadata={"help": "Stream --dataset_name and decode on the fly, no cache: for sources larger than the disk."},
     )
-    shuffle_buffer_size: int = field(default=1000, metadata={"help": "Shuffle buffer of the streamed source, in images."})
+    shuffle_buffer_size: int = field(
+        default=1000, metadata={"help": "Shuffle buffer of the streamed source, in images."}
+    )
 
     # ----- model: UNet2DModel arguments -----
-    block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 128], metadata={"help": "Channels per level."})
+    block_out_channels: list[int] = field(
+        default_factory=lambda: [32, 64, 128], metadata={"help": "Channels per level."}
+    )
     layers_per_block: int = field(default=1, metadata={"help": "Resnets per down level (up levels have one more)."})
     down_block_types: list[str] = field(
-        default_factory=lambda: ["DownBlock2D", "DownBlock2D", "DownBlock2D"], metadata={"help": f"One of {DOWN_BLOCK_TYPES} per level."}
+        default_factory=lambda: ["DownBlock2D", "DownBlock2D", "DownBlock2D"],
+        metadata={"help": f"One of {DOWN_BLOCK_TYPES} per level."},
     )
     up_block_types: list[str] = field(
-        default_factory=lambda: ["UpBlock2D", "UpBlock2D", "UpBlock2D"], metadata={"help": f"One of {UP_BLOCK_TYPES} per level."}
+        default_factory=lambda: ["UpBlock2D", "UpBlock2D", "UpBlock2D"],
+        metadata={"help": f"One of {UP_BLOCK_TYPES} per level."},
     )
     mid_block_type: Optional[str] = field(default="UNetMidBlock2D", metadata={"help": "UNetMidBlock2D, or none."})
     add_attention: bool = field(default=False, metadata={"help": "Self-attention in the mid block."})
     attention_head_dim: int = field(default=32, metadata={"help": "Channels per attention head."})
     norm_num_groups: int = field(default=8, metadata={"help": "GroupNorm groups; divides every channel count."})
     act_fn: Literal["silu", "relu", "gelu", "mish"] = field(default="silu", metadata={"help": "Activation."})
-    flip_sin_to_cos: bool = field(default=True, metadata={"help": "Order of the sinusoidal time embedding (cos, sin)."})
+    flip_sin_to_cos: bool = field(
+        default=True, metadata={"help": "Order of the sinusoidal time embedding (cos, sin)."}
+    )
     freq_shift: int = field(default=0, metadata={"help": "Frequency shift of the time embedding."})
     dropout: float = field(default=0.0, metadata={"help": "Dropout in the resnets."})
 
@@ -93,16 +119,24 @@ class TrainingConfig:
     ddpm_beta_schedule: str = field(default="squaredcos_cap_v2", metadata={"help": f"One of {BETA_SCHEDULES}."})
     ddpm_beta_start: float = field(default=1e-4, metadata={"help": "First beta (linear schedules)."})
     ddpm_beta_end: float = field(default=0.02, metadata={"help": "Last beta (linear schedules)."})
-    ddpm_variance_type: str = field(default="fixed_small", metadata={"help": f"Posterior variance, one of {VARIANCE_TYPES}."})
+    ddpm_variance_type: str = field(
+        default="fixed_small", metadata={"help": f"Posterior variance, one of {VARIANCE_TYPES}."}
+    )
     ddpm_clip_sample: bool = field(default=True, metadata={"help": "Clip the predicted x0 to [-1, 1] when sampling."})
-    prediction_type: str = field(default="epsilon", metadata={"help": f"What the UNet predicts, one of {PREDICTION_TYPES}."})
+    prediction_type: str = field(
+        default="epsilon", metadata={"help": f"What the UNet predicts, one of {PREDICTION_TYPES}."}
+    )
     loss_type: str = field(default="l2", metadata={"help": "l1 or l2 (mean squared error)."})
 
     # ----- optimisation -----
     train_batch_size: int = field(default=64, metadata={"help": "Images per process per micro-batch."})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
-    num_epochs: Optional[int] = field(default=None, metadata={"help": "Budget in epochs (set this or --max_train_steps)."})
-    max_train_steps: Optional[int] = field(default=800, metadata={"help": "Budget in optimizer steps (set this or --num_epochs)."})
+    num_epochs: Optional[int] = field(
+        default=None, metadata={"help": "Budget in epochs (set this or --max_train_steps)."}
+    )
+    max_train_steps: Optional[int] = field(
+        default=800, metadata={"help": "Budget in optimizer steps (set this or --num_epochs)."}
+    )
     optimizer: str = field(default="adamw", metadata={"help": "adam or adamw."})
     learning_rate: float = field(default=2e-3, metadata={"help": "Peak learning rate."})
     lr_scheduler: str = field(default="cosine_with_min_lr", metadata={"help": f"One of {LR_SCHEDULERS}."})
@@ -115,17 +149,31 @@ class TrainingConfig:
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm; 0 turns clipping off."})
     max_bad_steps: int = field(
         default=10,
-        metadata={"help": "Steps with a non-finite loss or gradient are skipped; stop after this many in a row (0: never stop)."},
+        metadata={
+            "help": "Steps with a non-finite loss or gradient are skipped; stop after this many in a row (0: never "
+            "stop)."
+        },
     )
     mixed_precision: str = field(default="bf16", metadata={"help": "no, fp16 or bf16."})
     allow_tf32: bool = field(
-        default=True, metadata={"help": "On NVIDIA GPUs, TF32 for fp32 matmuls and convolutions (and cuDNN autotuning); no effect on CPUs."}
+        default=True,
+        metadata={
+            "help": "On NVIDIA GPUs, TF32 for fp32 matmuls and convolutions (and cuDNN autotuning); no effect on CPUs."
+        },
     )
     torch_compile: bool = field(
-        default=False, metadata={"help": "Compile the UNet with torch.compile (inductor): pays on GPUs for long runs; minutes of compile time."}
+        default=False,
+        metadata={
+            "help": "Compile the UNet with torch.compile (inductor): pays on GPUs for long runs; minutes of compile "
+            "time."
+        },
     )
     cpu_threads: Optional[int] = field(
-        default=None, metadata={"help": "Threads per process when training on CPU; default: the available cores shared by the local processes."}
+        default=None,
+        metadata={
+            "help": "Threads per process when training on CPU; default: the available cores shared by the local "
+            "processes."
+        },
     )
 
     # ----- EMA (diffusers.training_utils.EMAModel, with warmup) -----
@@ -133,46 +181,76 @@ class TrainingConfig:
     ema_max_decay: float = field(default=0.999, metadata={"help": "Decay of the EMA that is exported and sampled."})
     ema_extra_decays: list[float] = field(
         default_factory=list,
-        metadata={"help": "More EMA decays tracked in the same update, checkpointed, scored by FID during training and exported "
-                          "to <output_dir>/ema-<decay>/: the best EMA length is only known after training."},
-    )  # fmt: skip
+        metadata={
+            "help": "More EMA decays tracked in the same update, checkpointed, scored by FID during training and "
+            "exported "
+            "to <output_dir>/ema-<decay>/: the best EMA length is only known after training."
+        },
+    )
     ema_inv_gamma: float = 1.0
-    ema_power: float = field(default=0.75, metadata={"help": "EMA warmup: decay = 1 - (1 + step / inv_gamma) ** -power."})
+    ema_power: float = field(
+        default=0.75, metadata={"help": "EMA warmup: decay = 1 - (1 + step / inv_gamma) ** -power."}
+    )
 
     # ----- samples, logs, checkpoints -----
-    output_dir: str = field(default="ddpm-quickstart", metadata={"help": "Where the pipeline, checkpoints, samples and logs go."})
+    output_dir: str = field(
+        default="ddpm-quickstart", metadata={"help": "Where the pipeline, checkpoints, samples and logs go."}
+    )
     seed: int = 0
     logger: str = field(default="tensorboard", metadata={"help": "tensorboard or none."})
     logging_steps: int = field(default=10, metadata={"help": "Log loss, lr and images/s every N optimizer steps."})
-    save_images_steps: int = field(default=400, metadata={"help": "Sample grid every N steps (and at the end); 0: at the end only."})
+    save_images_steps: int = field(
+        default=400, metadata={"help": "Sample grid every N steps (and at the end); 0: at the end only."}
+    )
     num_grid_images: int = field(default=64, metadata={"help": "Images in each sample grid."})
     grid_sampler: str = field(default="ddpm", metadata={"help": f"Sampler for the grids, one of {SAMPLERS}."})
     grid_inference_steps: int = field(default=100, metadata={"help": "Sampler steps for the grids."})
     fid_steps: int = field(
         default=0,
-        metadata={"help": "Every N steps (and at the end): FID of EMA samples against --fid_reference, logged; the best "
-                          "weights are exported to <output_dir>/best-fid. 0: off."},
-    )  # fmt: skip
-    fid_reference: Optional[str] = field(default=None, metadata={"help": "Statistics (.npz) from `python -m pipeline.evaluate reference`."})
+        metadata={
+            "help": "Every N steps (and at the end): FID of EMA samples against --fid_reference, logged; the best "
+            "weights are exported to <output_dir>/best-fid. 0: off."
+        },
+    )
+    fid_reference: Optional[str] = field(
+        default=None, metadata={"help": "Statistics (.npz) from `python -m pipeline.evaluate reference`."}
+    )
     fid_num_images: int = field(default=1000, metadata={"help": "Samples per FID during training."})
-    fid_sampler: str = field(default="dpmsolver++", metadata={"help": f"Sampler for the FID samples, one of {SAMPLERS}."})
+    fid_sampler: str = field(
+        default="dpmsolver++", metadata={"help": f"Sampler for the FID samples, one of {SAMPLERS}."}
+    )
     fid_inference_steps: int = field(default=20, metadata={"help": "Sampler steps for the FID samples."})
     fid_mode: str = field(default="clean", metadata={"help": f"clean-fid mode, one of {FID_MODES}."})
-    inception_weights: Optional[str] = field(default=None, metadata={"help": "Inception weights file, when clean-fid cannot download it."})
+    inception_weights: Optional[str] = field(
+        default=None, metadata={"help": "Inception weights file, when clean-fid cannot download it."}
+    )
     checkpointing_steps: int = field(default=400, metadata={"help": "Checkpoint every N optimizer steps; 0: none."})
     checkpoints_total_limit: Optional[int] = field(default=2, metadata={"help": "Keep at most this many checkpoints."})
     resume_from_checkpoint: Optional[str] = field(default=None, metadata={"help": "'latest' or a checkpoint folder."})
-    dry_run: bool = field(default=False, metadata={"help": "Print the resolved config, model size and step count; exit."})
+    dry_run: bool = field(
+        default=False, metadata={"help": "Print the resolved config, model size and step count; exit."}
+    )
 
     # ----- model card and Hub (pipeline/hub.py) -----
-    push_to_hub: bool = field(default=False, metadata={"help": "Upload the exported pipeline, card and samples at the end of training."})
+    push_to_hub: bool = field(
+        default=False, metadata={"help": "Upload the exported pipeline, card and samples at the end of training."}
+    )
     hub_model_id: Optional[str] = field(
-        default=None, metadata={"help": "Hub repository, 'user/name' or 'name' (under the token's user); default: the output folder's name."}
+        default=None,
+        metadata={
+            "help": "Hub repository, 'user/name' or 'name' (under the token's user); default: the output folder's "
+            "name."
+        },
     )
     hub_private_repo: bool = field(default=False, metadata={"help": "Create the Hub repository private."})
-    hub_license: str = field(default="mit", metadata={"help": "Licence of the weights, as the model card states it (a Hub licence id)."})
+    hub_license: str = field(
+        default="mit", metadata={"help": "Licence of the weights, as the model card states it (a Hub licence id)."}
+    )
     hub_dataset_id: Optional[str] = field(
-        default=None, metadata={"help": "Hub dataset id the card names as training data; default: --dataset_name when it is a Hub id."}
+        default=None,
+        metadata={
+            "help": "Hub dataset id the card names as training data; default: --dataset_name when it is a Hub id."
+        },
     )
 
     def __post_init__(self):
@@ -222,19 +300,30 @@ def validate(config: TrainingConfig) -> None:
         _fail("train_data_dir", "set only one of --train_data_dir and --dataset_name")
     _check_choice(config, "image_channels", (1, 3))
     _check_positive(config, "resolution", "train_batch_size", "gradient_accumulation_steps", "ddpm_num_steps")
-    _check_positive(config, "learning_rate", "adam_epsilon", "num_grid_images", "grid_inference_steps", "logging_steps")
-    _check_positive(config, "max_train_samples", "num_epochs", "max_train_steps", "checkpoints_total_limit", "cpu_threads")
-    _check_positive(config, "lr_warmup_steps", "min_learning_rate", "adam_weight_decay", "max_grad_norm", allow_zero=True)
+    _check_positive(
+        config, "learning_rate", "adam_epsilon", "num_grid_images", "grid_inference_steps", "logging_steps"
+    )
+    _check_positive(
+        config, "max_train_samples", "num_epochs", "max_train_steps", "checkpoints_total_limit", "cpu_threads"
+    )
+    _check_positive(
+        config, "lr_warmup_steps", "min_learning_rate", "adam_weight_decay", "max_grad_norm", allow_zero=True
+    )
     _check_positive(config, "intermediate_resolution", "preprocessing_num_workers")
     _check_positive(config, "min_image_size", allow_zero=True)
     _check_positive(config, "shuffle_buffer_size", "max_image_bytes")
     if config.streaming:
         if config.dataset_name is None:
-            _fail("streaming", "streams --dataset_name sources; a folder or zip on disk is decoded once into a much smaller cache")
+            _fail(
+                "streaming",
+                "streams --dataset_name sources; a folder or zip on disk is decoded once into a much smaller cache",
+            )
         if config.num_epochs is not None:
             _fail("num_epochs", "a streamed source has no known length; give the budget as --max_train_steps")
         if config.max_train_samples is not None:
-            _fail("max_train_samples", "drawing a random subset needs the whole source; not available with --streaming")
+            _fail(
+                "max_train_samples", "drawing a random subset needs the whole source; not available with --streaming"
+            )
     if config.intermediate_resolution is not None and config.intermediate_resolution < config.resolution:
         _fail("intermediate_resolution", f"{config.intermediate_resolution} is below resolution {config.resolution}")
     _check_positive(config, "save_images_steps", "checkpointing_steps", "dropout", "freq_shift", allow_zero=True)
@@ -255,7 +344,10 @@ def validate(config: TrainingConfig) -> None:
     _check_positive(config, "layers_per_block", "norm_num_groups", "attention_head_dim")
     for channels in config.block_out_channels:
         if channels <= 0 or channels % config.norm_num_groups:
-            _fail("block_out_channels", f"{channels} is not a positive multiple of norm_num_groups={config.norm_num_groups}")
+            _fail(
+                "block_out_channels",
+                f"{channels} is not a positive multiple of norm_num_groups={config.norm_num_groups}",
+            )
     uses_attention = config.add_attention or any("Attn" in t for t in config.down_block_types + config.up_block_types)
     if uses_attention and any(channels % config.attention_head_dim for channels in config.block_out_channels):
         _fail("attention_head_dim", f"{config.attention_head_dim} does not divide every block_out_channels entry")
@@ -279,7 +371,10 @@ def validate(config: TrainingConfig) -> None:
     if not 0 < config.ddpm_beta_end < 1:
         _fail("ddpm_beta_end", f"must lie in (0, 1), got {config.ddpm_beta_end}")
     if config.ddpm_beta_end <= config.ddpm_beta_start:
-        _fail("ddpm_beta_end", f"must be greater than ddpm_beta_start ({config.ddpm_beta_end} <= {config.ddpm_beta_start})")
+        _fail(
+            "ddpm_beta_end",
+            f"must be greater than ddpm_beta_start ({config.ddpm_beta_end} <= {config.ddpm_beta_start})",
+        )
 
     # optimisation
     _check_choice(config, "optimizer", ("adam", "adamw"))
@@ -291,14 +386,20 @@ def validate(config: TrainingConfig) -> None:
     if (config.num_epochs is None) == (config.max_train_steps is None):
         _fail("max_train_steps", "give the budget as exactly one of --num_epochs and --max_train_steps")
     if config.lr_scheduler == "cosine_with_min_lr" and config.min_learning_rate >= config.learning_rate:
-        _fail("min_learning_rate", f"must be below learning_rate ({config.min_learning_rate} >= {config.learning_rate})")
+        _fail(
+            "min_learning_rate", f"must be below learning_rate ({config.min_learning_rate} >= {config.learning_rate})"
+        )
     if not 0 < config.ema_max_decay < 1:
         _fail("ema_max_decay", f"must lie in (0, 1), got {config.ema_max_decay}")
     for decay in config.ema_extra_decays:
         if not 0 < decay < 1:
             _fail("ema_extra_decays", f"each decay must lie in (0, 1), got {decay}")
     if len(set(config.ema_extra_decays + [config.ema_max_decay])) != len(config.ema_extra_decays) + 1:
-        _fail("ema_extra_decays", f"must differ from each other and from ema_max_decay ({config.ema_max_decay}), got {config.ema_extra_decays}")
+        _fail(
+            "ema_extra_decays",
+            f"must differ from each other and from ema_max_decay ({config.ema_max_decay}), got "
+            f"{config.ema_extra_decays}",
+        )
     _check_positive(config, "ema_inv_gamma", "ema_power")
     _check_positive(config, "max_bad_steps", allow_zero=True)
 
@@ -311,17 +412,27 @@ def validate(config: TrainingConfig) -> None:
     _check_positive(config, "fid_inference_steps")
     for name in ("grid_inference_steps", "fid_inference_steps"):
         if getattr(config, name) > config.ddpm_num_steps:
-            _fail(name, f"{getattr(config, name)} sampler steps, but the model has only ddpm_num_steps={config.ddpm_num_steps}")
+            _fail(
+                name,
+                f"{getattr(config, name)} sampler steps, but the model has only "
+                f"ddpm_num_steps={config.ddpm_num_steps}",
+            )
     if config.fid_num_images < 2:
         _fail("fid_num_images", f"must be at least 2 (a covariance needs two samples), got {config.fid_num_images}")
     _check_choice(config, "fid_sampler", SAMPLERS)
     _check_choice(config, "fid_mode", FID_MODES)
     if config.fid_steps and config.fid_reference is None:
-        _fail("fid_reference", "--fid_steps needs reference statistics: make them with `python -m pipeline.evaluate reference`")
+        _fail(
+            "fid_reference",
+            "--fid_steps needs reference statistics: make them with `python -m pipeline.evaluate reference`",
+        )
     if not config.output_dir:
         _fail("output_dir", "must not be empty")
     if config.hub_model_id is not None and not HUB_ID.fullmatch(config.hub_model_id):
-        _fail("hub_model_id", f"must be 'name' or 'user/name' (letters, digits, '-', '_', '.'), got {config.hub_model_id!r}")
+        _fail(
+            "hub_model_id",
+            f"must be 'name' or 'user/name' (letters, digits, '-', '_', '.'), got {config.hub_model_id!r}",
+        )
     if config.hub_dataset_id is not None and not HUB_ID.fullmatch(config.hub_dataset_id):
         _fail("hub_dataset_id", f"must be 'name' or 'user/name', got {config.hub_dataset_id!r}")
     if not config.hub_license:
@@ -403,7 +514,9 @@ def build_parser(defaults: Optional[dict] = None):
     """The command-line parser: one flag per TrainingConfig field, plus --config."""
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser(TrainingConfig, description="Train a DDPM (diffusers UNet2DModel + DDPMScheduler) with Accelerate.")
+    parser = HfArgumentParser(
+        TrainingConfig, description="Train a DDPM (diffusers UNet2DModel + DDPMScheduler) with Accelerate."
+    )
     parser.add_argument("--config", default=None, help="YAML preset (configs/*.yaml) or a run's training_config.json.")
     # Optional fields take `none` on the command line, as `null` in YAML (`--mid_block_type none`).
     hints = typing.get_type_hints(TrainingConfig)

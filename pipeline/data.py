@@ -32,6 +32,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .config import ConfigError, TrainingConfig, parse_config
 
+
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 # Bump when decoding changes what it produces for the same settings: older caches are not reused.
 CACHE_VERSION = 2
@@ -64,8 +65,18 @@ class DataSource:
 
     @classmethod
     def from_config(cls, config: TrainingConfig) -> "DataSource":
-        return cls(config.train_data_dir, config.dataset_name, config.dataset_config_name, config.split, config.image_column,
-                   config.cache_dir, config.max_train_samples, config.seed, config.strict_data, config.preprocessing_num_workers)  # fmt: skip
+        return cls(
+            config.train_data_dir,
+            config.dataset_name,
+            config.dataset_config_name,
+            config.split,
+            config.image_column,
+            config.cache_dir,
+            config.max_train_samples,
+            config.seed,
+            config.strict_data,
+            config.preprocessing_num_workers,
+        )
 
     @property
     def name(self) -> str:
@@ -86,8 +97,14 @@ class Preprocessing:
     @classmethod
     def from_config(cls, config: TrainingConfig) -> "Preprocessing":
         min_size = config.resolution // 2 if config.min_image_size is None else config.min_image_size
-        return cls(config.resolution, config.image_channels, config.intermediate_resolution, config.center_crop, min_size,
-                   config.max_image_bytes)  # fmt: skip
+        return cls(
+            config.resolution,
+            config.image_channels,
+            config.intermediate_resolution,
+            config.center_crop,
+            min_size,
+            config.max_image_bytes,
+        )
 
 
 @dataclass
@@ -120,12 +137,17 @@ def readable_name(name: str) -> str:
 
 
 def _folder_source(folder: Path, max_image_bytes: int) -> Source:
-    """List the image files under `folder`. Whatever cannot be listed or used (a dangling or looping link, a name that is
-    not UTF-8, an unreadable subfolder, a file over the size limit) is set aside with its reason, never a traceback."""
+    """List the image files under `folder`. Whatever cannot be listed or used (a dangling or looping link, a name
+    that is not UTF-8, an unreadable subfolder, a file over the size limit) is set aside with its reason."""
     images, ignored, entries = [], [], []
 
     def unreadable(error: OSError):
-        ignored.append((readable_name(str(Path(error.filename).relative_to(folder))) + "/", f"unreadable folder ({error.strerror})"))
+        ignored.append(
+            (
+                readable_name(str(Path(error.filename).relative_to(folder))) + "/",
+                f"unreadable folder ({error.strerror})",
+            )
+        )
 
     for root, directories, files in os.walk(folder, onerror=unreadable):
         directories.sort()
@@ -146,19 +168,28 @@ def _folder_source(folder: Path, max_image_bytes: int) -> Source:
                 ignored.append((relative, f"unreadable ({error.strerror})"))
                 continue
             if stat.st_size > max_image_bytes:
-                ignored.append((relative, f"too large ({stat.st_size:,} bytes; --max_image_bytes {max_image_bytes:,})"))
+                ignored.append(
+                    (relative, f"too large ({stat.st_size:,} bytes; --max_image_bytes {max_image_bytes:,})")
+                )
                 continue
             images.append(str(path))
             entries.append((relative, stat.st_size, stat.st_mtime_ns))
     if not images:
         others = f" ({len(ignored)} other files)" if ignored else ""
-        raise DataError(f"train_data_dir: {folder} holds no image files{others}; expected {', '.join(sorted(IMAGE_EXTENSIONS))}")
-    identity = {"kind": "folder", "path": str(folder.resolve()), "files": _files_identity(entries), "count": len(images)}
+        raise DataError(
+            f"train_data_dir: {folder} holds no image files{others}; expected {', '.join(sorted(IMAGE_EXTENSIONS))}"
+        )
+    identity = {
+        "kind": "folder",
+        "path": str(folder.resolve()),
+        "files": _files_identity(entries),
+        "count": len(images),
+    }
     return Source(datasets.Dataset.from_dict({"file": images}), identity, f"folder {folder}", ignored=tuple(ignored))
 
 
 def _zip_source(archive: Path, max_image_bytes: int) -> Source:
-    """List the image members of a zip archive; encrypted members and members over the size limit are set aside unread."""
+    """List the image members of a zip archive; encrypted members and members over the size limit are set aside."""
     try:
         with zipfile.ZipFile(archive) as opened:
             members = sorted((info for info in opened.infolist() if not info.is_dir()), key=lambda info: info.filename)
@@ -171,14 +202,24 @@ def _zip_source(archive: Path, max_image_bytes: int) -> Source:
         elif info.flag_bits & 0x1:
             ignored.append((info.filename, "encrypted archive member"))
         elif info.file_size > max_image_bytes:
-            ignored.append((info.filename, f"too large ({info.file_size:,} bytes; --max_image_bytes {max_image_bytes:,})"))
+            ignored.append(
+                (info.filename, f"too large ({info.file_size:,} bytes; --max_image_bytes {max_image_bytes:,})")
+            )
         else:
             images.append(info.filename)
     if not images:
-        raise DataError(f"train_data_dir: the archive {archive} holds no usable image files ({len(members)} other files)")
+        raise DataError(
+            f"train_data_dir: the archive {archive} holds no usable image files ({len(members)} other files)"
+        )
     stat = archive.stat()
     identity = {"kind": "zip", "path": str(archive.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-    return Source(datasets.Dataset.from_dict({"file": images}), identity, f"archive {archive}", archive=str(archive), ignored=tuple(ignored))
+    return Source(
+        datasets.Dataset.from_dict({"file": images}),
+        identity,
+        f"archive {archive}",
+        archive=str(archive),
+        ignored=tuple(ignored),
+    )
 
 
 def load_dataset_source(source: DataSource, streaming: bool = False):
@@ -195,7 +236,9 @@ def load_dataset_source(source: DataSource, streaming: bool = False):
                 loaded = loaded[source.split]
             return loaded.to_iterable_dataset() if streaming else loaded
         if name.endswith(".parquet"):
-            return datasets.load_dataset("parquet", data_files=name, split="train", cache_dir=source.cache_dir, streaming=streaming)
+            return datasets.load_dataset(
+                "parquet", data_files=name, split="train", cache_dir=source.cache_dir, streaming=streaming
+            )
         return datasets.load_dataset(
             name, source.dataset_config_name, split=source.split, cache_dir=source.cache_dir, streaming=streaming
         )
@@ -220,7 +263,9 @@ def find_image_column(features: datasets.Features, image_column: Optional[str]) 
     for name, feature in features.items():
         if isinstance(feature, datasets.Image):
             return name
-    raise DataError(f"image_column: the dataset has no Image feature (columns: {', '.join(features)}); pass --image_column")
+    raise DataError(
+        f"image_column: the dataset has no Image feature (columns: {', '.join(features)}); pass --image_column"
+    )
 
 
 def open_source(source: DataSource, max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> Source:
@@ -269,7 +314,11 @@ def to_mode(image: Image.Image, channels: int) -> Image.Image:
 def _fit(image: Image.Image, size: int, center_crop: bool) -> Image.Image:
     """Make the image size x size: scale the short side and crop the centre, or squash the whole image."""
     if not center_crop:
-        return image.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=None) if image.size != (size, size) else image
+        return (
+            image.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=None)
+            if image.size != (size, size)
+            else image
+        )
     width, height = image.size
     scale = size / min(width, height)
     if scale != 1:
@@ -285,7 +334,9 @@ def to_uint8_array(image: Image.Image, preprocessing: Preprocessing) -> np.ndarr
     for size in (preprocessing.intermediate_resolution, preprocessing.resolution):
         if size is not None:
             image = _fit(image, size, preprocessing.center_crop)
-    return np.asarray(image, dtype=np.uint8).reshape(preprocessing.resolution, preprocessing.resolution, preprocessing.channels)
+    return np.asarray(image, dtype=np.uint8).reshape(
+        preprocessing.resolution, preprocessing.resolution, preprocessing.channels
+    )
 
 
 _open_archives: dict[tuple[str, int], zipfile.ZipFile] = {}
@@ -328,7 +379,9 @@ def decode_image(data: bytes, preprocessing: Preprocessing) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as image:
             if min(image.size) < preprocessing.min_image_size:
-                raise SkippedImage(f"too small ({image.width}x{image.height}; the minimum side is {preprocessing.min_image_size})")
+                raise SkippedImage(
+                    f"too small ({image.width}x{image.height}; the minimum side is {preprocessing.min_image_size})"
+                )
             if image.format == "JPEG":
                 # Let libjpeg scale by 1/2, 1/4 or 1/8 while decoding, keeping at least twice the first
                 # target size: a 1024 -> 64 decode is about 5x faster and the final resize still antialiases.
@@ -369,7 +422,10 @@ def _decode_batch(batch: dict, indices: list, archive, image_column, preprocessi
 def cache_folder(source: DataSource, listed: Source, preprocessing: Preprocessing) -> Path:
     """Where the decoded images of this source and these settings live."""
     subset = {"max_train_samples": source.max_images, "seed": source.seed if source.max_images else None}
-    key = json.dumps({"version": CACHE_VERSION, "source": listed.identity, "settings": asdict(preprocessing), **subset}, sort_keys=True)
+    key = json.dumps(
+        {"version": CACHE_VERSION, "source": listed.identity, "settings": asdict(preprocessing), **subset},
+        sort_keys=True,
+    )
     root = Path(source.cache_dir) if source.cache_dir else Path(datasets.config.HF_DATASETS_CACHE)
     return root / "ddpm_images" / hashlib.sha256(key.encode()).hexdigest()[:20]
 
@@ -386,7 +442,9 @@ def prepare_images(source: DataSource, preprocessing: Preprocessing) -> Prepared
         prepared = _decode_source(source, listed, preprocessing, folder)
     prepared.summary.update(cache=str(folder), seconds=round(time.perf_counter() - started, 2))
     if source.strict and prepared.summary["files_skipped"]:
-        raise DataError(f"strict_data: {listed.description} has files that cannot be used; {describe_skipped(prepared.summary)}")
+        raise DataError(
+            f"strict_data: {listed.description} has files that cannot be used; {describe_skipped(prepared.summary)}"
+        )
     return prepared
 
 
@@ -444,7 +502,9 @@ def _decode_source(source: DataSource, listed: Source, preprocessing: Preprocess
             "channels": channels,
         }
         if len(pixels) == 0:
-            raise DataError(f"{listed.description}: none of its {len(table)} images could be used; {describe_skipped(summary)}")
+            raise DataError(
+                f"{listed.description}: none of its {len(table)} images could be used; {describe_skipped(summary)}"
+            )
         np.save(staging / "pixels.npy", pixels)
         (staging / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         for shard in staging.glob("*.arrow"):
@@ -463,14 +523,17 @@ def describe_skipped(summary: dict, limit: int = 5) -> str:
     reasons = ", ".join(f"{reason} ({count})" for reason, count in summary["skipped_by_reason"].items())
     examples = "".join(f"\n  {example}" for example in summary["skipped_examples"][:limit])
     more = summary["files_skipped"] - min(limit, len(summary["skipped_examples"]))
-    return f"skipped {summary['files_skipped']} file(s): {reasons}{examples}" + (f"\n  ... and {more} more" if more > 0 else "")
+    return f"skipped {summary['files_skipped']} file(s): {reasons}{examples}" + (
+        f"\n  ... and {more} more" if more > 0 else ""
+    )
 
 
 def describe_prepared(summary: dict) -> str:
     """One paragraph for the log: what was kept, what was skipped and why, how long it took."""
     where = "read from the cache" if summary["from_cache"] else "decoded"
     text = (
-        f"Data: {summary['images_kept']:,} images of {summary['resolution']}x{summary['resolution']}x{summary['channels']} "
+        f"Data: {summary['images_kept']:,} images of "
+        f"{summary['resolution']}x{summary['resolution']}x{summary['channels']} "
         f"from {summary['source']}, {where} in {summary['seconds']:.1f} s"
     )
     return text + (f"; {describe_skipped(summary)}" if summary["files_skipped"] else "")
@@ -483,7 +546,10 @@ def describe_prepared(summary: dict) -> str:
 def main(argv: Optional[list[str]] = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] != "prepare":
-        print("usage: python -m pipeline.data prepare [--config PRESET] [training flags, e.g. --train_data_dir DIR]", file=sys.stderr)
+        print(
+            "usage: python -m pipeline.data prepare [--config PRESET] [training flags, e.g. --train_data_dir DIR]",
+            file=sys.stderr,
+        )
         sys.exit(2)
     try:
         prepared = prepare_training_images(parse_config(argv[1:]))

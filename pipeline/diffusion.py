@@ -34,7 +34,9 @@ def diffusion_loss(model_output: torch.Tensor, target: torch.Tensor, loss_type: 
     raise ValueError(f"unknown loss_type {loss_type!r}")
 
 
-def random_flip(images: torch.Tensor, generator: Optional[torch.Generator] = None, flip: Optional[torch.Tensor] = None) -> torch.Tensor:
+def random_flip(
+    images: torch.Tensor, generator: Optional[torch.Generator] = None, flip: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """Flip each image of a (B, C, H, W) batch left-right with probability 1/2 (or where `flip` is True)."""
     if flip is None:
         flip = torch.rand(images.shape[0], device=images.device, generator=generator) < 0.5
@@ -46,7 +48,9 @@ def to_model_range(images: torch.Tensor) -> torch.Tensor:
     return images.float() / 127.5 - 1.0
 
 
-def step_draws(config: TrainingConfig, micro_batch_index: int, process_index: int, num_processes: int, device) -> tuple:
+def step_draws(
+    config: TrainingConfig, micro_batch_index: int, process_index: int, num_processes: int, device
+) -> tuple:
     """Flips, timesteps and noise of this process's share of global micro-batch `micro_batch_index`.
 
     They come from a generator seeded by the micro-batch index alone and are drawn for the whole
@@ -64,8 +68,15 @@ def step_draws(config: TrainingConfig, micro_batch_index: int, process_index: in
     return flip, timesteps, noise
 
 
-def step_loss(unet, noise_scheduler: DDPMScheduler, config: TrainingConfig, batch: torch.Tensor, micro_batch_index: int,
-              process_index: int = 0, num_processes: int = 1) -> torch.Tensor:  # fmt: skip
+def step_loss(
+    unet,
+    noise_scheduler: DDPMScheduler,
+    config: TrainingConfig,
+    batch: torch.Tensor,
+    micro_batch_index: int,
+    process_index: int = 0,
+    num_processes: int = 1,
+) -> torch.Tensor:
     """The loss of one micro-batch: (B, C, H, W) uint8 images -> flipped, scaled, noised, predicted, compared."""
     flip, timesteps, noise = step_draws(config, micro_batch_index, process_index, num_processes, batch.device)
     if config.random_flip:
@@ -73,4 +84,6 @@ def step_loss(unet, noise_scheduler: DDPMScheduler, config: TrainingConfig, batc
     clean_images = to_model_range(batch)
     noisy_images = noise_scheduler.add_noise(clean_images, noise, timesteps)
     model_output = unet(noisy_images, timesteps).sample
-    return diffusion_loss(model_output, training_target(noise_scheduler, clean_images, noise, timesteps), config.loss_type)
+    return diffusion_loss(
+        model_output, training_target(noise_scheduler, clean_images, noise, timesteps), config.loss_type
+    )

@@ -28,7 +28,9 @@ def ema_decay(step: int, max_decay: float, inv_gamma: float, power: float) -> fl
 class EMA:
     """Averages of `model`'s parameters for each of `max_decays`; index 0 is the run's main EMA (exported, sampled)."""
 
-    def __init__(self, model: torch.nn.Module, max_decays: Sequence[float], inv_gamma: float = 1.0, power: float = 0.75):
+    def __init__(
+        self, model: torch.nn.Module, max_decays: Sequence[float], inv_gamma: float = 1.0, power: float = 0.75
+    ):
         named = list(model.named_parameters())
         self.names = [name for name, _ in named]
         self.max_decays = [float(decay) for decay in max_decays]
@@ -80,10 +82,15 @@ class EMA:
 
     def state(self) -> dict:
         """What a checkpoint stores besides the tensors (JSON)."""
-        return {"max_decays": self.max_decays, "inv_gamma": self.inv_gamma, "power": self.power, "optimization_step": self.optimization_step}
+        return {
+            "max_decays": self.max_decays,
+            "inv_gamma": self.inv_gamma,
+            "power": self.power,
+            "optimization_step": self.optimization_step,
+        }
 
     def load_state(self, state: dict, averages: Sequence[dict[str, torch.Tensor]]) -> None:
-        """Restore from `state()` and one {parameter name: tensor} mapping per average. Raises ValueError when they do not fit."""
+        """Restore `state()` and one {parameter name: tensor} mapping per average; ValueError if they do not fit."""
         if [float(decay) for decay in state.get("max_decays", [])] != self.max_decays:
             raise ValueError(f"holds averages for decays {state.get('max_decays')}, this run tracks {self.max_decays}")
         step = state.get("optimization_step")
@@ -97,6 +104,8 @@ class EMA:
                 raise ValueError(f"has no tensor {missing[0]!r} ({len(missing)} missing)")
             for name, average in zip(self.names, own):
                 if stored[name].shape != average.shape:
-                    raise ValueError(f"tensor {name!r} has shape {tuple(stored[name].shape)}, the model's {tuple(average.shape)}")
+                    raise ValueError(
+                        f"tensor {name!r} has shape {tuple(stored[name].shape)}, the model's {tuple(average.shape)}"
+                    )
                 average.copy_(stored[name])
         self.optimization_step = step

@@ -48,6 +48,7 @@ from .sample import (
     to_uint8,
 )
 
+
 # The weights clean-fid loads in each mode: file name, where clean-fid looks for it, where it downloads it from.
 INCEPTION_FILES = {
     "clean": "inception-2015-12-05.pt",
@@ -87,7 +88,10 @@ def find_weights(mode: str, weights: Optional[str] = None, url: Optional[str] = 
     if weights is not None:
         path = Path(weights)
         if not path.is_file():
-            raise EvalError(f"inception_weights: no file at {path} (mode {mode} needs {INCEPTION_FILES[mode]} from {INCEPTION_URLS[mode]})")
+            raise EvalError(
+                f"inception_weights: no file at {path} (mode {mode} needs {INCEPTION_FILES[mode]} from "
+                f"{INCEPTION_URLS[mode]})"
+            )
         return path
     path = default_weights_path(mode)
     if path.is_file():
@@ -121,10 +125,14 @@ def load_legacy_weights(path: Path) -> dict:
     except Exception as error:  # UnpicklingError for code or unknown classes, RuntimeError/EOFError for a damaged file
         raise EvalError(
             f"inception_weights: {path} is not a usable {INCEPTION_FILES['legacy_pytorch']} ({type(error).__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else ''}); delete it and download {INCEPTION_URLS['legacy_pytorch']} again"
+            f"{str(error).splitlines()[0] if str(error) else ''}); delete it and download "
+            f"{INCEPTION_URLS['legacy_pytorch']} again"
         ) from None
     if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
-        raise EvalError(f"inception_weights: {path} holds no state dict of tensors; download {INCEPTION_URLS['legacy_pytorch']} again")
+        raise EvalError(
+            f"inception_weights: {path} holds no state dict of tensors; download {INCEPTION_URLS['legacy_pytorch']} "
+            "again"
+        )
     digest = file_sha256(path)
     if digest != LEGACY_INCEPTION_SHA256:
         warnings.warn(
@@ -176,13 +184,17 @@ def build_inception(mode: str, weights: Path, device: str = "cpu") -> FeatureFn:
             f"{str(error).splitlines()[0] if str(error) else ''}); delete it and download {INCEPTION_URLS[mode]} again"
         ) from None
     if tuple(probe.shape) != (1, FEATURE_DIM):
-        raise EvalError(f"inception_weights: {weights} gives features of shape {tuple(probe.shape[1:])}, not ({FEATURE_DIM},)")
+        raise EvalError(
+            f"inception_weights: {weights} gives features of shape {tuple(probe.shape[1:])}, not ({FEATURE_DIM},)"
+        )
     return extract
 
 
 def inception_extractor(mode: str, weights: Optional[str] = None, device: str = "cpu") -> tuple[FeatureFn, str]:
     """clean-fid's Inception for `mode` and the name results record it under."""
-    return build_inception(mode, find_weights(mode, weights), device), f"clean-fid Inception-V3 ({INCEPTION_FILES[mode]})"
+    return build_inception(
+        mode, find_weights(mode, weights), device
+    ), f"clean-fid Inception-V3 ({INCEPTION_FILES[mode]})"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,13 +219,20 @@ def inception_input(images: np.ndarray, mode: str) -> torch.Tensor:
     resize = build_resizer(mode)
     resized = []
     for image in images:
-        rgb = np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image  # clean-fid reads files with .convert("RGB")
+        rgb = (
+            np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image
+        )  # clean-fid reads files with .convert("RGB")
         resized.append(np.asarray(resize(rgb), dtype=np.float32).transpose(2, 0, 1))
     return torch.from_numpy(np.stack(resized))
 
 
 def extract_features(
-    images: np.ndarray, feature_fn: FeatureFn, mode: str, batch_size: int = 64, device: str = "cpu", description: str = "features"
+    images: np.ndarray,
+    feature_fn: FeatureFn,
+    mode: str,
+    batch_size: int = 64,
+    device: str = "cpu",
+    description: str = "features",
 ) -> np.ndarray:
     """Features (N, D) in float64 of uint8 (N, H, W, C) images."""
     check_images(images, description)
@@ -235,7 +254,8 @@ def statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _psd_factor(matrix: np.ndarray) -> np.ndarray:
     """F (n x rank) with F F^T = matrix, for a symmetric positive semi-definite matrix: LAPACK's pivoted Cholesky
-    (dpstrf), which stops at the matrix's numerical rank, so rank-deficient covariances (fewer samples than dimensions) work."""
+    (dpstrf), which stops at the matrix's numerical rank: rank-deficient covariances (fewer samples than dimensions)
+    work."""
     factor, pivots, rank, info = scipy.linalg.lapack.dpstrf(matrix, lower=1)
     if info < 0:
         raise EvalError(f"covariance: LAPACK dpstrf rejected argument {-info}")
@@ -257,7 +277,10 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (mu1.size, mu1.size):
-        raise EvalError(f"statistics of different sizes: mean {mu1.shape} vs {mu2.shape}, covariance {sigma1.shape} vs {sigma2.shape}")
+        raise EvalError(
+            f"statistics of different sizes: mean {mu1.shape} vs {mu2.shape}, covariance {sigma1.shape} vs "
+            f"{sigma2.shape}"
+        )
     for name, value in (("mean", mu1), ("covariance", sigma1), ("mean", mu2), ("covariance", sigma2)):
         if not np.isfinite(value).all():
             raise EvalError(f"statistics: the {name} holds NaN or infinite values")
@@ -299,8 +322,15 @@ def reference_preprocessing(model_dir: Optional[Path], resolution: int, channels
 def reference_source(args: argparse.Namespace) -> DataSource:
     """The --reference_* flags as a data source."""
     if (args.reference_data_dir is None) == (args.reference_dataset is None):
-        raise EvalError("reference: give exactly one of --reference_data_dir and --reference_dataset (or --reference stats.npz)")
-    return DataSource(args.reference_data_dir, args.reference_dataset, split=args.reference_split, max_images=args.reference_max_images)
+        raise EvalError(
+            "reference: give exactly one of --reference_data_dir and --reference_dataset (or --reference stats.npz)"
+        )
+    return DataSource(
+        args.reference_data_dir,
+        args.reference_dataset,
+        split=args.reference_split,
+        max_images=args.reference_max_images,
+    )
 
 
 def reference_images(source: DataSource, preprocessing: Preprocessing) -> tuple[np.ndarray, dict]:
@@ -324,10 +354,16 @@ def reference_images(source: DataSource, preprocessing: Preprocessing) -> tuple[
     return np.asarray(prepared.pixels), description
 
 
-def encode_reference(args: argparse.Namespace, model_dir: Optional[Path], resolution: int, channels: int, feature_fn: FeatureFn):
+def encode_reference(
+    args: argparse.Namespace, model_dir: Optional[Path], resolution: int, channels: int, feature_fn: FeatureFn
+):
     """The --reference_* source's features (float64) and description, read at `resolution` through the data loader."""
-    pixels, description = reference_images(reference_source(args), reference_preprocessing(model_dir, resolution, channels))
-    return extract_features(pixels, feature_fn, args.mode, args.feature_batch_size, args.device, "reference features"), description
+    pixels, description = reference_images(
+        reference_source(args), reference_preprocessing(model_dir, resolution, channels)
+    )
+    return extract_features(
+        pixels, feature_fn, args.mode, args.feature_batch_size, args.device, "reference features"
+    ), description
 
 
 def save_reference(path: Path, features: np.ndarray, meta: dict) -> None:
@@ -338,16 +374,20 @@ def save_reference(path: Path, features: np.ndarray, meta: dict) -> None:
 
 
 def load_reference(path: Path) -> tuple[np.ndarray, dict]:
-    """Features and description of reference statistics saved by `reference`, checked: at least 2 rows of finite numbers."""
+    """Features and description of statistics saved by `reference`, checked: at least 2 rows of finite numbers."""
     if not path.is_file():
         raise EvalError(f"reference: no file at {path}")
     try:
         with np.load(path, allow_pickle=False) as stored:
             features, meta = stored["features"].astype(np.float64), json.loads(str(stored["meta"]))
     except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
-        raise EvalError(f"reference: {path} is not a statistics file written by `python -m pipeline.evaluate reference` ({error})") from None
+        raise EvalError(
+            f"reference: {path} is not a statistics file written by `python -m pipeline.evaluate reference` ({error})"
+        ) from None
     if features.ndim != 2 or len(features) < 2:
-        raise EvalError(f"reference: {path} holds features of shape {features.shape}; at least 2 rows are needed for a covariance")
+        raise EvalError(
+            f"reference: {path} holds features of shape {features.shape}; at least 2 rows are needed for a covariance"
+        )
     if not np.isfinite(features).all():
         raise EvalError(f"reference: {path} holds NaN or infinite features; encode the reference again")
     if not isinstance(meta, dict):
@@ -367,21 +407,35 @@ def read_samples(folder: Path) -> tuple[np.ndarray, dict]:
     record = json.loads(record_path.read_text())
     files = sorted(folder.glob("[0-9]*.png"))
     if len(files) != record["num_images"]:
-        raise EvalError(f"samples: {folder} holds {len(files)} numbered PNGs, samples.json says {record['num_images']}")
+        raise EvalError(
+            f"samples: {folder} holds {len(files)} numbered PNGs, samples.json says {record['num_images']}"
+        )
     pixels = [np.asarray(Image.open(file)) for file in files]
     images = np.stack([pixel[..., None] if pixel.ndim == 2 else pixel for pixel in pixels])
     return images, record
 
 
 def append_metrics(path: Path, result: dict) -> None:
-    """eval/metrics.json keeps one entry per (sampler, steps, images, seed, reference, mode): a rerun replaces its own."""
-    key_fields = ("sampler", "steps", "eta", "solver_order", "num_samples", "seed", "reference", "mode", "feature_extractor")
+    """eval/metrics.json keeps one entry per (sampler, steps, images, seed, reference, mode); a rerun replaces it."""
+    key_fields = (
+        "sampler",
+        "steps",
+        "eta",
+        "solver_order",
+        "num_samples",
+        "seed",
+        "reference",
+        "mode",
+        "feature_extractor",
+    )
     existing = json.loads(path.read_text())["results"] if path.is_file() else []
     kept = [entry for entry in existing if any(entry.get(name) != result.get(name) for name in key_fields)]
     write_json(path, {"results": kept + [result]})
 
 
-def evaluate(args: argparse.Namespace, feature_fn: Optional[FeatureFn] = None, feature_name: Optional[str] = None) -> dict:
+def evaluate(
+    args: argparse.Namespace, feature_fn: Optional[FeatureFn] = None, feature_name: Optional[str] = None
+) -> dict:
     """The `fid` command: generate (or read) samples, extract features, compare with the reference, record.
 
     `feature_fn` replaces Inception (as clean-fid's custom_feat_extractor does); the CLI always uses Inception.
@@ -397,7 +451,8 @@ def evaluate(args: argparse.Namespace, feature_fn: Optional[FeatureFn] = None, f
         reference = {**reference, "statistics_file": Path(args.reference).name}
         if reference.get("mode") != args.mode or reference.get("feature_extractor") != feature_name:
             raise EvalError(
-                f"reference: {args.reference} holds {reference.get('feature_extractor')} features in mode {reference.get('mode')}, "
+                f"reference: {args.reference} holds {reference.get('feature_extractor')} features in mode "
+                f"{reference.get('mode')}, "
                 f"this evaluation uses {feature_name} in mode {args.mode}"
             )
 
@@ -409,7 +464,9 @@ def evaluate(args: argparse.Namespace, feature_fn: Optional[FeatureFn] = None, f
     else:
         images, record = sample_images(args.model, request)
     model = record["model"]
-    sample_features = extract_features(images, feature_fn, args.mode, args.feature_batch_size, args.device, "sample features")
+    sample_features = extract_features(
+        images, feature_fn, args.mode, args.feature_batch_size, args.device, "sample features"
+    )
 
     # Or the reference is a data source, read at the samples' resolution
     if args.reference is None:
@@ -425,7 +482,10 @@ def evaluate(args: argparse.Namespace, feature_fn: Optional[FeatureFn] = None, f
         "kid": round(kid, 6),
         "num_samples": int(len(images)),
         "num_reference": int(len(reference_features)),
-        **{key: record.get(key) for key in ("sampler", "steps", "eta", "solver_order", "model_evaluations_per_image", "seed")},
+        **{
+            key: record.get(key)
+            for key in ("sampler", "steps", "eta", "solver_order", "model_evaluations_per_image", "seed")
+        },
         "reference": reference,
         "mode": args.mode,
         "feature_extractor": feature_name,
@@ -433,18 +493,28 @@ def evaluate(args: argparse.Namespace, feature_fn: Optional[FeatureFn] = None, f
         "device": args.device,
         "wall_seconds": round(time.perf_counter() - started, 2),
     }
-    output = Path(args.output_dir) if args.output_dir else (Path(model) / "eval" if Path(model).is_dir() else Path("eval"))
+    output = (
+        Path(args.output_dir) if args.output_dir else (Path(model) / "eval" if Path(model).is_dir() else Path("eval"))
+    )
     append_metrics(output / "metrics.json", result)
-    image_grid(images[:64].astype(np.float32) / 255).save(output / f"samples-{record['sampler']}-{record['steps']}.png")
+    image_grid(images[:64].astype(np.float32) / 255).save(
+        output / f"samples-{record['sampler']}-{record['steps']}.png"
+    )
     model_dir = output.parent
-    if output.name == "eval" and (model_dir / "training_config.json").is_file() and (model_dir / "README.md").is_file():
+    if (
+        output.name == "eval"
+        and (model_dir / "training_config.json").is_file()
+        and (model_dir / "README.md").is_file()
+    ):
         from .hub import write_card
 
         write_card(model_dir)  # the card shows the new numbers
     return result
 
 
-def make_reference(args: argparse.Namespace, feature_fn: Optional[FeatureFn] = None, feature_name: Optional[str] = None) -> dict:
+def make_reference(
+    args: argparse.Namespace, feature_fn: Optional[FeatureFn] = None, feature_name: Optional[str] = None
+) -> dict:
     """The `reference` command: encode a data source once and save its statistics."""
     if feature_fn is None:
         feature_fn, feature_name = inception_extractor(args.mode, args.inception_weights, args.device)
@@ -452,7 +522,9 @@ def make_reference(args: argparse.Namespace, feature_fn: Optional[FeatureFn] = N
         model_dir = Path(args.model)
         unet_config = model_dir / "unet" / "config.json"
         if not unet_config.is_file():
-            raise EvalError(f"model: {unet_config} not found; pass a training output folder, or --resolution and --channels")
+            raise EvalError(
+                f"model: {unet_config} not found; pass a training output folder, or --resolution and --channels"
+            )
         unet = json.loads(unet_config.read_text())
         resolution, channels = unet["sample_size"], unet["in_channels"]
     elif args.resolution is not None:
@@ -460,7 +532,12 @@ def make_reference(args: argparse.Namespace, feature_fn: Optional[FeatureFn] = N
     else:
         raise EvalError("reference: pass --model (its resolution is used) or --resolution and --channels")
     features, description = encode_reference(args, model_dir, resolution, channels, feature_fn)
-    meta = {**description, "mode": args.mode, "feature_extractor": feature_name, "clean_fid_version": importlib.metadata.version("clean-fid")}
+    meta = {
+        **description,
+        "mode": args.mode,
+        "feature_extractor": feature_name,
+        "clean_fid_version": importlib.metadata.version("clean-fid"),
+    }
     save_reference(Path(args.output), features, meta)
     return meta
 
@@ -474,21 +551,30 @@ class TrainingFid:
     def __init__(self, config: TrainingConfig, device):
         self.config, self.device = config, str(device)
         features, meta = load_reference(Path(config.fid_reference))
-        self.feature_fn, self.feature_name = inception_extractor(config.fid_mode, config.inception_weights, self.device)
+        self.feature_fn, self.feature_name = inception_extractor(
+            config.fid_mode, config.inception_weights, self.device
+        )
         if meta.get("mode") != config.fid_mode or meta.get("feature_extractor") != self.feature_name:
             raise EvalError(
-                f"fid_reference: {config.fid_reference} holds {meta.get('feature_extractor')} features in mode {meta.get('mode')}, "
+                f"fid_reference: {config.fid_reference} holds {meta.get('feature_extractor')} features in mode "
+                f"{meta.get('mode')}, "
                 f"training uses {self.feature_name} in mode {config.fid_mode}"
             )
         if meta.get("resolution") != config.resolution:
-            raise EvalError(f"fid_reference: its images are {meta.get('resolution')} px, the model's {config.resolution} px")
+            raise EvalError(
+                f"fid_reference: its images are {meta.get('resolution')} px, the model's {config.resolution} px"
+            )
         self.reference = statistics(features)
 
     def __call__(self, unet, scheduler_config: dict) -> float:
         config = self.config
-        request = SamplingRequest(config.fid_sampler, config.fid_inference_steps, config.fid_num_images, config.num_grid_images, config.seed)
+        request = SamplingRequest(
+            config.fid_sampler, config.fid_inference_steps, config.fid_num_images, config.num_grid_images, config.seed
+        )
         images = sample_unet(unet, scheduler_config, request)
-        features = extract_features(to_uint8(images), self.feature_fn, config.fid_mode, device=self.device, description="FID features")
+        features = extract_features(
+            to_uint8(images), self.feature_fn, config.fid_mode, device=self.device, description="FID features"
+        )
         return frechet_distance(*statistics(features), *self.reference)
 
 
@@ -496,23 +582,36 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m pipeline.evaluate", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--mode", default="clean", choices=MODES, help="clean-fid mode: how images are resized to 299x299.")
-    common.add_argument("--inception_weights", help="The Inception weights file, when it cannot be downloaded to clean-fid's place.")
+    common.add_argument(
+        "--mode", default="clean", choices=MODES, help="clean-fid mode: how images are resized to 299x299."
+    )
+    common.add_argument(
+        "--inception_weights", help="The Inception weights file, when it cannot be downloaded to clean-fid's place."
+    )
     common.add_argument("--feature_batch_size", type=int, default=64)
     source = argparse.ArgumentParser(add_help=False)
     source.add_argument("--reference_data_dir", help="Reference images: a folder or .zip (as --train_data_dir).")
-    source.add_argument("--reference_dataset", help="Reference images: a Hub dataset, save_to_disk folder or .parquet (as --dataset_name).")
+    source.add_argument(
+        "--reference_dataset",
+        help="Reference images: a Hub dataset, save_to_disk folder or .parquet (as --dataset_name).",
+    )
     source.add_argument("--reference_split", default="train")
-    source.add_argument("--reference_max_images", type=int, help="A seeded random subset of the reference of this size.")
+    source.add_argument(
+        "--reference_max_images", type=int, help="A seeded random subset of the reference of this size."
+    )
 
-    fid = commands.add_parser("fid", parents=[common, source], help="FID and KID of a model's samples against a reference.")
+    fid = commands.add_parser(
+        "fid", parents=[common, source], help="FID and KID of a model's samples against a reference."
+    )
     fid.add_argument("--model", help="Training output folder or Hub id to sample from.")
     fid.add_argument("--samples", help="Instead of --model: a folder written by `python -m pipeline.sample`.")
     fid.add_argument("--reference", help="Reference statistics (.npz) written by the `reference` command.")
     fid.add_argument("--output_dir", help="Where metrics.json goes (default: <model>/eval).")
     add_sampling_arguments(fid, num_images=10_000, batch_size=256)
 
-    reference = commands.add_parser("reference", parents=[common, source], help="Encode reference images once; save their statistics.")
+    reference = commands.add_parser(
+        "reference", parents=[common, source], help="Encode reference images once; save their statistics."
+    )
     reference.add_argument("--model", help="Take the resolution and channels from this training output folder.")
     reference.add_argument("--resolution", type=int)
     reference.add_argument("--channels", type=int, default=3, choices=(1, 3))
@@ -537,11 +636,15 @@ def main(argv: Optional[list[str]] = None) -> None:
     try:
         if args.command == "reference":
             meta = make_reference(args)
-            print(f"reference statistics of {meta['images']} images ({meta['source']}, mode {meta['mode']}) -> {args.output}")
+            print(
+                f"reference statistics of {meta['images']} images ({meta['source']}, mode {meta['mode']}) -> "
+                f"{args.output}"
+            )
         else:
             result = evaluate(args)
             print(
-                f"FID {result['fid']:.2f}  KID {result['kid']:.5f}  ({result['num_samples']} samples, {result['sampler']} "
+                f"FID {result['fid']:.2f}  KID {result['kid']:.5f}  ({result['num_samples']} samples, "
+                f"{result['sampler']} "
                 f"{result['steps']} steps, vs {result['num_reference']} reference images, mode {result['mode']}, "
                 f"{result['wall_seconds']:.0f} s)"
             )

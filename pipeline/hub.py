@@ -26,10 +26,19 @@ from .config import ConfigError
 from .files import write_text
 from .record import RECORD_NAME, read_record
 
+
 TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "ddpm_model_card.md"
 TAGS = ["pytorch", "diffusers", "unconditional-image-generation", "ddpm"]
 # What a user of the model needs, relative to the output folder.
-UPLOAD_PATTERNS = ["model_index.json", "unet/*", "scheduler/*", "README.md", "samples/*.png", "eval/metrics.json", "eval/*.png"]
+UPLOAD_PATTERNS = [
+    "model_index.json",
+    "unet/*",
+    "scheduler/*",
+    "README.md",
+    "samples/*.png",
+    "eval/metrics.json",
+    "eval/*.png",
+]
 
 
 class HubError(RuntimeError):
@@ -45,7 +54,9 @@ def public_name(source: Optional[str]) -> Optional[str]:
     if source is None:
         return None
     path = Path(source)
-    looks_local = path.is_absolute() or source.startswith((".", "~")) or path.exists() or source.endswith((".zip", ".parquet"))
+    looks_local = (
+        path.is_absolute() or source.startswith((".", "~")) or path.exists() or source.endswith((".zip", ".parquet"))
+    )
     return path.name if looks_local or source.count("/") > 1 else source
 
 
@@ -90,18 +101,28 @@ def card_context(output_dir: Path, repo_id: Optional[str] = None) -> dict:
         preprocessing.append("random horizontal flips")
     preprocessing.append("scaled to [-1, 1]")
     attention = "self-attention in " + ", ".join(
-        f"{config['resolution'] // 2**level} px" for level, kind in enumerate(config["down_block_types"]) if kind.startswith("Attn")
+        f"{config['resolution'] // 2**level} px"
+        for level, kind in enumerate(config["down_block_types"])
+        if kind.startswith("Attn")
     )
     if attention.endswith(" in "):
         attention = "no self-attention"
     if config.get("mid_block_type"):
-        attention += f"; mid block {config['mid_block_type']}" + (" with attention" if config.get("add_attention") else "")
+        attention += f"; mid block {config['mid_block_type']}" + (
+            " with attention" if config.get("add_attention") else ""
+        )
 
     results = []
     metrics_path = output_dir / "eval" / "metrics.json"
     if metrics_path.is_file():
         for result in json.loads(metrics_path.read_text())["results"]:
-            results.append({**result, "sampler_text": _sampler_text(result), "reference_text": _reference_text(result["reference"])})
+            results.append(
+                {
+                    **result,
+                    "sampler_text": _sampler_text(result),
+                    "reference_text": _reference_text(result["reference"]),
+                }
+            )
     grids = sorted((output_dir / "samples").glob("step-*.png"), key=lambda path: int(path.stem.split("-")[1]))
     grid = grids[-1].relative_to(output_dir).as_posix() if grids else None
 
@@ -113,16 +134,21 @@ def card_context(output_dir: Path, repo_id: Optional[str] = None) -> dict:
     lower = (data_name or "").lower()
     report_relation = (
         f"This model: {size}-parameter `UNet2DModel`, T = {scheduler['num_train_timesteps']}, "
-        f"`{scheduler['beta_schedule']}` betas, {config['loss_type'].upper()} loss, {optimizer} at {config['learning_rate']}, "
-        f"batch {global_batch}, {steps:,} steps on {data_name} at {config['resolution']} px in {config['mixed_precision']} precision. "
+        f"`{scheduler['beta_schedule']}` betas, {config['loss_type'].upper()} loss, {optimizer} at "
+        f"{config['learning_rate']}, "
+        f"batch {global_batch}, {steps:,} steps on {data_name} at {config['resolution']} px in "
+        f"{config['mixed_precision']} precision. "
         "An FID is comparable with the report's only when the data, the reference set, the sample count and the FID "
-        "implementation are the same (the report used pytorch-fid, whose numbers match clean-fid's `legacy_pytorch` mode)."
+        "implementation are the same (the report used pytorch-fid, whose numbers match clean-fid's `legacy_pytorch` "
+        "mode)."
     )
     return {
         "model_name": repo_id.split("/")[-1] if repo_id else output_dir.resolve().name,
         "repo_id": repo_id or output_dir.resolve().name,
         "data_name": data_name,
-        "data_hub_id": data_source if data_source and public_name(data_source) == data_source and "/" in data_source else None,
+        "data_hub_id": data_source
+        if data_source and public_name(data_source) == data_source and "/" in data_source
+        else None,
         "resolution": config["resolution"],
         "channels": config["image_channels"],
         "parameters": parameters,
@@ -137,7 +163,8 @@ def card_context(output_dir: Path, repo_id: Optional[str] = None) -> dict:
         "grid_count": config["num_grid_images"],
         "grid_caption": (
             f"{config['num_grid_images']} samples at step {grid.split('-')[-1][:-4] if grid else ''}, "
-            f"{'EMA weights, ' if config['use_ema'] else ''}{config['grid_sampler']} sampler with {config['grid_inference_steps']} steps, "
+            f"{'EMA weights, ' if config['use_ema'] else ''}{config['grid_sampler']} sampler with "
+            f"{config['grid_inference_steps']} steps, "
             f"seed {config['seed']}. Not picked: every image of the fixed-seed grid is shown."
         ),
         "num_train_images": num_images,
@@ -146,7 +173,8 @@ def card_context(output_dir: Path, repo_id: Optional[str] = None) -> dict:
         "block_out_channels": ", ".join(str(channels) for channels in config["block_out_channels"]),
         "layers_per_block": config["layers_per_block"],
         "attention": attention,
-        "loss": f"{config['loss_type'].upper()} between the network output and its `{config['prediction_type']}` target",
+        "loss": f"{config['loss_type'].upper()} between the network output and its `{config['prediction_type']}` "
+        "target",
         "optimizer": optimizer,
         "learning_rate": config["learning_rate"],
         "lr_scheduler": config["lr_scheduler"],
@@ -156,7 +184,9 @@ def card_context(output_dir: Path, repo_id: Optional[str] = None) -> dict:
         "steps": steps,
         "images_seen": steps * global_batch,
         "epochs": steps * global_batch / num_images if num_images else 0,
-        "precision": {"no": "fp32", "bf16": "bf16 mixed precision", "fp16": "fp16 mixed precision"}[config["mixed_precision"]],
+        "precision": {"no": "fp32", "bf16": "bf16 mixed precision", "fp16": "fp16 mixed precision"}[
+            config["mixed_precision"]
+        ],
         "ema": (
             f"exponential moving average (max decay {config['ema_max_decay']}, warmup power {config['ema_power']})"
             if config["use_ema"]
@@ -222,7 +252,9 @@ def _regular_files(output_dir: Path) -> tuple[list[str], list[str]]:
         for name in sorted(folders):
             if name.startswith(".") or Path(current, name).is_symlink():
                 left_out.append((relative_folder / name).as_posix() + "/")
-        folders[:] = sorted(name for name in folders if not name.startswith(".") and not Path(current, name).is_symlink())
+        folders[:] = sorted(
+            name for name in folders if not name.startswith(".") and not Path(current, name).is_symlink()
+        )
         for name in sorted(names):
             path = Path(current, name)
             relative = (relative_folder / name).as_posix()
@@ -252,7 +284,11 @@ def _open_regular(path: Path):
 
 
 def push_to_hub(
-    output_dir: Path, repo_id: Optional[str] = None, private: bool = False, include: tuple[str, ...] = (), api: Optional[HfApi] = None
+    output_dir: Path,
+    repo_id: Optional[str] = None,
+    private: bool = False,
+    include: tuple[str, ...] = (),
+    api: Optional[HfApi] = None,
 ) -> str:
     """Create (or reuse) the Hub repository and upload the files of `files_to_upload` in one commit, with the card
     rendered for that repository; returns the repository id. The local folder changes only after a successful
@@ -266,7 +302,9 @@ def push_to_hub(
         raise HubError(f"{output_dir} holds no exported pipeline (model_index.json); train or export first")
     token = get_token()
     if not token:
-        raise HubError("no Hugging Face token: set HF_TOKEN or run `hf auth login`, then push again; nothing was uploaded")
+        raise HubError(
+            "no Hugging Face token: set HF_TOKEN or run `hf auth login`, then push again; nothing was uploaded"
+        )
     from httpx2 import HTTPError  # huggingface_hub's HTTP client
 
     api = api or HfApi()
@@ -294,9 +332,13 @@ def push_to_hub(
             repo_type="model",
         )
     except HfHubHTTPError as error:
-        raise HubError(f"the upload to {name} failed ({type(error).__name__}: {error}); the local folder is unchanged") from None
+        raise HubError(
+            f"the upload to {name} failed ({type(error).__name__}: {error}); the local folder is unchanged"
+        ) from None
     except (OSError, HTTPError) as error:  # no network, DNS, TLS, time-outs
-        raise HubError(f"the Hub cannot be reached ({type(error).__name__}: {error}); the local folder is unchanged") from None
+        raise HubError(
+            f"the Hub cannot be reached ({type(error).__name__}: {error}); the local folder is unchanged"
+        ) from None
     finally:
         for file in opened:
             file.close()
@@ -314,9 +356,13 @@ def main(argv: Optional[list[str]] = None) -> None:
     card.add_argument("--hub_model_id", help="The repository id the card's usage example names.")
     push = commands.add_parser("push", help="Upload an output folder's pipeline, card, samples and metrics.")
     push.add_argument("--output_dir", required=True)
-    push.add_argument("--hub_model_id", help="'user/name' or 'name'; default: the folder's name, under the token's user.")
+    push.add_argument(
+        "--hub_model_id", help="'user/name' or 'name'; default: the folder's name, under the token's user."
+    )
     push.add_argument("--private", action="store_true", help="Create the repository private.")
-    push.add_argument("--include", nargs="*", default=[], help="More patterns to upload, e.g. 'checkpoints/*' or 'logs/*'.")
+    push.add_argument(
+        "--include", nargs="*", default=[], help="More patterns to upload, e.g. 'checkpoints/*' or 'logs/*'."
+    )
     push.add_argument("--dry_run", action="store_true", help="List the files that would be uploaded; upload nothing.")
     args = parser.parse_args(argv)
     output_dir = Path(args.output_dir)

@@ -45,7 +45,9 @@ def count_parameters(model) -> int:
 
 def describe_unet(config: TrainingConfig, unet: UNet2DModel) -> str:
     """A table of the UNet's levels: resolution, channels, blocks, resnets and attention."""
-    lines = [f"{'level':>5}  {'resolution':>10}  {'channels':>8}  {'down block':<24}  {'up block':<22}  resnets (down/up)"]
+    lines = [
+        f"{'level':>5}  {'resolution':>10}  {'channels':>8}  {'down block':<24}  {'up block':<22}  resnets (down/up)"
+    ]
     for level, channels in enumerate(config.block_out_channels):
         size = config.resolution // 2**level
         down, up = unet.down_blocks[level], unet.up_blocks[-1 - level]
@@ -56,7 +58,8 @@ def describe_unet(config: TrainingConfig, unet: UNet2DModel) -> str:
     if unet.mid_block is None:
         mid = "none"
     else:
-        mid = f"{type(unet.mid_block).__name__} ({'with' if unet.mid_block.attentions[0] is not None else 'no'} attention)"
+        attention = "with" if unet.mid_block.attentions[0] is not None else "no"
+        mid = f"{type(unet.mid_block).__name__} ({attention} attention)"
     lines.append(f"mid block: {mid}")
     lines.append(f"parameters: {count_parameters(unet):,}")
     return "\n".join(lines)

@@ -17,7 +17,9 @@ def count_train_steps(config: TrainingConfig, num_images: Optional[int], num_pro
     return math.ceil(config.num_epochs * num_images / config.global_batch_size(num_processes))
 
 
-def build_optimizer(config: TrainingConfig, parameters, device: Optional[torch.device] = None) -> torch.optim.Optimizer:
+def build_optimizer(
+    config: TrainingConfig, parameters, device: Optional[torch.device] = None
+) -> torch.optim.Optimizer:
     """Adam or AdamW; the fused CUDA kernel when the parameters are on a GPU (one launch per step instead of many)."""
     optimizer_class = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
     return optimizer_class(
@@ -48,4 +50,6 @@ def build_lr_scheduler(config: TrainingConfig, optimizer, total_steps: int):
             min_ratio=config.min_learning_rate / config.learning_rate,
         )
         return torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
-    return get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps, num_training_steps=total_steps)
+    return get_scheduler(
+        config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps, num_training_steps=total_steps
+    )

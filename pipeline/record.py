@@ -15,6 +15,7 @@ from typing import Optional
 from .config import ConfigError, TrainingConfig, load_preset
 from .files import write_json
 
+
 RECORD_NAME = "training_config.json"
 
 
@@ -62,8 +63,14 @@ def read_record(path) -> TrainingRecord:
         raise ConfigError(f"{path}: missing (not a training output folder?)") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ConfigError(f"{path}: not valid JSON ({error})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("config"), dict) or not isinstance(data.get("run", {}), dict):
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("config"), dict)
+        or not isinstance(data.get("run", {}), dict)
+    ):
         raise ConfigError(f"{path}: expected an object with 'config' and 'run' objects")
     config = TrainingConfig(**load_preset(path))
     known = {item.name for item in dataclasses.fields(RunRecord)}
-    return TrainingRecord(config, RunRecord(**{key: value for key, value in data.get("run", {}).items() if key in known}))
+    return TrainingRecord(
+        config, RunRecord(**{key: value for key, value in data.get("run", {}).items() if key in known})
+    )

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from .config import SAMPLERS
 from .files import write_json
 
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -41,7 +42,9 @@ def make_sampler(name: str, scheduler_config: dict, solver_order: int = 2):
     if name == "dpmsolver++":
         if solver_order not in (2, 3):
             raise SampleError(f"solver_order: DPM-Solver++ runs at order 2 or 3, not {solver_order}")
-        return DPMSolverMultistepScheduler.from_config(scheduler_config, algorithm_type="dpmsolver++", solver_order=solver_order)
+        return DPMSolverMultistepScheduler.from_config(
+            scheduler_config, algorithm_type="dpmsolver++", solver_order=solver_order
+        )
     raise SampleError(f"sampler: unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
 
 
@@ -52,7 +55,9 @@ def image_generators(seed: int, start: int, count: int) -> list[torch.Generator]
 
 
 @torch.no_grad()
-def sample_batch(unet, sampler, generators: list[torch.Generator], num_inference_steps: int, eta: float = 0.0, on_step=None) -> torch.Tensor:
+def sample_batch(
+    unet, sampler, generators: list[torch.Generator], num_inference_steps: int, eta: float = 0.0, on_step=None
+) -> torch.Tensor:
     """Run the sampler from noise for one batch; returns (B, C, H, W) float32 in [0, 1] on the CPU.
 
     The running sample stays float32 whatever the UNet's dtype: only the model call is in low precision.
@@ -86,10 +91,17 @@ def generate(
     """Sample images as (N, H, W, C) float in [0, 1]; the same seed gives the same images at any batch size."""
     batch_size = batch_size or num_images
     batches = []
-    with tqdm(total=math.ceil(num_images / batch_size) * num_inference_steps, desc="sampling", unit="step", disable=not progress) as bar:
+    with tqdm(
+        total=math.ceil(num_images / batch_size) * num_inference_steps,
+        desc="sampling",
+        unit="step",
+        disable=not progress,
+    ) as bar:
         for start in range(0, num_images, batch_size):
             generators = image_generators(seed, start, min(batch_size, num_images - start))
-            images = sample_batch(unet, sampler, generators, num_inference_steps, eta=eta, on_step=lambda: bar.update())
+            images = sample_batch(
+                unet, sampler, generators, num_inference_steps, eta=eta, on_step=lambda: bar.update()
+            )
             batches.append(images.permute(0, 2, 3, 1).numpy())  # (B, C, H, W) -> (B, H, W, C)
     return np.concatenate(batches)
 
@@ -128,7 +140,9 @@ class SamplingRequest:
 
     def check_steps(self, num_train_timesteps: int) -> None:
         if self.steps > num_train_timesteps:
-            raise SampleError(f"steps: {self.steps} sampler steps, but the model was trained with T = {num_train_timesteps}")
+            raise SampleError(
+                f"steps: {self.steps} sampler steps, but the model was trained with T = {num_train_timesteps}"
+            )
 
     def record(self) -> dict:
         """The request as results record it (eta and order only where they apply)."""
@@ -147,7 +161,9 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, num_images: int = 64
     parser.add_argument("--num_images", type=int, default=num_images)
     parser.add_argument("--batch_size", type=int, default=batch_size)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--sampler", default="ddpm", choices=SAMPLERS, help="Default: the saved DDPM chain (see bench/README.md).")
+    parser.add_argument(
+        "--sampler", default="ddpm", choices=SAMPLERS, help="Default: the saved DDPM chain (see bench/README.md)."
+    )
     parser.add_argument("--steps", type=int, default=100, help="Model evaluations per image.")
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM only: 0 deterministic, 1 ancestral-like.")
     parser.add_argument("--solver_order", type=int, default=2, choices=(2, 3), help="DPM-Solver++ only.")
@@ -164,7 +180,9 @@ def sample_unet(unet, scheduler_config: dict, request: SamplingRequest, progress
     """Images as (N, H, W, C) float in [0, 1] from a UNet and the scheduler config it was trained with."""
     request.check_steps(scheduler_config["num_train_timesteps"])
     sampler = make_sampler(request.sampler, scheduler_config, request.solver_order)
-    return generate(unet, sampler, request.num_images, request.steps, request.seed, request.batch_size, request.eta, progress)
+    return generate(
+        unet, sampler, request.num_images, request.steps, request.seed, request.batch_size, request.eta, progress
+    )
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -194,7 +212,9 @@ def load_pipeline(model: str, device: str = "cpu", dtype: str = "fp32") -> DDPMP
     try:
         pipeline = DDPMPipeline.from_pretrained(model, dtype=DTYPES[dtype])
     except (OSError, ValueError) as error:
-        raise SampleError(f"model: cannot load a DDPMPipeline from {model!r} ({type(error).__name__}: {error})") from None
+        raise SampleError(
+            f"model: cannot load a DDPMPipeline from {model!r} ({type(error).__name__}: {error})"
+        ) from None
     pipeline.unet.to(device).eval()
     return pipeline
 
@@ -225,7 +245,7 @@ class CountingUNet(torch.nn.Module):
 
 
 def sample_images(model: str, request: SamplingRequest) -> tuple[np.ndarray, dict]:
-    """Load the pipeline and sample as `request` says; returns uint8 (N, H, W, C) images and the record of what was run."""
+    """Load the pipeline and sample as `request` says: uint8 (N, H, W, C) images and the record of what was run."""
     pipeline = load_pipeline(model, request.device, request.dtype)
     unet = CountingUNet(pipeline.unet)
     started = time.perf_counter()
@@ -255,9 +275,13 @@ def write_samples(pixels: np.ndarray, record: dict, output_dir: Path, grid_image
 
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m pipeline.sample", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="Training output folder (or any saved DDPMPipeline) or a Hub id.")
+    parser.add_argument(
+        "--model", required=True, help="Training output folder (or any saved DDPMPipeline) or a Hub id."
+    )
     parser.add_argument("--output_dir", required=True, help="Folder for the PNGs, grid.png and samples.json.")
-    parser.add_argument("--grid_images", type=int, default=64, help="How many of the images go into grid.png (0: no grid).")
+    parser.add_argument(
+        "--grid_images", type=int, default=64, help="How many of the images go into grid.png (0: no grid)."
+    )
     add_sampling_arguments(parser)
     args = parser.parse_args(argv)
     try:

@@ -58,6 +58,7 @@ from .record import RECORD_NAME, RunRecord, write_record
 from .sample import SamplingRequest, image_grid, sample_unet
 from .signals import StopRequest, StopRequested, TrainingStopped
 
+
 EXPORT_FILES = ("model_index.json", "unet", "scheduler")
 Batches = Union[CachedBatches, StreamedBatches]
 
@@ -126,7 +127,7 @@ def setup_accelerator(config: TrainingConfig) -> Accelerator:
 
 
 def check_output_dir(config: TrainingConfig, parameters: int) -> None:
-    """Before any work: the output folder can be created and written, and has room for a checkpoint (a warning if not)."""
+    """Before any work: the output folder can be created and written, and has room for a checkpoint (or a warning)."""
     output_dir = Path(config.output_dir)
     missing = [folder for folder in (output_dir, *output_dir.parents) if not folder.exists()]
     existing = output_dir.parents[len(missing) - 1] if missing else output_dir
@@ -148,7 +149,8 @@ def check_output_dir(config: TrainingConfig, parameters: int) -> None:
     free = shutil.disk_usage(existing).free
     if config.checkpointing_steps and free < 2 * checkpoint_bytes:
         warnings.warn(
-            f"{output_dir} has {free / 2**20:,.0f} MiB free; one checkpoint takes about {checkpoint_bytes / 2**20:,.0f} MiB "
+            f"{output_dir} has {free / 2**20:,.0f} MiB free; one checkpoint takes about "
+            f"{checkpoint_bytes / 2**20:,.0f} MiB "
             f"(and --checkpoints_total_limit {config.checkpoints_total_limit} are kept)"
         )
 
@@ -163,9 +165,17 @@ def load_training_data(config: TrainingConfig, accelerator: Accelerator) -> Trai
     accelerator.print(describe_prepared(prepared.summary))
     global_micro_batch = config.train_batch_size * accelerator.num_processes
     if len(prepared.pixels) < global_micro_batch:
-        raise DataError(f"train_batch_size: the data holds {len(prepared.pixels)} images, fewer than one global batch of {global_micro_batch}")
+        raise DataError(
+            f"train_batch_size: the data holds {len(prepared.pixels)} images, fewer than one global batch of "
+            f"{global_micro_batch}"
+        )
     batches = CachedBatches.from_pixels(
-        prepared.pixels, accelerator.device, config.train_batch_size, config.seed, accelerator.process_index, accelerator.num_processes
+        prepared.pixels,
+        accelerator.device,
+        config.train_batch_size,
+        config.seed,
+        accelerator.process_index,
+        accelerator.num_processes,
     )
     summary = {key: prepared.summary[key] for key in ("source", "images_found", "images_kept", "files_skipped")}
     return TrainingData(batches, batches.num_images, summary)
@@ -176,7 +186,11 @@ def build_training(config: TrainingConfig, accelerator: Accelerator, unet, total
     unet = unet.to(accelerator.device)
     optimizer = build_optimizer(config, unet.parameters(), accelerator.device)
     lr_scheduler = build_lr_scheduler(config, optimizer, total_steps)
-    ema = EMA(unet, [config.ema_max_decay, *config.ema_extra_decays], config.ema_inv_gamma, config.ema_power) if config.use_ema else None
+    ema = (
+        EMA(unet, [config.ema_max_decay, *config.ema_extra_decays], config.ema_inv_gamma, config.ema_power)
+        if config.use_ema
+        else None
+    )
     unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
     return TrainingParts(config, unet, build_noise_scheduler(config), optimizer, lr_scheduler, ema)
 
@@ -190,7 +204,8 @@ def describe_environment(accelerator: Accelerator) -> dict:
     if accelerator.device.type == "cuda":
         hardware = f"{accelerator.num_processes} x {torch.cuda.get_device_name(accelerator.device)}"
     else:
-        hardware = f"{accelerator.num_processes} process(es) on {accelerator.device.type} ({os.cpu_count()} cores, {platform.machine()})"
+        cores = f"{os.cpu_count()} cores, {platform.machine()}"
+        hardware = f"{accelerator.num_processes} process(es) on {accelerator.device.type} ({cores})"
     return {
         "hardware": hardware,
         "num_processes": accelerator.num_processes,
@@ -208,7 +223,10 @@ def describe_environment(accelerator: Accelerator) -> dict:
 
 def tracker_config(config: TrainingConfig) -> dict:
     """TensorBoard's hparams accept scalars and strings only."""
-    return {name: value if isinstance(value, (int, float, str, bool)) else str(value) for name, value in config.to_dict().items()}
+    return {
+        name: value if isinstance(value, (int, float, str, bool)) else str(value)
+        for name, value in config.to_dict().items()
+    }
 
 
 def record_at(record: RunRecord, state: TrainingState, **facts) -> RunRecord:
@@ -221,7 +239,9 @@ def record_at(record: RunRecord, state: TrainingState, **facts) -> RunRecord:
 # One optimizer step
 
 
-def fetch_micro_batches(batches: Batches, config: TrainingConfig, step: int, stop_request: StopRequest) -> list[torch.Tensor]:
+def fetch_micro_batches(
+    batches: Batches, config: TrainingConfig, step: int, stop_request: StopRequest
+) -> list[torch.Tensor]:
     """This process's micro-batches of optimizer step `step`. A stream can keep the loop waiting for long: a
     signal during that wait stops the run at once (without a checkpoint of the step not yet taken)."""
     indices = range(step * config.gradient_accumulation_steps, (step + 1) * config.gradient_accumulation_steps)
@@ -232,15 +252,22 @@ def fetch_micro_batches(batches: Batches, config: TrainingConfig, step: int, sto
             return [batches.batch(index) for index in indices]
     except StopRequested:
         checkpoints = list_checkpoints(Path(config.output_dir) / "checkpoints")
-        resume = f"Continue from {checkpoints[-1].name} with --resume_from_checkpoint latest." if checkpoints else "There is no checkpoint yet."
+        resume = (
+            f"Continue from {checkpoints[-1].name} with --resume_from_checkpoint latest."
+            if checkpoints
+            else "There is no checkpoint yet."
+        )
         raise TrainingStopped(
-            f"stopped by {stop_request.name} while waiting for the data of step {step + 1}: no checkpoint was written for "
+            f"stopped by {stop_request.name} while waiting for the data of step {step + 1}: no checkpoint was "
+            "written for "
             f"this step. {resume}",
             exit_code=128 + stop_request.received,
         ) from None
 
 
-def optimizer_step(accelerator: Accelerator, parts: TrainingParts, micro_batches: list[torch.Tensor], step: int) -> StepOutcome:
+def optimizer_step(
+    accelerator: Accelerator, parts: TrainingParts, micro_batches: list[torch.Tensor], step: int
+) -> StepOutcome:
     """Optimizer step `step` (from 0): forward and backward over the micro-batches, gradient clipping, then the
     optimizer and EMA updates, or neither when the loss or the gradient is not finite; the LR schedule advances."""
     config, unet = parts.config, parts.unet
@@ -248,12 +275,23 @@ def optimizer_step(accelerator: Accelerator, parts: TrainingParts, micro_batches
     losses = torch.zeros((), device=accelerator.device)
     for micro_step, batch in enumerate(micro_batches):
         micro_batch_index = step * accumulation + micro_step
-        with nullcontext() if micro_step == accumulation - 1 else accelerator.no_sync(unet):  # all-reduce once per step
-            loss = step_loss(unet, parts.noise_scheduler, config, batch, micro_batch_index, accelerator.process_index,
-                             accelerator.num_processes)  # fmt: skip
+        with (
+            nullcontext() if micro_step == accumulation - 1 else accelerator.no_sync(unet)
+        ):  # all-reduce once per step
+            loss = step_loss(
+                unet,
+                parts.noise_scheduler,
+                config,
+                batch,
+                micro_batch_index,
+                accelerator.process_index,
+                accelerator.num_processes,
+            )
             accelerator.backward(loss / accumulation)
         losses += loss.detach()
-    grad_norm = accelerator.clip_grad_norm_(unet.parameters(), config.max_grad_norm if config.max_grad_norm > 0 else math.inf)
+    grad_norm = accelerator.clip_grad_norm_(
+        unet.parameters(), config.max_grad_norm if config.max_grad_norm > 0 else math.inf
+    )
     # fp16: the grad scaler skips overflowing steps itself. Otherwise one host sync per step: gradients
     # are already averaged over processes, so every process takes the same decision.
     applied = accelerator.mixed_precision == "fp16" or bool(torch.isfinite(grad_norm) & torch.isfinite(losses))
@@ -297,7 +335,8 @@ class LogWindow:
             self.paused += time.perf_counter() - started
 
     def close(self, accelerator: Accelerator, images_per_step: int) -> tuple[float, float]:
-        """(mean loss over every process, nan when every step was skipped; training seconds) of this window; starts the next."""
+        """(mean loss over every process, nan when every step was skipped; training seconds) of this window; starts the
+        next."""
         seconds = time.perf_counter() - self.started - self.paused
         loss = accelerator.reduce(self.loss_sum, reduction="mean").item() / self.losses if self.losses else math.nan
         self.images_per_second = self.steps * images_per_step / seconds
@@ -334,9 +373,13 @@ def export_pipeline(unet, noise_scheduler, output_dir: Path) -> None:
             (staging / name).replace(target)
 
 
-def save_sample_grid(accelerator: Accelerator, unet, config: TrainingConfig, scheduler_config: dict, step: int) -> Path:
+def save_sample_grid(
+    accelerator: Accelerator, unet, config: TrainingConfig, scheduler_config: dict, step: int
+) -> Path:
     """Sample the fixed-seed grid with the grid sampler and write samples/step-<step>.png (and to TensorBoard)."""
-    request = SamplingRequest(config.grid_sampler, config.grid_inference_steps, config.num_grid_images, config.num_grid_images, config.seed)
+    request = SamplingRequest(
+        config.grid_sampler, config.grid_inference_steps, config.num_grid_images, config.num_grid_images, config.seed
+    )
     with accelerator.autocast():
         images = sample_unet(unet, scheduler_config, request)
     path = Path(config.output_dir) / "samples" / f"step-{step}.png"
@@ -347,8 +390,10 @@ def save_sample_grid(accelerator: Accelerator, unet, config: TrainingConfig, sch
     return path
 
 
-def track_fid(accelerator: Accelerator, parts: TrainingParts, fid_tracker: TrainingFid, step: int, best: Optional[dict]) -> dict:
-    """FID of each EMA (or of the weights without EMA) now, logged; the best (step, EMA) so far is exported to best-fid/."""
+def track_fid(
+    accelerator: Accelerator, parts: TrainingParts, fid_tracker: TrainingFid, step: int, best: Optional[dict]
+) -> dict:
+    """FID of each EMA (or of the weights without EMA) now, logged; the best (step, EMA) so far goes to best-fid/."""
     config = parts.config
     model = accelerator.unwrap_model(parts.unet, keep_torch_compile=False)
     decays = parts.ema.max_decays if parts.ema is not None else [None]
@@ -360,14 +405,23 @@ def track_fid(accelerator: Accelerator, parts: TrainingParts, fid_tracker: Train
             best = {"step": step, "fid": round(fid, 4), "ema_decay": decay}
             with ema_weights(model, parts.ema, index):
                 export_pipeline(model, parts.noise_scheduler, Path(config.output_dir) / "best-fid")
-            write_json(Path(config.output_dir) / "best-fid" / "fid.json", {
-                **best, "reference": config.fid_reference, "num_images": config.fid_num_images, "sampler": config.fid_sampler,
-                "steps": config.fid_inference_steps, "mode": config.fid_mode,
-            })  # fmt: skip
+            write_json(
+                Path(config.output_dir) / "best-fid" / "fid.json",
+                {
+                    **best,
+                    "reference": config.fid_reference,
+                    "num_images": config.fid_num_images,
+                    "sampler": config.fid_sampler,
+                    "steps": config.fid_inference_steps,
+                    "mode": config.fid_mode,
+                },
+            )
     return best
 
 
-def periodic_work(accelerator, parts, batches, state, record, total_steps, fid_tracker, stop_request, progress) -> bool:
+def periodic_work(
+    accelerator, parts, batches, state, record, total_steps, fid_tracker, stop_request, progress
+) -> bool:
     """After a step: the sample grid, FID and checkpoint when they are due. Returns whether to stop now, as every
     process agrees (a signal to any of them; the step is then checkpointed)."""
     config = parts.config
@@ -381,7 +435,10 @@ def periodic_work(accelerator, parts, batches, state, record, total_steps, fid_t
     if config.fid_steps and (step % config.fid_steps == 0 or is_last):
         if accelerator.is_main_process:
             state.best_fid = track_fid(accelerator, parts, fid_tracker, step, state.best_fid)
-            progress.write(f"step {step}: best FID {state.best_fid['fid']:.2f} (step {state.best_fid['step']}, EMA {state.best_fid['ema_decay']})")
+            progress.write(
+                f"step {step}: best FID {state.best_fid['fid']:.2f} (step {state.best_fid['step']}, EMA "
+                f"{state.best_fid['ema_decay']})"
+            )
         accelerator.wait_for_everyone()
     stop = stop_request.received is not None
     if accelerator.num_processes > 1:  # every process must stop after the same step
@@ -392,22 +449,38 @@ def periodic_work(accelerator, parts, batches, state, record, total_steps, fid_t
 
 
 def diverged(config: TrainingConfig, state: TrainingState, bad_steps_in_a_row: int) -> TrainingStopped:
-    good_step = state.global_step - bad_steps_in_a_row  # checkpoints written during the bad streak hold the same weights
-    checkpoints = [path for path in list_checkpoints(Path(config.output_dir) / "checkpoints") if checkpoint_step(path) <= good_step]
+    good_step = (
+        state.global_step - bad_steps_in_a_row
+    )  # checkpoints written during the bad streak hold the same weights
+    checkpoints = [
+        path
+        for path in list_checkpoints(Path(config.output_dir) / "checkpoints")
+        if checkpoint_step(path) <= good_step
+    ]
     last_good = f"the last good checkpoint is {checkpoints[-1]}" if checkpoints else "there is no checkpoint yet"
     return TrainingStopped(
-        f"training diverged: {bad_steps_in_a_row} steps in a row (up to step {state.global_step}) had a non-finite loss or "
+        f"training diverged: {bad_steps_in_a_row} steps in a row (up to step {state.global_step}) had a non-finite "
+        "loss or "
         f"gradient and were skipped; {last_good}. Resume from it with a lower --learning_rate "
         f"(--resume_from_checkpoint PATH), or raise --max_bad_steps.",
         exit_code=3,
     )
 
 
-def training_loop(accelerator, parts: TrainingParts, batches: Batches, state: TrainingState, record: RunRecord, total_steps: int,
-                  fid_tracker: Optional[TrainingFid]) -> None:  # fmt: skip
-    """Optimizer steps until the budget is spent. Raises TrainingStopped for a signal (after checkpointing) or divergence."""
+def training_loop(
+    accelerator,
+    parts: TrainingParts,
+    batches: Batches,
+    state: TrainingState,
+    record: RunRecord,
+    total_steps: int,
+    fid_tracker: Optional[TrainingFid],
+) -> None:
+    """Optimizer steps until the budget is spent. Raises TrainingStopped for a signal (checkpointed) or divergence."""
     config = parts.config
-    progress = tqdm(total=total_steps, initial=state.global_step, desc="Training", disable=not accelerator.is_main_process)
+    progress = tqdm(
+        total=total_steps, initial=state.global_step, desc="Training", disable=not accelerator.is_main_process
+    )
     window = LogWindow(accelerator.device)
     bad_steps_in_a_row = 0
     parts.unet.train()
@@ -424,26 +497,38 @@ def training_loop(accelerator, parts: TrainingParts, batches: Batches, state: Tr
                 else:
                     state.skipped_steps += 1
                     bad_steps_in_a_row += 1
-                    progress.write(f"step {state.global_step}: non-finite loss or gradient, step skipped ({bad_steps_in_a_row} in a row)")
+                    progress.write(
+                        f"step {state.global_step}: non-finite loss or gradient, step skipped ({bad_steps_in_a_row} "
+                        "in a row)"
+                    )
                     if config.max_bad_steps and bad_steps_in_a_row >= config.max_bad_steps:
                         raise diverged(config, state, bad_steps_in_a_row)
 
                 if state.global_step % config.logging_steps == 0 or state.global_step == total_steps:
                     loss, seconds = window.close(accelerator, record.images_per_step)
                     state.train_seconds += seconds
-                    logs = {"loss": loss, "lr": parts.lr_scheduler.get_last_lr()[0], "images_per_second": window.images_per_second,
-                            "skipped_steps": state.skipped_steps}  # fmt: skip
+                    logs = {
+                        "loss": loss,
+                        "lr": parts.lr_scheduler.get_last_lr()[0],
+                        "images_per_second": window.images_per_second,
+                        "skipped_steps": state.skipped_steps,
+                    }
                     if parts.ema is not None:
                         logs["ema_decay"] = parts.ema.current_decays()[0]
-                    progress.set_postfix(loss=f"{loss:.4f}", lr=f"{logs['lr']:.2e}", img_s=f"{window.images_per_second:.0f}")
+                    progress.set_postfix(
+                        loss=f"{loss:.4f}", lr=f"{logs['lr']:.2e}", img_s=f"{window.images_per_second:.0f}"
+                    )
                     accelerator.log(logs, step=state.global_step)
 
                 with window.pause():
-                    stop = periodic_work(accelerator, parts, batches, state, record, total_steps, fid_tracker, stop_request, progress)
+                    stop = periodic_work(
+                        accelerator, parts, batches, state, record, total_steps, fid_tracker, stop_request, progress
+                    )
                 if stop:
                     raise TrainingStopped(
                         f"stopped by {stop_request.name} after step {state.global_step} of {total_steps}: checkpoint "
-                        f"{Path(config.output_dir) / 'checkpoints' / f'{CHECKPOINT_PREFIX}{state.global_step}'} written. "
+                        f"{Path(config.output_dir) / 'checkpoints' / f'{CHECKPOINT_PREFIX}{state.global_step}'} "
+                        "written. "
                         "Continue with the same command and --resume_from_checkpoint latest.",
                         exit_code=128 + (stop_request.received or 15),
                     )
@@ -458,15 +543,23 @@ def training_loop(accelerator, parts: TrainingParts, batches: Batches, state: Tr
 # After the loop
 
 
-def export_run(accelerator: Accelerator, parts: TrainingParts, record: RunRecord, state: TrainingState, files_skipped: int,
-               started: float) -> None:  # fmt: skip
+def export_run(
+    accelerator: Accelerator,
+    parts: TrainingParts,
+    record: RunRecord,
+    state: TrainingState,
+    files_skipped: int,
+    started: float,
+) -> None:
     """The main EMA (or the trained weights) as a stock DDPMPipeline in the output folder and each other EMA in
     ema-<decay>/, a last sample grid, the finished record and the model card; then the Hub push if asked."""
     config, output_dir = parts.config, Path(parts.config.output_dir)
     if not accelerator.is_main_process:
         return
     unet = build_unet(config)
-    unet.load_state_dict(accelerator.unwrap_model(parts.unet, keep_fp32_wrapper=False, keep_torch_compile=False).state_dict())
+    unet.load_state_dict(
+        accelerator.unwrap_model(parts.unet, keep_fp32_wrapper=False, keep_torch_compile=False).state_dict()
+    )
     unet.to(accelerator.device)
     if parts.ema is not None:
         for index, decay in enumerate(parts.ema.max_decays[1:], start=1):
@@ -476,10 +569,15 @@ def export_run(accelerator: Accelerator, parts: TrainingParts, record: RunRecord
     export_pipeline(unet, parts.noise_scheduler, output_dir)
     grid_path = save_sample_grid(accelerator, unet.eval(), config, parts.noise_scheduler.config, state.global_step)
     data = {**record.data, "files_skipped": files_skipped} if config.streaming else record.data
-    write_record(output_dir / RECORD_NAME, config, record_at(record, state, finished=True, data=data,
-                                                              wall_seconds=round(time.time() - started, 1)))  # fmt: skip
+    write_record(
+        output_dir / RECORD_NAME,
+        config,
+        record_at(record, state, finished=True, data=data, wall_seconds=round(time.time() - started, 1)),
+    )
     write_card(output_dir, config.hub_model_id)
-    accelerator.print(f"Exported the DDPMPipeline to {output_dir} (sample grid: {grid_path}) in {time.time() - started:.0f} s")
+    accelerator.print(
+        f"Exported the DDPMPipeline to {output_dir} (sample grid: {grid_path}) in {time.time() - started:.0f} s"
+    )
     if config.push_to_hub:
         push_to_hub(output_dir, config.hub_model_id, config.hub_private_repo)
 
@@ -507,9 +605,14 @@ def train(config: TrainingConfig) -> Path:
     data = load_training_data(config, accelerator)
     total_steps = count_train_steps(config, data.num_images, accelerator.num_processes)
     parts = build_training(config, accelerator, unet, total_steps)
-    record = RunRecord(**describe_environment(accelerator), num_train_images=data.num_images, data=data.summary,
-                       unet_parameters=count_parameters(unet), total_steps=total_steps,
-                       images_per_step=config.global_batch_size(accelerator.num_processes))  # fmt: skip
+    record = RunRecord(
+        **describe_environment(accelerator),
+        num_train_images=data.num_images,
+        data=data.summary,
+        unet_parameters=count_parameters(unet),
+        total_steps=total_steps,
+        images_per_step=config.global_batch_size(accelerator.num_processes),
+    )
     if accelerator.is_main_process:
         write_record(Path(config.output_dir) / RECORD_NAME, config, record)
         accelerator.init_trackers("train_ddpm", config=tracker_config(config))
@@ -520,14 +623,18 @@ def train(config: TrainingConfig) -> Path:
         accelerator.print(f"Resumed from {resume_from} at step {state.global_step}")
     epochs = f"{total_steps * record.images_per_step / data.num_images:.1f} epochs" if data.num_images else "streamed"
     accelerator.print(
-        f"Training {record.unet_parameters:,} parameters on {data.num_images or 'a stream of'} images: {total_steps:,} steps of "
-        f"{record.images_per_step} images ({epochs}), {accelerator.num_processes} process(es), mixed precision {accelerator.mixed_precision}"
+        f"Training {record.unet_parameters:,} parameters on {data.num_images or 'a stream of'} images: "
+        f"{total_steps:,} steps of "
+        f"{record.images_per_step} images ({epochs}), {accelerator.num_processes} process(es), mixed precision "
+        f"{accelerator.mixed_precision}"
     )
 
     training_loop(accelerator, parts, data.batches, state, record, total_steps, fid_tracker)
     files_skipped = data.batches.files_skipped()
     if config.streaming:  # counted by each process while reading
-        files_skipped = int(accelerator.reduce(torch.tensor(files_skipped, device=accelerator.device), reduction="sum").item())
+        files_skipped = int(
+            accelerator.reduce(torch.tensor(files_skipped, device=accelerator.device), reduction="sum").item()
+        )
     export_run(accelerator, parts, record, state, files_skipped, started)
     accelerator.end_training()
     return Path(config.output_dir)
@@ -545,7 +652,11 @@ def dry_run(config: TrainingConfig) -> None:
     print(json.dumps(config.to_dict(), indent=2))
     print(describe_unet(config, build_unet(config)))
     try:
-        num_images = None if config.streaming else len(open_source(DataSource.from_config(config), config.max_image_bytes).table)
+        num_images = (
+            None
+            if config.streaming
+            else len(open_source(DataSource.from_config(config), config.max_image_bytes).table)
+        )
         source_note = " (streamed: the length is not known ahead)" if config.streaming else ""
     except DataError as error:
         num_images, source_note = None, f" (the data source is not readable yet: {error})"
@@ -555,8 +666,10 @@ def dry_run(config: TrainingConfig) -> None:
         print(f"training steps: unknown until the data source can be read{source_note}")
         return
     steps = count_train_steps(config, num_images or 0, state.num_processes)
-    print(f"training steps: {steps:,} of {config.global_batch_size(state.num_processes)} images on "
-          f"{num_images or 'unknown'} training images{source_note}")  # fmt: skip
+    print(
+        f"training steps: {steps:,} of {config.global_batch_size(state.num_processes)} images on "
+        f"{num_images or 'unknown'} training images{source_note}"
+    )
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -573,5 +686,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         print(f"{'error: ' if error.exit_code == 3 else ''}{error}", file=sys.stderr)
         sys.exit(error.exit_code)
     except HubError as error:
-        print(f"error: {error}\nThe trained pipeline is kept; push it later with `python -m pipeline.hub push`.", file=sys.stderr)
+        print(
+            f"error: {error}\nThe trained pipeline is kept; push it later with `python -m pipeline.hub push`.",
+            file=sys.stderr,
+        )
         sys.exit(2)

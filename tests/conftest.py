@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
@@ -139,7 +140,9 @@ def sfhq_tree(tmp_path_factory):
     rgba = _photo(rng, 96).convert("RGBA")
     rgba.putalpha(Image.fromarray(np.where(np.arange(96)[None, :] < 48, 0, 255).astype("uint8").repeat(96, 0)))
     rgba.save(images / "rgba.png")  # left half fully transparent
-    Image.fromarray(np.full((96, 96), 128 * 257, dtype=np.uint16)).save(images / "sixteen_bit.png")  # mid grey, 16 bits
+    Image.fromarray(np.full((96, 96), 128 * 257, dtype=np.uint16)).save(
+        images / "sixteen_bit.png"
+    )  # mid grey, 16 bits
     Image.new("CMYK", (96, 96), (0, 255, 255, 0)).save(images / "cmyk.jpg", quality=95)  # pure red
     palette = Image.new("P", (96, 96), 1)
     palette.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)

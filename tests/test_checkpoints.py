@@ -45,7 +45,9 @@ def test_latest_without_checkpoints_starts_a_new_run(tmp_path):
 def test_resuming_with_a_different_architecture_is_refused(tmp_path):
     checkpoint = make_checkpoint(tmp_path, 3, tiny(tmp_path))
     check_resume_compatible(tiny(tmp_path, learning_rate=0.01), checkpoint)  # optimisation settings may change
-    with pytest.raises(ConfigError, match="block_out_channels: cannot resume .*\\[8, 16\\] in the checkpoint, \\[16, 32\\] now"):
+    with pytest.raises(
+        ConfigError, match="block_out_channels: cannot resume .*\\[8, 16\\] in the checkpoint, \\[16, 32\\] now"
+    ):
         check_resume_compatible(tiny(tmp_path, block_out_channels=[16, 32], norm_num_groups=4), checkpoint)
 
 

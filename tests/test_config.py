@@ -10,6 +10,7 @@ from conftest import REPO
 from pipeline.config import ConfigError, TrainingConfig, load_preset, parse_config
 from pipeline.record import RunRecord, read_record, write_record
 
+
 PRESETS = sorted((REPO / "configs").glob("*.yaml"))
 
 
@@ -69,7 +70,10 @@ FLAG_VALUES = {
     "shuffle_buffer_size": (["64"], 64),
     "block_out_channels": (["16", "32", "64"], [16, 32, 64]),
     "layers_per_block": (["2"], 2),
-    "down_block_types": (["DownBlock2D", "AttnDownBlock2D", "DownBlock2D"], ["DownBlock2D", "AttnDownBlock2D", "DownBlock2D"]),
+    "down_block_types": (
+        ["DownBlock2D", "AttnDownBlock2D", "DownBlock2D"],
+        ["DownBlock2D", "AttnDownBlock2D", "DownBlock2D"],
+    ),
     "up_block_types": (["UpBlock2D", "AttnUpBlock2D", "UpBlock2D"], ["UpBlock2D", "AttnUpBlock2D", "UpBlock2D"]),
     "mid_block_type": (["none"], None),
     "add_attention": (["true"], True),
@@ -248,7 +252,9 @@ def test_yaml_numbers_without_a_dot_are_read_as_numbers(tmp_path):
 
 def test_training_config_json_round_trips_and_is_a_valid_preset(tmp_path):
     config = parse_config(["--config", "configs/sfhq64_improved.yaml", "--seed", "3"])
-    run = RunRecord(hardware="a machine", num_processes=2, global_step=7, best_fid={"step": 5, "fid": 1.5, "ema_decay": 0.999})
+    run = RunRecord(
+        hardware="a machine", num_processes=2, global_step=7, best_fid={"step": 5, "fid": 1.5, "ema_decay": 0.999}
+    )
     write_record(tmp_path / "training_config.json", config, run)
     saved = json.loads((tmp_path / "training_config.json").read_text())
     assert saved["run"]["hardware"] == "a machine" and saved["config"]["seed"] == 3

@@ -1,8 +1,8 @@
 import io
 import json
-from dataclasses import replace
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -11,10 +11,19 @@ from PIL import Image
 
 from conftest import REPO, SFHQ_TREE_GOOD_JPEGS, SFHQ_TREE_SPECIAL
 from pipeline import data
-from pipeline.config import parse_config
 from pipeline.batches import CachedBatches, StreamedBatches
-from pipeline.data import DataError, DataSource, Preprocessing, decode_image, open_source, prepare_training_images, to_uint8_array
+from pipeline.config import parse_config
+from pipeline.data import (
+    DataError,
+    DataSource,
+    Preprocessing,
+    decode_image,
+    open_source,
+    prepare_training_images,
+    to_uint8_array,
+)
 from pipeline.diffusion import random_flip, to_model_range
+
 
 SETTINGS = Preprocessing(resolution=32, channels=3, min_image_size=16)
 KEPT = SFHQ_TREE_GOOD_JPEGS + sum(outcome == "kept" for outcome in SFHQ_TREE_SPECIAL.values())
@@ -67,8 +76,12 @@ def test_sfhq_folder_keeps_good_images_and_reports_bad_ones(sfhq_tree):
     summary = prepared.summary
     assert summary["images_kept"] == KEPT and summary["files_skipped"] == len(SFHQ_TREE_SPECIAL) - 5
     assert summary["skipped_by_reason"] == {
-        "not an image file": 1, "not a readable image": 1, "corrupt or truncated": 1, "empty file": 1, "too small": 1,
-    }  # fmt: skip
+        "not an image file": 1,
+        "not a readable image": 1,
+        "corrupt or truncated": 1,
+        "empty file": 1,
+        "too small": 1,
+    }
     reported = "\n".join(summary["skipped_examples"])
     for file, outcome in SFHQ_TREE_SPECIAL.items():
         if outcome != "kept":
@@ -105,7 +118,9 @@ def test_second_load_reuses_the_cache_without_decoding(sfhq_tree, monkeypatch):
     np.testing.assert_array_equal(second.pixels, first.pixels)
     # any preprocessing setting changes the key: this one must decode (and so fail here)
     with pytest.raises(AssertionError, match="decoded again"):
-        prepare_training_images(tree_config(root, "--resolution", "16", "--min_image_size", "8", "--intermediate_resolution", "48"))
+        prepare_training_images(
+            tree_config(root, "--resolution", "16", "--min_image_size", "8", "--intermediate_resolution", "48")
+        )
 
 
 def test_a_changed_source_is_decoded_again(tmp_path):
@@ -124,7 +139,9 @@ def test_a_changed_source_is_decoded_again(tmp_path):
 def test_subset_is_seeded(sfhq_tree, tmp_path):
     root, _ = sfhq_tree
     first = prepare_training_images(tree_config(root, "--max_train_samples", "12", "--seed", "1")).pixels
-    again = prepare_training_images(tree_config(root, "--max_train_samples", "12", "--seed", "1", "--cache_dir", str(tmp_path)))
+    again = prepare_training_images(
+        tree_config(root, "--max_train_samples", "12", "--seed", "1", "--cache_dir", str(tmp_path))
+    )
     other = prepare_training_images(tree_config(root, "--max_train_samples", "12", "--seed", "2")).pixels
     assert not again.summary["from_cache"]  # decoded afresh in another cache folder: the same images
     np.testing.assert_array_equal(again.pixels, first)
@@ -151,8 +168,20 @@ def test_empty_and_missing_sources(tmp_path):
 
 def test_prepare_command(sfhq_tree, tmp_path):
     root, _ = sfhq_tree
-    command = [sys.executable, "-m", "pipeline.data", "prepare", "--train_data_dir", str(root), "--resolution", "24",
-               "--image_channels", "3", "--cache_dir", str(tmp_path / "cache")]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline.data",
+        "prepare",
+        "--train_data_dir",
+        str(root),
+        "--resolution",
+        "24",
+        "--image_channels",
+        "3",
+        "--cache_dir",
+        str(tmp_path / "cache"),
+    ]
     first = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr
     assert f"Data: {KEPT} images of 24x24x3 from folder" in first.stdout and "decoded in" in first.stdout
@@ -161,7 +190,9 @@ def test_prepare_command(sfhq_tree, tmp_path):
     assert "read from the cache" in second.stdout
     summary = json.loads(next((tmp_path / "cache" / "ddpm_images").glob("*/summary.json")).read_text())
     assert summary["images_kept"] == KEPT
-    bad = subprocess.run(command[:5] + [str(tmp_path / "nowhere")], cwd=REPO, capture_output=True, text=True, timeout=300)
+    bad = subprocess.run(
+        command[:5] + [str(tmp_path / "nowhere")], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     assert bad.returncode == 2 and bad.stderr.startswith("error: train_data_dir:")
 
 
@@ -220,7 +251,9 @@ def test_exif_orientation_is_applied():
     tall.paste((255, 255, 255), (0, 0, 20, 20))  # white top half
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
-    pixels = decode_image(encoded(tall, "JPEG", exif=exif.tobytes(), quality=95), replace(SETTINGS, min_image_size=0, center_crop=False))
+    pixels = decode_image(
+        encoded(tall, "JPEG", exif=exif.tobytes(), quality=95), replace(SETTINGS, min_image_size=0, center_crop=False)
+    )
     assert pixels[:, -8:].mean() > 200 and pixels[:, :8].mean() < 50  # the white half is now on the right
 
 
@@ -299,7 +332,9 @@ def test_streaming_crosses_epochs_and_skips_bad_images(tmp_path):
     rows = [{"bytes": image, "path": None} for image in good] + [{"bytes": b"broken", "path": None}]
     table = datasets.Dataset.from_dict({"image": rows}, features=datasets.Features({"image": datasets.Image()}))
     table.to_parquet(tmp_path / "small.parquet")
-    stream = StreamedBatches(streaming_config("--dataset_name", str(tmp_path / "small.parquet"), "--train_batch_size", "4"))
+    stream = StreamedBatches(
+        streaming_config("--dataset_name", str(tmp_path / "small.parquet"), "--train_batch_size", "4")
+    )
     values = [int(image[0, 0, 0]) for k in range(5) for image in stream.batch(k)]  # 20 images: 2 epochs of 10
     assert sorted(values[:10]) == sorted(values[10:]) == list(range(0, 250, 25))
     skipped = stream.skipped["not a readable image"]

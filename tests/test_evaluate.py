@@ -15,13 +15,12 @@ import scipy.linalg
 import torch
 from PIL import Image
 
+from conftest import TINY, TinyFeatures
 from pipeline import evaluate as ev
 from pipeline.config import TrainingConfig
 from pipeline.data import prepare_training_images
 from pipeline.model import build_noise_scheduler, build_unet
 from pipeline.train import export_pipeline
-
-from conftest import TINY, TinyFeatures
 
 
 FEATURES = "tiny test network"
@@ -70,7 +69,12 @@ def test_frechet_distance_matches_scipy_sqrtm_on_random_spd_matrices(size):
     a, b = rng.normal(size=(2 * size, size)), rng.normal(size=(2 * size, size))
     sigma1, sigma2 = a.T @ a / size + 0.1 * np.eye(size), b.T @ b / size + 0.1 * np.eye(size)
     mu1, mu2 = rng.normal(size=size), rng.normal(size=size)
-    expected = ((mu1 - mu2) ** 2).sum() + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(scipy.linalg.sqrtm(sigma1 @ sigma2)).real
+    expected = (
+        ((mu1 - mu2) ** 2).sum()
+        + np.trace(sigma1)
+        + np.trace(sigma2)
+        - 2 * np.trace(scipy.linalg.sqrtm(sigma1 @ sigma2)).real
+    )
     assert ev.frechet_distance(mu1, sigma1, mu2, sigma2) == pytest.approx(expected, rel=1e-6)
 
 
@@ -123,9 +127,15 @@ def test_fid_equals_clean_fids_own_folder_computation(garments, tmp_path, mode):
             Image.fromarray(image[..., 0]).save(tmp_path / name / f"{index:04d}.png")
     extractor = TinyFeatures()
     theirs = cleanfid.compute_fid(
-        str(tmp_path / "real"), str(tmp_path / "bright"), mode=mode, custom_feat_extractor=extractor,
-        num_workers=0, batch_size=32, device=torch.device("cpu"), verbose=False,
-    )  # fmt: skip
+        str(tmp_path / "real"),
+        str(tmp_path / "bright"),
+        mode=mode,
+        custom_feat_extractor=extractor,
+        num_workers=0,
+        batch_size=32,
+        device=torch.device("cpu"),
+        verbose=False,
+    )
     ours = ev.frechet_distance(*ev.statistics(features_of(pixels, mode)), *ev.statistics(features_of(brighter, mode)))
     assert ours == pytest.approx(theirs, rel=1e-5)
 
@@ -184,7 +194,16 @@ def run_module(*args, check=True):
 
 
 def test_evaluate_command_stops_on_missing_or_corrupt_weights(tiny_pipeline, tmp_path):
-    base = ["pipeline.evaluate", "fid", "--model", str(tiny_pipeline), "--reference_dataset", "data/fashion_mnist", "--device", "cpu"]
+    base = [
+        "pipeline.evaluate",
+        "fid",
+        "--model",
+        str(tiny_pipeline),
+        "--reference_dataset",
+        "data/fashion_mnist",
+        "--device",
+        "cpu",
+    ]
     missing = run_module(*base, "--inception_weights", str(tmp_path / "nowhere.pt"), check=False)
     assert missing.returncode == 2
     assert "error: inception_weights: no file at" in missing.stderr and "inception-2015-12-05.pt" in missing.stderr
@@ -200,7 +219,19 @@ def test_evaluate_command_stops_on_missing_or_corrupt_weights(tiny_pipeline, tmp
 
 
 def test_sample_command_writes_pngs_grid_and_record_and_is_seeded(tiny_pipeline, tmp_path):
-    common = ["pipeline.sample", "--model", str(tiny_pipeline), "--num_images", "6", "--sampler", "ddpm", "--steps", "4", "--device", "cpu"]
+    common = [
+        "pipeline.sample",
+        "--model",
+        str(tiny_pipeline),
+        "--num_images",
+        "6",
+        "--sampler",
+        "ddpm",
+        "--steps",
+        "4",
+        "--device",
+        "cpu",
+    ]
     run_module(*common, "--batch_size", "6", "--output_dir", str(tmp_path / "a"))
     run_module(*common, "--batch_size", "4", "--output_dir", str(tmp_path / "b"))
     record = json.loads((tmp_path / "a" / "samples.json").read_text())
@@ -255,53 +286,136 @@ def test_every_sampler_runs_from_the_saved_scheduler(tiny_pipeline, sampler, ext
     images = generate(unet, built, 3, 3, seed=1, eta=extra.get("eta", 0.0))
     assert images.shape == (3, 16, 16, 1) and images.min() >= 0 and images.max() <= 1
     assert unet.evaluations == 3 * evaluations
-    again = generate(unet, make_sampler(sampler, pipeline.scheduler.config, extra.get("solver_order", 2)), 3, 3, seed=1, eta=extra.get("eta", 0.0))
+    again = generate(
+        unet,
+        make_sampler(sampler, pipeline.scheduler.config, extra.get("solver_order", 2)),
+        3,
+        3,
+        seed=1,
+        eta=extra.get("eta", 0.0),
+    )
     assert np.array_equal(images, again)
 
 
 def evaluate_args(*extra):
-    return ev.parse_args(["fid", "--device", "cpu", "--num_images", "40", "--batch_size", "20", "--sampler", "dpmsolver++", "--steps", "3", *extra])
+    return ev.parse_args(
+        [
+            "fid",
+            "--device",
+            "cpu",
+            "--num_images",
+            "40",
+            "--batch_size",
+            "20",
+            "--sampler",
+            "dpmsolver++",
+            "--steps",
+            "3",
+            *extra,
+        ]
+    )
 
 
 def test_evaluate_command_end_to_end_with_saved_reference_statistics(tiny_pipeline, tmp_path):
     stats = tmp_path / "reference.npz"
     reference_args = ev.parse_args(
-        ["reference", "--model", str(tiny_pipeline), "--reference_dataset", "data/fashion_mnist", "--reference_max_images", "64",
-         "--output", str(stats), "--device", "cpu"]
-    )  # fmt: skip
+        [
+            "reference",
+            "--model",
+            str(tiny_pipeline),
+            "--reference_dataset",
+            "data/fashion_mnist",
+            "--reference_max_images",
+            "64",
+            "--output",
+            str(stats),
+            "--device",
+            "cpu",
+        ]
+    )
     meta = ev.make_reference(reference_args, feature_fn=TinyFeatures(), feature_name=FEATURES)
     assert meta["images"] == 64 and meta["resolution"] == 16 and stats.is_file()
 
-    from_stats = ev.evaluate(evaluate_args("--model", str(tiny_pipeline), "--reference", str(stats)), TinyFeatures(), FEATURES)
+    from_stats = ev.evaluate(
+        evaluate_args("--model", str(tiny_pipeline), "--reference", str(stats)), TinyFeatures(), FEATURES
+    )
     from_source = ev.evaluate(
-        evaluate_args("--model", str(tiny_pipeline), "--reference_dataset", "data/fashion_mnist", "--reference_max_images", "64"),
-        TinyFeatures(), FEATURES,
-    )  # fmt: skip
+        evaluate_args(
+            "--model", str(tiny_pipeline), "--reference_dataset", "data/fashion_mnist", "--reference_max_images", "64"
+        ),
+        TinyFeatures(),
+        FEATURES,
+    )
     assert from_stats["fid"] == pytest.approx(from_source["fid"], rel=1e-4)  # stats keep features as float32
     assert from_stats["fid"] > 0 and from_stats["num_reference"] == 64
 
     metrics = json.loads((tiny_pipeline / "eval" / "metrics.json").read_text())["results"]
     assert len(metrics) == 2  # one entry per reference; a rerun would replace its own
     entry = metrics[0]
-    for key in ("fid", "kid", "num_samples", "sampler", "steps", "seed", "reference", "mode", "clean_fid_version", "wall_seconds"):
+    for key in (
+        "fid",
+        "kid",
+        "num_samples",
+        "sampler",
+        "steps",
+        "seed",
+        "reference",
+        "mode",
+        "clean_fid_version",
+        "wall_seconds",
+    ):
         assert key in entry
-    assert entry["num_samples"] == 40 and entry["sampler"] == "dpmsolver++" and entry["steps"] == 3 and entry["mode"] == "clean"
-    assert entry["reference"]["source"] == "data/fashion_mnist" and entry["reference"]["statistics_file"] == "reference.npz"
+    assert (
+        entry["num_samples"] == 40
+        and entry["sampler"] == "dpmsolver++"
+        and entry["steps"] == 3
+        and entry["mode"] == "clean"
+    )
+    assert (
+        entry["reference"]["source"] == "data/fashion_mnist"
+        and entry["reference"]["statistics_file"] == "reference.npz"
+    )
     assert (tiny_pipeline / "eval" / "samples-dpmsolver++-3.png").is_file()
 
     ev.evaluate(evaluate_args("--model", str(tiny_pipeline), "--reference", str(stats)), TinyFeatures(), FEATURES)
     assert len(json.loads((tiny_pipeline / "eval" / "metrics.json").read_text())["results"]) == 2
 
     with pytest.raises(ev.EvalError, match="holds tiny test network features in mode clean"):
-        ev.evaluate(evaluate_args("--model", str(tiny_pipeline), "--reference", str(stats), "--mode", "legacy_pytorch"), TinyFeatures(), FEATURES)
+        ev.evaluate(
+            evaluate_args("--model", str(tiny_pipeline), "--reference", str(stats), "--mode", "legacy_pytorch"),
+            TinyFeatures(),
+            FEATURES,
+        )
 
 
 def test_evaluating_a_samples_folder_equals_evaluating_the_model(tiny_pipeline, tmp_path):
     run_module(
-        "pipeline.sample", "--model", str(tiny_pipeline), "--num_images", "40", "--batch_size", "20", "--steps", "3",
-        "--sampler", "dpmsolver++", "--device", "cpu", "--output_dir", str(tmp_path / "samples"),
-    )  # fmt: skip
-    reference = ["--reference_dataset", "data/fashion_mnist", "--reference_max_images", "64", "--output_dir", str(tmp_path / "eval")]
-    from_folder = ev.evaluate(evaluate_args("--samples", str(tmp_path / "samples"), *reference), TinyFeatures(), FEATURES)
+        "pipeline.sample",
+        "--model",
+        str(tiny_pipeline),
+        "--num_images",
+        "40",
+        "--batch_size",
+        "20",
+        "--steps",
+        "3",
+        "--sampler",
+        "dpmsolver++",
+        "--device",
+        "cpu",
+        "--output_dir",
+        str(tmp_path / "samples"),
+    )
+    reference = [
+        "--reference_dataset",
+        "data/fashion_mnist",
+        "--reference_max_images",
+        "64",
+        "--output_dir",
+        str(tmp_path / "eval"),
+    ]
+    from_folder = ev.evaluate(
+        evaluate_args("--samples", str(tmp_path / "samples"), *reference), TinyFeatures(), FEATURES
+    )
     from_model = ev.evaluate(evaluate_args("--model", str(tiny_pipeline), *reference), TinyFeatures(), FEATURES)
     assert from_folder["fid"] == from_model["fid"] and from_folder["kid"] == from_model["kid"]

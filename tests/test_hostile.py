@@ -30,9 +30,9 @@ from safetensors.torch import load_file
 
 from conftest import REPO, TINY
 from pipeline import evaluate as ev
+from pipeline.batches import MAX_UNUSABLE_ROWS_IN_A_ROW, StreamedBatches
 from pipeline.checkpoint import CheckpointError
 from pipeline.config import ConfigError, TrainingConfig, parse_config
-from pipeline.batches import MAX_UNUSABLE_ROWS_IN_A_ROW, StreamedBatches
 from pipeline.data import DataError, prepare_training_images
 from pipeline.train import train
 
@@ -84,8 +84,17 @@ def resumable_copy(finished_run: Path, tmp_path: Path) -> Path:
 
 
 def resume(output_dir: Path) -> Path:
-    return train(TrainingConfig(**{**TINY, "output_dir": str(output_dir), "save_images_steps": 0, "logger": "none",
-                                   "resume_from_checkpoint": "latest"}))  # fmt: skip
+    return train(
+        TrainingConfig(
+            **{
+                **TINY,
+                "output_dir": str(output_dir),
+                "save_images_steps": 0,
+                "logger": "none",
+                "resume_from_checkpoint": "latest",
+            }
+        )
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -98,8 +107,17 @@ def test_resume_never_unpickles_files_planted_in_a_checkpoint(finished_run, tmp_
     checkpoint = output_dir / "checkpoints" / "checkpoint-3"
     marker = tmp_path / "fired"
     # every name Accelerate's save_state uses, and the pickle names of a diffusers checkpoint
-    for name in ("custom_checkpoint_0.pkl", "random_states_0.pkl", "optimizer.bin", "scheduler.bin", "scaler.pt",
-                 "pytorch_model.bin", "model.safetensors.pkl", "unet/diffusion_pytorch_model.bin", "unet_ema/diffusion_pytorch_model.bin"):  # fmt: skip
+    for name in (
+        "custom_checkpoint_0.pkl",
+        "random_states_0.pkl",
+        "optimizer.bin",
+        "scheduler.bin",
+        "scaler.pt",
+        "pytorch_model.bin",
+        "model.safetensors.pkl",
+        "unet/diffusion_pytorch_model.bin",
+        "unet_ema/diffusion_pytorch_model.bin",
+    ):
         plant(checkpoint / name, marker)
     resume(output_dir)
     assert not marker.exists()
@@ -127,7 +145,10 @@ def test_legacy_inception_weights_are_never_unpickled(tmp_path, where):
 def test_legacy_inception_weights_that_are_not_the_published_file_are_named(tmp_path):
     path = tmp_path / "weights.pth"
     torch.save({"conv.weight": torch.zeros(3)}, path)  # a plain state dict: loads safely, but is not Inception
-    with pytest.warns(UserWarning, match="is not the published pt_inception"), pytest.raises(ev.EvalError, match="not a usable"):
+    with (
+        pytest.warns(UserWarning, match="is not the published pt_inception"),
+        pytest.raises(ev.EvalError, match="not a usable"),
+    ):
         ev.build_inception("legacy_pytorch", path)
 
 
@@ -154,20 +175,35 @@ def _bad_generators(checkpoint: Path):  # valid JSON of the recorded size, wrong
 
 
 TAMPERINGS = {
-    "negative step": (lambda c: _set_state(c, global_step=-5), "training_state.json: global_step must be a non-negative integer, got -5"),
-    "string step": (lambda c: _set_state(c, global_step="3"), "training_state.json: global_step must be a non-negative integer, got '3'"),
-    "step of another folder": (lambda c: _set_state(c, global_step=2), "global_step 2 does not match the folder name checkpoint-3"),
+    "negative step": (
+        lambda c: _set_state(c, global_step=-5),
+        "training_state.json: global_step must be a non-negative integer, got -5",
+    ),
+    "string step": (
+        lambda c: _set_state(c, global_step="3"),
+        "training_state.json: global_step must be a non-negative integer, got '3'",
+    ),
+    "step of another folder": (
+        lambda c: _set_state(c, global_step=2),
+        "global_step 2 does not match the folder name checkpoint-3",
+    ),
     "not JSON": (lambda c: (c / "training_state.json").write_text("{"), "training_state.json: not valid JSON"),
-    "truncated weights": (lambda c: _truncate(c / "unet" / "diffusion_pytorch_model.safetensors"),
-                          "unet/diffusion_pytorch_model.safetensors: .* bytes, the checkpoint recorded"),
-    "scrambled weights": (lambda c: _scramble(c / "unet" / "diffusion_pytorch_model.safetensors"),
-                          "unet/diffusion_pytorch_model.safetensors: not a readable safetensors file"),
-    "scrambled EMA": (lambda c: _scramble(c / "unet_ema" / "diffusion_pytorch_model.safetensors"),
-                      "unet_ema/diffusion_pytorch_model.safetensors: not a readable safetensors file"),
+    "truncated weights": (
+        lambda c: _truncate(c / "unet" / "diffusion_pytorch_model.safetensors"),
+        "unet/diffusion_pytorch_model.safetensors: .* bytes, the checkpoint recorded",
+    ),
+    "scrambled weights": (
+        lambda c: _scramble(c / "unet" / "diffusion_pytorch_model.safetensors"),
+        "unet/diffusion_pytorch_model.safetensors: not a readable safetensors file",
+    ),
+    "scrambled EMA": (
+        lambda c: _scramble(c / "unet_ema" / "diffusion_pytorch_model.safetensors"),
+        "unet_ema/diffusion_pytorch_model.safetensors: not a readable safetensors file",
+    ),
     "missing optimizer": (lambda c: (c / "optimizer.safetensors").unlink(), "optimizer.safetensors: missing"),
     "bad generator state": (_bad_generators, "rng_state_0.json: malformed generator state"),
     "file outside": (lambda c: _set_state(c, files={"../../../etc/passwd": 1}), "names a file outside the checkpoint"),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("tampering", list(TAMPERINGS))
@@ -184,10 +220,27 @@ def test_a_tampered_checkpoint_from_the_command_line_is_one_error_line(finished_
     output_dir = resumable_copy(finished_run, tmp_path)
     _set_state(output_dir / "checkpoints" / "checkpoint-3", global_step=-5)
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump({**TINY, "logger": "none"}))
-    result = subprocess.run([sys.executable, "train_ddpm.py", "--config", str(tmp_path / "tiny.yaml"), "--output_dir", str(output_dir),
-                             "--resume_from_checkpoint", "checkpoint-3"], cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
+    result = subprocess.run(
+        [
+            sys.executable,
+            "train_ddpm.py",
+            "--config",
+            str(tmp_path / "tiny.yaml"),
+            "--output_dir",
+            str(output_dir),
+            "--resume_from_checkpoint",
+            "checkpoint-3",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].startswith("error: ") and "global_step must be a non-negative integer" in result.stderr
+    assert (
+        result.stderr.strip().splitlines()[-1].startswith("error: ")
+        and "global_step must be a non-negative integer" in result.stderr
+    )
     assert "Traceback" not in result.stderr
 
 
@@ -195,18 +248,35 @@ def test_a_failed_checkpoint_write_removes_the_partial_folder_and_says_so(tmp_pa
     """A real write failure: the file size limit (RLIMIT_FSIZE, as a quota or a full disk would) lets the weights
     (194 KB) through and stops the optimizer state (392 KB)."""
     values = {**TINY, "logger": "none", "save_images_steps": 0, "checkpointing_steps": 3}
-    prepare_training_images(TrainingConfig(**values))  # decode the data first: only the checkpoint should hit the limit
+    prepare_training_images(
+        TrainingConfig(**values)
+    )  # decode the data first: only the checkpoint should hit the limit
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(values))
 
     def limit_file_size():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing
         resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, 300_000))
 
-    result = subprocess.run([sys.executable, "train_ddpm.py", "--config", str(tmp_path / "tiny.yaml"), "--output_dir",
-                             str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True, timeout=300,
-                            preexec_fn=limit_file_size)  # fmt: skip
+    result = subprocess.run(
+        [
+            sys.executable,
+            "train_ddpm.py",
+            "--config",
+            str(tmp_path / "tiny.yaml"),
+            "--output_dir",
+            str(tmp_path / "out"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=limit_file_size,
+    )
     assert result.returncode == 2, result.stderr[-2000:]
-    assert re.search(r"cannot write the checkpoint of step 3 \(.*File too large.*\); the partial checkpoint was removed", result.stderr)
+    assert re.search(
+        r"cannot write the checkpoint of step 3 \(.*File too large.*\); the partial checkpoint was removed",
+        result.stderr,
+    )
     assert "No complete checkpoint exists yet" in result.stderr and "Traceback" not in result.stderr
     assert list((tmp_path / "out" / "checkpoints").iterdir()) == []
 
@@ -256,7 +326,9 @@ def test_a_zip_with_broken_encrypted_and_huge_members_skips_each_and_keeps_the_r
     _patch_member(archive, "bad_header.png", break_signature)
     _patch_member(archive, "encrypted.png", set_encrypted)
     started = time.perf_counter()
-    prepared = prepare_training_images(parse_config(["--train_data_dir", str(archive), "--resolution", "16", "--image_channels", "3"]))
+    prepared = prepare_training_images(
+        parse_config(["--train_data_dir", str(archive), "--resolution", "16", "--image_channels", "3"])
+    )
     summary = prepared.summary
     assert len(prepared.pixels) == 4 and summary["files_skipped"] == 4
     reasons = dict(example.split(": ", 1) for example in summary["skipped_examples"])
@@ -278,7 +350,9 @@ def test_a_folder_with_dangling_and_looping_links_and_undecodable_names_is_liste
     (folder / "sub" / "back_up").symlink_to(folder, target_is_directory=True)  # a folder loop
     with open(os.path.join(os.fsencode(folder), b"caf\xe9.png"), "wb") as file:  # Latin-1, not UTF-8
         file.write(_png(90))
-    prepared = prepare_training_images(parse_config(["--train_data_dir", str(folder), "--resolution", "16", "--image_channels", "3"]))
+    prepared = prepare_training_images(
+        parse_config(["--train_data_dir", str(folder), "--resolution", "16", "--image_channels", "3"])
+    )
     assert len(prepared.pixels) == 2
     reasons = dict(example.split(": ", 1) for example in prepared.summary["skipped_examples"])
     assert reasons["dangling.png"].startswith("unreadable (No such file")
@@ -299,15 +373,18 @@ def test_empty_rows_of_a_datasets_source_are_skipped_cached_and_streamed(tmp_pat
     source = str(_rows_parquet(tmp_path / "rows.parquet", rows))
     prepared = prepare_training_images(parse_config(["--dataset_name", source, "--resolution", "16"]))
     assert len(prepared.pixels) == 4 and prepared.summary["skipped_by_reason"] == {"empty row": 2}
-    stream = StreamedBatches(parse_config(["--dataset_name", source, "--resolution", "16", "--streaming",
-                                                "--train_batch_size", "4"]))  # fmt: skip
+    stream = StreamedBatches(
+        parse_config(["--dataset_name", source, "--resolution", "16", "--streaming", "--train_batch_size", "4"])
+    )
     assert stream.batch(0).shape == (4, 1, 16, 16) and stream.skipped["empty row"] >= 1
 
 
 def test_a_stream_without_one_decodable_image_stops_instead_of_hanging(tmp_path):
     source = str(_rows_parquet(tmp_path / "junk.parquet", [{"bytes": b"junk", "path": None}] * 1200))  # one epoch
     stream = StreamedBatches(parse_config(["--dataset_name", source, "--streaming", "--train_batch_size", "8"]))
-    with pytest.raises(DataError, match=f"the last {MAX_UNUSABLE_ROWS_IN_A_ROW:,} rows of the stream held no usable image"):
+    with pytest.raises(
+        DataError, match=f"the last {MAX_UNUSABLE_ROWS_IN_A_ROW:,} rows of the stream held no usable image"
+    ):
         stream.batch(0)
 
 
@@ -317,11 +394,33 @@ def test_sigterm_during_a_long_wait_for_streamed_data_stops_the_run_at_once(tmp_
     y, x = np.mgrid[0:3000, 0:3000]
     Image.fromarray(((x + y) % 256).astype(np.uint8)).save(big, "PNG", compress_level=1)
     source = _rows_parquet(tmp_path / "big.parquet", [{"bytes": big.getvalue(), "path": None}] * 96)
-    values = {**TINY, "dataset_name": str(source), "streaming": True, "max_train_samples": None, "train_batch_size": 32,
-              "shuffle_buffer_size": 4, "logger": "none", "save_images_steps": 0, "checkpointing_steps": 0}  # fmt: skip
+    values = {
+        **TINY,
+        "dataset_name": str(source),
+        "streaming": True,
+        "max_train_samples": None,
+        "train_batch_size": 32,
+        "shuffle_buffer_size": 4,
+        "logger": "none",
+        "save_images_steps": 0,
+        "checkpointing_steps": 0,
+    }
     (tmp_path / "stream.yaml").write_text(yaml.safe_dump(values))
-    trainer = subprocess.Popen([sys.executable, "-u", "train_ddpm.py", "--config", str(tmp_path / "stream.yaml"), "--output_dir",
-                                str(tmp_path / "out")], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    trainer = subprocess.Popen(
+        [
+            sys.executable,
+            "-u",
+            "train_ddpm.py",
+            "--config",
+            str(tmp_path / "stream.yaml"),
+            "--output_dir",
+            str(tmp_path / "out"),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     for line in trainer.stdout:  # the banner is printed just before the first wait for data
         if line.startswith("Training "):
             break
@@ -329,7 +428,9 @@ def test_sigterm_during_a_long_wait_for_streamed_data_stops_the_run_at_once(tmp_
     trainer.send_signal(signal.SIGTERM)
     _, stderr = trainer.communicate(timeout=120)
     assert trainer.returncode == 128 + signal.SIGTERM, stderr[-2000:]
-    assert "stopped by SIGTERM while waiting for the data of step 1" in stderr and "There is no checkpoint yet" in stderr
+    assert (
+        "stopped by SIGTERM while waiting for the data of step 1" in stderr and "There is no checkpoint yet" in stderr
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -341,7 +442,10 @@ def test_sigterm_during_a_long_wait_for_streamed_data_stops_the_run_at_once(tmp_
     [
         (["--seed", "-1"], "seed: must lie in \\[0, 4294967295\\]"),
         (["--seed", str(2**32)], "seed: must lie in"),
-        (["--grid_inference_steps", "500"], "grid_inference_steps: 500 sampler steps, but the model has only ddpm_num_steps=300"),
+        (
+            ["--grid_inference_steps", "500"],
+            "grid_inference_steps: 500 sampler steps, but the model has only ddpm_num_steps=300",
+        ),
         (["--fid_inference_steps", "301"], "fid_inference_steps: 301 sampler steps"),
         (["--max_image_bytes", "0"], "max_image_bytes: must be positive"),
     ],
@@ -366,7 +470,9 @@ def test_an_output_dir_that_cannot_be_a_folder_stops_before_decoding(tmp_path, k
 
 
 def test_an_output_dir_in_a_place_that_cannot_be_written_stops_before_decoding():
-    with pytest.raises(ConfigError, match="output_dir: cannot write to /proc/ddpm-run"):  # /proc takes no new folders, even from root
+    with pytest.raises(
+        ConfigError, match="output_dir: cannot write to /proc/ddpm-run"
+    ):  # /proc takes no new folders, even from root
         train(TrainingConfig(**{**TINY, "output_dir": "/proc/ddpm-run"}))
 
 
@@ -383,9 +489,29 @@ def test_low_disk_space_is_warned_about_before_training(tmp_path, monkeypatch):
 
 
 def test_sampling_more_steps_than_the_model_has_is_refused(finished_run, tmp_path):
-    result = subprocess.run([sys.executable, "-m", "pipeline.sample", "--model", str(finished_run), "--output_dir", str(tmp_path / "s"),
-                             "--steps", "51", "--num_images", "2"], cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert result.returncode == 2 and "error: steps: 51 sampler steps, but the model was trained with T = 50" in result.stderr
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.sample",
+            "--model",
+            str(finished_run),
+            "--output_dir",
+            str(tmp_path / "s"),
+            "--steps",
+            "51",
+            "--num_images",
+            "2",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert (
+        result.returncode == 2
+        and "error: steps: 51 sampler steps, but the model was trained with T = 50" in result.stderr
+    )
     assert not (tmp_path / "s").exists()
 
 

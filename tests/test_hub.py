@@ -24,6 +24,7 @@ from pipeline import hub
 from pipeline.config import ConfigError, TrainingConfig
 from pipeline.train import train
 
+
 FAKE_TOKEN = "hf_FakeTokenForTests0123456789abcdefXYZ"
 
 
@@ -32,12 +33,29 @@ def trained(tmp_path_factory):
     """A finished tiny run (export, card, checkpoints, logs) evaluated once, so metrics.json exists."""
     AcceleratorState._reset_state(reset_partial_state=True)
     output_dir = tmp_path_factory.mktemp("run") / "tiny-faces"
-    train(TrainingConfig(**{**TINY, "output_dir": str(output_dir), "hub_model_id": "someone/tiny-faces", "random_flip": True}))
+    train(
+        TrainingConfig(
+            **{**TINY, "output_dir": str(output_dir), "hub_model_id": "someone/tiny-faces", "random_flip": True}
+        )
+    )
     AcceleratorState._reset_state(reset_partial_state=True)
     args = ev.parse_args(
-        ["fid", "--model", str(output_dir), "--reference_dataset", "data/fashion_mnist", "--reference_max_images", "64",
-         "--num_images", "24", "--steps", "3", "--device", "cpu"]
-    )  # fmt: skip
+        [
+            "fid",
+            "--model",
+            str(output_dir),
+            "--reference_dataset",
+            "data/fashion_mnist",
+            "--reference_max_images",
+            "64",
+            "--num_images",
+            "24",
+            "--steps",
+            "3",
+            "--device",
+            "cpu",
+        ]
+    )
     ev.evaluate(args, TinyFeatures(), "tiny test network")
     return output_dir
 
@@ -70,7 +88,9 @@ class RecordingApi(HfApi):
         self.fail_upload = fail_upload
 
     def create_repo(self, repo_id, *, token=None, private=None, exist_ok=False, repo_type=None, **kwargs):
-        self.calls.append(("create_repo", {"repo_id": repo_id, "private": private, "exist_ok": exist_ok, "token": token}))
+        self.calls.append(
+            ("create_repo", {"repo_id": repo_id, "private": private, "exist_ok": exist_ok, "token": token})
+        )
         return RepoUrl(f"https://huggingface.co/{repo_id}")
 
     def _validate_yaml(self, content, *, repo_type=None, token=None):
@@ -84,8 +104,18 @@ class RecordingApi(HfApi):
                 contents[operation.path_in_repo] = file.read()
         if "README.md" in contents:  # what the real create_commit does before any upload
             self._validate_yaml(contents["README.md"].decode(), repo_type=repo_type, token=token)
-        self.calls.append(("create_commit", {"repo_id": repo_id, "files": sorted(contents), "contents": contents,
-                                             "commit_message": commit_message, "token": token}))  # fmt: skip
+        self.calls.append(
+            (
+                "create_commit",
+                {
+                    "repo_id": repo_id,
+                    "files": sorted(contents),
+                    "contents": contents,
+                    "commit_message": commit_message,
+                    "token": token,
+                },
+            )
+        )
         if self.fail_upload:
             url = f"https://huggingface.co/api/models/{repo_id}/commit/main"
             response = httpx2.Response(500, request=httpx2.Request("POST", url))
@@ -104,9 +134,18 @@ def test_card_is_written_at_export_and_parses_back_with_the_metadata(trained):
     assert set(hub.TAGS) <= set(data["tags"])
     assert "datasets" not in data  # the data is a local folder: no Hub dataset id is claimed
     text = card.text
-    for needle in ('DDPMPipeline.from_pretrained("someone/tiny-faces")', "DPMSolverMultistepScheduler", "samples/step-6.png",
-                   "## Training recipe", "## Relation to the report", "## Limitations", "ho2020denoising", "xiao2017fashionmnist",
-                   "random horizontal flips", "8 images per step, 6 steps"):  # fmt: skip
+    for needle in (
+        'DDPMPipeline.from_pretrained("someone/tiny-faces")',
+        "DPMSolverMultistepScheduler",
+        "samples/step-6.png",
+        "## Training recipe",
+        "## Relation to the report",
+        "## Limitations",
+        "ho2020denoising",
+        "xiao2017fashionmnist",
+        "random horizontal flips",
+        "8 images per step, 6 steps",
+    ):
         assert needle in text, needle
     parameters = json.loads((trained / "training_config.json").read_text())["run"]["unet_parameters"]
     assert f"{parameters:,} parameters" in text
@@ -140,10 +179,21 @@ def test_card_of_a_folder_without_a_training_record_is_refused(tmp_path):
 
 def test_upload_list_keeps_checkpoints_optimizer_states_and_logs_local(trained):
     files = hub.files_to_upload(trained)
-    assert {"model_index.json", "README.md", "unet/diffusion_pytorch_model.safetensors", "unet/config.json",
-            "scheduler/scheduler_config.json", "samples/step-6.png", "eval/metrics.json"} <= set(files)  # fmt: skip
+    assert {
+        "model_index.json",
+        "README.md",
+        "unet/diffusion_pytorch_model.safetensors",
+        "unet/config.json",
+        "scheduler/scheduler_config.json",
+        "samples/step-6.png",
+        "eval/metrics.json",
+    } <= set(files)
     assert (trained / "checkpoints").is_dir() and (trained / "logs").is_dir()
-    assert not [name for name in files if name.startswith(("checkpoints/", "logs/")) or "optimizer" in name or name.endswith(".bin")]
+    assert not [
+        name
+        for name in files
+        if name.startswith(("checkpoints/", "logs/")) or "optimizer" in name or name.endswith(".bin")
+    ]
     assert "training_config.json" not in files  # holds the training machine's paths
     with_checkpoints = hub.files_to_upload(trained, ("checkpoints/*",))
     assert any(name.startswith("checkpoints/") and "optimizer" in name for name in with_checkpoints)
@@ -201,11 +251,19 @@ def test_push_sends_regular_files_inside_the_folder_only(trained, tmp_path, toke
         assert not [name for name in listed if "leak" in name or "outside" in name or ".env" in name or ".git" in name]
         api = RecordingApi()
         hub.push_to_hub(trained, "someone/tiny-faces", include=("*", "**/*", ".git/*"), api=api)
-        (_, commit), = [call for call in api.calls if call[0] == "create_commit"]
+        ((_, commit),) = [call for call in api.calls if call[0] == "create_commit"]
         assert commit["files"] == sorted(listed)
-        assert not [content for content in commit["contents"].values() if b"not for the Hub" in content or b"hf_should" in content]
-        dry_run = subprocess.run([sys.executable, "-m", "pipeline.hub", "push", "--output_dir", str(trained), "--dry_run"],
-                                 capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert not [
+            content
+            for content in commit["contents"].values()
+            if b"not for the Hub" in content or b"hf_should" in content
+        ]
+        dry_run = subprocess.run(
+            [sys.executable, "-m", "pipeline.hub", "push", "--output_dir", str(trained), "--dry_run"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert dry_run.stdout.split() == hub.files_to_upload(trained)
         assert "unet/leak.json" in dry_run.stderr and "unet/.env" in dry_run.stderr and ".git/" in dry_run.stderr
     finally:
@@ -219,13 +277,19 @@ def test_push_command_without_token_exits_with_the_message(trained, tmp_path):
     environment["HF_HOME"] = str(tmp_path / "empty_hf_home")
     result = subprocess.run(
         [sys.executable, "-m", "pipeline.hub", "push", "--output_dir", str(trained), "--private"],
-        capture_output=True, text=True, env=environment, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=120,
+    )
     assert result.returncode == 2 and "error: no Hugging Face token" in result.stderr
     listing = subprocess.run(
         [sys.executable, "-m", "pipeline.hub", "push", "--output_dir", str(trained), "--dry_run"],
-        capture_output=True, text=True, env=environment, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=120,
+    )
     assert listing.returncode == 0 and listing.stdout.split() == hub.files_to_upload(trained)
 
 
@@ -249,9 +313,16 @@ def test_push_with_the_real_client_and_no_network_fails_cleanly(trained, token):
 def test_card_command_rewrites_the_card_for_a_repository_id(trained, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "pipeline.hub", "card", "--output_dir", str(trained), "--hub_model_id", "other/name"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert 'DDPMPipeline.from_pretrained("other/name")' in (trained / "README.md").read_text()
-    refused = subprocess.run([sys.executable, "-m", "pipeline.hub", "card", "--output_dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    refused = subprocess.run(
+        [sys.executable, "-m", "pipeline.hub", "card", "--output_dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert refused.returncode == 2 and "error: " in refused.stderr and "not a training output folder" in refused.stderr

@@ -5,8 +5,9 @@ import torch
 from conftest import REPO
 from pipeline.config import parse_config
 from pipeline.diffusion import diffusion_loss, training_target
-from pipeline.optim import cosine_with_min_lr
 from pipeline.model import build_noise_scheduler, build_unet, count_parameters
+from pipeline.optim import cosine_with_min_lr
+
 
 PRESETS = sorted((REPO / "configs").glob("*.yaml"))
 
@@ -87,7 +88,9 @@ def test_training_targets_follow_the_prediction_type():
             "sample": clean,
             "v_prediction": alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * clean,  # Salimans & Ho 2022
         }[prediction_type]
-        torch.testing.assert_close(training_target(scheduler, clean, noise, timesteps).double(), expected, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            training_target(scheduler, clean, noise, timesteps).double(), expected, rtol=1e-5, atol=1e-6
+        )
 
 
 def test_losses():

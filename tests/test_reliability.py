@@ -23,17 +23,38 @@ from conftest import REPO, TINY
 from pipeline.config import TrainingConfig
 from pipeline.train import TrainingStopped, train
 
+
 # Long enough that a signal sent after the first checkpoint lands well before the end.
-LONG = {**TINY, "max_train_steps": 48, "checkpointing_steps": 16, "checkpoints_total_limit": 3, "save_images_steps": 0, "logging_steps": 4}
+LONG = {
+    **TINY,
+    "max_train_steps": 48,
+    "checkpointing_steps": 16,
+    "checkpoints_total_limit": 3,
+    "save_images_steps": 0,
+    "logging_steps": 4,
+}
 
 
 def launch_command(config_file: Path, output_dir: Path, *extra) -> list[str]:
-    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "accelerate_config.yaml", "train_ddpm.py",
-            "--config", str(config_file), "--output_dir", str(output_dir), *extra]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        "accelerate_config.yaml",
+        "train_ddpm.py",
+        "--config",
+        str(config_file),
+        "--output_dir",
+        str(output_dir),
+        *extra,
+    ]
 
 
 def run_to_end(config_file: Path, output_dir: Path, *extra) -> subprocess.CompletedProcess:
-    result = subprocess.run(launch_command(config_file, output_dir, *extra), cwd=REPO, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        launch_command(config_file, output_dir, *extra), cwd=REPO, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -65,11 +86,15 @@ def training_process(launcher: subprocess.Popen, timeout: float = 60) -> int:
 
 
 def start_run(config_file: Path, output_dir: Path, own_group: bool = False) -> tuple[subprocess.Popen, int]:
-    """`accelerate launch` in the background (in a process group of its own if asked); returns it and the trainer's PID."""
+    """`accelerate launch` in the background (in a process group of its own if asked); it and the trainer's PID."""
     launcher = subprocess.Popen(
-        launch_command(config_file, output_dir), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        launch_command(config_file, output_dir),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         start_new_session=own_group,
-    )  # fmt: skip
+    )
     return launcher, training_process(launcher)
 
 
@@ -109,7 +134,9 @@ def uninterrupted(long_config, tmp_path_factory):
     return output_dir
 
 
-def test_sigterm_checkpoints_and_exits_and_the_resumed_run_equals_an_uninterrupted_one(long_config, uninterrupted, tmp_path):
+def test_sigterm_checkpoints_and_exits_and_the_resumed_run_equals_an_uninterrupted_one(
+    long_config, uninterrupted, tmp_path
+):
     output_dir = tmp_path / "out"
     launcher, trainer = start_run(long_config, output_dir)
     wait_for(lambda: (output_dir / "checkpoints" / "checkpoint-16").is_dir(), launcher)
@@ -166,10 +193,22 @@ def test_divergence_skips_bad_steps_then_stops_naming_the_last_good_checkpoint(t
     AcceleratorState._reset_state(reset_partial_state=True)
     output_dir = tmp_path / "out"
     config = TrainingConfig(
-        **{**TINY, "output_dir": str(output_dir), "learning_rate": 1e30, "lr_scheduler": "constant", "lr_warmup_steps": 0,
-           "mixed_precision": "no", "max_grad_norm": 0.0, "checkpointing_steps": 1, "checkpoints_total_limit": None,
-           "max_bad_steps": 3, "max_train_steps": 20, "save_images_steps": 0, "logging_steps": 1}
-    )  # fmt: skip
+        **{
+            **TINY,
+            "output_dir": str(output_dir),
+            "learning_rate": 1e30,
+            "lr_scheduler": "constant",
+            "lr_warmup_steps": 0,
+            "mixed_precision": "no",
+            "max_grad_norm": 0.0,
+            "checkpointing_steps": 1,
+            "checkpoints_total_limit": None,
+            "max_bad_steps": 3,
+            "max_train_steps": 20,
+            "save_images_steps": 0,
+            "logging_steps": 1,
+        }
+    )
     with pytest.raises(TrainingStopped) as stopped:
         train(config)
     AcceleratorState._reset_state(reset_partial_state=True)
@@ -186,11 +225,27 @@ def test_divergence_skips_bad_steps_then_stops_naming_the_last_good_checkpoint(t
 
 def test_divergence_exits_with_a_message_from_the_command_line(tmp_path):
     config_file = tmp_path / "diverge.yaml"
-    config_file.write_text(yaml.safe_dump({**TINY, "learning_rate": 1e30, "lr_scheduler": "constant", "lr_warmup_steps": 0,
-                                           "mixed_precision": "no", "max_grad_norm": 0.0, "max_bad_steps": 2, "save_images_steps": 0}))  # fmt: skip
-    result = subprocess.run(launch_command(config_file, tmp_path / "out"), cwd=REPO, capture_output=True, text=True, timeout=600)
+    config_file.write_text(
+        yaml.safe_dump(
+            {
+                **TINY,
+                "learning_rate": 1e30,
+                "lr_scheduler": "constant",
+                "lr_warmup_steps": 0,
+                "mixed_precision": "no",
+                "max_grad_norm": 0.0,
+                "max_bad_steps": 2,
+                "save_images_steps": 0,
+            }
+        )
+    )
+    result = subprocess.run(
+        launch_command(config_file, tmp_path / "out"), cwd=REPO, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode != 0
-    assert "error: training diverged: 2 steps in a row" in result.stderr and "there is no checkpoint yet" in result.stderr
+    assert (
+        "error: training diverged: 2 steps in a row" in result.stderr and "there is no checkpoint yet" in result.stderr
+    )
 
 
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
@@ -206,8 +261,19 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     common = {**TINY, "mixed_precision": "no", "save_images_steps": 0, "checkpointing_steps": 6}
     (tmp_path / "two.yaml").write_text(yaml.safe_dump({**common, "train_batch_size": 4}))
     (tmp_path / "one.yaml").write_text(yaml.safe_dump({**common, "train_batch_size": 8}))
-    two = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "train_ddpm.py",
-           "--config", str(tmp_path / "two.yaml"), "--output_dir", str(tmp_path / "two")]  # fmt: skip
+    two = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "train_ddpm.py",
+        "--config",
+        str(tmp_path / "two.yaml"),
+        "--output_dir",
+        str(tmp_path / "two"),
+    ]
     result = subprocess.run(two, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     run_to_end(tmp_path / "one.yaml", tmp_path / "one")
@@ -222,7 +288,9 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     assert torch.quantile(differences, 0.999) < 1e-5  # and rounding noise alone, nearly everywhere
     # only the main process writes the export, the card and the logs
     assert result.stdout.count("Exported the DDPMPipeline") == 1
-    assert len(list((tmp_path / "two" / "logs").rglob("events.out.tfevents.*"))) == len(list((tmp_path / "one" / "logs").rglob("events.out.tfevents.*")))
+    assert len(list((tmp_path / "two" / "logs").rglob("events.out.tfevents.*"))) == len(
+        list((tmp_path / "one" / "logs").rglob("events.out.tfevents.*"))
+    )
 
 
 def test_fid_during_training_is_logged_and_keeps_the_best_weights(tmp_path, monkeypatch):
@@ -230,20 +298,52 @@ def test_fid_during_training_is_logged_and_keeps_the_best_weights(tmp_path, monk
     from conftest import TinyFeatures
     from pipeline import evaluate as ev
 
-    monkeypatch.setattr(ev, "inception_extractor", lambda mode, weights=None, device="cpu": (TinyFeatures(), "tiny test network"))
+    monkeypatch.setattr(
+        ev, "inception_extractor", lambda mode, weights=None, device="cpu": (TinyFeatures(), "tiny test network")
+    )
     stats = tmp_path / "reference.npz"
     ev.make_reference(
-        ev.parse_args(["reference", "--resolution", "16", "--channels", "1", "--reference_dataset", "data/fashion_mnist",
-                       "--reference_max_images", "64", "--output", str(stats), "--device", "cpu"])
-    )  # fmt: skip
+        ev.parse_args(
+            [
+                "reference",
+                "--resolution",
+                "16",
+                "--channels",
+                "1",
+                "--reference_dataset",
+                "data/fashion_mnist",
+                "--reference_max_images",
+                "64",
+                "--output",
+                str(stats),
+                "--device",
+                "cpu",
+            ]
+        )
+    )
     AcceleratorState._reset_state(reset_partial_state=True)
     output_dir = tmp_path / "out"
-    train(TrainingConfig(**{**TINY, "output_dir": str(output_dir), "fid_steps": 3, "fid_reference": str(stats), "fid_num_images": 8,
-                            "fid_inference_steps": 2, "save_images_steps": 0}))  # fmt: skip
+    train(
+        TrainingConfig(
+            **{
+                **TINY,
+                "output_dir": str(output_dir),
+                "fid_steps": 3,
+                "fid_reference": str(stats),
+                "fid_num_images": 8,
+                "fid_inference_steps": 2,
+                "save_images_steps": 0,
+            }
+        )
+    )
     AcceleratorState._reset_state(reset_partial_state=True)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    (events,) = [path.parent for path in (output_dir / "logs").rglob("events.out.tfevents.*") if path.parent.name == "train_ddpm"]
+    (events,) = [
+        path.parent
+        for path in (output_dir / "logs").rglob("events.out.tfevents.*")
+        if path.parent.name == "train_ddpm"
+    ]
     accumulator = EventAccumulator(str(events))
     accumulator.Reload()
     logged = {event.step: event.value for event in accumulator.Scalars("fid")}
@@ -258,9 +358,20 @@ def test_fid_during_training_with_a_bad_reference_stops_before_any_work(tmp_path
     stats = tmp_path / "reference.npz"
     stats.write_bytes(b"")
     config_file = tmp_path / "fid.yaml"
-    config_file.write_text(yaml.safe_dump({**TINY, "fid_steps": 3, "fid_reference": str(stats), "fid_mode": "legacy_pytorch",
-                                           "inception_weights": str(tmp_path / "missing.pth")}))  # fmt: skip
-    result = subprocess.run(launch_command(config_file, tmp_path / "out"), cwd=REPO, capture_output=True, text=True, timeout=600)
+    config_file.write_text(
+        yaml.safe_dump(
+            {
+                **TINY,
+                "fid_steps": 3,
+                "fid_reference": str(stats),
+                "fid_mode": "legacy_pytorch",
+                "inception_weights": str(tmp_path / "missing.pth"),
+            }
+        )
+    )
+    result = subprocess.run(
+        launch_command(config_file, tmp_path / "out"), cwd=REPO, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode != 0
     assert f"error: reference: {stats} is not a statistics file" in result.stderr
     assert not (tmp_path / "out").exists()

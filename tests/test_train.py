@@ -14,11 +14,20 @@ from safetensors.torch import load_file
 from conftest import REPO, TINY
 from pipeline.config import TrainingConfig
 
+
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".ckpt"}
 
 
 def launch(*args, timeout=600):
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "accelerate_config.yaml", "train_ddpm.py", *args]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        "accelerate_config.yaml",
+        "train_ddpm.py",
+        *args,
+    ]
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
@@ -43,7 +52,9 @@ def test_export_is_a_stock_pipeline_in_safetensors_only(tiny_run):
     assert (out / "model_index.json").is_file()
     assert (out / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     assert json.loads((out / "scheduler" / "scheduler_config.json").read_text())["num_train_timesteps"] == 50
-    export_files = [path for name in ("model_index.json", "unet", "scheduler") for path in [out / name, *(out / name).rglob("*")]]
+    export_files = [
+        path for name in ("model_index.json", "unet", "scheduler") for path in [out / name, *(out / name).rglob("*")]
+    ]
     assert not [path for path in export_files if path.suffix in PICKLE_SUFFIXES]
     assert not (out / ".export.tmp").exists()
 
@@ -57,7 +68,9 @@ def test_stock_diffusers_loads_and_samples_without_this_repository(tiny_run):
         "print(images.shape, images.min() >= 0, images.max() <= 1)"
     )
     # -I: isolated mode, neither the current folder nor PYTHONPATH is on sys.path
-    result = subprocess.run([sys.executable, "-I", "-c", script, str(out)], cwd=out, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", script, str(out)], cwd=out, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "(3, 16, 16, 1) True True"
 
@@ -80,8 +93,12 @@ def test_run_leaves_config_grids_checkpoints_and_logs(tiny_run):
     checkpoint = out / "checkpoints" / "checkpoint-6"
     state = json.loads((checkpoint / "training_state.json").read_text())
     assert state["global_step"] == 6 and state["train_seconds"] > 0
-    assert (checkpoint / "training_config.json").is_file() and (checkpoint / "unet" / "diffusion_pytorch_model.safetensors").is_file()
-    assert not [path for path in checkpoint.rglob("*") if path.suffix in PICKLE_SUFFIXES]  # nothing a resume would unpickle
+    assert (checkpoint / "training_config.json").is_file() and (
+        checkpoint / "unet" / "diffusion_pytorch_model.safetensors"
+    ).is_file()
+    assert not [
+        path for path in checkpoint.rglob("*") if path.suffix in PICKLE_SUFFIXES
+    ]  # nothing a resume would unpickle
     assert list((out / "logs").rglob("events.out.tfevents.*"))
     assert "Exported the DDPMPipeline" in result.stdout
 
@@ -122,7 +139,7 @@ def test_existing_checkpoints_are_never_overwritten_by_a_new_run(tiny_run, tmp_p
     result = launch("--config", str(out / "training_config.json"), "--output_dir", str(out))
     assert result.returncode != 0  # the script exits 2; `accelerate launch` reports any failure as 1
     assert "error: resume_from_checkpoint:" in result.stderr and "--resume_from_checkpoint latest" in result.stderr
-    assert "train.py\", line" not in result.stderr  # a message, not a traceback from our code
+    assert 'train.py", line' not in result.stderr  # a message, not a traceback from our code
     assert sorted(path.name for path in (out / "checkpoints").iterdir()) == before
 
 
@@ -131,8 +148,19 @@ def test_two_processes_on_cpu_train_as_one_group(tmp_path):
     import yaml
 
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump({**TINY, "save_images_steps": 0, "checkpointing_steps": 6}))
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "train_ddpm.py",
-               "--config", str(tmp_path / "tiny.yaml"), "--output_dir", str(tmp_path / "out")]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "train_ddpm.py",
+        "--config",
+        str(tmp_path / "tiny.yaml"),
+        "--output_dir",
+        str(tmp_path / "out"),
+    ]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     run = json.loads((tmp_path / "out" / "training_config.json").read_text())["run"]

@@ -21,7 +21,11 @@ def fresh_accelerate_state():
 def logged_losses(output_dir) -> list[float]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    (events,) = [path.parent for path in (output_dir / "logs").rglob("events.out.tfevents.*") if path.parent.name == "train_ddpm"]
+    (events,) = [
+        path.parent
+        for path in (output_dir / "logs").rglob("events.out.tfevents.*")
+        if path.parent.name == "train_ddpm"
+    ]
     accumulator = EventAccumulator(str(events))
     accumulator.Reload()
     return [event.value for event in accumulator.Scalars("loss")]
@@ -32,14 +36,31 @@ def logged_losses(output_dir) -> list[float]:
     [
         {"prediction_type": "v_prediction", "loss_type": "l2", "mixed_precision": "no"},
         {"prediction_type": "sample", "loss_type": "l1", "mixed_precision": "bf16"},
-        {"prediction_type": "epsilon", "loss_type": "l1", "optimizer": "adam", "lr_scheduler": "cosine", "use_ema": False,
-         "gradient_accumulation_steps": 2, "max_grad_norm": 0.0, "ddpm_beta_schedule": "linear"},
+        {
+            "prediction_type": "epsilon",
+            "loss_type": "l1",
+            "optimizer": "adam",
+            "lr_scheduler": "cosine",
+            "use_ema": False,
+            "gradient_accumulation_steps": 2,
+            "max_grad_norm": 0.0,
+            "ddpm_beta_schedule": "linear",
+        },
     ],
     ids=["v_prediction", "sample", "epsilon-adam-accumulation-no-ema"],
 )
 def test_prediction_types_and_options_train(tmp_path, options):
-    values = {**TINY, "max_train_steps": 40, "learning_rate": 0.005, "logging_steps": 5, "save_images_steps": 0,
-              "checkpointing_steps": 0, "max_train_samples": 256, "output_dir": str(tmp_path / "out"), **options}
+    values = {
+        **TINY,
+        "max_train_steps": 40,
+        "learning_rate": 0.005,
+        "logging_steps": 5,
+        "save_images_steps": 0,
+        "checkpointing_steps": 0,
+        "max_train_samples": 256,
+        "output_dir": str(tmp_path / "out"),
+        **options,
+    }
     out = train(TrainingConfig(**values))
     losses = logged_losses(out)
     assert len(losses) == 8
@@ -62,9 +83,18 @@ def test_too_few_images_for_one_batch_stops_before_training(tmp_path):
 def test_trains_on_an_sfhq_shaped_zip_as_downloaded(tmp_path, sfhq_tree):
     """The Kaggle download, unconverted: bad files are skipped and reported, training goes on."""
     _, archive = sfhq_tree
-    values = {**TINY, "dataset_name": None, "train_data_dir": str(archive), "image_channels": 3, "max_train_samples": None,
-              "min_image_size": 16, "max_train_steps": 4, "save_images_steps": 0, "checkpointing_steps": 0,
-              "output_dir": str(tmp_path / "out")}
+    values = {
+        **TINY,
+        "dataset_name": None,
+        "train_data_dir": str(archive),
+        "image_channels": 3,
+        "max_train_samples": None,
+        "min_image_size": 16,
+        "max_train_steps": 4,
+        "save_images_steps": 0,
+        "checkpointing_steps": 0,
+        "output_dir": str(tmp_path / "out"),
+    }
     out = train(TrainingConfig(**values))
     run = json.loads((out / "training_config.json").read_text())["run"]
     assert run["data"]["source"].startswith("archive ") and run["data"]["files_skipped"] == 5
@@ -73,8 +103,15 @@ def test_trains_on_an_sfhq_shaped_zip_as_downloaded(tmp_path, sfhq_tree):
 
 
 def test_streaming_run_checkpoints_its_position_and_resumes(tmp_path):
-    values = {**TINY, "streaming": True, "max_train_samples": None, "max_train_steps": 6, "save_images_steps": 0,
-              "checkpointing_steps": 3, "output_dir": str(tmp_path / "out")}
+    values = {
+        **TINY,
+        "streaming": True,
+        "max_train_samples": None,
+        "max_train_steps": 6,
+        "save_images_steps": 0,
+        "checkpointing_steps": 3,
+        "output_dir": str(tmp_path / "out"),
+    }
     out = train(TrainingConfig(**values))
     state = json.loads((out / "checkpoints" / "checkpoint-3" / "stream_state_0.json").read_text())
     assert state == {"epoch": 0, "examples_read": 24, "next_micro_batch": 3}

@@ -21,10 +21,19 @@ import datasets
 import numpy as np
 from PIL import Image
 
+
 CLASS_NAMES = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-]  # fmt: skip
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 HERE = Path(__file__).resolve().parent
 
 
@@ -59,10 +68,14 @@ def main() -> None:
     images, labels = read_idx(images_file), read_idx(labels_file)  # (60000, 28, 28), (60000,)
 
     rng = np.random.default_rng(args.seed)
-    picked = np.sort(np.concatenate([
-        rng.choice(np.flatnonzero(labels == label), size=args.per_class, replace=False)
-        for label in range(len(CLASS_NAMES))
-    ]))  # fmt: skip
+    picked = np.sort(
+        np.concatenate(
+            [
+                rng.choice(np.flatnonzero(labels == label), size=args.per_class, replace=False)
+                for label in range(len(CLASS_NAMES))
+            ]
+        )
+    )
 
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=CLASS_NAMES)})
     subset = datasets.Dataset.from_dict(

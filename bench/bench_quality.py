@@ -1,0 +1,554 @@
+"""Quality per compute: training recipes side by side at equal budget, each with its sampler table.
+
+    python bench/bench_quality.py --budget short                 # every row, 51,200 training images each
+    python bench/bench_quality.py --budget long --rows example report quickstart best
+    python bench/bench_quality.py --rows quickstart --samplers ddpm-100 dpmsolver++-20
+    python bench/bench_quality.py --list                         # the rows and samplers
+
+Every row trains the same UNet (the quickstart's: 2.5M parameters, 28x28x1) with `train_ddpm.py`
+in its own process, on the same data, for the same number of training images (the budget), in
+bf16, with the same seed: only the recipe differs. Data: Fashion-MNIST's 60,000-image training
+split when Debian's `dataset-fashion-mnist` is installed (`apt-get install dataset-fashion-mnist`),
+else the embedded 6,000-image subset (the script says which).
+
+The judge is the Frechet distance in the 128-dimensional hidden layer of a small classifier
+trained here on the training split ("FD-cls": the FID recipe with a domain network instead of
+Inception, whose weights cannot be downloaded on the development machines), against the 10,000-
+image test split, which no row trains on, plus KID in the same space; computed through
+`pipeline.evaluate` (uint8 images, float64 statistics, the same distance). The floor is the
+score of real training images at the same sample count. `--inception_weights PATH` adds the same
+cells in clean-fid's Inception space.
+
+Each trained model gets a sampler table: every sampler and step count of `--samplers`, 1,000
+samples each (`--num_samples`), seed 0, the same initial noise for every cell, with the model
+evaluations per image. Results go to bench/results/quality.json after every cell; a second call
+skips the cells already there and resumes a row whose training was cut short.
+"""
+
+import argparse
+import gzip
+import io
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from pipeline import evaluate as ev  # noqa: E402
+from pipeline.sample import CountingUNet, SamplingRequest, load_pipeline, sample_unet, to_uint8  # noqa: E402
+
+
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+WORK = REPO / "bench" / "work" / "quality"
+RESULTS = REPO / "bench" / "results" / "quality.json"
+BUDGETS = {"short": 51_200, "long": 204_800}  # training images: the quickstart's budget, and 4x
+BATCH = 64
+
+# What every row shares: the quickstart's UNet and batch, the data, the precision, the seed, the schedule of side work.
+COMMON = {
+    "resolution": 28,
+    "image_channels": 1,
+    "block_out_channels": [32, 64, 128],
+    "layers_per_block": 1,
+    "down_block_types": ["DownBlock2D"] * 3,
+    "up_block_types": ["UpBlock2D"] * 3,
+    "mid_block_type": "UNetMidBlock2D",
+    "add_attention": False,
+    "norm_num_groups": 8,
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "train_batch_size": BATCH,
+    "gradient_accumulation_steps": 1,
+    "mixed_precision": "bf16",
+    "seed": 0,
+    "random_flip": True,
+    "logger": "tensorboard",
+    "logging_steps": 50,
+    "save_images_steps": 0,
+    "checkpoints_total_limit": 1,
+    "num_grid_images": 64,
+    "grid_sampler": "ddpm",
+    "grid_inference_steps": 100,
+}
+
+# The recipes. (a)-(d) are the reference points; the rest add one option at a time on top of the best
+# of them (the quickstart's, as measured), then combine those that helped.
+QUICKSTART = {
+    "ddpm_num_steps": 300,
+    "ddpm_beta_schedule": "squaredcos_cap_v2",
+    "ddpm_clip_sample": True,
+    "prediction_type": "epsilon",
+    "loss_type": "l2",
+    "optimizer": "adamw",
+    "learning_rate": 2e-3,
+    "lr_scheduler": "cosine_with_min_lr",
+    "lr_warmup_steps": 50,
+    "min_learning_rate": 1e-5,
+    "adam_weight_decay": 0.0,
+    "max_grad_norm": 1.0,
+    "use_ema": True,
+    "ema_max_decay": 0.999,
+    "dropout": 0.0,
+}
+ROWS = {
+    # (a) examples/unconditional_image_generation/train_unconditional.py with its defaults (batch and budget as every
+    # row)
+    "example": {
+        "ddpm_num_steps": 1000,
+        "ddpm_beta_schedule": "linear",
+        "ddpm_clip_sample": True,
+        "prediction_type": "epsilon",
+        "loss_type": "l2",
+        "optimizer": "adamw",
+        "learning_rate": 1e-4,
+        "lr_scheduler": "cosine",
+        "lr_warmup_steps": 500,
+        "adam_beta1": 0.95,
+        "adam_beta2": 0.999,
+        "adam_weight_decay": 1e-6,
+        "adam_epsilon": 1e-8,
+        "max_grad_norm": 1.0,
+        "use_ema": True,
+        "ema_max_decay": 0.9999,
+        "ema_inv_gamma": 1.0,
+        "ema_power": 0.75,
+        "dropout": 0.0,
+    },
+    # (b) the report's code as run: T = 300 linear, L1, Adam 1e-3, cosine to 1e-5, no EMA, no clipping of x0 or
+    # gradients
+    "report": {
+        "ddpm_num_steps": 300,
+        "ddpm_beta_schedule": "linear",
+        "ddpm_clip_sample": False,
+        "prediction_type": "epsilon",
+        "loss_type": "l1",
+        "optimizer": "adam",
+        "learning_rate": 1e-3,
+        "lr_scheduler": "cosine_with_min_lr",
+        "lr_warmup_steps": 0,
+        "min_learning_rate": 1e-5,
+        "adam_weight_decay": 0.0,
+        "max_grad_norm": 0.0,
+        "use_ema": False,
+        "dropout": 0.0,
+    },
+    # (c) configs/sfhq64_improved.yaml's training choices, as written for its 78,125-step run
+    "improved": {
+        "ddpm_num_steps": 1000,
+        "ddpm_beta_schedule": "squaredcos_cap_v2",
+        "ddpm_clip_sample": True,
+        "prediction_type": "epsilon",
+        "loss_type": "l2",
+        "optimizer": "adamw",
+        "learning_rate": 2e-4,
+        "lr_scheduler": "constant_with_warmup",
+        "lr_warmup_steps": 1000,
+        "adam_weight_decay": 0.0,
+        "max_grad_norm": 1.0,
+        "use_ema": True,
+        "ema_max_decay": 0.9999,
+        "dropout": 0.1,
+    },
+    # (d) the quickstart preset
+    "quickstart": QUICKSTART,
+    # (e) one option at a time on the quickstart's recipe
+    "minsnr": {**QUICKSTART, "snr_gamma": 5.0},
+    "vpred": {**QUICKSTART, "prediction_type": "v_prediction"},
+    "vpred-minsnr": {**QUICKSTART, "prediction_type": "v_prediction", "snr_gamma": 5.0},
+    "vpred-zerosnr": {
+        **QUICKSTART,
+        "prediction_type": "v_prediction",
+        "rescale_betas_zero_snr": True,
+        "ddpm_timestep_spacing": "trailing",
+    },
+    "t1000": {**QUICKSTART, "ddpm_num_steps": 1000},
+    "ema-lengths": {**QUICKSTART, "ema_extra_decays": [0.99, 0.9995, 0.9999]},
+}
+
+# Sampler cells: name-steps; "full" is the whole chain (T steps)
+SAMPLERS = ["ddpm-100", "ddim-50", "ddim-25", "dpmsolver++-20", "dpmsolver++-10", "unipc-20", "unipc-10"]
+EXTRA_SAMPLERS = ["ddpm-full", "ddpm-50", "ddim-100", "dpmsolver++-50", "unipc-50"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Data and judge
+
+
+def read_idx(path: Path) -> np.ndarray:
+    data = gzip.open(path, "rb").read()
+    dims = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims))
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
+
+
+def load_data() -> dict:
+    """Training images (and labels) to train on, and test images (and labels) to score against."""
+    if (FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file():
+        train = read_idx(FASHION_MNIST / "train-images-idx3-ubyte.gz")[..., None]
+        train_labels = read_idx(FASHION_MNIST / "train-labels-idx1-ubyte.gz")
+        test = read_idx(FASHION_MNIST / "t10k-images-idx3-ubyte.gz")[..., None]
+        test_labels = read_idx(FASHION_MNIST / "t10k-labels-idx1-ubyte.gz")
+        return {
+            "name": "Fashion-MNIST, full training split (60,000; Debian dataset-fashion-mnist)",
+            "train": train,
+            "train_labels": train_labels,
+            "test": test,
+            "test_labels": test_labels,
+            "reference": "test split (10,000)",
+        }
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    table = pq.read_table(REPO / "data" / "fashion_mnist" / "train.parquet").to_pydict()
+    pixels = np.stack([np.asarray(Image.open(io.BytesIO(image["bytes"])).convert("L")) for image in table["image"]])[
+        ..., None
+    ]
+    labels = np.asarray(table["label"])
+    print(
+        "dataset-fashion-mnist is not installed: training on the embedded 6,000-image subset and scoring against it "
+        "(no held-out split; `apt-get install dataset-fashion-mnist` for the real test split)",
+        flush=True,
+    )
+    return {
+        "name": "Fashion-MNIST, embedded subset (6,000)",
+        "train": pixels,
+        "train_labels": labels,
+        "test": pixels,
+        "test_labels": labels,
+        "reference": "the training subset itself (6,000)",
+    }
+
+
+def training_parquet(data: dict) -> Path:
+    """The training images as a parquet of PNGs (what --dataset_name reads), written once."""
+    path = WORK / ("train-60000.parquet" if len(data["train"]) == 60_000 else f"train-{len(data['train'])}.parquet")
+    if path.is_file():
+        return path
+    import datasets
+    from PIL import Image
+
+    def png(pixels):
+        buffer = io.BytesIO()
+        Image.fromarray(pixels[..., 0]).save(buffer, format="PNG")
+        return {"bytes": buffer.getvalue(), "path": None}
+
+    table = datasets.Dataset.from_dict(
+        {"image": [png(image) for image in data["train"]], "label": data["train_labels"].tolist()},
+        features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")}),
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_parquet(str(path) + ".tmp")
+    os.replace(str(path) + ".tmp", path)
+    return path
+
+
+class Classifier(torch.nn.Module):
+    """Two conv layers and a 128-unit hidden layer; its hidden activations are the features."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Sequential(
+            torch.nn.Conv2d(1, 32, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.MaxPool2d(2),
+            torch.nn.Conv2d(32, 64, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.MaxPool2d(2),
+            torch.nn.Flatten(),
+            torch.nn.Linear(64 * 7 * 7, 128),
+            torch.nn.ReLU(),
+        )
+        self.head = torch.nn.Linear(128, 10)
+
+    def forward(self, images):
+        return self.head(self.body(images))
+
+
+def judge(data: dict) -> tuple[Classifier, float]:
+    """The classifier, trained once on the training split (seeded) and kept in the work folder; its test accuracy."""
+    from safetensors.torch import load_file, save_file
+
+    path = WORK / f"judge-{len(data['train'])}.safetensors"
+    network = Classifier()
+    inputs = torch.from_numpy(data["train"]).permute(0, 3, 1, 2).float() / 255
+    if path.is_file():
+        network.load_state_dict(load_file(path))
+    else:
+        torch.manual_seed(0)
+        optimizer = torch.optim.Adam(network.parameters(), lr=2e-3)
+        targets = torch.from_numpy(data["train_labels"].astype(np.int64))
+        for _ in range(4):
+            for batch in torch.randperm(len(inputs)).split(128):
+                loss = torch.nn.functional.cross_entropy(network(inputs[batch]), targets[batch])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+        save_file(network.state_dict(), path)
+    network.eval()
+    with torch.no_grad():
+        test = torch.from_numpy(data["test"]).permute(0, 3, 1, 2).float() / 255
+        accuracy = (network(test).argmax(1).numpy() == data["test_labels"]).mean()
+    return network, float(accuracy)
+
+
+def features(network: Classifier, images: np.ndarray) -> np.ndarray:
+    ev.check_images(images)
+    with torch.no_grad():
+        return (
+            torch.cat(
+                [
+                    network.body(batch.permute(0, 3, 1, 2).float() / 255)
+                    for batch in torch.from_numpy(images).split(1000)
+                ]
+            )
+            .double()
+            .numpy()
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Rows: train, then sample and score
+
+
+def train_row(name: str, budget: str, parquet: Path) -> Path:
+    """Train (or resume) one row with train_ddpm.py in its own process; returns its output folder."""
+    folder = WORK / budget / name
+    output_dir = folder / "run"
+    if (output_dir / "model_index.json").is_file():
+        return output_dir
+    steps = BUDGETS[budget] // BATCH
+    values = {
+        **COMMON,
+        **ROWS[name],
+        "dataset_name": str(parquet),
+        "max_train_steps": steps,
+        "num_epochs": None,
+        "checkpointing_steps": max(1, steps // 4),
+        "output_dir": str(output_dir),
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump(values))
+    command = [sys.executable, "train_ddpm.py", "--config", str(folder / "config.yaml")]
+    if (output_dir / "checkpoints").is_dir():
+        command += ["--resume_from_checkpoint", "latest"]
+    print(f"[{budget}/{name}] training {steps} steps of {BATCH}: {' '.join(command)}", flush=True)
+    with open(folder / "train.log", "a") as log:
+        subprocess.run(command, cwd=REPO, check=True, stdout=log, stderr=subprocess.STDOUT)
+    return output_dir
+
+
+def parse_sampler(cell: str, num_train_timesteps: int) -> tuple[str, int]:
+    name, steps = cell.rsplit("-", 1)
+    return name, num_train_timesteps if steps == "full" else int(steps)
+
+
+def score(
+    images: np.ndarray, network: Classifier, reference: tuple, reference_features: np.ndarray, inception=None
+) -> dict:
+    sample_features = features(network, images)
+    result = {
+        "fd_cls": round(ev.frechet_distance(*ev.statistics(sample_features), *reference), 3),
+        "kid_cls": round(ev.kernel_inception_distance(sample_features, reference_features, seed=0), 5),
+    }
+    if inception is not None:
+        extractor, reference_inception = inception
+        inception_features = ev.extract_features(images, extractor, "clean")
+        result["fid"] = round(
+            ev.frechet_distance(*ev.statistics(inception_features), *ev.statistics(reference_inception)), 3
+        )
+    return result
+
+
+def sample_cell(output_dir: Path, cell: str, num_samples: int, ema_folder: str = "") -> tuple[np.ndarray, dict]:
+    """Samples of one sampler cell from a row's exported pipeline (or one of its other EMAs), in bf16 autocast."""
+    pipeline = load_pipeline(str(output_dir / ema_folder) if ema_folder else str(output_dir))
+    sampler, steps = parse_sampler(cell, pipeline.scheduler.config.num_train_timesteps)
+    unet = CountingUNet(pipeline.unet)
+    request = SamplingRequest(sampler, steps, num_samples, batch_size=250, seed=0)
+    started = time.perf_counter()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        images = to_uint8(sample_unet(unet, pipeline.scheduler.config, request))
+    return images, {
+        "model_evaluations_per_image": unet.evaluations / num_samples,
+        "sample_seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def stock_pipeline_cell(output_dir: Path, cell: str, num_samples: int) -> np.ndarray:
+    """The same cell through an unmodified diffusers DDPMPipeline (scheduler swapped from the saved config),
+    with one generator per image as our sampler uses: what a user of the exported model gets."""
+    from diffusers import DDIMScheduler, DDPMPipeline, DPMSolverMultistepScheduler
+
+    from pipeline.sample import image_generators
+
+    pipeline = DDPMPipeline.from_pretrained(str(output_dir))
+    sampler, steps = parse_sampler(cell, pipeline.scheduler.config.num_train_timesteps)
+    scheduler_class = {"ddim": DDIMScheduler, "dpmsolver++": DPMSolverMultistepScheduler}.get(sampler)
+    if scheduler_class is not None:
+        pipeline.scheduler = scheduler_class.from_config(pipeline.scheduler.config)
+    images = []
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for start in range(0, num_samples, 250):
+            generators = image_generators(0, start, min(250, num_samples - start))
+            images.append(
+                pipeline(
+                    batch_size=len(generators), generator=generators, num_inference_steps=steps, output_type="np"
+                ).images
+            )
+    return to_uint8(np.concatenate(images))
+
+
+# ---------------------------------------------------------------------------------------------
+# Results
+
+
+def load_results() -> dict:
+    return json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"rows": {}}
+
+
+def save_results(results: dict) -> None:
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def print_tables(results: dict) -> None:
+    for budget, rows in results["rows"].items():
+        cells = sorted(
+            {cell for row in rows.values() for cell in row.get("samplers", {})}, key=lambda c: (c.split("-")[0], c)
+        )
+        print(
+            f"\nbudget {budget} ({BUDGETS[budget]:,} training images); FD-cls (floor {results['floor']['fd_cls']:.2f})"
+        )
+        print(f"{'row':<16}{'train s':>8}" + "".join(f"{cell:>16}" for cell in cells))
+        for name, row in rows.items():
+            values = [row.get("samplers", {}).get(cell, {}).get("fd_cls") for cell in cells]
+            print(
+                f"{name:<16}{row.get('train_seconds', 0):>8.0f}"
+                + "".join(f"{v:>16.2f}" if v is not None else f"{'':>16}" for v in values)
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--budget", choices=sorted(BUDGETS), default="short")
+    parser.add_argument("--rows", nargs="*", default=list(ROWS), help="Row names (default: all).")
+    parser.add_argument(
+        "--samplers",
+        nargs="*",
+        default=SAMPLERS,
+        help=f"Cells (default: {' '.join(SAMPLERS)}); also {' '.join(EXTRA_SAMPLERS)}.",
+    )
+    parser.add_argument("--num_samples", type=int, default=1000)
+    parser.add_argument(
+        "--stock_pipeline", nargs="*", default=[], help="Cells to also run through the stock DDPMPipeline."
+    )
+    parser.add_argument(
+        "--other_emas", action="store_true", help="Also score each extra EMA of a row (with the first cell)."
+    )
+    parser.add_argument("--inception_weights", help="Also score with clean-fid's Inception (mode clean).")
+    parser.add_argument("--list", action="store_true")
+    args = parser.parse_args()
+    if args.list:
+        for name, recipe in ROWS.items():
+            print(f"{name:<16}{json.dumps(recipe)}")
+        print("samplers:", " ".join(SAMPLERS + EXTRA_SAMPLERS))
+        return
+    unknown = [name for name in args.rows if name not in ROWS]
+    if unknown:
+        sys.exit(f"error: rows: unknown {unknown}; see --list")
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+
+    data = load_data()
+    network, accuracy = judge(data)
+    reference_features = features(network, data["test"])
+    reference = ev.statistics(reference_features)
+    rng = np.random.default_rng(0)
+    real = data["train"][rng.choice(len(data["train"]), args.num_samples, replace=False)]
+    inception = None
+    if args.inception_weights:
+        extractor = ev.build_inception("clean", ev.find_weights("clean", args.inception_weights))
+        inception = (extractor, ev.extract_features(data["test"], extractor, "clean"))
+    results = load_results()
+    results.update(
+        {
+            "data": data["name"],
+            "reference": data["reference"],
+            "judge": "FD-cls: Frechet distance in a Fashion-MNIST classifier's "
+            "128-d hidden layer; KID in the same space",
+            "judge_test_accuracy": round(accuracy, 4),
+            "num_samples": args.num_samples,
+            "floor": {
+                **score(real, network, reference, reference_features, inception),
+                "what": f"{args.num_samples} real training images",
+            },
+            "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores",
+            "torch": torch.__version__,
+            "common": COMMON,
+            "budgets": BUDGETS,
+            "recipes": ROWS,
+        }
+    )
+    save_results(results)
+    print(
+        f"data: {data['name']}; judge test accuracy {accuracy:.1%}; floor FD-cls {results['floor']['fd_cls']:.2f}",
+        flush=True,
+    )
+
+    parquet = training_parquet(data)
+    for name in args.rows:
+        row = results["rows"].setdefault(args.budget, {}).setdefault(name, {"samplers": {}})
+        output_dir = train_row(name, args.budget, parquet)
+        record = json.loads((output_dir / "training_config.json").read_text())["run"]
+        row.update(
+            train_seconds=record["train_seconds"],
+            images=record["global_step"] * BATCH,
+            skipped_steps=record["skipped_steps"],
+        )
+        for cell in args.samplers:
+            if cell in row["samplers"]:
+                continue
+            images, timing = sample_cell(output_dir, cell, args.num_samples)
+            row["samplers"][cell] = {**score(images, network, reference, reference_features, inception), **timing}
+            print(
+                f"[{args.budget}/{name}] {cell:<16} FD-cls {row['samplers'][cell]['fd_cls']:8.2f}  KID "
+                f"{row['samplers'][cell]['kid_cls']:.4f}"
+                f"  ({timing['model_evaluations_per_image']:g} evaluations/image, {timing['sample_seconds']} s)",
+                flush=True,
+            )
+            save_results(results)
+        for cell in args.stock_pipeline:
+            key = f"{cell} (stock DDPMPipeline)"
+            if key not in row["samplers"]:
+                row["samplers"][key] = score(
+                    stock_pipeline_cell(output_dir, cell, args.num_samples), network, reference, reference_features
+                )
+                print(f"[{args.budget}/{name}] {key:<36} FD-cls {row['samplers'][key]['fd_cls']:8.2f}", flush=True)
+                save_results(results)
+        if args.other_emas:
+            for folder in sorted(output_dir.glob("ema-*")):
+                key = f"{args.samplers[0]} ({folder.name})"
+                if key not in row["samplers"]:
+                    images, timing = sample_cell(output_dir, args.samplers[0], args.num_samples, folder.name)
+                    row["samplers"][key] = {
+                        **score(images, network, reference, reference_features, inception),
+                        **timing,
+                    }
+                    print(f"[{args.budget}/{name}] {key:<36} FD-cls {row['samplers'][key]['fd_cls']:8.2f}", flush=True)
+                    save_results(results)
+    results["date"] = time.strftime("%Y-%m-%d")
+    save_results(results)
+    print_tables(results)
+
+
+if __name__ == "__main__":
+    main()
