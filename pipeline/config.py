@@ -26,7 +26,8 @@ BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_min_lr", "polynomial")
-SAMPLERS = ("ddpm", "ddim", "dpmsolver++")
+SAMPLERS = ("ddpm", "ddim", "dpmsolver++", "unipc")
+TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 FID_MODES = ("clean", "legacy_pytorch")  # clean-fid's resizing modes
 MAX_SEED = 2**32 - 1
 HUB_ID = re.compile(r"(?:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}")
@@ -127,6 +128,28 @@ class TrainingConfig:
         default="epsilon", metadata={"help": f"What the UNet predicts, one of {PREDICTION_TYPES}."}
     )
     loss_type: str = field(default="l2", metadata={"help": "l1 or l2 (mean squared error)."})
+    snr_gamma: Optional[float] = field(
+        default=None,
+        metadata={
+            "help": "Min-SNR-gamma loss weighting (Hang et al. 2023, arXiv:2303.09556): each timestep's loss "
+            "weighted by min(SNR, gamma) / SNR (epsilon), / (SNR + 1) (v) or as is (sample); 5 is the paper's value. "
+            "none: uniform."
+        },
+    )
+    rescale_betas_zero_snr: bool = field(
+        default=False,
+        metadata={
+            "help": "Rescale the betas to zero terminal SNR (Lin et al. 2024, arXiv:2305.08891), so the last step "
+            "is pure noise; needs v_prediction or sample prediction, and sampling with trailing timesteps."
+        },
+    )
+    ddpm_timestep_spacing: str = field(
+        default="leading",
+        metadata={
+            "help": f"How samplers space fewer steps than T, one of {TIMESTEP_SPACINGS} (saved in the scheduler "
+            "config, so stock diffusers samplers space them the same way)."
+        },
+    )
 
     # ----- optimisation -----
     train_batch_size: int = field(default=64, metadata={"help": "Images per process per micro-batch."})
@@ -366,6 +389,14 @@ def validate(config: TrainingConfig) -> None:
     _check_choice(config, "ddpm_variance_type", VARIANCE_TYPES)
     _check_choice(config, "prediction_type", PREDICTION_TYPES)
     _check_choice(config, "loss_type", ("l1", "l2"))
+    _check_choice(config, "ddpm_timestep_spacing", TIMESTEP_SPACINGS)
+    _check_positive(config, "snr_gamma")
+    if config.rescale_betas_zero_snr and config.prediction_type == "epsilon":
+        _fail(
+            "rescale_betas_zero_snr",
+            "at zero terminal SNR the last step's input is pure noise, so an epsilon prediction says nothing about "
+            "the image: use --prediction_type v_prediction (or sample)",
+        )
     if not 0 < config.ddpm_beta_start < 1:
         _fail("ddpm_beta_start", f"must lie in (0, 1), got {config.ddpm_beta_start}")
     if not 0 < config.ddpm_beta_end < 1:

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
+from diffusers.training_utils import compute_snr
 
 from .config import TrainingConfig
 
@@ -24,14 +25,37 @@ def training_target(
     raise ValueError(f"unknown prediction_type {prediction_type!r}")
 
 
-def diffusion_loss(model_output: torch.Tensor, target: torch.Tensor, loss_type: str) -> torch.Tensor:
-    """Mean L1 or L2 error, computed in float32 whatever the autocast precision."""
+def min_snr_weights(snr: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
+    """Min-SNR-gamma loss weights per timestep (Hang et al. 2023, arXiv:2303.09556).
+
+    The paper weights the squared x0 error by min(SNR, gamma). The squared error on the network's own
+    target is a multiple of it (SNR times for an epsilon target, SNR + 1 times for a v target), so the
+    same weighting reads min(SNR, gamma) / SNR on an epsilon target, min(SNR, gamma) / (SNR + 1) on a
+    v target and min(SNR, gamma) on a sample target. At SNR = 0 (zero terminal SNR) the v and sample
+    weights are 0; an epsilon target is refused there by the config.
+    """
+    clipped = torch.clamp(snr, max=gamma)
+    if prediction_type == "epsilon":
+        return clipped / snr
+    if prediction_type == "v_prediction":
+        return clipped / (snr + 1)
+    if prediction_type == "sample":
+        return clipped
+    raise ValueError(f"unknown prediction_type {prediction_type!r}")
+
+
+def diffusion_loss(
+    model_output: torch.Tensor, target: torch.Tensor, loss_type: str, weights: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """Mean L1 or L2 error, in float32 whatever the autocast precision; with `weights` (one per image), the
+    mean over images of each image's mean error times its weight."""
     model_output, target = model_output.float(), target.float()
-    if loss_type == "l1":
-        return F.l1_loss(model_output, target)
-    if loss_type == "l2":
-        return F.mse_loss(model_output, target)
-    raise ValueError(f"unknown loss_type {loss_type!r}")
+    if loss_type not in ("l1", "l2"):
+        raise ValueError(f"unknown loss_type {loss_type!r}")
+    if weights is None:
+        return F.l1_loss(model_output, target) if loss_type == "l1" else F.mse_loss(model_output, target)
+    errors = (model_output - target).abs() if loss_type == "l1" else (model_output - target) ** 2
+    return (errors.mean(dim=tuple(range(1, errors.ndim))) * weights).mean()
 
 
 def random_flip(
@@ -84,6 +108,8 @@ def step_loss(
     clean_images = to_model_range(batch)
     noisy_images = noise_scheduler.add_noise(clean_images, noise, timesteps)
     model_output = unet(noisy_images, timesteps).sample
-    return diffusion_loss(
-        model_output, training_target(noise_scheduler, clean_images, noise, timesteps), config.loss_type
-    )
+    target = training_target(noise_scheduler, clean_images, noise, timesteps)
+    weights = None
+    if config.snr_gamma is not None:
+        weights = min_snr_weights(compute_snr(noise_scheduler, timesteps), config.snr_gamma, config.prediction_type)
+    return diffusion_loss(model_output, target, config.loss_type, weights)

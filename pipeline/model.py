@@ -36,6 +36,8 @@ def build_noise_scheduler(config: TrainingConfig) -> DDPMScheduler:
         variance_type=config.ddpm_variance_type,
         clip_sample=config.ddpm_clip_sample,
         prediction_type=config.prediction_type,
+        rescale_betas_zero_snr=config.rescale_betas_zero_snr,
+        timestep_spacing=config.ddpm_timestep_spacing,
     )
 
 

@@ -1,11 +1,11 @@
 """The optimizer, the learning-rate schedule and the step budget."""
 
-import functools
 import math
 from typing import Optional
 
 import torch
 from diffusers.optimization import get_scheduler
+from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from .config import TrainingConfig
 
@@ -32,24 +32,12 @@ def build_optimizer(
     )
 
 
-def cosine_with_min_lr(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
-    """LR multiplier: linear warmup to 1, then a half cosine from 1 down to `min_ratio` at `total_steps`."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
 def build_lr_scheduler(config: TrainingConfig, optimizer, total_steps: int):
-    """diffusers' schedules; `cosine_with_min_lr` (which diffusers lacks) decays to --min_learning_rate."""
+    """diffusers' schedules, and `cosine_with_min_lr` (a cosine down to --min_learning_rate) from transformers."""
     if config.lr_scheduler == "cosine_with_min_lr":
-        multiplier = functools.partial(
-            cosine_with_min_lr,
-            warmup_steps=config.lr_warmup_steps,
-            total_steps=total_steps,
-            min_ratio=config.min_learning_rate / config.learning_rate,
+        return get_cosine_with_min_lr_schedule_with_warmup(
+            optimizer, config.lr_warmup_steps, total_steps, min_lr=config.min_learning_rate
         )
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
     return get_scheduler(
         config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps, num_training_steps=total_steps
     )

@@ -5,6 +5,7 @@ numbered PNGs, a grid and `samples.json` (what was run, how long it took) into a
 """
 
 import argparse
+import inspect
 import math
 import sys
 import time
@@ -14,7 +15,13 @@ from typing import Optional
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, DPMSolverMultistepScheduler
+from diffusers import (
+    DDIMScheduler,
+    DDPMPipeline,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    UniPCMultistepScheduler,
+)
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -33,7 +40,9 @@ def make_sampler(name: str, scheduler_config: dict, solver_order: int = 2):
     """A sampler by name, sharing the training scheduler's betas and prediction type.
 
     ddpm: the ancestral chain (on a strided subsequence when steps < T); ddim: deterministic for
-    eta = 0; dpmsolver++: the multistep DPM-Solver++ of order `solver_order` (2 or 3).
+    eta = 0; dpmsolver++: the multistep DPM-Solver++ of order `solver_order` (2 or 3); unipc: the
+    multistep UniPC predictor-corrector (Zhao et al. 2023), order 2. UniPC's `step` takes no
+    generator, so the stock `DDPMPipeline` (which passes one) cannot run it; `generate` here can.
     """
     if name == "ddpm":
         return DDPMScheduler.from_config(scheduler_config)
@@ -45,6 +54,8 @@ def make_sampler(name: str, scheduler_config: dict, solver_order: int = 2):
         return DPMSolverMultistepScheduler.from_config(
             scheduler_config, algorithm_type="dpmsolver++", solver_order=solver_order
         )
+    if name == "unipc":
+        return UniPCMultistepScheduler.from_config(scheduler_config)
     raise SampleError(f"sampler: unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
 
 
@@ -68,11 +79,13 @@ def sample_batch(
     sampler.set_timesteps(num_inference_steps, device=unet.device)
     sample = noise.to(unet.device) * sampler.init_noise_sigma
     extra = {"eta": eta} if isinstance(sampler, DDIMScheduler) else {}
+    if "generator" in inspect.signature(sampler.step).parameters:  # UniPC's step has none (it draws no noise)
+        extra["generator"] = generators
     for timestep in sampler.timesteps:
         model_input = sampler.scale_model_input(sample, timestep).to(unet.dtype)
         model_output = unet(model_input, timestep).sample.float()
         # The schedulers draw their per-step noise on the CPU from the per-image generators.
-        sample = sampler.step(model_output, timestep, sample, generator=generators, **extra).prev_sample
+        sample = sampler.step(model_output, timestep, sample, **extra).prev_sample
         if on_step is not None:
             on_step()
     return (sample / 2 + 0.5).clamp(0, 1).cpu()

@@ -50,7 +50,7 @@ from .data import DataError, DataSource, describe_prepared, open_source, prepare
 from .diffusion import step_loss
 from .ema import EMA
 from .evaluate import EvalError, TrainingFid
-from .files import staged, write_json
+from .files import remove, staging_name, write_json
 from .hub import HubError, push_to_hub, write_card
 from .model import build_noise_scheduler, build_unet, count_parameters, describe_unet
 from .optim import build_lr_scheduler, build_optimizer, count_train_steps
@@ -364,13 +364,17 @@ def export_pipeline(unet, noise_scheduler, output_dir: Path) -> None:
     for name, parameter in unet.named_parameters():
         if not torch.isfinite(parameter).all():
             raise RuntimeError(f"refusing to export: parameter {name} holds NaN or infinite values")
-    with staged(output_dir / ".export", folder=True) as staging:
+    staging = staging_name(output_dir / "export")
+    remove(staging)
+    try:
         DDPMPipeline(unet=unet, scheduler=noise_scheduler).save_pretrained(staging, safe_serialization=True)
-        for name in EXPORT_FILES:
+        for name in EXPORT_FILES:  # the folder holds more (checkpoints, samples): only these are replaced
             target = output_dir / name
             if target.is_dir():
                 shutil.rmtree(target)
             (staging / name).replace(target)
+    finally:
+        remove(staging)
 
 
 def save_sample_grid(

@@ -91,6 +91,9 @@ FLAG_VALUES = {
     "ddpm_clip_sample": (["false"], False),
     "prediction_type": (["v_prediction"], "v_prediction"),
     "loss_type": (["l1"], "l1"),
+    "snr_gamma": (["5"], 5.0),
+    "rescale_betas_zero_snr": (["true", "--prediction_type", "v_prediction"], True),
+    "ddpm_timestep_spacing": (["trailing"], "trailing"),
     "train_batch_size": (["16"], 16),
     "gradient_accumulation_steps": (["4"], 4),
     "num_epochs": (["7"], 7),
@@ -204,6 +207,10 @@ def test_every_field_is_settable_from_the_command_line():
         (["--fid_num_images", "1"], "fid_num_images"),
         (["--fid_sampler", "heun"], "fid_sampler"),
         (["--fid_mode", "legacy_tensorflow"], "fid_mode"),
+        (["--snr_gamma", "0"], "snr_gamma"),
+        (["--rescale_betas_zero_snr"], "rescale_betas_zero_snr"),  # with epsilon prediction
+        (["--ddpm_timestep_spacing", "uniform"], "ddpm_timestep_spacing"),
+        (["--grid_sampler", "unipc", "--grid_inference_steps", "301"], "grid_inference_steps"),
     ],
 )
 def test_invalid_values_name_the_field(argv, field):

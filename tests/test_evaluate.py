@@ -274,7 +274,7 @@ def test_sample_command_names_a_folder_that_is_not_a_pipeline(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "sampler, extra, evaluations",
-    [("ddim", {"eta": 1.0}, 3), ("dpmsolver++", {"solver_order": 3}, 3), ("ddpm", {}, 3)],
+    [("ddim", {"eta": 1.0}, 3), ("dpmsolver++", {"solver_order": 3}, 3), ("ddpm", {}, 3), ("unipc", {}, 3)],
 )
 def test_every_sampler_runs_from_the_saved_scheduler(tiny_pipeline, sampler, extra, evaluations):
     from pipeline.sample import CountingUNet, generate, load_pipeline, make_sampler
@@ -419,3 +419,14 @@ def test_evaluating_a_samples_folder_equals_evaluating_the_model(tiny_pipeline, 
     )
     from_model = ev.evaluate(evaluate_args("--model", str(tiny_pipeline), *reference), TinyFeatures(), FEATURES)
     assert from_folder["fid"] == from_model["fid"] and from_folder["kid"] == from_model["kid"]
+
+
+def test_unipc_runs_here_but_not_through_the_stock_ddpm_pipeline(tiny_pipeline):
+    """diffusers 0.42's DDPMPipeline passes a generator to scheduler.step, which UniPC's step does not take:
+    the README and the model card say so, and pipeline.sample / pipeline.evaluate run it instead."""
+    from diffusers import DDPMPipeline, UniPCMultistepScheduler
+
+    pipeline = DDPMPipeline.from_pretrained(str(tiny_pipeline))
+    pipeline.scheduler = UniPCMultistepScheduler.from_config(pipeline.scheduler.config)
+    with pytest.raises(TypeError, match="generator"):
+        pipeline(batch_size=1, num_inference_steps=2)

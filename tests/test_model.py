@@ -1,12 +1,15 @@
+import math
+
 import numpy as np
 import pytest
 import torch
+from diffusers.training_utils import compute_snr
 
 from conftest import REPO
-from pipeline.config import parse_config
-from pipeline.diffusion import diffusion_loss, training_target
+from pipeline.config import ConfigError, parse_config
+from pipeline.diffusion import diffusion_loss, min_snr_weights, training_target
 from pipeline.model import build_noise_scheduler, build_unet, count_parameters
-from pipeline.optim import cosine_with_min_lr
+from pipeline.optim import build_lr_scheduler, build_optimizer
 
 
 PRESETS = sorted((REPO / "configs").glob("*.yaml"))
@@ -100,10 +103,71 @@ def test_losses():
     assert diffusion_loss(output, target, "l2").dtype == torch.float32
 
 
+@pytest.mark.parametrize("schedule", ["linear", "squaredcos_cap_v2"])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_min_snr_weights_equal_the_papers_weighting_of_the_x0_error(schedule, prediction_type):
+    """Hang et al. 2023: the loss is min(SNR, gamma) * ||x0_hat - x0||^2. Computed here in float64 from the betas,
+    through the x0 each prediction type implies, and compared with our weight times the error on the target."""
+    config = parse_config(
+        ["--ddpm_num_steps", "1000", "--ddpm_beta_schedule", schedule, "--prediction_type", prediction_type]
+    )
+    scheduler = build_noise_scheduler(config)
+    alpha_bar = scheduler.alphas_cumprod.double().numpy()  # the schedule itself is checked against float64 above
+    timesteps = torch.tensor([0, 1, 10, 100, 400, 700, 999])
+    snr = alpha_bar[timesteps] / (1 - alpha_bar[timesteps])
+    gamma = 5.0
+    weights = min_snr_weights(compute_snr(scheduler, timesteps), gamma, prediction_type).double().numpy()
+
+    rng = np.random.default_rng(0)
+    x0, noise, prediction = (rng.normal(size=(len(timesteps), 16)) for _ in range(3))
+    a, sigma = np.sqrt(alpha_bar[timesteps])[:, None], np.sqrt(1 - alpha_bar[timesteps])[:, None]
+    x_t = a * x0 + sigma * noise
+    target = {"epsilon": noise, "v_prediction": a * noise - sigma * x0, "sample": x0}[prediction_type]
+    x0_hat = {
+        "epsilon": (x_t - sigma * prediction) / a,
+        "v_prediction": a * x_t - sigma * prediction,
+        "sample": prediction,
+    }
+    papers = np.minimum(snr, gamma) * ((x0_hat[prediction_type] - x0) ** 2).mean(axis=1)
+    ours = weights * ((prediction - target) ** 2).mean(axis=1)
+    np.testing.assert_allclose(ours, papers, rtol=1e-5)
+    # and the loss function applies them per image
+    loss = diffusion_loss(torch.from_numpy(prediction), torch.from_numpy(target), "l2", torch.from_numpy(weights))
+    assert loss.item() == pytest.approx(ours.mean(), rel=1e-5)
+
+
+def test_zero_terminal_snr_and_timestep_spacing_are_exported_for_stock_samplers(tmp_path):
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
+
+    config = parse_config(
+        ["--prediction_type", "v_prediction", "--rescale_betas_zero_snr", "--ddpm_timestep_spacing", "trailing"]
+    )
+    scheduler = build_noise_scheduler(config)
+    assert compute_snr(scheduler, torch.tensor([config.ddpm_num_steps - 1])).item() == pytest.approx(0, abs=1e-6)
+    scheduler.save_config(tmp_path)
+    for stock in (DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler):
+        loaded = stock.from_pretrained(tmp_path)
+        assert loaded.config.rescale_betas_zero_snr and loaded.config.timestep_spacing == "trailing"
+        loaded.set_timesteps(10)
+        assert int(loaded.timesteps[0]) == config.ddpm_num_steps - 1  # trailing: the first step is the last timestep
+    with pytest.raises(ConfigError, match="rescale_betas_zero_snr: .* use --prediction_type v_prediction"):
+        parse_config(["--rescale_betas_zero_snr"])  # an epsilon model cannot start from pure noise
+
+
 def test_cosine_with_min_lr_schedule():
-    values = [cosine_with_min_lr(step, warmup_steps=10, total_steps=110, min_ratio=0.01) for step in range(111)]
-    assert values[0] == pytest.approx(0.1) and values[9] == pytest.approx(1.0)  # linear warmup
-    assert values[10] == pytest.approx(1.0)
-    assert values[60] == pytest.approx(0.505)  # half way down the cosine: (1 + 0.01) / 2
-    assert values[110] == pytest.approx(0.01)
-    assert all(a >= b for a, b in zip(values[10:], values[11:]))
+    """transformers' cosine with a floor, as the optimizer sees it: a linear warmup from 0, then a half cosine."""
+    config = parse_config(["--learning_rate", "1e-3", "--min_learning_rate", "1e-5", "--lr_warmup_steps", "10"])
+    optimizer = build_optimizer(config, [torch.nn.Parameter(torch.zeros(1))])
+    scheduler = build_lr_scheduler(config, optimizer, total_steps=110)
+    values = []
+    for _ in range(111):
+        values.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+
+    def cosine(step):
+        return 1e-5 + (1e-3 - 1e-5) * 0.5 * (1 + math.cos(math.pi * (step - 10) / 100))
+
+    expected = [1e-3 * step / 10 if step < 10 else cosine(step) for step in range(111)]
+    assert values == pytest.approx(expected, rel=1e-9, abs=1e-15)
+    assert values[60] == pytest.approx((1e-3 + 1e-5) / 2) and values[110] == pytest.approx(1e-5)

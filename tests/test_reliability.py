@@ -294,7 +294,8 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
 
 
 def test_fid_during_training_is_logged_and_keeps_the_best_weights(tmp_path, monkeypatch):
-    """--fid_steps with saved reference statistics; the small test network stands in for Inception."""
+    """--fid_steps with saved reference statistics, scoring each EMA length; the small test network stands in for
+    Inception. The best (step, EMA) pair is exported."""
     from conftest import TinyFeatures
     from pipeline import evaluate as ev
 
@@ -333,6 +334,7 @@ def test_fid_during_training_is_logged_and_keeps_the_best_weights(tmp_path, monk
                 "fid_num_images": 8,
                 "fid_inference_steps": 2,
                 "save_images_steps": 0,
+                "ema_extra_decays": [0.5],
             }
         )
     )
@@ -346,10 +348,17 @@ def test_fid_during_training_is_logged_and_keeps_the_best_weights(tmp_path, monk
     ]
     accumulator = EventAccumulator(str(events))
     accumulator.Reload()
-    logged = {event.step: event.value for event in accumulator.Scalars("fid")}
-    assert sorted(logged) == [3, 6] and all(value > 0 for value in logged.values())
+    logged = {
+        (event.step, decay): event.value
+        for tag, decay in (("fid", 0.999), ("fid_ema_0.5", 0.5))
+        for event in accumulator.Scalars(tag)
+    }
+    assert sorted(logged) == [(3, 0.5), (3, 0.999), (6, 0.5), (6, 0.999)] and all(
+        value > 0 for value in logged.values()
+    )
     best = json.loads((output_dir / "best-fid" / "fid.json").read_text())
-    assert best["fid"] == pytest.approx(min(logged.values()), rel=1e-4) and best["step"] == min(logged, key=logged.get)
+    assert best["fid"] == pytest.approx(min(logged.values()), rel=1e-4)
+    assert (best["step"], best["ema_decay"]) == min(logged, key=logged.get)
     assert (output_dir / "best-fid" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     assert json.loads((output_dir / "training_config.json").read_text())["run"]["best_fid"]["step"] == best["step"]
 

@@ -3,7 +3,9 @@
 import json
 
 import pytest
+import torch
 from accelerate.state import AcceleratorState
+from safetensors.torch import load_file
 
 from conftest import TINY
 from pipeline.config import TrainingConfig
@@ -37,6 +39,13 @@ def logged_losses(output_dir) -> list[float]:
         {"prediction_type": "v_prediction", "loss_type": "l2", "mixed_precision": "no"},
         {"prediction_type": "sample", "loss_type": "l1", "mixed_precision": "bf16"},
         {
+            "prediction_type": "v_prediction",
+            "snr_gamma": 5.0,
+            "rescale_betas_zero_snr": True,
+            "ddpm_timestep_spacing": "trailing",
+        },
+        {"snr_gamma": 5.0, "loss_type": "l1", "ema_extra_decays": [0.5, 0.9]},
+        {
             "prediction_type": "epsilon",
             "loss_type": "l1",
             "optimizer": "adam",
@@ -47,7 +56,13 @@ def logged_losses(output_dir) -> list[float]:
             "ddpm_beta_schedule": "linear",
         },
     ],
-    ids=["v_prediction", "sample", "epsilon-adam-accumulation-no-ema"],
+    ids=[
+        "v_prediction",
+        "sample",
+        "v-minsnr-zero-snr-trailing",
+        "epsilon-minsnr-l1-three-emas",
+        "epsilon-adam-accumulation-no-ema",
+    ],
 )
 def test_prediction_types_and_options_train(tmp_path, options):
     values = {
@@ -69,6 +84,13 @@ def test_prediction_types_and_options_train(tmp_path, options):
     assert run["finished"] and run["images_per_step"] == 8 * options.get("gradient_accumulation_steps", 1)
     assert (out / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     assert not (out / "checkpoints").exists()
+    scheduler = json.loads((out / "scheduler" / "scheduler_config.json").read_text())
+    assert scheduler["timestep_spacing"] == values.get("ddpm_timestep_spacing", "leading")
+    assert scheduler["rescale_betas_zero_snr"] == values.get("rescale_betas_zero_snr", False)
+    for decay in values.get("ema_extra_decays", []):  # each other EMA length is a whole pipeline of its own
+        other = load_file(out / f"ema-{decay:g}" / "unet" / "diffusion_pytorch_model.safetensors")
+        main = load_file(out / "unet" / "diffusion_pytorch_model.safetensors")
+        assert other.keys() == main.keys() and any(not torch.equal(other[name], main[name]) for name in main)
 
 
 def test_too_few_images_for_one_batch_stops_before_training(tmp_path):
