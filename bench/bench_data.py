@@ -28,8 +28,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from pipeline.arguments import parse_config  # noqa: E402
 from pipeline.batches import CachedBatches  # noqa: E402
-from pipeline.config import parse_config  # noqa: E402
 from pipeline.data import prepare_training_images  # noqa: E402
 from pipeline.diffusion import random_flip, to_model_range  # noqa: E402
 

@@ -467,6 +467,7 @@ def main() -> None:
     if unknown:
         sys.exit(f"error: rows: unknown {unknown}; see --list")
     torch.set_num_threads(len(os.sched_getaffinity(0)))
+    WORK.mkdir(parents=True, exist_ok=True)
 
     data = load_data()
     network, accuracy = judge(data)

@@ -48,7 +48,8 @@ from dataclasses import replace  # noqa: E402
 
 from bench_data import example_dataloader, write_sfhq_like  # noqa: E402
 
-from pipeline.config import TrainingConfig, load_preset  # noqa: E402
+from pipeline.arguments import load_preset  # noqa: E402
+from pipeline.config import TrainingConfig  # noqa: E402
 from pipeline.diffusion import step_loss  # noqa: E402
 from pipeline.model import build_noise_scheduler, build_unet  # noqa: E402
 

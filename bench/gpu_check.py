@@ -33,7 +33,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.config import TrainingConfig, load_preset  # noqa: E402
+from pipeline.arguments import load_preset  # noqa: E402
+from pipeline.config import TrainingConfig  # noqa: E402
 from pipeline.diffusion import step_loss  # noqa: E402
 from pipeline.model import build_noise_scheduler, build_unet, count_parameters  # noqa: E402
 from pipeline.sample import generate, make_sampler  # noqa: E402

@@ -156,7 +156,10 @@ class StreamedBatches:
         try:
             if entry is None:
                 raise SkippedImage("empty row (no image)")
-            return decode_image(read_bytes(None, entry, None, self.preprocessing.max_image_bytes), self.preprocessing)
+            pixels, _ = decode_image(
+                read_bytes(None, entry, None, self.preprocessing.max_image_bytes), self.preprocessing
+            )
+            return pixels  # (H, W, C); with --image_channels auto a stream is read as RGB
         except (SkippedImage, OSError) as error:
             return str(error).split(" (")[0]
 

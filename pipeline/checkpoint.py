@@ -111,11 +111,12 @@ def find_resume_checkpoint(config: TrainingConfig) -> Optional[Path]:
 
     --resume_from_checkpoint takes "latest", a checkpoint folder, or a bare checkpoint name
     (`checkpoint-500`), which is looked for in <output_dir>/checkpoints as the diffusers example does.
+    A new run in a folder with checkpoints is refused unless --overwrite_output_dir (then train() deletes them).
     """
     checkpoints_dir = Path(config.output_dir) / "checkpoints"
     checkpoints = list_checkpoints(checkpoints_dir)
     if config.resume_from_checkpoint is None:
-        if checkpoints:
+        if checkpoints and not config.overwrite_output_dir:
             raise ConfigError(
                 f"resume_from_checkpoint: {config.output_dir} already holds checkpoints of an earlier run "
                 f"(newest: {checkpoints[-1].name}); pass --resume_from_checkpoint latest to continue it, "

@@ -1,22 +1,18 @@
-"""The training configuration: one typed dataclass, filled from a YAML preset and the command line.
+"""The training configuration: one typed dataclass, the single source of truth for every option.
 
-Every option is a field of `TrainingConfig`; its defaults are the quickstart recipe
-(configs/quickstart.yaml spells them out with the reasons, and a test keeps the two equal).
-A preset given with `--config` replaces those defaults, and command-line flags replace the
-preset. Invalid values stop the run before any work with a message naming the field.
+Its defaults are the quickstart recipe (configs/quickstart.yaml spells them out with the reasons,
+and a test keeps the two equal). pipeline/arguments.py fills it from a preset and the command
+line; `TrainingConfig(...)` in Python applies the same rules. Invalid values raise ConfigError
+naming the field, before any work.
 """
 
 import dataclasses
-import functools
 import math
 import re
-import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
-
-import yaml
 
 
 DOWN_BLOCK_TYPES = ("DownBlock2D", "AttnDownBlock2D", "ResnetDownsampleBlock2D")
@@ -27,6 +23,18 @@ PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_min_lr", "polynomial")
 SAMPLERS = ("ddpm", "ddim", "dpmsolver++", "unipc")
+LOGGERS = (
+    "tensorboard",
+    "wandb",
+    "comet_ml",
+    "mlflow",
+    "aim",
+    "clearml",
+    "dvclive",
+    "swanlab",
+    "trackio",
+)  # Accelerate's
+LOG_LEVELS = ("debug", "info", "warning", "error")
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 FID_MODES = ("clean", "legacy_pytorch")  # clean-fid's resizing modes
 MAX_SEED = 2**32 - 1
@@ -61,7 +69,13 @@ class TrainingConfig:
         default=None, metadata={"help": "Train on this many images drawn at random with --seed."}
     )
     resolution: int = field(default=28, metadata={"help": "Training resolution in pixels (square)."})
-    image_channels: int = field(default=1, metadata={"help": "1 (grayscale) or 3 (RGB); the UNet's in/out channels."})
+    image_channels: Optional[int] = field(
+        default=None,
+        metadata={
+            "help": "The UNet's in/out channels: 1 (grayscale), 3 (RGB), or auto (none): 1 when every image is "
+            "grayscale, else 3 (a stream is read as RGB)."
+        },
+    )
     intermediate_resolution: Optional[int] = field(
         default=None,
         metadata={"help": "Resize to this size first, then to --resolution (the report: 1024 -> 256 -> 64)."},
@@ -92,6 +106,13 @@ class TrainingConfig:
     )
 
     # ----- model: UNet2DModel arguments -----
+    model_config_name_or_path: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "A UNet2DModel config (config.json, its folder, or a Hub id) to build the UNet from, instead of "
+            "the fields below; its sample size and channels are set to --resolution and the data's channels."
+        },
+    )
     block_out_channels: list[int] = field(
         default_factory=lambda: [32, 64, 128], metadata={"help": "Channels per level."}
     )
@@ -220,14 +241,35 @@ class TrainingConfig:
         default="ddpm-quickstart", metadata={"help": "Where the pipeline, checkpoints, samples and logs go."}
     )
     seed: int = 0
-    logger: str = field(default="tensorboard", metadata={"help": "tensorboard or none."})
+    logger: str = field(
+        default="tensorboard",
+        metadata={"help": f"Experiment tracker, one of {LOGGERS} or none (alias: --report_to)."},
+    )
+    logging_dir: str = field(default="logs", metadata={"help": "Tracker logs, relative to --output_dir."})
+    log_level: str = field(default="info", metadata={"help": f"Messages shown, one of {LOG_LEVELS}."})
     logging_steps: int = field(default=10, metadata={"help": "Log loss, lr and images/s every N optimizer steps."})
     save_images_steps: int = field(
         default=400, metadata={"help": "Sample grid every N steps (and at the end); 0: at the end only."}
     )
-    num_grid_images: int = field(default=64, metadata={"help": "Images in each sample grid."})
+    save_images_epochs: Optional[int] = field(
+        default=None, metadata={"help": "Instead of --save_images_steps: a sample grid every N epochs."}
+    )
+    num_grid_images: int = field(
+        default=64, metadata={"help": "Images in each sample grid (alias: --eval_batch_size)."}
+    )
     grid_sampler: str = field(default="ddpm", metadata={"help": f"Sampler for the grids, one of {SAMPLERS}."})
-    grid_inference_steps: int = field(default=100, metadata={"help": "Sampler steps for the grids."})
+    grid_inference_steps: int = field(
+        default=100, metadata={"help": "Sampler steps for the grids (alias: --ddpm_num_inference_steps)."}
+    )
+    save_model_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Export the pipeline (EMA weights) every N steps to <output_dir>/pipeline-<step>/; 0: never."
+        },
+    )
+    save_model_epochs: Optional[int] = field(
+        default=None, metadata={"help": "Instead of --save_model_steps: export the pipeline every N epochs."}
+    )
     fid_steps: int = field(
         default=0,
         metadata={
@@ -249,9 +291,21 @@ class TrainingConfig:
     )
     checkpointing_steps: int = field(default=400, metadata={"help": "Checkpoint every N optimizer steps; 0: none."})
     checkpoints_total_limit: Optional[int] = field(default=2, metadata={"help": "Keep at most this many checkpoints."})
-    resume_from_checkpoint: Optional[str] = field(default=None, metadata={"help": "'latest' or a checkpoint folder."})
+    resume_from_checkpoint: Optional[str] = field(
+        default=None,
+        metadata={"help": "'latest', a checkpoint folder, or a checkpoint's name in <output_dir>/checkpoints."},
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Start a new run in an --output_dir that holds checkpoints of an earlier one, deleting them."
+        },
+    )
     dry_run: bool = field(
         default=False, metadata={"help": "Print the resolved config, model size and step count; exit."}
+    )
+    preset: Optional[str] = field(
+        default=None, metadata={"help": "The preset this config came from: set by --config and recorded, not read."}
     )
 
     # ----- model card and Hub (pipeline/hub.py) -----
@@ -277,6 +331,15 @@ class TrainingConfig:
     )
 
     def __post_init__(self):
+        # Of each pair a run uses one. Given one in Python (`TrainingConfig(num_epochs=10)`), the other one's
+        # default steps aside, as on the command line; giving both explicitly is an error (in validate).
+        for a, b in EXCLUSIVE_PAIRS:
+            if getattr(self, a) is not None and getattr(self, b) is not None:
+                a_default, b_default = getattr(self, a) == _default(a), getattr(self, b) == _default(b)
+                if a_default and not b_default:
+                    setattr(self, a, None)
+                elif b_default and not a_default:
+                    setattr(self, b, None)
         validate(self)
 
     def global_batch_size(self, num_processes: int) -> int:
@@ -321,7 +384,7 @@ def validate(config: TrainingConfig) -> None:
         _fail("dataset_name", "set --dataset_name or --train_data_dir")
     if config.train_data_dir is not None and config.dataset_name is not None:
         _fail("train_data_dir", "set only one of --train_data_dir and --dataset_name")
-    _check_choice(config, "image_channels", (1, 3))
+    _check_choice(config, "image_channels", (None, 1, 3))
     _check_positive(config, "resolution", "train_batch_size", "gradient_accumulation_steps", "ddpm_num_steps")
     _check_positive(
         config, "learning_rate", "adam_epsilon", "num_grid_images", "grid_inference_steps", "logging_steps"
@@ -437,7 +500,12 @@ def validate(config: TrainingConfig) -> None:
     # outputs
     if isinstance(config.seed, bool) or not 0 <= config.seed <= MAX_SEED:
         _fail("seed", f"must lie in [0, {MAX_SEED}] (NumPy's seed range), got {config.seed}")
-    _check_choice(config, "logger", ("tensorboard", "none"))
+    _check_choice(config, "logger", LOGGERS + ("none",))
+    _check_choice(config, "log_level", LOG_LEVELS)
+    if not config.logging_dir or Path(config.logging_dir).is_absolute() or ".." in Path(config.logging_dir).parts:
+        _fail("logging_dir", f"must be a folder inside --output_dir, got {config.logging_dir!r}")
+    _check_positive(config, "save_images_epochs", "save_model_epochs")
+    _check_positive(config, "save_model_steps", allow_zero=True)
     _check_choice(config, "grid_sampler", SAMPLERS)
     _check_positive(config, "fid_steps", allow_zero=True)
     _check_positive(config, "fid_inference_steps")
@@ -470,121 +538,12 @@ def validate(config: TrainingConfig) -> None:
         _fail("hub_license", "must not be empty (use 'other' and say more in the card)")
 
 
-# ---------------------------------------------------------------------------------------------
-# Parsing: preset (YAML or a run's training_config.json), then command-line flags
-
 # Pairs of options of which a run uses exactly one. Giving one of them on the command line
 # replaces the other if the preset set it (`--config report.yaml --max_train_steps 10`).
 EXCLUSIVE_PAIRS = (("num_epochs", "max_train_steps"), ("train_data_dir", "dataset_name"))
 
 
-def _type_error(name, value, expected):
-    _fail(name, f"expected {expected}, got {value!r} ({type(value).__name__})")
-
-
-def _check_value_type(name: str, value, annotation):
-    """Check (and return) one preset value against its field's type annotation."""
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin is typing.Union:  # Optional[X]
-        if value is None:
-            return None
-        return _check_value_type(name, value, next(arg for arg in args if arg is not type(None)))
-    if value is None:
-        _fail(name, "must not be null")
-    if origin is list:
-        if not isinstance(value, list):
-            _type_error(name, value, "a list")
-        return [_check_value_type(name, item, args[0]) for item in value]
-    if origin is Literal:
-        annotation = type(args[0])
-    if annotation is bool and not isinstance(value, bool):
-        _type_error(name, value, "true or false")
-    if annotation is int and (isinstance(value, bool) or not isinstance(value, int)):
-        _type_error(name, value, "an integer")
-    if annotation is float:
-        # PyYAML reads `1e-4` (no dot) as a string; accept any string that is a number.
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                _type_error(name, value, "a number")
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            _type_error(name, value, "a number")
-        return float(value)
-    if annotation is str and not isinstance(value, str):
-        _type_error(name, value, "a string")
-    return value
-
-
-def load_preset(path: str) -> dict:
-    """Read a YAML preset (or a run's training_config.json) into checked field values."""
-    path = Path(path)
-    if not path.is_file():
-        _fail("config", f"no such file: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        _fail("config", f"{path} is not valid YAML: {error}")
-    data = data or {}
-    if not isinstance(data, dict):
-        _fail("config", f"{path} must hold a mapping of option names to values")
-    if set(data) == {"config", "run"}:  # training_config.json written by a run
-        data = data["config"]
-    fields = {f.name: f for f in dataclasses.fields(TrainingConfig)}
-    hints = typing.get_type_hints(TrainingConfig)
-    for name in data:
-        if name not in fields:
-            _fail(name, f"unknown option in {path}")
-    for a, b in EXCLUSIVE_PAIRS:
-        if data.get(a) is not None and data.get(b) is not None:
-            _fail(a, f"{path} sets both {a} and {b}; a preset sets at most one")
-    return {name: _check_value_type(name, value, hints[name]) for name, value in data.items()}
-
-
-def build_parser(defaults: Optional[dict] = None):
-    """The command-line parser: one flag per TrainingConfig field, plus --config."""
-    from transformers import HfArgumentParser
-
-    parser = HfArgumentParser(
-        TrainingConfig, description="Train a DDPM (diffusers UNet2DModel + DDPMScheduler) with Accelerate."
-    )
-    parser.add_argument("--config", default=None, help="YAML preset (configs/*.yaml) or a run's training_config.json.")
-    # Optional fields take `none` on the command line, as `null` in YAML (`--mid_block_type none`).
-    hints = typing.get_type_hints(TrainingConfig)
-    for action in parser._actions:
-        hint = hints.get(action.dest)
-        if typing.get_origin(hint) is typing.Union and type(None) in typing.get_args(hint) and action.type is not None:
-            action.type = functools.partial(_none_or, action.type)
-    if defaults:
-        parser.set_defaults(**defaults)
-    return parser
-
-
-def _none_or(convert, text: str):
-    return None if text.lower() in ("none", "null") else convert(text)
-
-
-def _flags_given(argv: list[str]) -> set[str]:
-    """The fields named by --flags in `argv`, whichever spelling (`--max_train_steps`, `--max-train-steps`)."""
-    return {arg[2:].split("=", 1)[0].replace("-", "_") for arg in argv if arg.startswith("--")}
-
-
-def parse_config(argv: Optional[list[str]] = None) -> TrainingConfig:
-    """Resolve the configuration from `--config` and flags. Raises ConfigError."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    preset_parser = build_parser()
-    known, _ = preset_parser.parse_known_args(argv)  # only --config matters here; flags are checked below
-    defaults = load_preset(known.config) if known.config else {}
-
-    given = _flags_given(argv)
-    for pair in EXCLUSIVE_PAIRS:
-        for name, other in (pair, pair[::-1]):
-            if name in given and other not in given:
-                defaults[other] = None
-
-    parser = build_parser(defaults)
-    config, _, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
-    if unknown:
-        flags = [arg for arg in unknown if arg.startswith("-")] or unknown
-        _fail(flags[0].lstrip("-").split("=")[0], f"unknown option {' '.join(unknown)!r}; see --help")
-    return config
+def _default(name: str):
+    """A field's default value."""
+    item = TrainingConfig.__dataclass_fields__[name]
+    return item.default_factory() if item.default_factory is not dataclasses.MISSING else item.default

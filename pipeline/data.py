@@ -30,12 +30,13 @@ import datasets
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .config import ConfigError, TrainingConfig, parse_config
+from .arguments import parse_config
+from .config import ConfigError, TrainingConfig
 
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 # Bump when decoding changes what it produces for the same settings: older caches are not reused.
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
 DEFAULT_MAX_IMAGE_BYTES = 64 * 2**20
 
@@ -298,8 +299,8 @@ def open_source(source: DataSource, max_image_bytes: int = DEFAULT_MAX_IMAGE_BYT
 # Decoding one image
 
 
-def to_mode(image: Image.Image, channels: int) -> Image.Image:
-    """Convert any PIL mode to "L" or "RGB": 16-bit scaled (not clipped), transparency over white, CMYK to RGB."""
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode to "RGB": 16-bit scaled (not clipped), transparency over white, CMYK and palettes to RGB."""
     if image.mode in SIXTEEN_BIT_MODES or (image.mode == "I" and image.getextrema()[1] > 255):
         values = np.asarray(image, dtype=np.float64) / 257.0  # 65535 -> 255
         image = Image.fromarray(values.round().clip(0, 255).astype(np.uint8), mode="L")
@@ -308,7 +309,7 @@ def to_mode(image: Image.Image, channels: int) -> Image.Image:
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, image.convert("RGBA"))
-    return image.convert("L" if channels == 1 else "RGB")
+    return image.convert("RGB")
 
 
 def _fit(image: Image.Image, size: int, center_crop: bool) -> Image.Image:
@@ -328,15 +329,19 @@ def _fit(image: Image.Image, size: int, center_crop: bool) -> Image.Image:
     return image.crop((left, top, left + size, top + size))
 
 
-def to_uint8_array(image: Image.Image, preprocessing: Preprocessing) -> np.ndarray:
-    """One image -> (resolution, resolution, channels) uint8: EXIF orientation, mode, then each resize."""
-    image = to_mode(ImageOps.exif_transpose(image), preprocessing.channels)
+def to_uint8_array(image: Image.Image, preprocessing: Preprocessing) -> tuple[np.ndarray, bool]:
+    """One image -> (resolution, resolution, channels) uint8, and whether it has colour: EXIF orientation, RGB,
+    each resize, then grayscale (PIL's luma, the same numbers as converting first) when channels is 1.
+    With channels None (auto) the array stays RGB; the caller decides once every image is seen."""
+    image = to_rgb(ImageOps.exif_transpose(image))
     for size in (preprocessing.intermediate_resolution, preprocessing.resolution):
         if size is not None:
             image = _fit(image, size, preprocessing.center_crop)
-    return np.asarray(image, dtype=np.uint8).reshape(
-        preprocessing.resolution, preprocessing.resolution, preprocessing.channels
-    )
+    pixels = np.asarray(image, dtype=np.uint8)  # (H, W, 3)
+    colour = not ((pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all())
+    if preprocessing.channels == 1:
+        pixels = np.asarray(image.convert("L"), dtype=np.uint8)[..., None]
+    return pixels, colour
 
 
 _open_archives: dict[tuple[str, int], zipfile.ZipFile] = {}
@@ -372,8 +377,9 @@ def read_bytes(file: Optional[str], entry: Optional[dict], archive: Optional[str
     return Path(path).read_bytes()
 
 
-def decode_image(data: bytes, preprocessing: Preprocessing) -> np.ndarray:
-    """Bytes of one image file -> uint8 array; raises SkippedImage with the reason it cannot be used."""
+def decode_image(data: bytes, preprocessing: Preprocessing) -> tuple[np.ndarray, bool]:
+    """Bytes of one image file -> (uint8 array, whether it has colour); raises SkippedImage with the reason it
+    cannot be used."""
     if not data:
         raise SkippedImage("empty file")
     try:
@@ -397,22 +403,32 @@ def decode_image(data: bytes, preprocessing: Preprocessing) -> np.ndarray:
         raise SkippedImage(f"corrupt or truncated ({error})") from None
 
 
+def decoded_channels(preprocessing: Preprocessing) -> int:
+    """Channels of the arrays decode_image returns: RGB while the count is still to be decided (auto)."""
+    return preprocessing.channels or 3
+
+
 def _decode_batch(batch: dict, indices: list, archive, image_column, preprocessing: Preprocessing) -> dict:
-    size, channels = preprocessing.resolution, preprocessing.channels
-    pixels, errors, files = [], [], []
+    size, channels = preprocessing.resolution, decoded_channels(preprocessing)
+    pixels, colours, errors, files = [], [], [], []
     for position, index in enumerate(indices):
         entry = batch[image_column][position] if image_column else None
         file = batch["file"][position] if image_column is None else ((entry or {}).get("path") or f"row {index}")
         try:
             if image_column is not None and entry is None:
                 raise SkippedImage("empty row (no image)")
-            pixels.append(decode_image(read_bytes(file, entry, archive, preprocessing.max_image_bytes), preprocessing))
+            image, colour = decode_image(
+                read_bytes(file, entry, archive, preprocessing.max_image_bytes), preprocessing
+            )
+            pixels.append(image)
+            colours.append(colour)
             errors.append("")
         except (SkippedImage, OSError) as error:  # OSError: the file vanished or cannot be read
             pixels.append(np.zeros((size, size, channels), dtype=np.uint8))
+            colours.append(False)
             errors.append(str(error) or type(error).__name__)
         files.append(file)
-    return {"pixels": pixels, "error": errors, "file": files}
+    return {"pixels": pixels, "colour": colours, "error": errors, "file": files}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -459,7 +475,7 @@ def _decode_source(source: DataSource, listed: Source, preprocessing: Preprocess
     if source.max_images is not None and source.max_images < len(table):
         picked = np.random.default_rng(source.seed).choice(len(table), size=source.max_images, replace=False)
         table = table.select(np.sort(picked))
-    size, channels = preprocessing.resolution, preprocessing.channels
+    size, channels = preprocessing.resolution, decoded_channels(preprocessing)
     workers = source.num_workers or (len(os.sched_getaffinity(0)) if len(table) >= 256 else 1)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))  # renamed into place when complete
@@ -474,6 +490,7 @@ def _decode_source(source: DataSource, listed: Source, preprocessing: Preprocess
             features=datasets.Features(
                 {
                     "pixels": datasets.Array3D(shape=(size, size, channels), dtype="uint8"),
+                    "colour": datasets.Value("bool"),
                     "error": datasets.Value("string"),
                     "file": datasets.Value("string"),
                 }
@@ -481,13 +498,16 @@ def _decode_source(source: DataSource, listed: Source, preprocessing: Preprocess
             num_proc=workers if workers > 1 else None,
             cache_file_name=str(staging / "decoded.arrow"),
             new_fingerprint=folder.name,
-            desc=f"Decoding {len(table):,} images to {size}x{size}x{channels}",
+            desc=f"Decoding {len(table):,} images to {size}x{size}x{preprocessing.channels or 'auto'}",
         )
         errors = list(decoded["error"])
         keep = np.array([error == "" for error in errors], dtype=bool)
+        colour_images = int(np.asarray(decoded["colour"], dtype=bool)[keep].sum())
         # Straight from Arrow: the numpy formatter would widen uint8 to int64 (8x the memory).
         column = decoded.data.column("pixels")
         pixels = np.concatenate([chunk.to_numpy(zero_copy_only=False) for chunk in column.chunks])[keep]
+        if preprocessing.channels is None and colour_images == 0:  # auto, and every image is grayscale
+            pixels, channels = np.ascontiguousarray(pixels[..., :1]), 1
         skipped = list(listed.ignored) + [(file, error) for file, error in zip(decoded["file"], errors) if error]
         del decoded, column
         summary = {
@@ -500,6 +520,7 @@ def _decode_source(source: DataSource, listed: Source, preprocessing: Preprocess
             "skipped_examples": [f"{file}: {reason}" for file, reason in skipped[:20]],
             "resolution": size,
             "channels": channels,
+            "colour_images": colour_images,
         }
         if len(pixels) == 0:
             raise DataError(
@@ -536,6 +557,8 @@ def describe_prepared(summary: dict) -> str:
         f"{summary['resolution']}x{summary['resolution']}x{summary['channels']} "
         f"from {summary['source']}, {where} in {summary['seconds']:.1f} s"
     )
+    if summary["channels"] == 1 and summary.get("colour_images"):
+        text += f"; {summary['colour_images']:,} colour images converted to grayscale (--image_channels 1)"
     return text + (f"; {describe_skipped(summary)}" if summary["files_skipped"] else "")
 
 

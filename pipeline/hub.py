@@ -49,6 +49,52 @@ class HubError(RuntimeError):
 # The card
 
 
+_token: Optional[str] = None  # --hub_token, held here only: never in a config, a record, a log or a card
+# Local copies whose Hub dataset the card names: the embedded Fashion-MNIST subset is drawn from this one.
+EMBEDDED_DATASETS = {
+    Path(__file__).resolve().parent.parent / "data" / "fashion_mnist": "zalando-datasets/fashion_mnist"
+}
+# Papers the card links (the Hub lists arXiv links of a card on the model's page), by what the run used.
+PAPERS = {
+    "ddpm": ("Denoising Diffusion Probabilistic Models (Ho et al. 2020)", "2006.11239"),
+    "cosine": (
+        "Improved Denoising Diffusion Probabilistic Models, the cosine schedule (Nichol & Dhariwal 2021)",
+        "2102.09672",
+    ),
+    "v_prediction": ("Progressive Distillation, v-prediction (Salimans & Ho 2022)", "2202.00512"),
+    "min_snr": ("Efficient Diffusion Training via Min-SNR Weighting Strategy (Hang et al. 2023)", "2303.09556"),
+    "zero_snr": ("Common Diffusion Noise Schedules and Sample Steps Are Flawed (Lin et al. 2024)", "2305.08891"),
+    "ema_lengths": (
+        "Analyzing and Improving the Training Dynamics of Diffusion Models, EMA lengths (Karras et al. 2024)",
+        "2312.02696",
+    ),
+    "ddim": ("Denoising Diffusion Implicit Models (Song et al. 2021)", "2010.02502"),
+    "dpmsolver": ("DPM-Solver++ (Lu et al. 2022)", "2211.01095"),
+    "unipc": ("UniPC (Zhao et al. 2023)", "2302.04867"),
+}
+
+
+def use_token(token: str) -> None:
+    """The Hub token given on the command line (--hub_token), used instead of HF_TOKEN or `hf auth login`."""
+    global _token
+    _token = token
+
+
+def hub_token() -> Optional[str]:
+    """--hub_token, else huggingface_hub's own lookup (HF_TOKEN, `hf auth login`)."""
+    return _token or get_token()
+
+
+def describe_data_origin(config) -> dict:
+    """Whether the training data is local or on the Hub, decided when the run starts (in the directory it starts
+    in) and recorded, so the card says the same from anywhere: {"data_name", "hub_dataset_id"}."""
+    source = config.train_data_dir if config.train_data_dir is not None else config.dataset_name
+    path = Path(source)
+    local = config.train_data_dir is not None or path.exists() or source.endswith((".parquet", ".zip"))
+    hub_id = config.hub_dataset_id or (EMBEDDED_DATASETS.get(path.resolve()) if local else source)
+    return {"data_name": path.name if local else source, "hub_dataset_id": hub_id}
+
+
 def public_name(source: Optional[str]) -> Optional[str]:
     """A data source as the card may show it: a Hub id as is, a local path by its last component only."""
     if source is None:
@@ -87,8 +133,12 @@ def card_context(output_dir: Path, repo_id: Optional[str] = None) -> dict:
     config, run = record.config.to_dict(), dataclasses.asdict(record.run)
     repo_id = repo_id or config.get("hub_model_id")
     scheduler = json.loads((output_dir / "scheduler" / "scheduler_config.json").read_text())
-    data_source = config.get("hub_dataset_id") or config.get("dataset_name") or config.get("train_data_dir")
-    data_name = public_name(data_source)
+    if record.run.data_name is not None:  # decided when the run started
+        data_name, data_hub_id = record.run.data_name, record.run.hub_dataset_id
+    else:  # a record of an older version: judged from here
+        data_source = config.get("hub_dataset_id") or config.get("dataset_name") or config.get("train_data_dir")
+        data_name = public_name(data_source)
+        data_hub_id = data_source if data_source and data_name == data_source and "/" in data_source else None
     global_batch = record.config.global_batch_size(record.run.num_processes)
     steps = record.run.global_step
     num_images = run["num_train_images"] or 0
@@ -146,9 +196,7 @@ def card_context(output_dir: Path, repo_id: Optional[str] = None) -> dict:
         "model_name": repo_id.split("/")[-1] if repo_id else output_dir.resolve().name,
         "repo_id": repo_id or output_dir.resolve().name,
         "data_name": data_name,
-        "data_hub_id": data_source
-        if data_source and public_name(data_source) == data_source and "/" in data_source
-        else None,
+        "data_hub_id": data_hub_id,
         "resolution": config["resolution"],
         "channels": config["image_channels"],
         "parameters": parameters,
@@ -201,8 +249,21 @@ def card_context(output_dir: Path, repo_id: Optional[str] = None) -> dict:
         "report_relation": report_relation,
         "is_sfhq": "sfhq" in lower,
         "is_fashion_mnist": "fashion" in lower and "mnist" in lower,
+        "papers": papers_of(config, scheduler),
         "license": config.get("hub_license", "other"),
     }
+
+
+def papers_of(config: dict, scheduler: dict) -> list[dict]:
+    """The papers behind what this model used, and the samplers the card shows, as arXiv links."""
+    keys = ["ddpm"]
+    keys += ["cosine"] if scheduler["beta_schedule"] == "squaredcos_cap_v2" else []
+    keys += ["v_prediction"] if scheduler["prediction_type"] == "v_prediction" else []
+    keys += ["min_snr"] if config.get("snr_gamma") else []
+    keys += ["zero_snr"] if scheduler.get("rescale_betas_zero_snr") else []
+    keys += ["ema_lengths"] if config.get("ema_extra_decays") else []
+    keys += ["ddim", "dpmsolver", "unipc"]
+    return [{"title": PAPERS[key][0], "url": f"https://arxiv.org/abs/{PAPERS[key][1]}"} for key in keys]
 
 
 def render_card(output_dir: Path, repo_id: Optional[str] = None) -> ModelCard:
@@ -300,7 +361,7 @@ def push_to_hub(
     output_dir = Path(output_dir)
     if not (output_dir / "model_index.json").is_file():
         raise HubError(f"{output_dir} holds no exported pipeline (model_index.json); train or export first")
-    token = get_token()
+    token = hub_token()
     if not token:
         raise HubError(
             "no Hugging Face token: set HF_TOKEN or run `hf auth login`, then push again; nothing was uploaded"

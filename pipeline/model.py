@@ -1,29 +1,59 @@
 """The UNet and the noise scheduler, built from the configuration."""
 
+import json
+from pathlib import Path
+
 from diffusers import DDPMScheduler, UNet2DModel
 
-from .config import TrainingConfig
+from .config import ConfigError, TrainingConfig
+
+
+def unet_config(config: TrainingConfig) -> dict:
+    """The UNet2DModel config of the run: from --model_config_name_or_path (a config.json, its folder or a Hub id)
+    when given, else from the architecture fields; the sample size and channels are the run's. Channels still
+    to be read from the data (auto) count as 3 here."""
+    channels = config.image_channels or 3
+    if config.model_config_name_or_path is None:
+        architecture = {
+            "block_out_channels": tuple(config.block_out_channels),
+            "layers_per_block": config.layers_per_block,
+            "down_block_types": tuple(config.down_block_types),
+            "up_block_types": tuple(config.up_block_types),
+            "mid_block_type": config.mid_block_type,
+            "add_attention": config.add_attention,
+            "attention_head_dim": config.attention_head_dim,
+            "norm_num_groups": config.norm_num_groups,
+            "act_fn": config.act_fn,
+            "flip_sin_to_cos": config.flip_sin_to_cos,
+            "freq_shift": config.freq_shift,
+            "dropout": config.dropout,
+        }
+    else:
+        source = Path(config.model_config_name_or_path)
+        try:
+            if source.is_file():  # a config file of any name
+                architecture = json.loads(source.read_text())
+            else:  # a model folder or a Hub id, as diffusers reads them
+                architecture = dict(UNet2DModel.load_config(config.model_config_name_or_path))
+        except (OSError, ValueError) as error:
+            raise ConfigError(
+                f"model_config_name_or_path: cannot read a UNet2DModel config from "
+                f"{config.model_config_name_or_path!r} ({type(error).__name__}: {str(error).splitlines()[0]})"
+            ) from None
+        if architecture.get("_class_name", "UNet2DModel") != "UNet2DModel":
+            raise ConfigError(
+                f"model_config_name_or_path: holds a {architecture['_class_name']} config, not a UNet2DModel's"
+            )
+    return {**architecture, "sample_size": config.resolution, "in_channels": channels, "out_channels": channels}
 
 
 def build_unet(config: TrainingConfig) -> UNet2DModel:
-    """A freshly initialised UNet2DModel for the configured architecture."""
-    return UNet2DModel(
-        sample_size=config.resolution,
-        in_channels=config.image_channels,
-        out_channels=config.image_channels,
-        block_out_channels=tuple(config.block_out_channels),
-        layers_per_block=config.layers_per_block,
-        down_block_types=tuple(config.down_block_types),
-        up_block_types=tuple(config.up_block_types),
-        mid_block_type=config.mid_block_type,
-        add_attention=config.add_attention,
-        attention_head_dim=config.attention_head_dim,
-        norm_num_groups=config.norm_num_groups,
-        act_fn=config.act_fn,
-        flip_sin_to_cos=config.flip_sin_to_cos,
-        freq_shift=config.freq_shift,
-        dropout=config.dropout,
-    )
+    """A freshly initialised UNet2DModel for the run's architecture."""
+    architecture = unet_config(config)
+    try:
+        return UNet2DModel.from_config(architecture)
+    except (TypeError, ValueError) as error:  # a config file whose values UNet2DModel refuses
+        raise ConfigError(f"model_config_name_or_path: the UNet cannot be built ({error})") from None
 
 
 def build_noise_scheduler(config: TrainingConfig) -> DDPMScheduler:
@@ -45,13 +75,13 @@ def count_parameters(model) -> int:
     return sum(parameter.numel() for parameter in model.parameters())
 
 
-def describe_unet(config: TrainingConfig, unet: UNet2DModel) -> str:
+def describe_unet(unet: UNet2DModel) -> str:
     """A table of the UNet's levels: resolution, channels, blocks, resnets and attention."""
     lines = [
         f"{'level':>5}  {'resolution':>10}  {'channels':>8}  {'down block':<24}  {'up block':<22}  resnets (down/up)"
     ]
-    for level, channels in enumerate(config.block_out_channels):
-        size = config.resolution // 2**level
+    for level, channels in enumerate(unet.config.block_out_channels):
+        size = unet.config.sample_size // 2**level
         down, up = unet.down_blocks[level], unet.up_blocks[-1 - level]
         lines.append(
             f"{level:>5}  {f'{size}x{size}':>10}  {channels:>8}  {type(down).__name__:<24}  {type(up).__name__:<22}  "

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .config import ConfigError, TrainingConfig, load_preset
+from .arguments import load_preset
+from .config import ConfigError, TrainingConfig
 from .files import write_json
 
 
@@ -30,6 +31,8 @@ class RunRecord:
     versions: dict = field(default_factory=dict)  # python, torch, diffusers, accelerate, datasets
     num_train_images: Optional[int] = None  # images kept after decoding; None for a stream
     data: dict = field(default_factory=dict)  # source, images_found, images_kept, files_skipped
+    data_name: Optional[str] = None  # as the card names the data: a Hub id, or a local path's last component
+    hub_dataset_id: Optional[str] = None  # the Hub dataset the data is (or comes from), when there is one
     unet_parameters: int = 0
     total_steps: int = 0  # the budget in optimizer steps
     images_per_step: int = 0  # the global batch: batch x processes x accumulation

@@ -13,7 +13,9 @@
 """
 
 import dataclasses
+import importlib.util
 import json
+import logging
 import math
 import os
 import platform
@@ -28,11 +30,12 @@ from typing import Any, Optional, Union
 
 import torch
 from accelerate import Accelerator, PartialState
+from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers import DDPMPipeline, DDPMScheduler
-from huggingface_hub import get_token
 from tqdm.auto import tqdm
 
+from .arguments import parse_config
 from .batches import CachedBatches, StreamedBatches
 from .checkpoint import (
     CHECKPOINT_PREFIX,
@@ -45,13 +48,13 @@ from .checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from .config import ConfigError, TrainingConfig, parse_config
+from .config import ConfigError, TrainingConfig
 from .data import DataError, DataSource, describe_prepared, open_source, prepare_training_images
 from .diffusion import step_loss
 from .ema import EMA
 from .evaluate import EvalError, TrainingFid
-from .files import remove, staging_name, write_json
-from .hub import HubError, push_to_hub, write_card
+from .files import remove, staged, staging_name, write_json
+from .hub import HubError, describe_data_origin, hub_token, push_to_hub, write_card
 from .model import build_noise_scheduler, build_unet, count_parameters, describe_unet
 from .optim import build_lr_scheduler, build_optimizer, count_train_steps
 from .record import RECORD_NAME, RunRecord, write_record
@@ -60,6 +63,8 @@ from .signals import StopRequest, StopRequested, TrainingStopped
 
 
 EXPORT_FILES = ("model_index.json", "unet", "scheduler")
+QUICKSTART_DATA = "data/fashion_mnist"
+logger = get_logger(__name__)  # accelerate's: the main process speaks
 Batches = Union[CachedBatches, StreamedBatches]
 
 
@@ -67,6 +72,7 @@ Batches = Union[CachedBatches, StreamedBatches]
 class TrainingData:
     batches: Batches
     num_images: Optional[int]  # None for a stream
+    channels: int  # as decoded: --image_channels, or what auto found in the data
     summary: dict  # what the record says about the data: source, images found and kept, files skipped
 
 
@@ -103,14 +109,65 @@ def launched_on_cpus() -> bool:
     return "LOCAL_RANK" in os.environ and not torch.cuda.is_available()
 
 
+# The package each tracker of --logger needs (Accelerate's own trackers).
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "comet_ml": "comet_ml", "trackio": "trackio"}
+
+
+class StdoutHandler(logging.StreamHandler):
+    """Writes to whatever sys.stdout is when a message is logged (so redirections made later are followed)."""
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+class MessageFormatter(logging.Formatter):
+    """The message alone; accelerate's "[RANK 0] " prefix only where there are several processes."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = super().format(record)
+        if message.startswith("[RANK 0] ") and PartialState().num_processes == 1:
+            message = message[len("[RANK 0] ") :]
+        return message
+
+
+def configure_logging(level: str) -> None:
+    """This package's messages go to stdout at `level` (progress bars stay on stderr)."""
+    package = logging.getLogger("pipeline")
+    package.setLevel(level.upper())
+    if not package.handlers:
+        handler = StdoutHandler()
+        handler.setFormatter(MessageFormatter("%(message)s"))
+        package.addHandler(handler)
+        package.propagate = False
+
+
+def check_tracker(config: TrainingConfig) -> None:
+    """--logger names a tracker whose package is installed."""
+    if config.logger == "none":
+        return
+    package = TRACKER_PACKAGES.get(config.logger, config.logger)
+    if importlib.util.find_spec(package) is None:
+        raise ConfigError(
+            f"logger: {config.logger} is not installed (pip install {package}); or use --logger tensorboard"
+        )
+
+
 def setup_accelerator(config: TrainingConfig) -> Accelerator:
     """Accelerate for this run's processes and precision; seeds, TF32 on GPUs, every core on CPUs."""
     output_dir = Path(config.output_dir)
+    check_tracker(config)
     accelerator = Accelerator(
         cpu=launched_on_cpus(),
         mixed_precision=config.mixed_precision,
         log_with=None if config.logger == "none" else config.logger,
-        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+        project_config=ProjectConfiguration(
+            project_dir=str(output_dir), logging_dir=str(output_dir / config.logging_dir)
+        ),
         step_scheduler_with_optimizer=False,  # the LR schedule counts optimizer steps, whatever the process count
         dynamo_backend="inductor" if config.torch_compile else "no",
     )
@@ -159,10 +216,11 @@ def load_training_data(config: TrainingConfig, accelerator: Accelerator) -> Trai
     """Decoded once (the main process first; the others read its cache) and held on the device, or streamed."""
     if config.streaming:
         batches = StreamedBatches(config, accelerator.process_index, accelerator.num_processes, accelerator.device)
-        return TrainingData(batches, None, {"source": f"stream of {config.dataset_name} ({config.split})"})
+        summary = {"source": f"stream of {config.dataset_name} ({config.split})"}
+        return TrainingData(batches, None, config.image_channels or 3, summary)  # auto reads a stream as RGB
     with accelerator.main_process_first():
         prepared = prepare_training_images(config)
-    accelerator.print(describe_prepared(prepared.summary))
+    logger.info(describe_prepared(prepared.summary))
     global_micro_batch = config.train_batch_size * accelerator.num_processes
     if len(prepared.pixels) < global_micro_batch:
         raise DataError(
@@ -178,7 +236,7 @@ def load_training_data(config: TrainingConfig, accelerator: Accelerator) -> Trai
         accelerator.num_processes,
     )
     summary = {key: prepared.summary[key] for key in ("source", "images_found", "images_kept", "files_skipped")}
-    return TrainingData(batches, batches.num_images, summary)
+    return TrainingData(batches, batches.num_images, prepared.summary["channels"], summary)
 
 
 def build_training(config: TrainingConfig, accelerator: Accelerator, unet, total_steps: int) -> TrainingParts:
@@ -377,10 +435,27 @@ def export_pipeline(unet, noise_scheduler, output_dir: Path) -> None:
         remove(staging)
 
 
+def save_pipeline_folder(unet, noise_scheduler, folder: Path) -> None:
+    """A whole stock DDPMPipeline in a folder of its own, written under a temporary name and renamed."""
+    with staged(folder, folder=True) as staging:
+        export_pipeline(unet, noise_scheduler, staging)
+
+
+def log_images(accelerator: Accelerator, images, step: int) -> None:
+    """A sample grid's images to the trackers that take images (TensorBoard, Weights & Biases)."""
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.log_images({"samples": images}, step=step, dataformats="NHWC")
+        elif tracker.name == "wandb":
+            import wandb
+
+            tracker.log({"samples": [wandb.Image(image) for image in images]}, step=step)
+
+
 def save_sample_grid(
     accelerator: Accelerator, unet, config: TrainingConfig, scheduler_config: dict, step: int
 ) -> Path:
-    """Sample the fixed-seed grid with the grid sampler and write samples/step-<step>.png (and to TensorBoard)."""
+    """Sample the fixed-seed grid with the grid sampler and write samples/step-<step>.png (and to the trackers)."""
     request = SamplingRequest(
         config.grid_sampler, config.grid_inference_steps, config.num_grid_images, config.num_grid_images, config.seed
     )
@@ -389,8 +464,7 @@ def save_sample_grid(
     path = Path(config.output_dir) / "samples" / f"step-{step}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     image_grid(images).save(path)
-    if config.logger == "tensorboard":
-        accelerator.get_tracker("tensorboard").log_images({"samples": images}, step=step, dataformats="NHWC")
+    log_images(accelerator, images, step)
     return path
 
 
@@ -444,9 +518,16 @@ def periodic_work(
                 f"{state.best_fid['ema_decay']})"
             )
         accelerator.wait_for_everyone()
-    stop = stop_request.received is not None
-    if accelerator.num_processes > 1:  # every process must stop after the same step
-        stop = accelerator.reduce(torch.tensor(float(stop), device=accelerator.device), reduction="sum").item() > 0
+    if config.save_model_steps and step % config.save_model_steps == 0 and not is_last:
+        if accelerator.is_main_process:
+            model = accelerator.unwrap_model(parts.unet, keep_fp32_wrapper=False, keep_torch_compile=False)
+            with ema_weights(model, parts.ema):
+                save_pipeline_folder(model, parts.noise_scheduler, Path(config.output_dir) / f"pipeline-{step}")
+            progress.write(f"step {step}: pipeline exported to {Path(config.output_dir) / f'pipeline-{step}'}")
+        accelerator.wait_for_everyone()
+    if stop_request.received is not None:
+        accelerator.set_trigger()
+    stop = accelerator.check_trigger()  # every process stops after the same step (one small all-reduce)
     if (config.checkpointing_steps and (step % config.checkpointing_steps == 0 or is_last)) or (stop and not is_last):
         save_checkpoint(accelerator, parts, record_at(record, state), state, batches.state())
     return stop and not is_last
@@ -579,11 +660,42 @@ def export_run(
         record_at(record, state, finished=True, data=data, wall_seconds=round(time.time() - started, 1)),
     )
     write_card(output_dir, config.hub_model_id)
-    accelerator.print(
+    logger.info(
         f"Exported the DDPMPipeline to {output_dir} (sample grid: {grid_path}) in {time.time() - started:.0f} s"
     )
     if config.push_to_hub:
         push_to_hub(output_dir, config.hub_model_id, config.hub_private_repo)
+
+
+def resolve_after_data(config: TrainingConfig, data: TrainingData, num_processes: int) -> TrainingConfig:
+    """What the data decides: the channels (auto), and the epoch-based schedules of the example's flags."""
+    changes = {"image_channels": data.channels}
+    if data.num_images is not None:
+        steps_per_epoch = math.ceil(data.num_images / config.global_batch_size(num_processes))
+        if config.save_images_epochs is not None:
+            changes["save_images_steps"] = config.save_images_epochs * steps_per_epoch
+        if config.save_model_epochs is not None:
+            changes["save_model_steps"] = config.save_model_epochs * steps_per_epoch
+    return dataclasses.replace(config, **changes)
+
+
+def parameter_count(parameters: int) -> str:
+    """2.5M, 114.4M; or 44,969 below a million."""
+    return f"{parameters / 1e6:.1f}M" if parameters >= 1e6 else f"{parameters:,}"
+
+
+def describe_run(config: TrainingConfig, record: RunRecord, data: TrainingData, accelerator: Accelerator) -> str:
+    """The start-of-run banner: what is trained, on what, for how long, how."""
+    images = f"{data.num_images:,} images" if data.num_images else "a stream of images"
+    epochs = f", {record.total_steps * record.images_per_step / data.num_images:.1f} epochs" if data.num_images else ""
+    channels = {1: "grayscale", 3: "RGB"}[config.image_channels]
+    preset = f"preset {config.preset}" if config.preset else "no preset: the quickstart's defaults"
+    return (
+        f"Training a {parameter_count(record.unet_parameters)}-parameter UNet at "
+        f"{config.resolution}x{config.resolution} {channels} ({preset}) on {images}: "
+        f"{record.total_steps:,} steps of {record.images_per_step} images{epochs}, "
+        f"{accelerator.num_processes} process(es), mixed precision {accelerator.mixed_precision}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -593,26 +705,41 @@ def export_run(
 def train(config: TrainingConfig) -> Path:
     """Train, checkpoint and export; returns the output folder."""
     started = time.time()
+    configure_logging(config.log_level)
     resume_from = find_resume_checkpoint(config)
-    if resume_from is not None:
-        check_resume_compatible(config, resume_from)
-    if config.push_to_hub and not get_token():
+    if config.push_to_hub and not hub_token():
         raise ConfigError("push_to_hub: no Hugging Face token; set HF_TOKEN or run `hf auth login` before training")
     accelerator = setup_accelerator(config)
+    if config.overwrite_output_dir and resume_from is None and accelerator.is_main_process:
+        old = Path(config.output_dir) / "checkpoints"
+        if old.is_dir():
+            logger.warning(f"--overwrite_output_dir: deleting the checkpoints of an earlier run in {old}")
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
 
     # Before any work: the output folder, then the reference and the Inception weights of FID during training
-    unet = build_unet(config)
     if accelerator.is_main_process:
-        check_output_dir(config, count_parameters(unet))
+        with torch.device("meta"):  # only counted, never allocated
+            check_output_dir(config, count_parameters(build_unet(config)))
     fid_tracker = TrainingFid(config, accelerator.device) if config.fid_steps and accelerator.is_main_process else None
+    if config.preset is None and (config.train_data_dir is not None or config.dataset_name != QUICKSTART_DATA):
+        logger.warning(
+            "note: no --config, so the quickstart's defaults apply (28x28, a 2.5M-parameter UNet); for your own "
+            "images start from `--config configs/images64.yaml` (see the README, 'Your own images')"
+        )
 
     data = load_training_data(config, accelerator)
+    config = resolve_after_data(config, data, accelerator.num_processes)
+    if resume_from is not None:
+        check_resume_compatible(config, resume_from)
     total_steps = count_train_steps(config, data.num_images, accelerator.num_processes)
+    unet = build_unet(config)
     parts = build_training(config, accelerator, unet, total_steps)
     record = RunRecord(
         **describe_environment(accelerator),
         num_train_images=data.num_images,
         data=data.summary,
+        **describe_data_origin(config),
         unet_parameters=count_parameters(unet),
         total_steps=total_steps,
         images_per_step=config.global_batch_size(accelerator.num_processes),
@@ -624,14 +751,8 @@ def train(config: TrainingConfig) -> Path:
     state = TrainingState()
     if resume_from is not None:
         state = load_checkpoint(resume_from, accelerator, parts, data.batches if config.streaming else None)
-        accelerator.print(f"Resumed from {resume_from} at step {state.global_step}")
-    epochs = f"{total_steps * record.images_per_step / data.num_images:.1f} epochs" if data.num_images else "streamed"
-    accelerator.print(
-        f"Training {record.unet_parameters:,} parameters on {data.num_images or 'a stream of'} images: "
-        f"{total_steps:,} steps of "
-        f"{record.images_per_step} images ({epochs}), {accelerator.num_processes} process(es), mixed precision "
-        f"{accelerator.mixed_precision}"
-    )
+        logger.info(f"Resumed from {resume_from} at step {state.global_step}")
+    logger.info(describe_run(config, record, data, accelerator))
 
     training_loop(accelerator, parts, data.batches, state, record, total_steps, fid_tracker)
     files_skipped = data.batches.files_skipped()
@@ -654,7 +775,7 @@ def dry_run(config: TrainingConfig) -> None:
     if not state.is_main_process:
         return
     print(json.dumps(config.to_dict(), indent=2))
-    print(describe_unet(config, build_unet(config)))
+    print(describe_unet(build_unet(config)))
     try:
         num_images = (
             None

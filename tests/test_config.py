@@ -7,7 +7,8 @@ import pytest
 import yaml
 
 from conftest import REPO
-from pipeline.config import ConfigError, TrainingConfig, load_preset, parse_config
+from pipeline.arguments import load_preset, parse_config
+from pipeline.config import ConfigError, TrainingConfig
 from pipeline.record import RunRecord, read_record, write_record
 
 
@@ -23,13 +24,21 @@ def test_quickstart_preset_is_the_defaults():
     preset = load_preset(REPO / "configs" / "quickstart.yaml")
     defaults = TrainingConfig().to_dict()
     assert preset == {name: defaults[name] for name in preset}
-    assert set(preset) == set(defaults) - {"resume_from_checkpoint", "dry_run"}
+    assert set(preset) == set(defaults) - {"resume_from_checkpoint", "dry_run", "preset"}
 
 
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda path: path.stem)
 def test_each_preset_parses(preset):
-    config = parse_config(["--config", str(preset)])
-    assert config.to_dict() == TrainingConfig(**load_preset(preset)).to_dict()
+    values = load_preset(preset)
+    data = [] if values.get("train_data_dir") or values.get("dataset_name") else ["--train_data_dir", "my_photos"]
+    config = parse_config(["--config", str(preset), *data])
+    expected = TrainingConfig(**{**values, **({"train_data_dir": "my_photos"} if data else {})})
+    assert config.to_dict() == {**expected.to_dict(), "preset": str(preset)}
+
+
+def test_the_own_images_preset_asks_for_the_data():
+    with pytest.raises(ConfigError, match="dataset_name: set --dataset_name or --train_data_dir"):
+        parse_config(["--config", "configs/images64.yaml"])
 
 
 def test_flags_override_the_preset():
@@ -68,6 +77,7 @@ FLAG_VALUES = {
     "random_flip": (["false"], False),
     "streaming": (["true"], True),
     "shuffle_buffer_size": (["64"], 64),
+    "model_config_name_or_path": (["unet/config.json"], "unet/config.json"),
     "block_out_channels": (["16", "32", "64"], [16, 32, 64]),
     "layers_per_block": (["2"], 2),
     "down_block_types": (
@@ -118,15 +128,22 @@ FLAG_VALUES = {
     "output_dir": (["/tmp/out"], "/tmp/out"),
     "seed": (["7"], 7),
     "logger": (["none"], "none"),
+    "logging_dir": (["tb"], "tb"),
+    "log_level": (["warning"], "warning"),
     "logging_steps": (["5"], 5),
     "save_images_steps": (["0"], 0),
+    "save_images_epochs": (["2"], 2),
+    "save_model_steps": (["100"], 100),
+    "save_model_epochs": (["3"], 3),
     "num_grid_images": (["9"], 9),
     "grid_sampler": (["ddim"], "ddim"),
     "grid_inference_steps": (["20"], 20),
     "checkpointing_steps": (["50"], 50),
     "checkpoints_total_limit": (["5"], 5),
+    "overwrite_output_dir": (["true"], True),
     "resume_from_checkpoint": (["latest"], "latest"),
     "dry_run": (["true"], True),
+    "preset": (["recorded.yaml"], "recorded.yaml"),
     "push_to_hub": (["true"], True),
     "max_bad_steps": (["3"], 3),
     "torch_compile": (["true"], True),
@@ -195,7 +212,11 @@ def test_every_field_is_settable_from_the_command_line():
         (["--streaming", "--max_train_samples", "20"], "max_train_samples"),
         (["--shuffle_buffer_size", "0"], "shuffle_buffer_size"),
         (["--learning_rate", "nan"], "learning_rate"),
-        (["--logger", "wandb"], "logger"),
+        (["--logger", "visdom"], "logger"),
+        (["--logging_dir", "/tmp/elsewhere"], "logging_dir"),
+        (["--log_level", "loud"], "log_level"),
+        (["--save_images_epochs", "0"], "save_images_epochs"),
+        (["--image_channels", "2"], "image_channels"),
         (["--not_an_option", "1"], "not_an_option"),
         (["--config", "configs/does_not_exist.yaml"], "config"),
         (["--hub_model_id", "me/faces/64"], "hub_model_id"),
@@ -267,7 +288,8 @@ def test_training_config_json_round_trips_and_is_a_valid_preset(tmp_path):
     assert saved["run"]["hardware"] == "a machine" and saved["config"]["seed"] == 3
     record = read_record(tmp_path / "training_config.json")
     assert record.config == config and record.run == run
-    assert parse_config(["--config", str(tmp_path / "training_config.json")]) == config
+    repeated = parse_config(["--config", str(tmp_path / "training_config.json")])
+    assert repeated == dataclasses.replace(config, preset=str(tmp_path / "training_config.json"))
     # a record written by another version: unknown facts are ignored, missing ones take their defaults
     saved["run"] = {"hardware": "older", "a_fact_from_the_future": 1}
     (tmp_path / "training_config.json").write_text(json.dumps(saved))

@@ -11,8 +11,8 @@ from PIL import Image
 
 from conftest import REPO, SFHQ_TREE_GOOD_JPEGS, SFHQ_TREE_SPECIAL
 from pipeline import data
+from pipeline.arguments import parse_config
 from pipeline.batches import CachedBatches, StreamedBatches
-from pipeline.config import parse_config
 from pipeline.data import (
     DataError,
     DataSource,
@@ -208,18 +208,20 @@ def encoded(image: Image.Image, format: str, **options) -> bytes:
 def test_channel_conversions(sfhq_tree):
     root, _ = sfhq_tree
     folder = root / "images" / "images"
-    gray = decode_image((folder / "gray.jpg").read_bytes(), SETTINGS)
+    gray = decode_image((folder / "gray.jpg").read_bytes(), SETTINGS)[0]
     assert gray.shape == (32, 32, 3) and np.array_equal(gray[..., 0], gray[..., 1])
-    rgba = decode_image((folder / "rgba.png").read_bytes(), SETTINGS)
+    rgba = decode_image((folder / "rgba.png").read_bytes(), SETTINGS)[0]
     assert rgba[:, :14].min() == 255  # the transparent half is composited over white
-    sixteen = decode_image((folder / "sixteen_bit.png").read_bytes(), replace(SETTINGS, channels=1))
+    sixteen = decode_image((folder / "sixteen_bit.png").read_bytes(), replace(SETTINGS, channels=1))[0]
     assert np.all(sixteen == 128)  # scaled from 16 bits, not clipped to 255
-    cmyk = decode_image((folder / "cmyk.jpg").read_bytes(), SETTINGS)
+    cmyk = decode_image((folder / "cmyk.jpg").read_bytes(), SETTINGS)[0]
     assert cmyk[..., 0].mean() > 240 and cmyk[..., 1:].mean() < 15  # red
-    palette = decode_image((folder / "palette.png").read_bytes(), SETTINGS)
+    palette = decode_image((folder / "palette.png").read_bytes(), SETTINGS)[0]
     assert palette.min() == 255  # fully transparent palette image -> white
-    rgb_to_gray = decode_image(encoded(Image.new("RGB", (32, 32), (255, 0, 0)), "PNG"), replace(SETTINGS, channels=1))
+    red = encoded(Image.new("RGB", (32, 32), (255, 0, 0)), "PNG")
+    rgb_to_gray, colour = decode_image(red, replace(SETTINGS, channels=1))
     assert rgb_to_gray.shape == (32, 32, 1) and abs(int(rgb_to_gray[0, 0, 0]) - 76) <= 1  # ITU-R 601 luma of red
+    assert colour and not decode_image((folder / "gray.jpg").read_bytes(), SETTINGS)[1]
 
 
 def test_bad_images_raise_skipped_with_the_reason():
@@ -234,15 +236,15 @@ def test_bad_images_raise_skipped_with_the_reason():
 def test_resize_through_an_intermediate_size_and_crops():
     gradient = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (64, 1))  # 64x64, dark left, light right
     rgb = Image.fromarray(np.stack([gradient, gradient // 2, 255 - gradient], axis=-1))
-    direct = to_uint8_array(rgb, Preprocessing(16, 3))
-    chained = to_uint8_array(rgb, Preprocessing(16, 3, intermediate_resolution=32))
-    assert direct.shape == chained.shape == (16, 16, 3)
+    direct, colour = to_uint8_array(rgb, Preprocessing(16, 3))
+    chained, _ = to_uint8_array(rgb, Preprocessing(16, 3, intermediate_resolution=32))
+    assert direct.shape == chained.shape == (16, 16, 3) and colour
     assert np.abs(direct.astype(int) - chained.astype(int)).max() <= 8  # a smooth image survives either way
     wide = np.zeros((20, 60), dtype=np.uint8)
     wide[:, 20:40] = 255  # a white square in the middle third
-    cropped = to_uint8_array(Image.fromarray(wide), Preprocessing(10, 1))[..., 0]
+    cropped = to_uint8_array(Image.fromarray(wide), Preprocessing(10, 1))[0][..., 0]
     assert cropped[:, 2:8].min() > 200  # the crop keeps the middle
-    squashed = to_uint8_array(Image.fromarray(wide), Preprocessing(10, 1, center_crop=False))[..., 0]
+    squashed = to_uint8_array(Image.fromarray(wide), Preprocessing(10, 1, center_crop=False))[0][..., 0]
     assert squashed[:, 0].max() < 30 and squashed[:, 5].min() > 200  # the whole width, squeezed
 
 
@@ -251,7 +253,7 @@ def test_exif_orientation_is_applied():
     tall.paste((255, 255, 255), (0, 0, 20, 20))  # white top half
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
-    pixels = decode_image(
+    pixels, _ = decode_image(
         encoded(tall, "JPEG", exif=exif.tobytes(), quality=95), replace(SETTINGS, min_image_size=0, center_crop=False)
     )
     assert pixels[:, -8:].mean() > 200 and pixels[:, :8].mean() < 50  # the white half is now on the right
@@ -299,7 +301,9 @@ def test_model_range():
 
 
 def streaming_config(*flags):
-    return parse_config(["--streaming", "--train_batch_size", "16", "--shuffle_buffer_size", "64", *flags])
+    return parse_config(
+        ["--streaming", "--image_channels", "1", "--train_batch_size", "16", "--shuffle_buffer_size", "64", *flags]
+    )
 
 
 def test_streaming_batches_are_seeded_and_resume_exactly():

@@ -30,9 +30,10 @@ from safetensors.torch import load_file
 
 from conftest import REPO, TINY
 from pipeline import evaluate as ev
+from pipeline.arguments import parse_config
 from pipeline.batches import MAX_UNUSABLE_ROWS_IN_A_ROW, StreamedBatches
 from pipeline.checkpoint import CheckpointError
-from pipeline.config import ConfigError, TrainingConfig, parse_config
+from pipeline.config import ConfigError, TrainingConfig
 from pipeline.data import DataError, prepare_training_images
 from pipeline.train import train
 
@@ -376,7 +377,7 @@ def test_empty_rows_of_a_datasets_source_are_skipped_cached_and_streamed(tmp_pat
     stream = StreamedBatches(
         parse_config(["--dataset_name", source, "--resolution", "16", "--streaming", "--train_batch_size", "4"])
     )
-    assert stream.batch(0).shape == (4, 1, 16, 16) and stream.skipped["empty row"] >= 1
+    assert stream.batch(0).shape == (4, 3, 16, 16) and stream.skipped["empty row"] >= 1  # auto: a stream is RGB
 
 
 def test_a_stream_without_one_decodable_image_stops_instead_of_hanging(tmp_path):

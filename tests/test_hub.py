@@ -132,7 +132,10 @@ def test_card_is_written_at_export_and_parses_back_with_the_metadata(trained):
     assert data["library_name"] == "diffusers" and data["pipeline_tag"] == "unconditional-image-generation"
     assert data["license"] == "mit"
     assert set(hub.TAGS) <= set(data["tags"])
-    assert "datasets" not in data  # the data is a local folder: no Hub dataset id is claimed
+    assert data["datasets"] == [
+        "zalando-datasets/fashion_mnist"
+    ]  # the embedded subset's origin, found at training time
+    assert "https://arxiv.org/abs/2006.11239" in card.text  # DDPM, which the Hub lists on the model page
     text = card.text
     for needle in (
         'DDPMPipeline.from_pretrained("someone/tiny-faces")',

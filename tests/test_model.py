@@ -6,7 +6,8 @@ import torch
 from diffusers.training_utils import compute_snr
 
 from conftest import REPO
-from pipeline.config import ConfigError, parse_config
+from pipeline.arguments import parse_config
+from pipeline.config import ConfigError
 from pipeline.diffusion import diffusion_loss, min_snr_weights, training_target
 from pipeline.model import build_noise_scheduler, build_unet, count_parameters
 from pipeline.optim import build_lr_scheduler, build_optimizer
@@ -17,10 +18,10 @@ PRESETS = sorted((REPO / "configs").glob("*.yaml"))
 
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda path: path.stem)
 def test_each_preset_builds_its_unet(preset):
-    config = parse_config(["--config", str(preset)])
+    config = parse_config(["--config", str(preset), "--train_data_dir", "any"])
     unet = build_unet(config)
     assert unet.config.sample_size == config.resolution
-    assert unet.config.in_channels == unet.config.out_channels == config.image_channels
+    assert unet.config.in_channels == unet.config.out_channels == (config.image_channels or 3)
     assert len(unet.down_blocks) == len(config.block_out_channels)
 
 
