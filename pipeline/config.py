@@ -35,6 +35,7 @@ LOGGERS = (
     "trackio",
 )  # Accelerate's
 LOG_LEVELS = ("debug", "info", "warning", "error")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 FID_MODES = ("clean", "legacy_pytorch")  # clean-fid's resizing modes
 MAX_SEED = 2**32 - 1
@@ -212,6 +213,16 @@ class TrainingConfig:
             "time."
         },
     )
+    torch_compile_mode: str = field(
+        default="default",
+        metadata={
+            "help": f"torch.compile mode with --torch_compile, one of {COMPILE_MODES} (reduce-overhead: CUDA graphs)."
+        },
+    )
+    fused_optimizer: bool = field(
+        default=True,
+        metadata={"help": "On NVIDIA GPUs, Adam's fused kernel (one launch per step); no effect on CPUs."},
+    )
     cpu_threads: Optional[int] = field(
         default=None,
         metadata={
@@ -220,7 +231,7 @@ class TrainingConfig:
         },
     )
 
-    # ----- EMA (diffusers.training_utils.EMAModel, with warmup) -----
+    # ----- EMA (pipeline/ema.py: diffusers' EMAModel warmup, several decays) -----
     use_ema: bool = field(default=True, metadata={"help": "Keep an EMA of the weights; export and sample from it."})
     ema_max_decay: float = field(default=0.999, metadata={"help": "Decay of the EMA that is exported and sampled."})
     ema_extra_decays: list[float] = field(
@@ -474,6 +485,7 @@ def validate(config: TrainingConfig) -> None:
     _check_choice(config, "optimizer", ("adam", "adamw"))
     _check_choice(config, "lr_scheduler", LR_SCHEDULERS)
     _check_choice(config, "mixed_precision", ("no", "fp16", "bf16"))
+    _check_choice(config, "torch_compile_mode", COMPILE_MODES)
     for name in ("adam_beta1", "adam_beta2"):
         if not 0 <= getattr(config, name) < 1:
             _fail(name, f"must lie in [0, 1), got {getattr(config, name)}")

@@ -20,7 +20,7 @@ def count_train_steps(config: TrainingConfig, num_images: Optional[int], num_pro
 def build_optimizer(
     config: TrainingConfig, parameters, device: Optional[torch.device] = None
 ) -> torch.optim.Optimizer:
-    """Adam or AdamW; the fused CUDA kernel when the parameters are on a GPU (one launch per step instead of many)."""
+    """Adam or AdamW; the fused CUDA kernel when the parameters are on a GPU and --fused_optimizer is on."""
     optimizer_class = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
     return optimizer_class(
         parameters,
@@ -28,7 +28,7 @@ def build_optimizer(
         betas=(config.adam_beta1, config.adam_beta2),
         weight_decay=config.adam_weight_decay,
         eps=config.adam_epsilon,
-        fused=True if device is not None and device.type == "cuda" else None,
+        fused=True if config.fused_optimizer and device is not None and device.type == "cuda" else None,
     )
 
 

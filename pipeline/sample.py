@@ -59,10 +59,14 @@ def make_sampler(name: str, scheduler_config: dict, solver_order: int = 2):
     raise SampleError(f"sampler: unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
 
 
-def image_generators(seed: int, start: int, count: int) -> list[torch.Generator]:
-    """One generator per image, from independent streams of `seed`: image i is the same whatever the batch size."""
+def image_generators(seed: int, start: int, count: int, device="cpu") -> list[torch.Generator]:
+    """One generator per image, from independent streams of `seed`: image i is the same whatever the batch size.
+
+    On the CPU (the default) an image is also the same on every machine; generators on a GPU save the
+    per-step copy of the noise, but draw other numbers (CUDA's Philox, not the CPU's Mersenne twister)."""
     states = np.random.SeedSequence(seed).spawn(start + count)[start:]
-    return [torch.Generator().manual_seed(int(state.generate_state(1, dtype=np.uint64)[0] >> 1)) for state in states]
+    seeds = [int(state.generate_state(1, dtype=np.uint64)[0] >> 1) for state in states]
+    return [torch.Generator(device=device).manual_seed(value) for value in seeds]
 
 
 @torch.no_grad()
@@ -75,7 +79,9 @@ def sample_batch(
     """
     config = unet.config
     shape = (len(generators), config.in_channels, config.sample_size, config.sample_size)
-    noise = torch.stack([torch.randn(shape[1:], generator=generator) for generator in generators])
+    noise = torch.stack(
+        [torch.randn(shape[1:], generator=generator, device=generator.device) for generator in generators]
+    )
     sampler.set_timesteps(num_inference_steps, device=unet.device)
     sample = noise.to(unet.device) * sampler.init_noise_sigma
     extra = {"eta": eta} if isinstance(sampler, DDIMScheduler) else {}
@@ -100,8 +106,10 @@ def generate(
     batch_size: Optional[int] = None,
     eta: float = 0.0,
     progress: bool = False,
+    noise_on_device: bool = False,
 ) -> np.ndarray:
-    """Sample images as (N, H, W, C) float in [0, 1]; the same seed gives the same images at any batch size."""
+    """Sample images as (N, H, W, C) float in [0, 1]; the same seed gives the same images at any batch size.
+    `noise_on_device`: draw the noise with generators on the UNet's device (see image_generators)."""
     batch_size = batch_size or num_images
     batches = []
     with tqdm(
@@ -111,7 +119,8 @@ def generate(
         disable=not progress,
     ) as bar:
         for start in range(0, num_images, batch_size):
-            generators = image_generators(seed, start, min(batch_size, num_images - start))
+            count = min(batch_size, num_images - start)
+            generators = image_generators(seed, start, count, unet.device if noise_on_device else "cpu")
             images = sample_batch(
                 unet, sampler, generators, num_inference_steps, eta=eta, on_step=lambda: bar.update()
             )
@@ -133,6 +142,7 @@ class SamplingRequest:
     solver_order: int = 2  # DPM-Solver++ only
     device: str = "cpu"
     dtype: str = "fp32"  # of the UNet; the running sample stays fp32
+    noise_on_device: bool = False  # generators on the device: no per-step copies, other numbers than the CPU's
 
     def __post_init__(self):
         if self.sampler not in SAMPLERS:
@@ -182,6 +192,11 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, num_images: int = 64
     parser.add_argument("--solver_order", type=int, default=2, choices=(2, 3), help="DPM-Solver++ only.")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="fp32", choices=tuple(DTYPES))
+    parser.add_argument(
+        "--noise_on_device",
+        action="store_true",
+        help="Draw the noise on --device (faster on a GPU; the images then differ from the CPU-drawn ones).",
+    )
 
 
 def sampling_request(args: argparse.Namespace) -> SamplingRequest:
@@ -194,7 +209,15 @@ def sample_unet(unet, scheduler_config: dict, request: SamplingRequest, progress
     request.check_steps(scheduler_config["num_train_timesteps"])
     sampler = make_sampler(request.sampler, scheduler_config, request.solver_order)
     return generate(
-        unet, sampler, request.num_images, request.steps, request.seed, request.batch_size, request.eta, progress
+        unet,
+        sampler,
+        request.num_images,
+        request.steps,
+        request.seed,
+        request.batch_size,
+        request.eta,
+        progress,
+        request.noise_on_device,
     )
 
 

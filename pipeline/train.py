@@ -31,7 +31,7 @@ from typing import Any, Optional, Union
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.logging import get_logger
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import ProjectConfiguration, TorchDynamoPlugin, set_seed
 from diffusers import DDPMPipeline, DDPMScheduler
 from tqdm.auto import tqdm
 
@@ -169,7 +169,9 @@ def setup_accelerator(config: TrainingConfig) -> Accelerator:
             project_dir=str(output_dir), logging_dir=str(output_dir / config.logging_dir)
         ),
         step_scheduler_with_optimizer=False,  # the LR schedule counts optimizer steps, whatever the process count
-        dynamo_backend="inductor" if config.torch_compile else "no",
+        dynamo_plugin=TorchDynamoPlugin(
+            backend="inductor" if config.torch_compile else "no", mode=config.torch_compile_mode
+        ),
     )
     set_seed(config.seed, device_specific=True)  # dropout and sampling; the training draws come from step_draws
     if accelerator.device.type == "cuda" and config.allow_tf32:

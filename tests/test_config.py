@@ -128,6 +128,8 @@ FLAG_VALUES = {
     "output_dir": (["/tmp/out"], "/tmp/out"),
     "seed": (["7"], 7),
     "logger": (["none"], "none"),
+    "torch_compile_mode": (["max-autotune"], "max-autotune"),
+    "fused_optimizer": (["false"], False),
     "logging_dir": (["tb"], "tb"),
     "log_level": (["warning"], "warning"),
     "logging_steps": (["5"], 5),

@@ -430,3 +430,19 @@ def test_unipc_runs_here_but_not_through_the_stock_ddpm_pipeline(tiny_pipeline):
     pipeline.scheduler = UniPCMultistepScheduler.from_config(pipeline.scheduler.config)
     with pytest.raises(TypeError, match="generator"):
         pipeline(batch_size=1, num_inference_steps=2)
+
+
+def test_noise_drawn_on_the_device_keeps_images_independent_of_the_batch_size(tiny_pipeline):
+    """The device path (per-image generators on the UNet's device; on a GPU it saves a copy per step) gives the
+    same images at any batch size; on the CPU it is the CPU path itself."""
+    from pipeline.sample import generate, load_pipeline, make_sampler
+
+    pipeline = load_pipeline(str(tiny_pipeline))
+
+    def images(batch_size, on_device):
+        sampler = make_sampler("ddpm", pipeline.scheduler.config)
+        return generate(pipeline.unet, sampler, 5, 3, seed=7, batch_size=batch_size, noise_on_device=on_device)
+
+    whole, split = images(5, True), images(2, True)
+    np.testing.assert_allclose(whole, split, rtol=0, atol=1e-5)  # the UNet's float sums differ with the batch shape
+    assert np.array_equal(whole, images(5, False))  # the device here is the CPU

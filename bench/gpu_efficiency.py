@@ -1,0 +1,496 @@
+"""GPU efficiency in one prepared call: the levers of train()'s step, the real loop compiled, sampling on the
+device, and the diffusers example side by side on the same GPU.
+
+    python bench/gpu_efficiency.py --example_script bench/work/diffusers/train_unconditional.py --out gpu.json
+    python bench/gpu_efficiency.py --smoke --out smoke.json     # every part at toy size on the CPU (checks the script)
+
+The example script is diffusers' examples/unconditional_image_generation/train_unconditional.py at a
+pinned commit, fetched into the ignored bench/work/ and carried to the GPU machine; it is a
+reference, never committed. Parts (the JSON is rewritten after each, so a run cut short keeps what
+it measured):
+
+ 1. Levers on train()'s own step (pipeline.train.optimizer_step with train()'s Accelerator), report
+    and improved presets, batch 128 at 64x64, bf16: eager, then one lever at a time: torch.compile
+    in each mode (compile seconds and the break-even step count), TF32 off, fused AdamW off,
+    channels_last, batch 256. Images/s and the fraction of the measured bf16 matmul peak (MFU).
+ 2. The real train() loop eager and compiled (the given mode), N steps each on a folder of PNGs:
+    images/s (median logging window) and the two loss curves side by side.
+ 3. Sampling 128 images, the report preset: the 300-step DDPM chain and DPM-Solver++ 20, noise
+    drawn on the CPU or on the GPU, the UNet eager or compiled.
+ 4. The diffusers example against train_ddpm.py on the same SFHQ-shaped 1024x1024 JPEGs, the same
+    UNet (the report preset's, through --model_config_name_or_path) and batch: the example with
+    its defaults and with its best flags (bf16, --dataloader_num_workers = cores), ours end to end
+    (the decode included): images/s, mean GPU utilisation (nvidia-smi), wall time.
+ 5. The data for a multi-GPU estimate: gradient bytes all-reduced per step and the step time.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_data import write_sfhq_like  # noqa: E402
+from gpu_check import DATASHEET_BF16_TFLOPS, ceilings, flops_per_image, preset_config, write_image_folder  # noqa: E402
+
+from pipeline.model import build_noise_scheduler, build_unet, count_parameters, unet_config  # noqa: E402
+from pipeline.sample import generate, make_sampler  # noqa: E402
+
+
+REPO = Path(__file__).resolve().parent.parent
+# --smoke: toy sizes on the CPU, the same code paths
+SMOKE = {
+    "resolution": 16,
+    "block_out_channels": [8, 16],
+    "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
+    "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
+    "attention_head_dim": 8,
+    "norm_num_groups": 4,
+    "layers_per_block": 1,
+    "train_batch_size": 4,
+    "intermediate_resolution": None,
+    "mixed_precision": "bf16",
+}
+
+
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def config_for(name: str, smoke: bool, **overrides):
+    """A preset at its real size, or at toy size with --smoke; trackers off unless asked for."""
+    return preset_config(name, **{**(SMOKE if smoke else {}), "logger": "none", **overrides})
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Levers on the step
+
+
+def step_lever(name: str, lever: str, steps: int, peak: float, smoke: bool) -> dict:
+    """train()'s step with one lever changed; images/s, MFU, compile seconds and break-even steps."""
+    from accelerate.state import AcceleratorState
+
+    from pipeline.batches import CachedBatches
+    from pipeline.train import build_training, optimizer_step, setup_accelerator
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    changes = {
+        "eager": {},
+        "compile-default": {"torch_compile": True, "torch_compile_mode": "default"},
+        "compile-max-autotune-no-cudagraphs": {
+            "torch_compile": True,
+            "torch_compile_mode": "max-autotune-no-cudagraphs",
+        },
+        "compile-reduce-overhead": {"torch_compile": True, "torch_compile_mode": "reduce-overhead"},
+        "tf32-off": {"allow_tf32": False},
+        "fused-adamw-off": {"fused_optimizer": False},
+        "channels-last": {},
+        "batch-256": {"train_batch_size": 256},  # the LR would scale linearly with the batch (x2); timing only here
+    }[lever]
+    config = config_for(name, smoke, **changes)
+    if smoke and lever == "batch-256":
+        config = dataclasses.replace(config, train_batch_size=8)
+    if not config.allow_tf32:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    accelerator = setup_accelerator(config)
+    device = accelerator.device.type
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    unet = build_unet(config)
+    if lever == "channels-last":
+        unet = unet.to(memory_format=torch.channels_last)
+    parts = build_training(config, accelerator, unet, total_steps=steps + 3)
+    size = config.resolution
+    pixels = np.random.default_rng(0).integers(
+        0, 256, (max(512, 4 * config.train_batch_size), size, size, 3), dtype=np.uint8
+    )
+    batches = CachedBatches.from_pixels(pixels, accelerator.device, config.train_batch_size, config.seed)
+
+    def step(index: int) -> None:
+        optimizer_step(accelerator, parts, [batches.batch(index)], index)
+
+    started = time.perf_counter()
+    step(0)  # compiles (or autotunes cuDNN)
+    synchronize(device)
+    first_step = time.perf_counter() - started
+    for index in range(1, 3):
+        step(index)
+    synchronize(device)
+    started = time.perf_counter()
+    for index in range(3, 3 + steps):
+        step(index)
+    synchronize(device)
+    seconds = (time.perf_counter() - started) / steps
+    flops = flops_per_image(dataclasses.replace(config, torch_compile=False)) if device == "cuda" else None
+    images_per_second = config.train_batch_size / seconds
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    row = {
+        "preset": name,
+        "lever": lever,
+        "batch_size": config.train_batch_size,
+        "images_per_second": round(images_per_second, 1),
+        "step_ms": round(1000 * seconds, 2),
+        "first_step_seconds": round(first_step, 1),
+        "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None,
+    }
+    if flops is not None:
+        row["mfu_vs_measured_matmul"] = round(flops * images_per_second / 1e12 / peak, 3)
+        row["mfu_vs_datasheet"] = round(flops * images_per_second / 1e12 / DATASHEET_BF16_TFLOPS, 3)
+    return row
+
+
+def break_even(rows: list[dict]) -> None:
+    """For each compiled lever: the steps after which its compile time is paid back against eager."""
+    eager = {row["preset"]: row for row in rows if row.get("lever") == "eager"}
+    for row in rows:
+        base = eager.get(row.get("preset"))
+        if base and row.get("lever", "").startswith("compile") and row["step_ms"] < base["step_ms"]:
+            extra = row["first_step_seconds"] - base["first_step_seconds"]
+            row["break_even_steps"] = int(1000 * extra / (base["step_ms"] - row["step_ms"])) + 1
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. The real loop, eager and compiled
+
+
+def real_loop(name: str, mode: str, steps: int, folder: Path, smoke: bool) -> dict:
+    from accelerate.state import AcceleratorState
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from pipeline.train import train
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    output_dir = Path(tempfile.mkdtemp()) / "run"
+    compiled = mode != "eager"
+    config = config_for(
+        name,
+        smoke,
+        train_data_dir=str(folder),
+        num_epochs=None,
+        max_train_steps=steps,
+        logging_steps=10,
+        save_images_steps=0,
+        checkpointing_steps=0,
+        num_grid_images=4,
+        grid_sampler="dpmsolver++",
+        grid_inference_steps=5,
+        output_dir=str(output_dir),
+        lr_warmup_steps=0,
+        logger="tensorboard",
+        torch_compile=compiled,
+        torch_compile_mode=mode if compiled else "default",
+        image_channels=3,
+    )
+    started = time.perf_counter()
+    train(config)
+    wall = time.perf_counter() - started
+    (events,) = [
+        p.parent for p in (output_dir / "logs").rglob("events.out.tfevents.*") if p.parent.name == "train_ddpm"
+    ]
+    accumulator = EventAccumulator(str(events))
+    accumulator.Reload()
+    windows = [event.value for event in accumulator.Scalars("images_per_second")][1:]  # the first holds compilation
+    losses = [round(event.value, 5) for event in accumulator.Scalars("loss")]
+    shutil.rmtree(output_dir.parent, ignore_errors=True)
+    return {
+        "preset": name,
+        "mode": mode,
+        "steps": steps,
+        "wall_seconds": round(wall, 1),
+        "losses": losses,
+        "images_per_second_median_window": round(statistics.median(windows), 1) if windows else None,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Sampling on the device
+
+
+def sampling(name: str, smoke: bool, device: str) -> list[dict]:
+    config = config_for(name, smoke)
+    unet = build_unet(config).to(device).eval()
+    scheduler = build_noise_scheduler(config)
+    count = 8 if smoke else 128
+    rows = []
+    for compiled in (False, True) if device == "cuda" else (False,):
+        model = torch.compile(unet, mode="reduce-overhead") if compiled else unet  # config, device: delegated
+        for sampler_name, steps in (
+            ("ddpm", config.ddpm_num_steps if not smoke else 10),
+            ("dpmsolver++", 20 if not smoke else 5),
+        ):
+            images = {}
+            for on_device in (False, True):
+                sampler = make_sampler(sampler_name, scheduler.config)
+                with torch.autocast(device, dtype=torch.bfloat16):
+                    generate(model, sampler, count, 2, seed=1, noise_on_device=on_device)  # warm-up (and compilation)
+                    synchronize(device)
+                    started = time.perf_counter()
+                    images[on_device] = generate(
+                        model,
+                        make_sampler(sampler_name, scheduler.config),
+                        count,
+                        steps,
+                        seed=0,
+                        noise_on_device=on_device,
+                    )
+                    synchronize(device)
+                seconds = time.perf_counter() - started
+                rows.append(
+                    {
+                        "preset": name,
+                        "sampler": sampler_name,
+                        "steps": steps,
+                        "images": count,
+                        "compiled": compiled,
+                        "noise_on_device": on_device,
+                        "seconds": round(seconds, 3),
+                    }
+                )
+            # the two noise sources give other images of the same quality; on the CPU they are the same numbers
+            rows[-1]["mean_abs_difference_to_cpu_noise"] = round(float(np.abs(images[True] - images[False]).mean()), 4)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. The diffusers example side by side
+
+
+class GpuUtilisation:
+    """Mean GPU utilisation over a block, from `nvidia-smi` sampled every 200 ms (None without nvidia-smi)."""
+
+    def __enter__(self):
+        self.samples = []
+        self.process = None
+        if shutil.which("nvidia-smi"):
+            self.process = subprocess.Popen(
+                ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-lms", "200"],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+        return self
+
+    def __exit__(self, *exc):
+        if self.process is not None:
+            self.process.terminate()
+            output, _ = self.process.communicate()
+            self.samples = [float(line) for line in output.split() if line.strip().replace(".", "").isdigit()]
+
+    @property
+    def mean(self):
+        return round(statistics.mean(self.samples), 1) if self.samples else None
+
+
+def example_run(
+    script: Path, folder: Path, unet_folder: Path, batch: int, resolution: int, best: bool, smoke: bool
+) -> dict:
+    output_dir = Path(tempfile.mkdtemp()) / "example"
+    workers = len(os.sched_getaffinity(0)) if best else 0
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--mixed_precision",
+        "bf16" if best else "no",
+        *(["--cpu"] if smoke else []),
+        str(script),
+        "--train_data_dir",
+        str(folder),
+        "--resolution",
+        str(resolution),
+        "--train_batch_size",
+        str(batch),
+        "--num_epochs",
+        "2",
+        "--dataloader_num_workers",
+        str(workers),
+        "--model_config_name_or_path",
+        str(unet_folder),
+        "--output_dir",
+        str(output_dir),
+        "--save_images_epochs",
+        "1000",
+        "--save_model_epochs",
+        "1000",
+        "--checkpointing_steps",
+        "100000",
+        "--logger",
+        "tensorboard",
+        "--ddpm_num_steps",
+        "300",
+        "--ddpm_num_inference_steps",  # its end-of-run grid: its default 1000 exceeds T = 300
+        "50",
+    ]
+    started = time.perf_counter()
+    with GpuUtilisation() as utilisation:
+        result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    wall = time.perf_counter() - started
+    if result.returncode != 0:
+        return {"error": result.stderr[-2000:]}
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events,) = list(output_dir.rglob("events.out.tfevents.*"))[:1]
+    accumulator = EventAccumulator(str(events))
+    accumulator.Reload()
+    times = [event.wall_time for event in accumulator.Scalars("loss")]
+    steady = (len(times) - 3) * batch / (times[-1] - times[2]) if len(times) > 4 else None  # after 2 warm-up steps
+    images = len(list(folder.rglob("*.jpg")))
+    shutil.rmtree(output_dir.parent, ignore_errors=True)
+    return {
+        "run": "example, best flags" if best else "example, defaults",
+        "wall_seconds": round(wall, 1),
+        "images_per_second_end_to_end": round(2 * images / wall, 1),
+        "images_per_second_steady": round(steady, 1) if steady else None,
+        "gpu_utilisation_percent": utilisation.mean,
+    }
+
+
+def ours_run(folder: Path, batch: int, steps: int, smoke: bool) -> dict:
+    """train_ddpm.py with the report preset on the same folder, the decode (1024 -> 256 -> 64) included."""
+    import yaml
+
+    from pipeline.arguments import load_preset
+
+    work = Path(tempfile.mkdtemp())
+    values = {
+        **load_preset(REPO / "configs" / "report_sfhq64.yaml"),
+        **(SMOKE if smoke else {}),
+        "train_batch_size": batch,
+        "max_train_steps": steps,
+        "num_epochs": None,
+        "logging_steps": 5,
+        "save_images_steps": 0,
+        "checkpointing_steps": 0,
+        "num_grid_images": 4,
+        "grid_sampler": "dpmsolver++",
+        "grid_inference_steps": 5,
+        "cache_dir": str(work / "cache"),
+        "mixed_precision": "bf16",
+        "train_data_dir": str(folder),
+        "output_dir": str(work / "ours"),
+    }
+    (work / "bench.yaml").write_text(yaml.safe_dump(values))
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        *(["--cpu"] if smoke else []),
+        "train_ddpm.py",
+        "--config",
+        str(work / "bench.yaml"),
+    ]
+    started = time.perf_counter()
+    with GpuUtilisation() as utilisation:
+        result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    wall = time.perf_counter() - started
+    if result.returncode != 0:
+        return {"error": result.stderr[-2000:]}
+    run = json.loads((work / "ours" / "training_config.json").read_text())["run"]
+    shutil.rmtree(work, ignore_errors=True)
+    return {
+        "run": "train_ddpm.py end to end",
+        "wall_seconds": round(wall, 1),
+        "images_per_second_end_to_end": round(steps * batch / wall, 1),
+        "images_per_second_training": round(steps * batch / run["train_seconds"], 1),
+        "gpu_utilisation_percent": utilisation.mean,
+    }
+
+
+def side_by_side(script: Path, smoke: bool) -> list[dict]:
+    folder = Path(tempfile.mkdtemp()) / "sfhq"
+    count, batch, resolution = (16, 4, 16) if smoke else (2000, 128, 64)
+    write_sfhq_like(folder, count)
+    unet_folder = Path(tempfile.mkdtemp()) / "unet"
+    unet_folder.mkdir()
+    config = config_for("report", smoke)
+    (unet_folder / "config.json").write_text(json.dumps({"_class_name": "UNet2DModel", **unet_config(config)}))
+    rows = [example_run(script, folder, unet_folder, batch, resolution, best, smoke) for best in (False, True)]
+    rows.append(ours_run(folder, batch, steps=2 * count // batch, smoke=smoke))
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="gpu_efficiency.json")
+    parser.add_argument("--steps", type=int, default=30, help="Timed steps per lever.")
+    parser.add_argument("--loop_steps", type=int, default=300, help="Steps of each real loop (part 2).")
+    parser.add_argument(
+        "--compile_mode", default="max-autotune-no-cudagraphs", help="The mode of the compiled real loop."
+    )
+    parser.add_argument("--example_script", help="diffusers' train_unconditional.py (part 4 is skipped without it).")
+    parser.add_argument("--parts", nargs="*", default=["levers", "loop", "sampling", "example"])
+    parser.add_argument(
+        "--smoke", action="store_true", help="Toy sizes on the CPU: checks the script, measures nothing."
+    )
+    args = parser.parse_args()
+    device = "cpu" if args.smoke else "cuda"
+    if device == "cuda" and not torch.cuda.is_available():
+        sys.exit("error: no CUDA GPU; use --smoke to check the script on the CPU")
+    result = {
+        "command": " ".join(sys.argv),
+        "device": torch.cuda.get_device_name() if device == "cuda" else platform.machine(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    out = Path(args.out)
+
+    def part(key, function, *arguments):
+        started = time.perf_counter()
+        try:
+            value = function(*arguments)
+        except Exception as error:  # one failed part must not hide the others
+            traceback.print_exc()
+            value = {"error": f"{type(error).__name__}: {error}"}
+        print(f"[{time.perf_counter() - started:6.1f} s] {key}: {json.dumps(value)}", flush=True)
+        result.setdefault(key, []).append(value)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        return value
+
+    peak = part("ceilings", ceilings).get("matmul_bf16_tflops", DATASHEET_BF16_TFLOPS) if device == "cuda" else None
+    steps = 2 if args.smoke else args.steps
+    if "levers" in args.parts:
+        levers = ["eager", "tf32-off", "fused-adamw-off", "channels-last", "batch-256"]
+        levers += (
+            [] if args.smoke else ["compile-default", "compile-max-autotune-no-cudagraphs", "compile-reduce-overhead"]
+        )
+        for name in ("report", "improved"):
+            for lever in levers:
+                part("levers", step_lever, name, lever, steps, peak, args.smoke)
+        break_even([row for row in result["levers"] if "error" not in row])
+    if "loop" in args.parts:
+        folder = write_image_folder(64 if args.smoke else 512)
+        loop_steps = 4 if args.smoke else args.loop_steps
+        for name in ("report", "improved"):
+            for mode in ("eager", *([] if args.smoke else [args.compile_mode])):
+                part("loop", real_loop, name, mode, loop_steps, folder, args.smoke)
+    if "sampling" in args.parts:
+        part("sampling", sampling, "report", args.smoke, device)
+    if "example" in args.parts and args.example_script:
+        part("example", side_by_side, Path(args.example_script), args.smoke)
+    config = config_for("report", args.smoke)
+    gradient_bytes = 4 * count_parameters(build_unet(config))
+    result["multi_gpu"] = {"gradient_bytes_all_reduced_per_step": gradient_bytes}
+    out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
