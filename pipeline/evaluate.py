@@ -441,7 +441,7 @@ def evaluate(
     `feature_fn` replaces Inception (as clean-fid's custom_feat_extractor does); the CLI always uses Inception.
     """
     started = time.perf_counter()
-    request = sampling_request(args) if args.samples is None else None  # checked before anything is loaded
+    request = sampling_request(args, args.model) if args.samples is None else None  # checked before any loading
     if feature_fn is None:
         feature_fn, feature_name = inception_extractor(args.mode, args.inception_weights, args.device)
 

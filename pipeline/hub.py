@@ -173,6 +173,9 @@ def card_context(output_dir: Path, repo_id: Optional[str] = None) -> dict:
                     "reference_text": _reference_text(result["reference"]),
                 }
             )
+        results.sort(
+            key=lambda result: (result.get("model_evaluations_per_image") or 0, result["fid"])
+        )  # cheapest first
     grids = sorted((output_dir / "samples").glob("step-*.png"), key=lambda path: int(path.stem.split("-")[1]))
     grid = grids[-1].relative_to(output_dir).as_posix() if grids else None
 

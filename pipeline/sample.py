@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from .config import SAMPLERS
 from .files import write_json
+from .record import RECORD_NAME, read_record
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -185,9 +186,18 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, num_images: int = 64
     parser.add_argument("--batch_size", type=int, default=batch_size)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--sampler", default="ddpm", choices=SAMPLERS, help="Default: the saved DDPM chain (see bench/README.md)."
+        "--sampler",
+        default=None,
+        choices=SAMPLERS,
+        help="Default: the sampler the model's training run used for its grids (its preset's, chosen by measurement "
+        "in bench/README.md), else ddpm.",
     )
-    parser.add_argument("--steps", type=int, default=100, help="Model evaluations per image.")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="Model evaluations per image; default: the default sampler's, else 100.",
+    )
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM only: 0 deterministic, 1 ancestral-like.")
     parser.add_argument("--solver_order", type=int, default=2, choices=(2, 3), help="DPM-Solver++ only.")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -199,9 +209,26 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, num_images: int = 64
     )
 
 
-def sampling_request(args: argparse.Namespace) -> SamplingRequest:
-    """The request that the flags of `add_sampling_arguments` describe."""
-    return SamplingRequest(**{name: getattr(args, name) for name in SAMPLING_FIELDS})
+def default_sampler(model: Optional[str]) -> tuple[str, int]:
+    """The sampler and steps a model's training run used for its grids (its training_config.json), else the
+    DDPM chain with 100 strided steps (a model from the Hub carries no training record)."""
+    record = Path(model) / RECORD_NAME if model is not None else None
+    if record is not None and record.is_file():
+        config = read_record(record).config
+        return config.grid_sampler, config.grid_inference_steps
+    return "ddpm", 100
+
+
+def sampling_request(args: argparse.Namespace, model: Optional[str] = None) -> SamplingRequest:
+    """The request that the flags of `add_sampling_arguments` describe; a sampler or steps not given are the
+    model's default (see default_sampler)."""
+    values = {name: getattr(args, name) for name in SAMPLING_FIELDS}
+    sampler, steps = default_sampler(model)
+    if values["sampler"] is None:
+        values["sampler"] = sampler
+    if values["steps"] is None:
+        values["steps"] = steps if values["sampler"] == sampler else 100
+    return SamplingRequest(**values)
 
 
 def sample_unet(unet, scheduler_config: dict, request: SamplingRequest, progress: bool = False) -> np.ndarray:
@@ -321,7 +348,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     add_sampling_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        pixels, record = sample_images(args.model, sampling_request(args))
+        pixels, record = sample_images(args.model, sampling_request(args, args.model))
     except SampleError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

@@ -5,7 +5,9 @@ The Inception weights cannot be downloaded here, so the distances run on clean-f
 statistics, the distance, the commands, the weights handling) is the real code.
 """
 
+import argparse
 import json
+import shutil
 import subprocess
 import sys
 
@@ -446,3 +448,29 @@ def test_noise_drawn_on_the_device_keeps_images_independent_of_the_batch_size(ti
     whole, split = images(5, True), images(2, True)
     np.testing.assert_allclose(whole, split, rtol=0, atol=1e-5)  # the UNet's float sums differ with the batch shape
     assert np.array_equal(whole, images(5, False))  # the device here is the CPU
+
+
+def test_the_default_sampler_is_the_one_the_training_run_chose(tiny_pipeline, tmp_path):
+    """Without --sampler, pipeline.sample and pipeline.evaluate use the model's recorded grid sampler (its preset's,
+    chosen by measurement); a folder without a training record falls back to the DDPM chain at 100 steps."""
+    from pipeline.record import RunRecord, write_record
+    from pipeline.sample import add_sampling_arguments, sampling_request
+
+    parser = argparse.ArgumentParser()
+    add_sampling_arguments(parser)
+    args = parser.parse_args([])
+    assert (sampling_request(args, str(tiny_pipeline)).sampler, sampling_request(args, str(tiny_pipeline)).steps) == (
+        "ddpm",
+        100,
+    )
+    trained = tmp_path / "trained"
+    shutil.copytree(tiny_pipeline, trained)
+    write_record(
+        trained / "training_config.json",
+        TrainingConfig(**{**TINY, "grid_sampler": "unipc", "grid_inference_steps": 7}),
+        RunRecord(),
+    )
+    request = sampling_request(args, str(trained))
+    assert (request.sampler, request.steps) == ("unipc", 7)
+    other = sampling_request(parser.parse_args(["--sampler", "ddim"]), str(trained))
+    assert (other.sampler, other.steps) == ("ddim", 100)
