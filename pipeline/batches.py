@@ -185,8 +185,7 @@ class StreamedBatches:
                 reasons = ", ".join(f"{reason} ({count})" for reason, count in unusable_in_a_row.most_common())
                 raise DataError(
                     f"dataset_name: the last {unusable_in_a_row.total():,} rows of the stream held no usable image "
-                    f"({reasons}); "
-                    "check --dataset_name, --split and --image_column"
+                    f"({reasons}); check --dataset_name, --split and --image_column"
                 )
         self.next_micro_batch += 1
         batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()  # (B, H, W, C) -> (B, C, H, W)

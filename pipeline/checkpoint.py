@@ -118,9 +118,9 @@ def find_resume_checkpoint(config: TrainingConfig) -> Optional[Path]:
     if config.resume_from_checkpoint is None:
         if checkpoints and not config.overwrite_output_dir:
             raise ConfigError(
-                f"resume_from_checkpoint: {config.output_dir} already holds checkpoints of an earlier run "
-                f"(newest: {checkpoints[-1].name}); pass --resume_from_checkpoint latest to continue it, "
-                "or choose another --output_dir"
+                f"resume_from_checkpoint: {config.output_dir} already holds checkpoints of an earlier run (newest: "
+                f"{checkpoints[-1].name}); pass --resume_from_checkpoint latest to continue it, or choose another "
+                "--output_dir"
             )
         return None
     if config.resume_from_checkpoint == "latest":
@@ -322,10 +322,10 @@ def save_checkpoint(
         latest = list_checkpoints(checkpoints_dir)
         reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
         raise CheckpointError(
-            f"{partial}: cannot write the checkpoint of step {state.global_step} ({reason}); the partial "
-            "checkpoint was removed. "
-            f"{f'The last complete one is {latest[-1]}' if latest else 'No complete checkpoint exists yet'}; "
-            "free some space and resume with --resume_from_checkpoint latest."
+            f"{partial}: cannot write the checkpoint of step {state.global_step} ({reason}); the partial checkpoint "
+            "was removed. "
+            f"{f'The last complete one is {latest[-1]}' if latest else 'No complete checkpoint exists yet'}; free "
+            "some space and resume with --resume_from_checkpoint latest."
         ) from None
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -426,8 +426,7 @@ def load_checkpoint(checkpoint: Path, accelerator, parts, stream=None) -> Traini
     else:
         warnings.warn(
             f"{checkpoint} was written by {state.get('num_processes')} process(es): process {index} starts its "
-            "dropout "
-            "generator from the seed, so dropout draws differ from an uninterrupted run"
+            "dropout generator from the seed, so dropout draws differ from an uninterrupted run"
         )
     if stream is not None:
         stream_path = checkpoint / f"stream_state_{index}.json"

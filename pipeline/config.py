@@ -23,6 +23,7 @@ PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_min_lr", "polynomial")
 SAMPLERS = ("ddpm", "ddim", "dpmsolver++", "unipc")
+# Accelerate's trackers
 LOGGERS = (
     "tensorboard",
     "wandb",
@@ -33,7 +34,7 @@ LOGGERS = (
     "dvclive",
     "swanlab",
     "trackio",
-)  # Accelerate's
+)
 LOG_LEVELS = ("debug", "info", "warning", "error")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
@@ -238,8 +239,7 @@ class TrainingConfig:
         default_factory=list,
         metadata={
             "help": "More EMA decays tracked in the same update, checkpointed, scored by FID during training and "
-            "exported "
-            "to <output_dir>/ema-<decay>/: the best EMA length is only known after training."
+            "exported to <output_dir>/ema-<decay>/: the best EMA length is only known after training."
         },
     )
     ema_inv_gamma: float = 1.0

@@ -554,8 +554,8 @@ def describe_prepared(summary: dict) -> str:
     where = "read from the cache" if summary["from_cache"] else "decoded"
     text = (
         f"Data: {summary['images_kept']:,} images of "
-        f"{summary['resolution']}x{summary['resolution']}x{summary['channels']} "
-        f"from {summary['source']}, {where} in {summary['seconds']:.1f} s"
+        f"{summary['resolution']}x{summary['resolution']}x{summary['channels']} from {summary['source']}, {where} in "
+        f"{summary['seconds']:.1f} s"
     )
     if summary["channels"] == 1 and summary.get("colour_images"):
         text += f"; {summary['colour_images']:,} colour images converted to grayscale (--image_channels 1)"

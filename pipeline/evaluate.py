@@ -219,9 +219,8 @@ def inception_input(images: np.ndarray, mode: str) -> torch.Tensor:
     resize = build_resizer(mode)
     resized = []
     for image in images:
-        rgb = (
-            np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image
-        )  # clean-fid reads files with .convert("RGB")
+        # clean-fid reads files with .convert("RGB")
+        rgb = np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image
         resized.append(np.asarray(resize(rgb), dtype=np.float32).transpose(2, 0, 1))
     return torch.from_numpy(np.stack(resized))
 
@@ -452,8 +451,7 @@ def evaluate(
         if reference.get("mode") != args.mode or reference.get("feature_extractor") != feature_name:
             raise EvalError(
                 f"reference: {args.reference} holds {reference.get('feature_extractor')} features in mode "
-                f"{reference.get('mode')}, "
-                f"this evaluation uses {feature_name} in mode {args.mode}"
+                f"{reference.get('mode')}, this evaluation uses {feature_name} in mode {args.mode}"
             )
 
     # The samples: generated here, or a folder from pipeline.sample; either way with the record of how
@@ -557,8 +555,7 @@ class TrainingFid:
         if meta.get("mode") != config.fid_mode or meta.get("feature_extractor") != self.feature_name:
             raise EvalError(
                 f"fid_reference: {config.fid_reference} holds {meta.get('feature_extractor')} features in mode "
-                f"{meta.get('mode')}, "
-                f"training uses {self.feature_name} in mode {config.fid_mode}"
+                f"{meta.get('mode')}, training uses {self.feature_name} in mode {config.fid_mode}"
             )
         if meta.get("resolution") != config.resolution:
             raise EvalError(
@@ -644,9 +641,8 @@ def main(argv: Optional[list[str]] = None) -> None:
             result = evaluate(args)
             print(
                 f"FID {result['fid']:.2f}  KID {result['kid']:.5f}  ({result['num_samples']} samples, "
-                f"{result['sampler']} "
-                f"{result['steps']} steps, vs {result['num_reference']} reference images, mode {result['mode']}, "
-                f"{result['wall_seconds']:.0f} s)"
+                f"{result['sampler']} {result['steps']} steps, vs {result['num_reference']} reference images, mode "
+                f"{result['mode']}, {result['wall_seconds']:.0f} s)"
             )
     except (EvalError, SampleError) as error:
         print(f"error: {error}", file=sys.stderr)

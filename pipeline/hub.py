@@ -173,9 +173,8 @@ def card_context(output_dir: Path, repo_id: Optional[str] = None) -> dict:
                     "reference_text": _reference_text(result["reference"]),
                 }
             )
-        results.sort(
-            key=lambda result: (result.get("model_evaluations_per_image") or 0, result["fid"])
-        )  # cheapest first
+        # cheapest sampler first
+        results.sort(key=lambda result: (result.get("model_evaluations_per_image") or 0, result["fid"]))
     grids = sorted((output_dir / "samples").glob("step-*.png"), key=lambda path: int(path.stem.split("-")[1]))
     grid = grids[-1].relative_to(output_dir).as_posix() if grids else None
 
@@ -188,12 +187,10 @@ def card_context(output_dir: Path, repo_id: Optional[str] = None) -> dict:
     report_relation = (
         f"This model: {size}-parameter `UNet2DModel`, T = {scheduler['num_train_timesteps']}, "
         f"`{scheduler['beta_schedule']}` betas, {config['loss_type'].upper()} loss, {optimizer} at "
-        f"{config['learning_rate']}, "
-        f"batch {global_batch}, {steps:,} steps on {data_name} at {config['resolution']} px in "
-        f"{config['mixed_precision']} precision. "
-        "An FID is comparable with the report's only when the data, the reference set, the sample count and the FID "
-        "implementation are the same (the report used pytorch-fid, whose numbers match clean-fid's `legacy_pytorch` "
-        "mode)."
+        f"{config['learning_rate']}, batch {global_batch}, {steps:,} steps on {data_name} at {config['resolution']} "
+        f"px in {config['mixed_precision']} precision. An FID is comparable with the report's only when the data, the "
+        "reference set, the sample count and the FID implementation are the same (the report used pytorch-fid, whose "
+        "numbers match clean-fid's `legacy_pytorch` mode)."
     )
     return {
         "model_name": repo_id.split("/")[-1] if repo_id else output_dir.resolve().name,
@@ -215,8 +212,8 @@ def card_context(output_dir: Path, repo_id: Optional[str] = None) -> dict:
         "grid_caption": (
             f"{config['num_grid_images']} samples at step {grid.split('-')[-1][:-4] if grid else ''}, "
             f"{'EMA weights, ' if config['use_ema'] else ''}{config['grid_sampler']} sampler with "
-            f"{config['grid_inference_steps']} steps, "
-            f"seed {config['seed']}. Not picked: every image of the fixed-seed grid is shown."
+            f"{config['grid_inference_steps']} steps, seed {config['seed']}. Not picked: every image of the "
+            "fixed-seed grid is shown."
         ),
         "num_train_images": num_images,
         "files_skipped": run["data"].get("files_skipped", 0),

@@ -37,7 +37,7 @@ def unet_config(config: TrainingConfig) -> dict:
                 architecture = dict(UNet2DModel.load_config(config.model_config_name_or_path))
         except (OSError, ValueError) as error:
             raise ConfigError(
-                f"model_config_name_or_path: cannot read a UNet2DModel config from "
+                "model_config_name_or_path: cannot read a UNet2DModel config from "
                 f"{config.model_config_name_or_path!r} ({type(error).__name__}: {str(error).splitlines()[0]})"
             ) from None
         if architecture.get("_class_name", "UNet2DModel") != "UNet2DModel":

@@ -209,8 +209,8 @@ def check_output_dir(config: TrainingConfig, parameters: int) -> None:
     if config.checkpointing_steps and free < 2 * checkpoint_bytes:
         warnings.warn(
             f"{output_dir} has {free / 2**20:,.0f} MiB free; one checkpoint takes about "
-            f"{checkpoint_bytes / 2**20:,.0f} MiB "
-            f"(and --checkpoints_total_limit {config.checkpoints_total_limit} are kept)"
+            f"{checkpoint_bytes / 2**20:,.0f} MiB (and --checkpoints_total_limit {config.checkpoints_total_limit} are "
+            "kept)"
         )
 
 
@@ -318,9 +318,8 @@ def fetch_micro_batches(
             else "There is no checkpoint yet."
         )
         raise TrainingStopped(
-            f"stopped by {stop_request.name} while waiting for the data of step {step + 1}: no checkpoint was "
-            "written for "
-            f"this step. {resume}",
+            f"stopped by {stop_request.name} while waiting for the data of step {step + 1}: no checkpoint was written "
+            f"for this step. {resume}",
             exit_code=128 + stop_request.received,
         ) from None
 
@@ -536,9 +535,8 @@ def periodic_work(
 
 
 def diverged(config: TrainingConfig, state: TrainingState, bad_steps_in_a_row: int) -> TrainingStopped:
-    good_step = (
-        state.global_step - bad_steps_in_a_row
-    )  # checkpoints written during the bad streak hold the same weights
+    # checkpoints written during the bad streak hold the same weights as the last good step
+    good_step = state.global_step - bad_steps_in_a_row
     checkpoints = [
         path
         for path in list_checkpoints(Path(config.output_dir) / "checkpoints")
@@ -547,9 +545,8 @@ def diverged(config: TrainingConfig, state: TrainingState, bad_steps_in_a_row: i
     last_good = f"the last good checkpoint is {checkpoints[-1]}" if checkpoints else "there is no checkpoint yet"
     return TrainingStopped(
         f"training diverged: {bad_steps_in_a_row} steps in a row (up to step {state.global_step}) had a non-finite "
-        "loss or "
-        f"gradient and were skipped; {last_good}. Resume from it with a lower --learning_rate "
-        f"(--resume_from_checkpoint PATH), or raise --max_bad_steps.",
+        f"loss or gradient and were skipped; {last_good}. Resume from it with a lower --learning_rate "
+        "(--resume_from_checkpoint PATH), or raise --max_bad_steps.",
         exit_code=3,
     )
 
@@ -615,8 +612,7 @@ def training_loop(
                     raise TrainingStopped(
                         f"stopped by {stop_request.name} after step {state.global_step} of {total_steps}: checkpoint "
                         f"{Path(config.output_dir) / 'checkpoints' / f'{CHECKPOINT_PREFIX}{state.global_step}'} "
-                        "written. "
-                        "Continue with the same command and --resume_from_checkpoint latest.",
+                        "written. Continue with the same command and --resume_from_checkpoint latest.",
                         exit_code=128 + (stop_request.received or 15),
                     )
     except TrainingStopped:
@@ -694,9 +690,9 @@ def describe_run(config: TrainingConfig, record: RunRecord, data: TrainingData, 
     preset = f"preset {config.preset}" if config.preset else "no preset: the quickstart's defaults"
     return (
         f"Training a {parameter_count(record.unet_parameters)}-parameter UNet at "
-        f"{config.resolution}x{config.resolution} {channels} ({preset}) on {images}: "
-        f"{record.total_steps:,} steps of {record.images_per_step} images{epochs}, "
-        f"{accelerator.num_processes} process(es), mixed precision {accelerator.mixed_precision}"
+        f"{config.resolution}x{config.resolution} {channels} ({preset}) on {images}: {record.total_steps:,} steps of "
+        f"{record.images_per_step} images{epochs}, {accelerator.num_processes} process(es), mixed precision "
+        f"{accelerator.mixed_precision}"
     )
 
 
