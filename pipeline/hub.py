@@ -250,6 +250,8 @@ def card_context(output_dir: Path, repo_id: Optional[str] = None) -> dict:
         "is_sfhq": "sfhq" in lower,
         "is_fashion_mnist": "fashion" in lower and "mnist" in lower,
         "papers": papers_of(config, scheduler),
+        "grid_sampler": config["grid_sampler"],
+        "grid_sampler_text": f"{config['grid_sampler']} with {config['grid_inference_steps']} steps",
         "license": config.get("hub_license", "other"),
     }
 
