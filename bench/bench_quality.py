@@ -438,6 +438,33 @@ def print_tables(results: dict) -> None:
             )
 
 
+def markdown(results: dict) -> str:
+    """The tables of bench/README.md: FD-cls per recipe and sampler cell, per budget."""
+    lines = []
+    for budget, rows in results["rows"].items():
+        cells = [
+            cell for cell in SAMPLERS + EXTRA_SAMPLERS if any(cell in row.get("samplers", {}) for row in rows.values())
+        ]
+        lines += [f"\n**{budget} budget: {BUDGETS[budget]:,} training images** (FD-cls, lower is better; floor "
+                  f"{results['floor']['fd_cls']:.2f})\n"]  # fmt: skip
+        lines += ["| recipe | " + " | ".join(cells) + " | best | cheapest within 10% of best |"]
+        lines += ["| --- | " + " | ".join("---:" for _ in cells) + " | --- | --- |"]
+        for name, row in rows.items():
+            scores = {cell: row["samplers"][cell]["fd_cls"] for cell in cells if cell in row.get("samplers", {})}
+            if not scores:
+                continue
+            best = min(scores, key=scores.get)
+            cost = {cell: row["samplers"][cell]["model_evaluations_per_image"] for cell in scores}
+            cheapest = min((cell for cell in scores if scores[cell] <= 1.1 * scores[best]), key=cost.get)
+            values = [f"{scores[cell]:.1f}" if cell in scores else "" for cell in cells]
+            lines += [
+                f"| {name} | "
+                + " | ".join(values)
+                + f" | {best} ({scores[best]:.1f}) | {cheapest} ({scores[cheapest]:.1f}) |"
+            ]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="short")
@@ -457,7 +484,13 @@ def main() -> None:
     )
     parser.add_argument("--inception_weights", help="Also score with clean-fid's Inception (mode clean).")
     parser.add_argument("--list", action="store_true")
+    parser.add_argument(
+        "--markdown", action="store_true", help="Print the recorded results as Markdown tables; run nothing."
+    )
     args = parser.parse_args()
+    if args.markdown:
+        print(markdown(load_results()))
+        return
     if args.list:
         for name, recipe in ROWS.items():
             print(f"{name:<16}{json.dumps(recipe)}")
