@@ -43,6 +43,9 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from judge import Classifier, accuracy, features, train_classifier  # noqa: E402
 
 from pipeline import evaluate as ev  # noqa: E402
 from pipeline.sample import CountingUNet, SamplingRequest, load_pipeline, sample_unet, to_uint8  # noqa: E402
@@ -252,68 +255,19 @@ def training_parquet(data: dict) -> Path:
     return path
 
 
-class Classifier(torch.nn.Module):
-    """Two conv layers and a 128-unit hidden layer; its hidden activations are the features."""
-
-    def __init__(self):
-        super().__init__()
-        self.body = torch.nn.Sequential(
-            torch.nn.Conv2d(1, 32, 3, padding=1),
-            torch.nn.ReLU(),
-            torch.nn.MaxPool2d(2),
-            torch.nn.Conv2d(32, 64, 3, padding=1),
-            torch.nn.ReLU(),
-            torch.nn.MaxPool2d(2),
-            torch.nn.Flatten(),
-            torch.nn.Linear(64 * 7 * 7, 128),
-            torch.nn.ReLU(),
-        )
-        self.head = torch.nn.Linear(128, 10)
-
-    def forward(self, images):
-        return self.head(self.body(images))
-
-
 def judge(data: dict) -> tuple[Classifier, float]:
     """The classifier, trained once on the training split (seeded) and kept in the work folder; its test accuracy."""
     from safetensors.torch import load_file, save_file
 
     path = WORK / f"judge-{len(data['train'])}.safetensors"
-    network = Classifier()
-    inputs = torch.from_numpy(data["train"]).permute(0, 3, 1, 2).float() / 255
     if path.is_file():
+        network = Classifier()
         network.load_state_dict(load_file(path))
+        network.eval()
     else:
-        torch.manual_seed(0)
-        optimizer = torch.optim.Adam(network.parameters(), lr=2e-3)
-        targets = torch.from_numpy(data["train_labels"].astype(np.int64))
-        for _ in range(4):
-            for batch in torch.randperm(len(inputs)).split(128):
-                loss = torch.nn.functional.cross_entropy(network(inputs[batch]), targets[batch])
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
+        network = train_classifier(data["train"], data["train_labels"])
         save_file(network.state_dict(), path)
-    network.eval()
-    with torch.no_grad():
-        test = torch.from_numpy(data["test"]).permute(0, 3, 1, 2).float() / 255
-        accuracy = (network(test).argmax(1).numpy() == data["test_labels"]).mean()
-    return network, float(accuracy)
-
-
-def features(network: Classifier, images: np.ndarray) -> np.ndarray:
-    ev.check_images(images)
-    with torch.no_grad():
-        return (
-            torch.cat(
-                [
-                    network.body(batch.permute(0, 3, 1, 2).float() / 255)
-                    for batch in torch.from_numpy(images).split(1000)
-                ]
-            )
-            .double()
-            .numpy()
-        )
+    return network, accuracy(network, data["test"], data["test_labels"])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,6 +25,9 @@ from PIL import Image
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import judge  # noqa: E402
 
 from pipeline import evaluate as ev  # noqa: E402
 from pipeline.sample import CountingUNet, generate, load_pipeline, make_sampler, to_uint8  # noqa: E402
@@ -39,60 +42,10 @@ GRID = [
 ]
 
 
-class Classifier(torch.nn.Module):
-    """Two conv layers and a 128-unit hidden layer; its hidden activations are the features."""
-
-    def __init__(self):
-        super().__init__()
-        self.body = torch.nn.Sequential(
-            torch.nn.Conv2d(1, 32, 3, padding=1),
-            torch.nn.ReLU(),
-            torch.nn.MaxPool2d(2),
-            torch.nn.Conv2d(32, 64, 3, padding=1),
-            torch.nn.ReLU(),
-            torch.nn.MaxPool2d(2),
-            torch.nn.Flatten(),
-            torch.nn.Linear(64 * 7 * 7, 128),
-            torch.nn.ReLU(),
-        )
-        self.head = torch.nn.Linear(128, 10)
-
-    def forward(self, images):
-        return self.head(self.body(images))
-
-
 def load_fashion_mnist(path: Path) -> tuple[np.ndarray, np.ndarray]:
     table = pq.read_table(path).to_pydict()
     pixels = np.stack([np.asarray(Image.open(io.BytesIO(image["bytes"])).convert("L")) for image in table["image"]])
     return pixels[..., None], np.asarray(table["label"])
-
-
-def train_classifier(pixels: np.ndarray, labels: np.ndarray, epochs: int = 4) -> tuple[Classifier, float]:
-    """Train on all but 1000 images; returns the network and its accuracy on those 1000."""
-    torch.manual_seed(0)
-    inputs = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255
-    targets = torch.from_numpy(labels)
-    order = torch.randperm(len(inputs))
-    train, held_out = order[1000:], order[:1000]
-    network = Classifier()
-    optimizer = torch.optim.Adam(network.parameters(), lr=2e-3)
-    for _ in range(epochs):
-        for batch in train[torch.randperm(len(train))].split(128):
-            loss = torch.nn.functional.cross_entropy(network(inputs[batch]), targets[batch])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    network.eval()
-    with torch.no_grad():
-        accuracy = (network(inputs[held_out]).argmax(1) == targets[held_out]).float().mean().item()
-    return network, accuracy
-
-
-def classifier_features(network: Classifier, images: np.ndarray) -> np.ndarray:
-    ev.check_images(images)
-    with torch.no_grad():
-        batch = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
-        return network.body(batch).double().numpy()
 
 
 def main():
@@ -112,23 +65,27 @@ def main():
     pixels, labels = load_fashion_mnist(Path(args.data))
     if args.inception_weights:
         extractor = ev.build_inception("clean", ev.find_weights("clean", args.inception_weights))
-        measure, accuracy = "FID (clean-fid, Inception)", None
+        measure, held_out_accuracy = "FID (clean-fid, Inception)", None
 
-        def features(images):
+        def encode(images):
             return ev.extract_features(images, extractor, "clean")
     else:
         started = time.perf_counter()
-        network, accuracy = train_classifier(pixels, labels)
-        print(f"classifier: {accuracy:.1%} held-out accuracy, trained in {time.perf_counter() - started:.0f} s")
+        order = np.random.default_rng(0).permutation(len(pixels))  # 1,000 held out to report the accuracy
+        network = judge.train_classifier(pixels[order[1000:]], labels[order[1000:]])
+        held_out_accuracy = judge.accuracy(network, pixels[order[:1000]], labels[order[:1000]])
+        print(
+            f"classifier: {held_out_accuracy:.1%} held-out accuracy, trained in {time.perf_counter() - started:.0f} s"
+        )
         measure = "FD-cls (Frechet distance, Fashion-MNIST classifier features)"
 
-        def features(images):
-            return classifier_features(network, images)
+        def encode(images):
+            return judge.features(network, images)
 
-    reference = ev.statistics(features(pixels))
+    reference = ev.statistics(encode(pixels))
     rng = np.random.default_rng(0)
     real_subset = pixels[rng.choice(len(pixels), args.num_images, replace=False)]
-    floor = ev.frechet_distance(*ev.statistics(features(real_subset)), *reference)
+    floor = ev.frechet_distance(*ev.statistics(encode(real_subset)), *reference)
     print(
         f"{measure}: {args.num_images} training images against all {len(pixels)}: {floor:.3f} (the floor at this "
         "sample count)"
@@ -156,7 +113,7 @@ def main():
                     eta=options.get("eta", 0.0),
                 )
             seconds = time.perf_counter() - started
-            quality = ev.frechet_distance(*ev.statistics(features(to_uint8(images))), *reference)
+            quality = ev.frechet_distance(*ev.statistics(encode(to_uint8(images))), *reference)
             row = {
                 "sampler": label,
                 "steps": steps,
@@ -178,7 +135,7 @@ def main():
         "precision": "bf16 autocast" if args.bf16 else "fp32",
         "num_images": args.num_images,
         "quality_measure": measure,
-        "classifier_accuracy": accuracy,
+        "classifier_accuracy": held_out_accuracy,
         "real_images_floor": round(floor, 4),
         "rows": rows,
         "date": time.strftime("%Y-%m-%d"),

@@ -201,10 +201,21 @@ def sampling_benchmark(name: str, chain_steps_timed: int = 100) -> list[dict]:
     return rows
 
 
+def logged_scalars(logs: Path, tag: str, wall_time: bool = False) -> list[float]:
+    """The values (or wall times) of one scalar that a run logged to TensorBoard under `logs`."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for folder in sorted({path.parent for path in logs.rglob("events.out.tfevents.*")}):
+        accumulator = EventAccumulator(str(folder))
+        accumulator.Reload()
+        if tag in accumulator.Tags()["scalars"]:
+            return [event.wall_time if wall_time else event.value for event in accumulator.Scalars(tag)]
+    raise KeyError(f"no scalar {tag!r} logged under {logs}")
+
+
 def real_training_run(name: str, precision: str, steps: int, folder: Path) -> dict:
     """The real train(): images decoded once from a folder, Accelerate, a checkpoint, the export."""
     from accelerate.state import AcceleratorState
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from pipeline.train import train
 
@@ -229,15 +240,8 @@ def real_training_run(name: str, precision: str, steps: int, folder: Path) -> di
     started = time.perf_counter()
     train(config)
     wall = time.perf_counter() - started
-    (events,) = [
-        p.parent for p in (output_dir / "logs").rglob("events.out.tfevents.*") if p.parent.name == "train_ddpm"
-    ]
-    accumulator = EventAccumulator(str(events))
-    accumulator.Reload()
-    windows = [event.value for event in accumulator.Scalars("images_per_second")][
-        1:
-    ]  # the first window holds the warm-up
-    losses = [event.value for event in accumulator.Scalars("loss")]
+    windows = logged_scalars(output_dir / "logs", "images_per_second")[1:]  # the first window holds the warm-up
+    losses = logged_scalars(output_dir / "logs", "loss")
     run = json.loads((output_dir / "training_config.json").read_text())["run"]
     shutil.rmtree(output_dir.parent, ignore_errors=True)
     return {

@@ -46,7 +46,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_data import write_sfhq_like  # noqa: E402
-from gpu_check import DATASHEET_BF16_TFLOPS, ceilings, flops_per_image, preset_config, write_image_folder  # noqa: E402
+from gpu_check import (  # noqa: E402
+    DATASHEET_BF16_TFLOPS,
+    ceilings,
+    flops_per_image,
+    logged_scalars,
+    preset_config,
+    write_image_folder,
+)
 
 from pipeline.model import build_noise_scheduler, build_unet, count_parameters, unet_config  # noqa: E402
 from pipeline.sample import generate, make_sampler  # noqa: E402
@@ -172,7 +179,6 @@ def break_even(rows: list[dict]) -> None:
 
 def real_loop(name: str, mode: str, steps: int, folder: Path, smoke: bool) -> dict:
     from accelerate.state import AcceleratorState
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from pipeline.train import train
 
@@ -201,13 +207,8 @@ def real_loop(name: str, mode: str, steps: int, folder: Path, smoke: bool) -> di
     started = time.perf_counter()
     train(config)
     wall = time.perf_counter() - started
-    (events,) = [
-        p.parent for p in (output_dir / "logs").rglob("events.out.tfevents.*") if p.parent.name == "train_ddpm"
-    ]
-    accumulator = EventAccumulator(str(events))
-    accumulator.Reload()
-    windows = [event.value for event in accumulator.Scalars("images_per_second")][1:]  # the first holds compilation
-    losses = [round(event.value, 5) for event in accumulator.Scalars("loss")]
+    windows = logged_scalars(output_dir / "logs", "images_per_second")[1:]  # the first holds compilation
+    losses = [round(value, 5) for value in logged_scalars(output_dir / "logs", "loss")]
     shutil.rmtree(output_dir.parent, ignore_errors=True)
     return {
         "preset": name,
@@ -270,6 +271,14 @@ def sampling(name: str, smoke: bool, device: str) -> list[dict]:
 
 # ---------------------------------------------------------------------------------------------
 # 4. The diffusers example side by side
+
+
+def run_measured(command: list[str]) -> tuple[subprocess.CompletedProcess, float, "GpuUtilisation"]:
+    """Run a command from the repository root; its result, wall seconds and the GPU utilisation meanwhile."""
+    started = time.perf_counter()
+    with GpuUtilisation() as utilisation:
+        result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    return result, time.perf_counter() - started, utilisation
 
 
 class GpuUtilisation:
@@ -337,18 +346,10 @@ def example_run(
         "--ddpm_num_inference_steps",  # its end-of-run grid: its default 1000 exceeds T = 300
         "50",
     ]
-    started = time.perf_counter()
-    with GpuUtilisation() as utilisation:
-        result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
-    wall = time.perf_counter() - started
+    result, wall, utilisation = run_measured(command)
     if result.returncode != 0:
         return {"error": result.stderr[-2000:]}
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    (events,) = list(output_dir.rglob("events.out.tfevents.*"))[:1]
-    accumulator = EventAccumulator(str(events))
-    accumulator.Reload()
-    times = [event.wall_time for event in accumulator.Scalars("loss")]
+    times = logged_scalars(output_dir, "loss", wall_time=True)
     steady = (len(times) - 3) * batch / (times[-1] - times[2]) if len(times) > 4 else None  # after 2 warm-up steps
     images = len(list(folder.rglob("*.jpg")))
     shutil.rmtree(output_dir.parent, ignore_errors=True)
@@ -395,10 +396,7 @@ def ours_run(folder: Path, batch: int, steps: int, smoke: bool) -> dict:
         "--config",
         str(work / "bench.yaml"),
     ]
-    started = time.perf_counter()
-    with GpuUtilisation() as utilisation:
-        result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
-    wall = time.perf_counter() - started
+    result, wall, utilisation = run_measured(command)
     if result.returncode != 0:
         return {"error": result.stderr[-2000:]}
     run = json.loads((work / "ours" / "training_config.json").read_text())["run"]

@@ -161,3 +161,21 @@ def sfhq_tree(tmp_path_factory):
             if path.is_file():
                 zipped.write(path, path.relative_to(root.parent))
     return root, archive
+
+
+def launch_two_processes(config_file: Path, output_dir: Path):
+    """`accelerate launch --multi_gpu --num_processes 2 train_ddpm.py`: on a CPU machine, one gloo group of two."""
+    import subprocess
+
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        *"--multi_gpu --num_processes 2".split(),
+        "train_ddpm.py",
+        "--config",
+        str(config_file),
+        "--output_dir",
+        str(output_dir),
+    ]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)

@@ -19,7 +19,7 @@ import yaml
 from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 
-from conftest import REPO, TINY
+from conftest import REPO, TINY, launch_two_processes
 from pipeline.config import TrainingConfig
 from pipeline.train import TrainingStopped, train
 
@@ -261,20 +261,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     common = {**TINY, "mixed_precision": "no", "save_images_steps": 0, "checkpointing_steps": 6}
     (tmp_path / "two.yaml").write_text(yaml.safe_dump({**common, "train_batch_size": 4}))
     (tmp_path / "one.yaml").write_text(yaml.safe_dump({**common, "train_batch_size": 8}))
-    two = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "train_ddpm.py",
-        "--config",
-        str(tmp_path / "two.yaml"),
-        "--output_dir",
-        str(tmp_path / "two"),
-    ]
-    result = subprocess.run(two, cwd=REPO, capture_output=True, text=True, timeout=600)
+    result = launch_two_processes(tmp_path / "two.yaml", tmp_path / "two")
     assert result.returncode == 0, result.stderr[-3000:]
     run_to_end(tmp_path / "one.yaml", tmp_path / "one")
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, TINY
+from conftest import REPO, TINY, launch_two_processes
 from pipeline.config import TrainingConfig
 
 
@@ -148,20 +148,7 @@ def test_two_processes_on_cpu_train_as_one_group(tmp_path):
     import yaml
 
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump({**TINY, "save_images_steps": 0, "checkpointing_steps": 6}))
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "train_ddpm.py",
-        "--config",
-        str(tmp_path / "tiny.yaml"),
-        "--output_dir",
-        str(tmp_path / "out"),
-    ]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    result = launch_two_processes(tmp_path / "tiny.yaml", tmp_path / "out")
     assert result.returncode == 0, result.stderr[-3000:]
     run = json.loads((tmp_path / "out" / "training_config.json").read_text())["run"]
     assert run["num_processes"] == 2 and run["images_per_step"] == 16  # the batch is per process

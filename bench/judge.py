@@ -1,0 +1,71 @@
+"""The benchmarks' quality judge for Fashion-MNIST: a small classifier whose hidden layer stands in for Inception.
+
+FD-cls is the Frechet distance in its 128-dimensional hidden layer (the FID recipe with a domain
+network, since Inception's weights cannot be downloaded on the development machines), computed
+through pipeline.evaluate: uint8 images, float64 statistics, the same distance.
+"""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline import evaluate as ev  # noqa: E402
+
+
+class Classifier(torch.nn.Module):
+    """Two conv layers and a 128-unit hidden layer; its hidden activations are the features."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Sequential(
+            torch.nn.Conv2d(1, 32, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.MaxPool2d(2),
+            torch.nn.Conv2d(32, 64, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.MaxPool2d(2),
+            torch.nn.Flatten(),
+            torch.nn.Linear(64 * 7 * 7, 128),
+            torch.nn.ReLU(),
+        )
+        self.head = torch.nn.Linear(128, 10)
+
+    def forward(self, images):
+        return self.head(self.body(images))
+
+
+def train_classifier(pixels: np.ndarray, labels: np.ndarray, epochs: int = 4) -> Classifier:
+    """Adam, batches of 128, seeded: (N, 28, 28, 1) uint8 images and their labels."""
+    torch.manual_seed(0)
+    inputs = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255
+    targets = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    network = Classifier()
+    optimizer = torch.optim.Adam(network.parameters(), lr=2e-3)
+    for _ in range(epochs):
+        for batch in torch.randperm(len(inputs)).split(128):
+            loss = torch.nn.functional.cross_entropy(network(inputs[batch]), targets[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return network.eval()
+
+
+def accuracy(network: Classifier, pixels: np.ndarray, labels: np.ndarray) -> float:
+    with torch.no_grad():
+        predicted = network(torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255).argmax(1).numpy()
+    return float((predicted == np.asarray(labels)).mean())
+
+
+def features(network: Classifier, images: np.ndarray) -> np.ndarray:
+    """(N, 128) float64 hidden-layer features of uint8 (N, 28, 28, 1) images, in chunks of 1000."""
+    ev.check_images(images)
+    with torch.no_grad():
+        chunks = [
+            network.body(batch.permute(0, 3, 1, 2).float() / 255) for batch in torch.from_numpy(images).split(1000)
+        ]
+    return torch.cat(chunks).double().numpy()
