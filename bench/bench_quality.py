@@ -179,8 +179,18 @@ ROWS = {
 }
 
 # Sampler cells: name-steps; "full" is the whole chain (T steps)
-SAMPLERS = ["ddpm-100", "ddim-50", "ddim-25", "dpmsolver++-20", "dpmsolver++-10", "unipc-20", "unipc-10"]
-EXTRA_SAMPLERS = ["ddpm-full", "ddpm-50", "ddim-100", "dpmsolver++-50", "unipc-50"]
+SAMPLERS = [
+    "ddpm-100",
+    "ddim-50",
+    "ddim-25",
+    "dpmsolver++-20",
+    "dpmsolver++-10",
+    "sde-dpmsolver++-20",
+    "sde-dpmsolver++-10",
+    "unipc-20",
+    "unipc-10",
+]
+EXTRA_SAMPLERS = ["ddpm-full", "ddpm-50", "ddpm-20", "ddim-100", "dpmsolver++-50", "sde-dpmsolver++-50", "unipc-50"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,17 +349,16 @@ def sample_cell(output_dir: Path, cell: str, num_samples: int, ema_folder: str =
 
 
 def stock_pipeline_cell(output_dir: Path, cell: str, num_samples: int) -> np.ndarray:
-    """The same cell through an unmodified diffusers DDPMPipeline (scheduler swapped from the saved config),
-    with one generator per image as our sampler uses: what a user of the exported model gets."""
-    from diffusers import DDIMScheduler, DDPMPipeline, DPMSolverMultistepScheduler
+    """The same cell through an unmodified diffusers DDPMPipeline (its scheduler swapped for the cell's, a stock
+    diffusers scheduler built from the saved config), with one generator per image as our sampler uses: what a
+    user of the exported model gets."""
+    from diffusers import DDPMPipeline
 
-    from pipeline.sample import image_generators
+    from pipeline.sample import image_generators, make_sampler
 
     pipeline = DDPMPipeline.from_pretrained(str(output_dir))
     sampler, steps = parse_sampler(cell, pipeline.scheduler.config.num_train_timesteps)
-    scheduler_class = {"ddim": DDIMScheduler, "dpmsolver++": DPMSolverMultistepScheduler}.get(sampler)
-    if scheduler_class is not None:
-        pipeline.scheduler = scheduler_class.from_config(pipeline.scheduler.config)
+    pipeline.scheduler = make_sampler(sampler, pipeline.scheduler.config)
     images = []
     with torch.autocast("cpu", dtype=torch.bfloat16):
         for start in range(0, num_samples, 250):

@@ -41,7 +41,9 @@ def make_sampler(name: str, scheduler_config: dict, solver_order: int = 2):
     """A sampler by name, sharing the training scheduler's betas and prediction type.
 
     ddpm: the ancestral chain (on a strided subsequence when steps < T); ddim: deterministic for
-    eta = 0; dpmsolver++: the multistep DPM-Solver++ of order `solver_order` (2 or 3); unipc: the
+    eta = 0; dpmsolver++: the multistep DPM-Solver++ of order `solver_order` (2 or 3); sde-dpmsolver++:
+    its stochastic variant (Lu et al. 2022, SDE-DPM-Solver++), which draws fresh noise at each step
+    like the DDPM chain and forgives more of an imperfect model's error at few steps; unipc: the
     multistep UniPC predictor-corrector (Zhao et al. 2023), order 2. UniPC's `step` takes no
     generator, so the stock `DDPMPipeline` (which passes one) cannot run it; `generate` here can.
     """
@@ -49,11 +51,11 @@ def make_sampler(name: str, scheduler_config: dict, solver_order: int = 2):
         return DDPMScheduler.from_config(scheduler_config)
     if name == "ddim":
         return DDIMScheduler.from_config(scheduler_config)
-    if name == "dpmsolver++":
+    if name in ("dpmsolver++", "sde-dpmsolver++"):
         if solver_order not in (2, 3):
             raise SampleError(f"solver_order: DPM-Solver++ runs at order 2 or 3, not {solver_order}")
         return DPMSolverMultistepScheduler.from_config(
-            scheduler_config, algorithm_type="dpmsolver++", solver_order=solver_order
+            scheduler_config, algorithm_type=name, solver_order=solver_order
         )
     if name == "unipc":
         return UniPCMultistepScheduler.from_config(scheduler_config)
@@ -173,7 +175,7 @@ class SamplingRequest:
         return {
             **asdict(self),
             "eta": self.eta if self.sampler == "ddim" else None,
-            "solver_order": self.solver_order if self.sampler == "dpmsolver++" else None,
+            "solver_order": self.solver_order if "dpmsolver++" in self.sampler else None,
         }
 
 

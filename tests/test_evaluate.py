@@ -276,7 +276,13 @@ def test_sample_command_names_a_folder_that_is_not_a_pipeline(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "sampler, extra, evaluations",
-    [("ddim", {"eta": 1.0}, 3), ("dpmsolver++", {"solver_order": 3}, 3), ("ddpm", {}, 3), ("unipc", {}, 3)],
+    [
+        ("ddim", {"eta": 1.0}, 3),
+        ("dpmsolver++", {"solver_order": 3}, 3),
+        ("sde-dpmsolver++", {}, 3),
+        ("ddpm", {}, 3),
+        ("unipc", {}, 3),
+    ],
 )
 def test_every_sampler_runs_from_the_saved_scheduler(tiny_pipeline, sampler, extra, evaluations):
     from pipeline.sample import CountingUNet, generate, load_pipeline, make_sampler
@@ -432,6 +438,23 @@ def test_unipc_runs_here_but_not_through_the_stock_ddpm_pipeline(tiny_pipeline):
     pipeline.scheduler = UniPCMultistepScheduler.from_config(pipeline.scheduler.config)
     with pytest.raises(TypeError, match="generator"):
         pipeline(batch_size=1, num_inference_steps=2)
+
+
+def test_the_stochastic_dpm_solver_runs_through_the_stock_ddpm_pipeline_with_the_same_images(tiny_pipeline):
+    """SDE-DPM-Solver++ takes the pipeline's generators: a user of stock diffusers gets the images that
+    pipeline.sample gives for the same per-image generators."""
+    from diffusers import DDPMPipeline, DPMSolverMultistepScheduler
+
+    from pipeline.sample import generate, image_generators, load_pipeline, make_sampler
+
+    pipeline = load_pipeline(str(tiny_pipeline))
+    ours = generate(pipeline.unet, make_sampler("sde-dpmsolver++", pipeline.scheduler.config), 3, 4, seed=3)
+    stock = DDPMPipeline.from_pretrained(str(tiny_pipeline))
+    stock.scheduler = DPMSolverMultistepScheduler.from_config(stock.scheduler.config, algorithm_type="sde-dpmsolver++")
+    theirs = stock(batch_size=3, generator=image_generators(3, 0, 3), num_inference_steps=4, output_type="np").images
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-5)
+    deterministic = generate(pipeline.unet, make_sampler("dpmsolver++", pipeline.scheduler.config), 3, 4, seed=3)
+    assert np.abs(ours - deterministic).max() > 1e-3  # the noise it adds at each step is real
 
 
 def test_noise_drawn_on_the_device_keeps_images_independent_of_the_batch_size(tiny_pipeline):
