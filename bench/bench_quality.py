@@ -402,29 +402,42 @@ def print_tables(results: dict) -> None:
 
 
 def markdown(results: dict) -> str:
-    """The tables of bench/README.md: FD-cls per recipe and sampler cell, per budget."""
+    """The tables of bench/README.md, per budget: FD-cls per recipe and sampler cell with each recipe's best, its gap
+    to the best recipe and its cheapest cell within 10% of its best; then the stock-pipeline and other-EMA cells."""
     lines = []
     for budget, rows in results["rows"].items():
         cells = [
             cell for cell in SAMPLERS + EXTRA_SAMPLERS if any(cell in row.get("samplers", {}) for row in rows.values())
         ]
+        scored = {
+            name: {cell: row["samplers"][cell]["fd_cls"] for cell in cells if cell in row.get("samplers", {})}
+            for name, row in rows.items()
+        }
+        scored = {name: scores for name, scores in scored.items() if scores}
+        overall = min(min(scores.values()) for scores in scored.values())
         lines += [f"\n**{budget} budget: {BUDGETS[budget]:,} training images** (FD-cls, lower is better; floor "
                   f"{results['floor']['fd_cls']:.2f})\n"]  # fmt: skip
-        lines += ["| recipe | " + " | ".join(cells) + " | best | cheapest within 10% of best |"]
-        lines += ["| --- | " + " | ".join("---:" for _ in cells) + " | --- | --- |"]
-        for name, row in rows.items():
-            scores = {cell: row["samplers"][cell]["fd_cls"] for cell in cells if cell in row.get("samplers", {})}
-            if not scores:
-                continue
+        lines += ["| recipe | " + " | ".join(cells) + " | best | x best recipe | cheapest within 10% of its best |"]
+        lines += ["| --- | " + " | ".join("---:" for _ in cells) + " | --- | ---: | --- |"]
+        for name, scores in scored.items():
             best = min(scores, key=scores.get)
-            cost = {cell: row["samplers"][cell]["model_evaluations_per_image"] for cell in scores}
+            cost = {cell: rows[name]["samplers"][cell]["model_evaluations_per_image"] for cell in scores}
             cheapest = min((cell for cell in scores if scores[cell] <= 1.1 * scores[best]), key=cost.get)
             values = [f"{scores[cell]:.1f}" if cell in scores else "" for cell in cells]
-            lines += [
-                f"| {name} | "
-                + " | ".join(values)
-                + f" | {best} ({scores[best]:.1f}) | {cheapest} ({scores[cheapest]:.1f}) |"
-            ]
+            values += [f"{best} ({scores[best]:.1f})", f"{scores[best] / overall:.2f}"]
+            lines += [f"| {name} | " + " | ".join(values) + f" | {cheapest} ({scores[cheapest]:.1f}) |"]
+        extra = [
+            (name, key, cell)
+            for name, row in rows.items()
+            for key, cell in row.get("samplers", {}).items()
+            if key not in cells
+        ]
+        if extra:
+            lines += ["", "| recipe | cell | FD-cls | our sampler, same cell |", "| --- | --- | ---: | ---: |"]
+            for name, key, cell in extra:
+                ours = rows[name]["samplers"].get(key.split(" (")[0], {}) if "stock" in key else {}
+                same = f"{ours['fd_cls']:.2f}" if "fd_cls" in ours else ""
+                lines += [f"| {name} | {key} | {cell['fd_cls']:.2f} | {same} |"]
     return "\n".join(lines)
 
 
