@@ -35,6 +35,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -48,6 +49,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from judge import Classifier, accuracy, features, train_classifier  # noqa: E402
 
 from pipeline import evaluate as ev  # noqa: E402
+from pipeline.config import TIMESTEP_SPACINGS  # noqa: E402
 from pipeline.sample import CountingUNet, SamplingRequest, load_pipeline, sample_unet, to_uint8  # noqa: E402
 
 
@@ -82,6 +84,7 @@ COMMON = {
     "num_grid_images": 64,
     "grid_sampler": "ddpm",
     "grid_inference_steps": 100,
+    "ddpm_timestep_spacing": "leading",  # what the model's scheduler config says; cells can override it
 }
 
 # The recipes. (a)-(d) are the reference points; the rest add one option at a time on top of the best
@@ -175,22 +178,39 @@ ROWS = {
         "ddpm_timestep_spacing": "trailing",
     },
     "t1000": {**QUICKSTART, "ddpm_num_steps": 1000},
+    # (f) the quickstart's training with three more EMA lengths kept (the training itself is the same)
     "ema-lengths": {**QUICKSTART, "ema_extra_decays": [0.99, 0.9995, 0.9999]},
 }
 
 # Sampler cells: name-steps; "full" is the whole chain (T steps)
+# Sampler cells: <sampler>-<steps>[-<timestep spacing>], "full" steps being the whole chain. Without a spacing a
+# cell uses the model's saved one (every row pins "leading", diffusers' default, but vpred-zerosnr); the spacing
+# changes sampling only, so "-trailing" cells score the same weights with every sampler starting at t = T - 1.
 SAMPLERS = [
     "ddpm-100",
-    "ddim-50",
     "ddim-25",
     "dpmsolver++-20",
-    "dpmsolver++-10",
     "sde-dpmsolver++-20",
+    "ddim-25-trailing",
+    "dpmsolver++-20-trailing",
+    "dpmsolver++-10-trailing",
+    "sde-dpmsolver++-20-trailing",
+    "sde-dpmsolver++-10-trailing",
+    "unipc-10-trailing",
+]
+EXTRA_SAMPLERS = [
+    "ddpm-full",
+    "ddpm-50",
+    "ddpm-20",
+    "ddim-50",
+    "dpmsolver++-10",
     "sde-dpmsolver++-10",
     "unipc-20",
     "unipc-10",
+    "ddpm-100-trailing",
+    "ddpm-20-trailing",
+    "unipc-20-trailing",
 ]
-EXTRA_SAMPLERS = ["ddpm-full", "ddpm-50", "ddpm-20", "ddim-100", "dpmsolver++-50", "sde-dpmsolver++-50", "unipc-50"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,9 +331,14 @@ def train_row(name: str, budget: str, parquet: Path) -> Path:
     return output_dir
 
 
-def parse_sampler(cell: str, num_train_timesteps: int) -> tuple[str, int]:
+def parse_sampler(cell: str, num_train_timesteps: int) -> tuple[str, int, Optional[str]]:
+    """A cell "<sampler>-<steps>[-<timestep spacing>]": steps "full" is the whole chain; without a spacing the
+    sampler spaces its steps as the model's saved scheduler config says."""
+    spacing = None
+    if cell.rsplit("-", 1)[1] in TIMESTEP_SPACINGS:
+        cell, spacing = cell.rsplit("-", 1)
     name, steps = cell.rsplit("-", 1)
-    return name, num_train_timesteps if steps == "full" else int(steps)
+    return name, num_train_timesteps if steps == "full" else int(steps), spacing
 
 
 def score(
@@ -336,9 +361,9 @@ def score(
 def sample_cell(output_dir: Path, cell: str, num_samples: int, ema_folder: str = "") -> tuple[np.ndarray, dict]:
     """Samples of one sampler cell from a row's exported pipeline (or one of its other EMAs), in bf16 autocast."""
     pipeline = load_pipeline(str(output_dir / ema_folder) if ema_folder else str(output_dir))
-    sampler, steps = parse_sampler(cell, pipeline.scheduler.config.num_train_timesteps)
+    sampler, steps, spacing = parse_sampler(cell, pipeline.scheduler.config.num_train_timesteps)
     unet = CountingUNet(pipeline.unet)
-    request = SamplingRequest(sampler, steps, num_samples, batch_size=250, seed=0)
+    request = SamplingRequest(sampler, steps, num_samples, batch_size=250, seed=0, timestep_spacing=spacing)
     started = time.perf_counter()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         images = to_uint8(sample_unet(unet, pipeline.scheduler.config, request))
@@ -357,8 +382,9 @@ def stock_pipeline_cell(output_dir: Path, cell: str, num_samples: int) -> np.nda
     from pipeline.sample import image_generators, make_sampler
 
     pipeline = DDPMPipeline.from_pretrained(str(output_dir))
-    sampler, steps = parse_sampler(cell, pipeline.scheduler.config.num_train_timesteps)
-    pipeline.scheduler = make_sampler(sampler, pipeline.scheduler.config)
+    sampler, steps, spacing = parse_sampler(cell, pipeline.scheduler.config.num_train_timesteps)
+    config = {**pipeline.scheduler.config, **({"timestep_spacing": spacing} if spacing else {})}
+    pipeline.scheduler = make_sampler(sampler, config)
     images = []
     with torch.autocast("cpu", dtype=torch.bfloat16):
         for start in range(0, num_samples, 250):

@@ -25,7 +25,7 @@ from diffusers import (
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .config import SAMPLERS
+from .config import SAMPLERS, TIMESTEP_SPACINGS
 from .files import write_json
 from .record import RECORD_NAME, read_record
 
@@ -143,6 +143,7 @@ class SamplingRequest:
     seed: int = 0
     eta: float = 0.0  # DDIM only: 0 deterministic, 1 ancestral-like
     solver_order: int = 2  # DPM-Solver++ only
+    timestep_spacing: Optional[str] = None  # how the sampler spaces its steps; None: the one saved with the model
     device: str = "cpu"
     dtype: str = "fp32"  # of the UNet; the running sample stays fp32
     noise_on_device: bool = False  # generators on the device: no per-step copies, other numbers than the CPU's
@@ -159,6 +160,10 @@ class SamplingRequest:
             raise SampleError("eta: applies to the ddim sampler only")
         if self.solver_order not in (2, 3):
             raise SampleError(f"solver_order: DPM-Solver++ runs at order 2 or 3, not {self.solver_order}")
+        if self.timestep_spacing is not None and self.timestep_spacing not in TIMESTEP_SPACINGS:
+            raise SampleError(
+                f"timestep_spacing: choose one of {', '.join(TIMESTEP_SPACINGS)}, not {self.timestep_spacing!r}"
+            )
         if self.dtype not in DTYPES:
             raise SampleError(f"dtype: choose one of {', '.join(DTYPES)}, not {self.dtype!r}")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
@@ -202,6 +207,13 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, num_images: int = 64
     )
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM only: 0 deterministic, 1 ancestral-like.")
     parser.add_argument("--solver_order", type=int, default=2, choices=(2, 3), help="DPM-Solver++ only.")
+    parser.add_argument(
+        "--timestep_spacing",
+        default=None,
+        choices=TIMESTEP_SPACINGS,
+        help="How the sampler spaces its steps over the T training steps; default: the spacing saved with the model. "
+        "trailing starts every sampler at t = T - 1, where the initial noise belongs: few-step samplers need it.",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="fp32", choices=tuple(DTYPES))
     parser.add_argument(
@@ -236,6 +248,8 @@ def sampling_request(args: argparse.Namespace, model: Optional[str] = None) -> S
 def sample_unet(unet, scheduler_config: dict, request: SamplingRequest, progress: bool = False) -> np.ndarray:
     """Images as (N, H, W, C) float in [0, 1] from a UNet and the scheduler config it was trained with."""
     request.check_steps(scheduler_config["num_train_timesteps"])
+    if request.timestep_spacing is not None:
+        scheduler_config = {**scheduler_config, "timestep_spacing": request.timestep_spacing}
     sampler = make_sampler(request.sampler, scheduler_config, request.solver_order)
     return generate(
         unet,
