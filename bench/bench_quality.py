@@ -374,17 +374,24 @@ def sample_cell(output_dir: Path, cell: str, num_samples: int, ema_folder: str =
 
 
 def stock_pipeline_cell(output_dir: Path, cell: str, num_samples: int) -> np.ndarray:
-    """The same cell through an unmodified diffusers DDPMPipeline (its scheduler swapped for the cell's, a stock
-    diffusers scheduler built from the saved config), with one generator per image as our sampler uses: what a
-    user of the exported model gets."""
-    from diffusers import DDPMPipeline
+    """The same cell through an unmodified diffusers DDPMPipeline, its scheduler swapped the way a user does it
+    (`<Scheduler>.from_config(pipeline.scheduler.config, ...)`: the exported config, the cell's algorithm and
+    spacing, nothing else), with one generator per image as our sampler uses: what a user of the model gets."""
+    from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, DPMSolverMultistepScheduler
 
-    from pipeline.sample import image_generators, make_sampler
+    from pipeline.sample import image_generators
 
     pipeline = DDPMPipeline.from_pretrained(str(output_dir))
     sampler, steps, spacing = parse_sampler(cell, pipeline.scheduler.config.num_train_timesteps)
-    config = {**pipeline.scheduler.config, **({"timestep_spacing": spacing} if spacing else {})}
-    pipeline.scheduler = make_sampler(sampler, config)
+    scheduler_class, options = {
+        "ddpm": (DDPMScheduler, {}),
+        "ddim": (DDIMScheduler, {}),
+        "dpmsolver++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"}),
+        "sde-dpmsolver++": (DPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++"}),
+    }[sampler]
+    if spacing:
+        options["timestep_spacing"] = spacing
+    pipeline.scheduler = scheduler_class.from_config(pipeline.scheduler.config, **options)
     images = []
     with torch.autocast("cpu", dtype=torch.bfloat16):
         for start in range(0, num_samples, 250):
@@ -461,7 +468,8 @@ def markdown(results: dict) -> str:
         if extra:
             lines += ["", "| recipe | cell | FD-cls | our sampler, same cell |", "| --- | --- | ---: | ---: |"]
             for name, key, cell in extra:
-                ours = rows[name]["samplers"].get(key.split(" (")[0], {}) if "stock" in key else {}
+                plain = key.replace(", stock DDPMPipeline)", ")").replace(" (stock DDPMPipeline)", "")
+                ours = rows[name]["samplers"].get(plain, {}) if plain != key else {}
                 same = f"{ours['fd_cls']:.2f}" if "fd_cls" in ours else ""
                 lines += [f"| {name} | {key} | {cell['fd_cls']:.2f} | {same} |"]
     return "\n".join(lines)

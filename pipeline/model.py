@@ -56,6 +56,16 @@ def build_unet(config: TrainingConfig) -> UNet2DModel:
         raise ConfigError(f"model_config_name_or_path: the UNet cannot be built ({error})") from None
 
 
+def x0_clipping(clip_sample: bool) -> dict:
+    """Scheduler config keys with which every diffusers sampler clips the predicted x0 to [-1, 1] when
+    `clip_sample` asks for it. DDPM and DDIM read `clip_sample`; DPM-Solver++ and UniPC read only `thresholding`,
+    which with `sample_max_value` 1 clips exactly as `clip_sample` does (the dynamic threshold is clamped to
+    [1, sample_max_value]). Without it a cosine-schedule epsilon model sampled from t = T - 1 (trailing spacing),
+    where its noise prediction is divided by sqrt(alpha_bar) ~ 0.005, sends DPM-Solver++ off the data range
+    (bench/README.md, quality per compute)."""
+    return {"thresholding": True, "sample_max_value": 1.0} if clip_sample else {}
+
+
 def build_noise_scheduler(config: TrainingConfig) -> DDPMScheduler:
     """The training scheduler; exported with the pipeline, so it is also the default sampler."""
     return DDPMScheduler(
@@ -68,6 +78,7 @@ def build_noise_scheduler(config: TrainingConfig) -> DDPMScheduler:
         prediction_type=config.prediction_type,
         rescale_betas_zero_snr=config.rescale_betas_zero_snr,
         timestep_spacing=config.ddpm_timestep_spacing,
+        **x0_clipping(config.ddpm_clip_sample),
     )
 
 

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from .config import SAMPLERS, TIMESTEP_SPACINGS
 from .files import write_json
+from .model import x0_clipping
 from .record import RECORD_NAME, read_record
 
 
@@ -46,7 +47,11 @@ def make_sampler(name: str, scheduler_config: dict, solver_order: int = 2):
     like the DDPM chain and forgives more of an imperfect model's error at few steps; unipc: the
     multistep UniPC predictor-corrector (Zhao et al. 2023), order 2. UniPC's `step` takes no
     generator, so the stock `DDPMPipeline` (which passes one) cannot run it; `generate` here can.
+    A config that clips x0 (`clip_sample`, range 1) makes every sampler clip it, also in models saved before
+    their config carried the keys that DPM-Solver++ and UniPC read (see model.x0_clipping).
     """
+    if scheduler_config.get("clip_sample") and scheduler_config.get("clip_sample_range", 1.0) == 1.0:
+        scheduler_config = {**scheduler_config, **x0_clipping(True)}
     if name == "ddpm":
         return DDPMScheduler.from_config(scheduler_config)
     if name == "ddim":

@@ -458,31 +458,34 @@ def test_the_stochastic_dpm_solver_runs_through_the_stock_ddpm_pipeline_with_the
 
 
 def test_timestep_spacing_overrides_the_saved_one_for_sampling_only(tiny_pipeline, tmp_path):
-    """--timestep_spacing trailing starts the sampler at t = T - 1 whatever the model saved; pipeline.sample records
-    it, and a bad value is refused before anything is sampled."""
+    """--timestep_spacing replaces the spacing the model saved (trailing starts the sampler at t = T - 1, leading
+    below it); pipeline.sample records it, and a bad value is refused before anything is sampled."""
     from pipeline.sample import SampleError, SamplingRequest, load_pipeline, main, make_sampler, sample_unet
 
     pipeline = load_pipeline(str(tiny_pipeline))
     saved = dict(pipeline.scheduler.config)
-    assert saved["timestep_spacing"] == "leading"
-    trailing = make_sampler("ddim", {**saved, "timestep_spacing": "trailing"})
-    trailing.set_timesteps(3)
-    assert int(trailing.timesteps[0]) == saved["num_train_timesteps"] - 1
+    other = "leading" if saved["timestep_spacing"] == "trailing" else "trailing"
+    first = {}
+    for spacing in ("leading", "trailing"):
+        sampler = make_sampler("ddim", {**saved, "timestep_spacing": spacing})
+        sampler.set_timesteps(3)
+        first[spacing] = int(sampler.timesteps[0])
+    assert first["trailing"] == saved["num_train_timesteps"] - 1 > first["leading"]
 
     def request(spacing):
         return SamplingRequest("ddim", 3, 2, 2, seed=4, timestep_spacing=spacing)
 
-    leading_images = sample_unet(pipeline.unet, saved, request(None))
-    trailing_images = sample_unet(pipeline.unet, saved, request("trailing"))
+    saved_images = sample_unet(pipeline.unet, saved, request(None))
+    other_images = sample_unet(pipeline.unet, saved, request(other))
     assert np.array_equal(
-        trailing_images, sample_unet(pipeline.unet, {**saved, "timestep_spacing": "trailing"}, request(None))
+        other_images, sample_unet(pipeline.unet, {**saved, "timestep_spacing": other}, request(None))
     )
-    assert not np.array_equal(leading_images, trailing_images)
+    assert not np.array_equal(saved_images, other_images)
     with pytest.raises(SampleError, match="timestep_spacing: choose one of leading, trailing, linspace"):
         request("uniform")
     main(["--model", str(tiny_pipeline), "--output_dir", str(tmp_path / "out"), "--num_images", "2", "--steps", "2",
-          "--timestep_spacing", "trailing"])  # fmt: skip
-    assert json.loads((tmp_path / "out" / "samples.json").read_text())["timestep_spacing"] == "trailing"
+          "--timestep_spacing", other])  # fmt: skip
+    assert json.loads((tmp_path / "out" / "samples.json").read_text())["timestep_spacing"] == other
 
 
 def test_noise_drawn_on_the_device_keeps_images_independent_of_the_batch_size(tiny_pipeline):

@@ -155,6 +155,37 @@ def test_zero_terminal_snr_and_timestep_spacing_are_exported_for_stock_samplers(
         parse_config(["--rescale_betas_zero_snr"])  # an epsilon model cannot start from pure noise
 
 
+def test_clip_sample_reaches_every_stock_sampler_and_leaves_the_ddpm_chain_as_it_was(tmp_path):
+    """DPM-Solver++ and UniPC ignore clip_sample: the export also sets thresholding with sample_max_value 1, so a
+    solver swapped in from the saved config clips x0 to [-1, 1] on its own; the DDPM chain gives the same numbers
+    as with clip_sample alone, and a config without clipping gets none."""
+    from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
+
+    build_noise_scheduler(parse_config([])).save_config(tmp_path)
+    generator = torch.Generator().manual_seed(0)
+    sample = torch.randn(2, 1, 4, 4, generator=generator)
+    wild = 50 * torch.randn(2, 1, 4, 4, generator=generator)  # a noise prediction far off: x0 leaves [-1, 1]
+    solvers = [
+        DPMSolverMultistepScheduler.from_pretrained(tmp_path, algorithm_type="dpmsolver++"),
+        DPMSolverMultistepScheduler.from_pretrained(tmp_path, algorithm_type="sde-dpmsolver++"),
+        UniPCMultistepScheduler.from_pretrained(tmp_path),
+    ]
+    for solver in solvers:
+        solver.set_timesteps(5)
+        solver.step(wild, solver.timesteps[0], sample)
+        assert solver.model_outputs[-1].abs().max() <= 1.0  # the x0 the solver goes on from
+    steps = []
+    for scheduler in (
+        DDPMScheduler.from_pretrained(tmp_path, thresholding=False),
+        DDPMScheduler.from_pretrained(tmp_path),
+    ):
+        scheduler.set_timesteps(5)
+        generator = torch.Generator().manual_seed(1)
+        steps.append(scheduler.step(wild, scheduler.timesteps[0], sample, generator=generator).prev_sample)
+    assert torch.equal(steps[0], steps[1])
+    assert not build_noise_scheduler(parse_config(["--ddpm_clip_sample", "false"])).config.thresholding
+
+
 def test_cosine_with_min_lr_schedule():
     """transformers' cosine with a floor, as the optimizer sees it: a linear warmup from 0, then a half cosine."""
     config = parse_config(["--learning_rate", "1e-3", "--min_learning_rate", "1e-5", "--lr_warmup_steps", "10"])
