@@ -251,6 +251,15 @@ def card_context(output_dir: Path, repo_id: Optional[str] = None) -> dict:
         "is_fashion_mnist": "fashion" in lower and "mnist" in lower,
         "papers": papers_of(config, scheduler),
         "grid_sampler": config["grid_sampler"],
+        "timestep_spacing": scheduler.get("timestep_spacing", "leading"),
+        "clip_sample": bool(scheduler.get("clip_sample")),
+        # the fast sampler of the usage snippet: the grids' own when it is a DPM-Solver++, else the stochastic one
+        "fast_algorithm": config["grid_sampler"] if "dpmsolver++" in config["grid_sampler"] else "sde-dpmsolver++",
+        "fast_steps": (
+            config["grid_inference_steps"]
+            if "dpmsolver++" in config["grid_sampler"]
+            else min(20, scheduler["num_train_timesteps"])
+        ),
         "grid_sampler_text": f"{config['grid_sampler']} with {config['grid_inference_steps']} steps",
         "license": config.get("hub_license", "other"),
     }

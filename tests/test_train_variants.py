@@ -85,7 +85,7 @@ def test_prediction_types_and_options_train(tmp_path, options):
     assert (out / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     assert not (out / "checkpoints").exists()
     scheduler = json.loads((out / "scheduler" / "scheduler_config.json").read_text())
-    assert scheduler["timestep_spacing"] == values.get("ddpm_timestep_spacing", "leading")
+    assert scheduler["timestep_spacing"] == values.get("ddpm_timestep_spacing", "trailing")
     assert scheduler["rescale_betas_zero_snr"] == values.get("rescale_betas_zero_snr", False)
     for decay in values.get("ema_extra_decays", []):  # each other EMA length is a whole pipeline of its own
         other = load_file(out / f"ema-{decay:g}" / "unet" / "diffusion_pytorch_model.safetensors")
