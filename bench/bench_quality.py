@@ -358,12 +358,14 @@ def score(
     return result
 
 
-def sample_cell(output_dir: Path, cell: str, num_samples: int, ema_folder: str = "") -> tuple[np.ndarray, dict]:
+def sample_cell(
+    output_dir: Path, cell: str, num_samples: int, ema_folder: str = "", seed: int = 0
+) -> tuple[np.ndarray, dict]:
     """Samples of one sampler cell from a row's exported pipeline (or one of its other EMAs), in bf16 autocast."""
     pipeline = load_pipeline(str(output_dir / ema_folder) if ema_folder else str(output_dir))
     sampler, steps, spacing = parse_sampler(cell, pipeline.scheduler.config.num_train_timesteps)
     unet = CountingUNet(pipeline.unet)
-    request = SamplingRequest(sampler, steps, num_samples, batch_size=250, seed=0, timestep_spacing=spacing)
+    request = SamplingRequest(sampler, steps, num_samples, batch_size=250, seed=seed, timestep_spacing=spacing)
     started = time.perf_counter()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         images = to_uint8(sample_unet(unet, pipeline.scheduler.config, request))
@@ -487,6 +489,13 @@ def main() -> None:
     )
     parser.add_argument("--num_samples", type=int, default=1000)
     parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="Sampling seed; other than 0 the cells are recorded as '<cell> (seed N)': the spread of a score "
+        "over seeds is the bench's noise.",
+    )
+    parser.add_argument(
         "--stock_pipeline", nargs="*", default=[], help="Cells to also run through the stock DDPMPipeline."
     )
     parser.add_argument(
@@ -559,13 +568,14 @@ def main() -> None:
             skipped_steps=record["skipped_steps"],
         )
         for cell in args.samplers:
-            if cell in row["samplers"]:
+            key = f"{cell} (seed {args.seed})" if args.seed else cell
+            if key in row["samplers"]:
                 continue
-            images, timing = sample_cell(output_dir, cell, args.num_samples)
-            row["samplers"][cell] = {**score(images, network, reference, reference_features, inception), **timing}
+            images, timing = sample_cell(output_dir, cell, args.num_samples, seed=args.seed)
+            row["samplers"][key] = {**score(images, network, reference, reference_features, inception), **timing}
             print(
-                f"[{args.budget}/{name}] {cell:<16} FD-cls {row['samplers'][cell]['fd_cls']:8.2f}  KID "
-                f"{row['samplers'][cell]['kid_cls']:.4f}"
+                f"[{args.budget}/{name}] {key:<16} FD-cls {row['samplers'][key]['fd_cls']:8.2f}  KID "
+                f"{row['samplers'][key]['kid_cls']:.4f}"
                 f"  ({timing['model_evaluations_per_image']:g} evaluations/image, {timing['sample_seconds']} s)",
                 flush=True,
             )
