@@ -25,6 +25,16 @@ def ema_decay(step: int, max_decay: float, inv_gamma: float, power: float) -> fl
     return min(max_decay, 1 - (1 + (step - 1) / inv_gamma) ** -power)
 
 
+def unreached_decays(
+    max_decays: Sequence[float], total_steps: int, inv_gamma: float, power: float
+) -> tuple[float, list[float]]:
+    """The warmup's decay at the run's last step, and the max decays at or above it: never reached within the run,
+    they leave the warmup in charge throughout, so their averages come out identical (with power 3/4 a max decay
+    of 0.999 is reached at step 10,000, 0.9999 at step 215,000)."""
+    reached = ema_decay(total_steps, 1.0, inv_gamma, power)
+    return reached, [decay for decay in max_decays if decay >= reached]
+
+
 class EMA:
     """Averages of `model`'s parameters for each of `max_decays`; index 0 is the run's main EMA (exported, sampled)."""
 

@@ -51,7 +51,7 @@ from .checkpoint import (
 from .config import ConfigError, TrainingConfig
 from .data import DataError, DataSource, describe_prepared, open_source, prepare_training_images
 from .diffusion import step_loss
-from .ema import EMA
+from .ema import EMA, unreached_decays
 from .evaluate import EvalError, TrainingFid
 from .files import remove, staged, staging_name, write_json
 from .hub import HubError, describe_data_origin, hub_token, push_to_hub, write_card
@@ -246,11 +246,17 @@ def build_training(config: TrainingConfig, accelerator: Accelerator, unet, total
     unet = unet.to(accelerator.device)
     optimizer = build_optimizer(config, unet.parameters(), accelerator.device)
     lr_scheduler = build_lr_scheduler(config, optimizer, total_steps)
-    ema = (
-        EMA(unet, [config.ema_max_decay, *config.ema_extra_decays], config.ema_inv_gamma, config.ema_power)
-        if config.use_ema
-        else None
-    )
+    ema = None
+    if config.use_ema:
+        decays = [config.ema_max_decay, *config.ema_extra_decays]
+        ema = EMA(unet, decays, config.ema_inv_gamma, config.ema_power)
+        reached, unreached = unreached_decays(decays, total_steps, config.ema_inv_gamma, config.ema_power)
+        if len(unreached) > 1:
+            logger.warning(
+                f"ema_extra_decays: in {total_steps:,} steps the EMA warmup's decay reaches only {reached:.5f},"
+                f" so the averages with max decay {', '.join(f'{decay:g}' for decay in unreached)} will be identical; "
+                "choose max decays below it, or train longer"
+            )
     unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
     return TrainingParts(config, unet, build_noise_scheduler(config), optimizer, lr_scheduler, ema)
 

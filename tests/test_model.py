@@ -203,3 +203,14 @@ def test_cosine_with_min_lr_schedule():
     expected = [1e-3 * step / 10 if step < 10 else cosine(step) for step in range(111)]
     assert values == pytest.approx(expected, rel=1e-9, abs=1e-15)
     assert values[60] == pytest.approx((1e-3 + 1e-5) / 2) and values[110] == pytest.approx(1e-5)
+
+
+def test_ema_max_decays_that_the_warmup_never_reaches_are_found():
+    """With the warmup, a max decay binds only once 1 - (1 + n)^-power exceeds it: decays above the value at the
+    last step give identical averages, which training warns about."""
+    from pipeline.ema import ema_decay, unreached_decays
+
+    reached, unreached = unreached_decays([0.999, 0.99, 0.9995, 0.9999], 800, 1.0, 0.75)
+    assert reached == pytest.approx(1 - 800**-0.75) and reached == ema_decay(800, 1.0, 1.0, 0.75)
+    assert unreached == [0.999, 0.9995, 0.9999]  # bench row ema-lengths: these three scored the same
+    assert unreached_decays([0.999, 0.9995], 78_125, 1.0, 0.75)[1] == []
