@@ -30,7 +30,6 @@ import gzip
 import io
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -40,17 +39,12 @@ from typing import Optional
 import numpy as np
 import torch
 import yaml
+from common import REPO, flops_per_image, machine
+from judge import Classifier, accuracy, features, train_classifier
 
-
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
-
-from judge import Classifier, accuracy, features, train_classifier  # noqa: E402
-
-from pipeline import evaluate as ev  # noqa: E402
-from pipeline.config import TIMESTEP_SPACINGS  # noqa: E402
-from pipeline.sample import CountingUNet, SamplingRequest, load_pipeline, sample_unet, to_uint8  # noqa: E402
+from pipeline import evaluate as ev
+from pipeline.config import TIMESTEP_SPACINGS, TrainingConfig
+from pipeline.sample import CountingUNet, SamplingRequest, load_pipeline, sample_unet, to_uint8
 
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -105,6 +99,12 @@ QUICKSTART = {
     "use_ema": True,
     "ema_max_decay": 0.999,
     "dropout": 0.0,
+}
+VPRED_ZEROSNR = {
+    **QUICKSTART,
+    "prediction_type": "v_prediction",
+    "rescale_betas_zero_snr": True,
+    "ddpm_timestep_spacing": "trailing",
 }
 ROWS = {
     # (a) examples/unconditional_image_generation/train_unconditional.py with its defaults (batch and budget as every
@@ -171,15 +171,18 @@ ROWS = {
     "minsnr": {**QUICKSTART, "snr_gamma": 5.0},
     "vpred": {**QUICKSTART, "prediction_type": "v_prediction"},
     "vpred-minsnr": {**QUICKSTART, "prediction_type": "v_prediction", "snr_gamma": 5.0},
-    "vpred-zerosnr": {
-        **QUICKSTART,
-        "prediction_type": "v_prediction",
-        "rescale_betas_zero_snr": True,
-        "ddpm_timestep_spacing": "trailing",
-    },
+    "vpred-zerosnr": VPRED_ZEROSNR,
     "t1000": {**QUICKSTART, "ddpm_num_steps": 1000},
     # (f) the quickstart's training with three more EMA lengths kept (the training itself is the same)
     "ema-lengths": {**QUICKSTART, "ema_extra_decays": [0.99, 0.9995, 0.9999]},
+    # (g) candidates for a quickstart that fits 10 minutes on a 2-core CPU without bf16 (fp32 there): UNets that spend
+    # fewer FLOPs at 28x28, where the time goes, with v-prediction and zero terminal SNR (row vpred-zerosnr); a row
+    # may set its own batch and steps (`max_train_steps`), so its budget in images is its own
+    "small": {**QUICKSTART, "block_out_channels": [16, 32, 64]},
+    "small-vz": {**VPRED_ZEROSNR, "block_out_channels": [16, 32, 64]},
+    "narrow-vz": {**VPRED_ZEROSNR, "block_out_channels": [16, 48, 96]},
+    "c24-vz": {**VPRED_ZEROSNR, "block_out_channels": [24, 48, 96]},
+    "b32-vz": {**VPRED_ZEROSNR, "train_batch_size": 32, "max_train_steps": 800},
 }
 
 # Sampler cells: name-steps; "full" is the whole chain (T steps)
@@ -310,10 +313,10 @@ def train_row(name: str, budget: str, parquet: Path) -> Path:
     output_dir = folder / "run"
     if (output_dir / "model_index.json").is_file():
         return output_dir
-    steps = BUDGETS[budget] // BATCH
+    values = {**COMMON, **ROWS[name]}
+    steps = values.get("max_train_steps") or BUDGETS[budget] // values["train_batch_size"]
     values = {
-        **COMMON,
-        **ROWS[name],
+        **values,
         "dataset_name": str(parquet),
         "max_train_steps": steps,
         "num_epochs": None,
@@ -325,7 +328,7 @@ def train_row(name: str, budget: str, parquet: Path) -> Path:
     command = [sys.executable, "train_ddpm.py", "--config", str(folder / "config.yaml")]
     if (output_dir / "checkpoints").is_dir():
         command += ["--resume_from_checkpoint", "latest"]
-    print(f"[{budget}/{name}] training {steps} steps of {BATCH}: {' '.join(command)}", flush=True)
+    print(f"[{budget}/{name}] training {steps} steps of {values['train_batch_size']}: {' '.join(command)}", flush=True)
     with open(folder / "train.log", "a") as log:
         subprocess.run(command, cwd=REPO, check=True, stdout=log, stderr=subprocess.STDOUT)
     return output_dir
@@ -544,8 +547,7 @@ def main() -> None:
                 **score(real, network, reference, reference_features, inception),
                 "what": f"{args.num_samples} real training images",
             },
-            "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores",
-            "torch": torch.__version__,
+            "machine": machine(),
             "common": COMMON,
             "budgets": BUDGETS,
             "recipes": ROWS,
@@ -562,11 +564,16 @@ def main() -> None:
         row = results["rows"].setdefault(args.budget, {}).setdefault(name, {"samplers": {}})
         output_dir = train_row(name, args.budget, parquet)
         record = json.loads((output_dir / "training_config.json").read_text())["run"]
+        recipe = {**COMMON, **ROWS[name], "output_dir": str(output_dir), "logger": "none"}
+        recipe.pop("max_train_steps", None)
         row.update(
             train_seconds=record["train_seconds"],
-            images=record["global_step"] * BATCH,
+            images=record["global_step"] * record["images_per_step"],
             skipped_steps=record["skipped_steps"],
+            unet_parameters=record["unet_parameters"],
+            gflop_per_image=round(flops_per_image(TrainingConfig(**recipe)) / 1e9, 4),
         )
+        row["train_tflop"] = round(row["gflop_per_image"] * row["images"] / 1e3, 1)
         for cell in args.samplers:
             key = f"{cell} (seed {args.seed})" if args.seed else cell
             if key in row["samplers"]:
