@@ -17,7 +17,6 @@ import torch
 
 from .config import TrainingConfig
 from .data import (
-    DataError,
     DataSource,
     Preprocessing,
     SkippedImage,
@@ -26,6 +25,7 @@ from .data import (
     load_dataset_source,
     read_bytes,
 )
+from .errors import DataError
 
 
 # A streamed source whose rows fail this many times in a row holds no usable images: stop instead of reading it
@@ -82,9 +82,6 @@ class CachedBatches:
     def state(self) -> Optional[dict]:
         return None  # a pure function of the micro-batch index
 
-    def load_state(self, state: dict) -> None:
-        pass
-
     def files_skipped(self) -> int:
         return 0  # counted when the cache was made
 
@@ -125,12 +122,23 @@ class StreamedBatches:
     def state(self) -> dict:
         return {"epoch": self.epoch, "examples_read": self.examples_read, "next_micro_batch": self.next_micro_batch}
 
-    def load_state(self, state: dict) -> None:
-        """Continue from `state()`; raises ValueError for anything but three non-negative integers."""
+    @staticmethod
+    def check_state(state: dict) -> None:
+        """A `state()` to continue from: exactly three integers in [0, 10^12]; ValueError if not."""
         values = [state.get(name) for name in ("epoch", "examples_read", "next_micro_batch")]
-        if any(isinstance(value, bool) or not isinstance(value, int) or value < 0 for value in values):
+        if set(state) != {"epoch", "examples_read", "next_micro_batch"} or any(
+            isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10**12 for value in values
+        ):
             raise ValueError(f"epoch, examples_read and next_micro_batch must be non-negative integers, got {state}")
-        self.epoch, self.examples_read, self.next_micro_batch = values
+
+    def load_state(self, state: dict) -> None:
+        """Continue from `state()` (checked by check_state)."""
+        self.check_state(state)
+        self.epoch, self.examples_read, self.next_micro_batch = (
+            state["epoch"],
+            state["examples_read"],
+            state["next_micro_batch"],
+        )
         self._examples = None
 
     def files_skipped(self) -> int:

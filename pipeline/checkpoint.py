@@ -7,85 +7,53 @@
       rng_state_<process>.json   Python, NumPy and torch (CPU and CUDA) generators of each process
       stream_state_<process>.json  a streamed source's position (--streaming only)
       training_config.json       the run's config and record
-      training_state.json        step, time, counters, LR schedule, grad scaler, EMA counters, and the size
-                                 of every other file; written last, so its presence marks a complete checkpoint
+      training_state.json        the record's counters, LR schedule, grad scaler, EMA counters, and the size of
+                                 every other file; its presence marks a complete checkpoint
 
-Nothing here is a pickle, so loading a checkpoint from anywhere cannot run code. Every file is
-checked as it is read: a missing, truncated or malformed one stops the resume with
-`CheckpointError("<file>: <what is wrong>")`, never a silent partial restore. The folder is
-written under a temporary name and renamed when complete; a write that fails (a full disk)
-removes the partial folder and says so.
+Nothing here is a pickle, so loading a checkpoint from anywhere cannot run code. Every file is checked
+whole before anything is restored, against what this version writes: JSON size and depth, keys, types and
+ranges; tensors' names, shapes and dtypes against the model and optimizer; weights finite. A bad file stops
+the resume with `CheckpointError("<file>: <what is wrong>")`, never a partial restore or a crash inside torch.
+The folder is staged (pipeline/files.py) by the main process; a write that fails (a full disk) leaves no
+partial folder and says so.
 """
 
 import base64
-import json
+import math
 import random
 import shutil
 import warnings
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
+from accelerate.utils import gather_object
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .config import ConfigError, TrainingConfig
-from .files import remove, staging_name, write_json
-from .record import RECORD_NAME, RunRecord, read_record, write_record
+from .config import CHANGE, FIELDS, MATCH, MAX_STEPS, ConfigError, TrainingConfig
+from .errors import CheckpointError
+from .files import read_json, staged, write_json
+from .record import COUNTERS, RECORD_NAME, RunRecord, read_record, write_record
 
 
 CHECKPOINT_PREFIX = "checkpoint-"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"  # diffusers' file name in a model folder
 STATE_FILE = "training_state.json"
-# Fields that must match between a checkpoint and the run that resumes it.
-RESUME_MUST_MATCH = (
-    "resolution",
-    "image_channels",
-    "block_out_channels",
-    "layers_per_block",
-    "down_block_types",
-    "up_block_types",
-    "mid_block_type",
-    "add_attention",
-    "attention_head_dim",
-    "norm_num_groups",
-    "act_fn",
-    "flip_sin_to_cos",
-    "freq_shift",
-    "ddpm_num_steps",
-    "ddpm_beta_schedule",
-    "ddpm_beta_start",
-    "ddpm_beta_end",
-    "prediction_type",
-    "optimizer",
-    "use_ema",
-    "ema_max_decay",
-    "ema_extra_decays",
-    "train_batch_size",
-    "gradient_accumulation_steps",
-    "seed",
-    "streaming",
+# Settings whose change a resume applies to the optimizer and LR schedule (the others are read at each step).
+SCHEDULE_FIELDS = (
+    "learning_rate",
+    "lr_scheduler",
+    "lr_warmup_steps",
+    "min_learning_rate",
+    "max_train_steps",
+    "num_epochs",
 )
 
 
-class CheckpointError(Exception):
-    """A checkpoint that cannot be written or resumed from; the message starts with the file concerned."""
-
-
-@dataclass
-class TrainingState:
-    """Where a run is: saved in every checkpoint's training_state.json."""
-
-    global_step: int = 0  # optimizer steps done
-    train_seconds: float = 0.0  # time spent in training steps, across resumes (grids, FID and checkpoints left out)
-    skipped_steps: int = 0  # steps skipped for a non-finite loss or gradient
-    best_fid: Optional[dict] = None  # {"step", "fid", "ema"} of the best FID during training so far
-
-
 # ---------------------------------------------------------------------------------------------
-# Finding the checkpoint to resume from
+# Finding the checkpoint to resume from, and what the resume changes
 
 
 def checkpoint_step(path: Path) -> int:
@@ -136,43 +104,53 @@ def find_resume_checkpoint(config: TrainingConfig) -> Optional[Path]:
     return path
 
 
-def check_resume_compatible(config: TrainingConfig, checkpoint: Path) -> None:
-    """The checkpoint's config and `config` agree on everything a resume cannot change (RESUME_MUST_MATCH)."""
-    try:
-        saved = read_record(checkpoint / RECORD_NAME).config
-    except ConfigError as error:
-        raise CheckpointError(str(error)) from None
-    differing = [name for name in RESUME_MUST_MATCH if getattr(saved, name) != getattr(config, name)]
-    if differing:
+def check_resume_compatible(config: TrainingConfig, checkpoint: Path) -> list[str]:
+    """What resuming `checkpoint` with `config` changes, one line per setting. Settings that must match (the data
+    and its preprocessing, the model, the diffusion process, the draws: metadata "resume" MATCH) are refused with
+    both values; the others are applied from the resumed step on (see load_checkpoint) and listed here."""
+    saved = read_record(checkpoint / RECORD_NAME).config
+    differing = {name: (getattr(saved, name), getattr(config, name)) for name in FIELDS}
+    differing = {name: values for name, values in differing.items() if values[0] != values[1]}
+    refused = [name for name in differing if FIELDS[name].metadata["resume"] == MATCH]
+    if refused:
         details = ", ".join(
-            f"{name} ({getattr(saved, name)!r} in the checkpoint, {getattr(config, name)!r} now)" for name in differing
+            f"{name} ({differing[name][0]!r} in the checkpoint, {differing[name][1]!r} now)" for name in refused
         )
-        raise ConfigError(f"{differing[0]}: cannot resume {checkpoint}: {details}")
+        raise ConfigError(f"{refused[0]}: cannot resume {checkpoint}: {details}")
+    changes = []
+    for name, (before, now) in differing.items():
+        if FIELDS[name].metadata["resume"] == CHANGE:
+            effect = (
+                ": the LR schedule is rebuilt and continues from the resumed step" if name in SCHEDULE_FIELDS else ""
+            )
+            changes.append(f"{name}: {before!r} in the checkpoint, {now!r} now{effect}")
+    return changes
 
 
 # ---------------------------------------------------------------------------------------------
-# Pieces: JSON, tensors, generators
+# Pieces: tensors, generators, optimizer state
 
 
-def _read_json(path: Path) -> dict:
+def _read_tensors(path: Path, expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A safetensors file whose tensors have exactly the names, shapes and dtypes of `expected`, all finite."""
     if not path.is_file():
         raise CheckpointError(f"{path}: missing")
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"{path}: not valid JSON ({error})") from None
-    if not isinstance(value, dict):
-        raise CheckpointError(f"{path}: expected a JSON object, got {type(value).__name__}")
-    return value
-
-
-def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing")
-    try:
-        return load_file(path)
+        tensors = load_file(path)
     except (SafetensorError, OSError, ValueError) as error:
         raise CheckpointError(f"{path}: not a readable safetensors file ({error})") from None
+    if set(tensors) != set(expected):
+        names = sorted(set(tensors) ^ set(expected))
+        raise CheckpointError(f"{path}: does not fit the model ({len(names)} tensor names differ, e.g. {names[0]!r})")
+    for name, tensor in tensors.items():
+        if tensor.shape != expected[name].shape or tensor.dtype != expected[name].dtype:
+            raise CheckpointError(
+                f"{path}: does not fit the model (tensor {name!r} is {tensor.dtype} {tuple(tensor.shape)}, the "
+                f"model's {expected[name].dtype} {tuple(expected[name].shape)})"
+            )
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise CheckpointError(f"{path}: tensor {name!r} holds NaN or infinite values")
+    return tensors
 
 
 def ema_folder_name(index: int, decay: float) -> str:
@@ -184,23 +162,22 @@ def save_unet_folder(unet, folder: Path, parameters: Optional[list] = None) -> N
     """A diffusers model folder (config.json + safetensors) of `unet`, with `parameters` instead of its own."""
     tensors = unet.state_dict()
     if parameters is not None:
-        names = [name for name, _ in unet.named_parameters()]
-        tensors.update(zip(names, parameters))
+        tensors.update(zip([name for name, _ in unet.named_parameters()], parameters))
     folder.mkdir(parents=True, exist_ok=True)
     unet.save_config(folder)
-    save_file(
-        {name: tensor.detach().contiguous() for name, tensor in tensors.items()},
-        folder / WEIGHTS_NAME,
-        metadata={"format": "pt"},
-    )
+    tensors = {name: tensor.detach().contiguous() for name, tensor in tensors.items()}
+    save_file(tensors, folder / WEIGHTS_NAME, metadata={"format": "pt"})
 
 
 def _encode_bytes(tensor: torch.Tensor) -> str:
     return base64.b64encode(tensor.cpu().numpy().tobytes()).decode("ascii")
 
 
-def _decode_bytes(text: str) -> torch.Tensor:
-    return torch.frombuffer(bytearray(base64.b64decode(text, validate=True)), dtype=torch.uint8)
+def _decode_bytes(text: str, size: int) -> torch.Tensor:
+    data = base64.b64decode(text, validate=True)
+    if len(data) != size:
+        raise ValueError(f"a generator state of {len(data)} bytes, expected {size}")
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
 
 def rng_state() -> dict:
@@ -209,36 +186,60 @@ def rng_state() -> dict:
     name, keys, position, has_gauss, cached = np.random.get_state()
     state = {
         "python": {"version": version, "state": list(internal), "gauss": gauss},
-        "numpy": {
-            "name": name,
-            "keys": keys.tolist(),
-            "position": position,
-            "has_gauss": has_gauss,
-            "cached_gaussian": cached,
-        },
+        "numpy": {"name": name, "keys": keys.tolist(), "position": position, "has_gauss": has_gauss},
         "torch": _encode_bytes(torch.get_rng_state()),
     }
+    state["numpy"]["cached_gaussian"] = cached
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = [_encode_bytes(generator) for generator in torch.cuda.get_rng_state_all()]
     return state
 
 
-def set_rng_state(state: dict) -> None:
-    """Restore `rng_state()`; raises ValueError, TypeError or KeyError when it is malformed."""
+def _words(values, count: int) -> tuple:
+    """`count` integers in [0, 2^32): a Mersenne twister's state words."""
+    if not isinstance(values, list) or len(values) != count:
+        raise ValueError(f"expected {count} state words")
+    if not all(isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**32 for value in values):
+        raise ValueError("state words must be integers in [0, 2^32)")
+    return tuple(values)
+
+
+def parse_rng_state(state: dict):
+    """`rng_state()` checked and decoded, ready for `set_rng_state`; raises ValueError, TypeError or KeyError when
+    it is malformed (a state word out of range, a cut generator, a cached Gaussian that is not a number)."""
     python, numpy_state = state["python"], state["numpy"]
-    random.setstate((python["version"], tuple(python["state"]), python["gauss"]))
-    np.random.set_state(
-        (
-            numpy_state["name"],
-            np.asarray(numpy_state["keys"], dtype=np.uint32),
-            numpy_state["position"],
-            numpy_state["has_gauss"],
-            numpy_state["cached_gaussian"],
-        )
+    gauss, cached = python["gauss"], numpy_state["cached_gaussian"]
+    if not (gauss is None or isinstance(gauss, float)) or not isinstance(cached, float):
+        raise TypeError("cached Gaussians must be numbers")
+    if numpy_state["name"] != "MT19937" or numpy_state["has_gauss"] not in (0, 1):
+        raise ValueError("not a MT19937 state")
+    position = numpy_state["position"]
+    if isinstance(position, bool) or not isinstance(position, int) or not 0 <= position <= 624:
+        raise ValueError("the NumPy position must lie in [0, 624]")
+    python_words = _words(python["state"], 625)
+    if python["version"] != 3 or python_words[-1] > 624:
+        raise ValueError("not a Python version-3 generator state")
+    numpy_words = np.asarray(_words(numpy_state["keys"], 624), dtype=np.uint32)
+    torch_state = _decode_bytes(state["torch"], torch.get_rng_state().numel())
+    cuda = state.get("cuda") if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    if cuda is not None:
+        cuda = [_decode_bytes(text, len(own)) for text, own in zip(cuda, torch.cuda.get_rng_state_all(), strict=True)]
+    return (
+        (3, python_words, gauss),
+        ("MT19937", numpy_words, position, numpy_state["has_gauss"], cached),
+        torch_state,
+        cuda,
     )
-    torch.set_rng_state(_decode_bytes(state["torch"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([_decode_bytes(text) for text in state["cuda"]])
+
+
+def set_rng_state(parsed) -> None:
+    """Restore the generators of `parse_rng_state`."""
+    python, numpy_state, torch_state, cuda = parsed
+    random.setstate(python)
+    np.random.set_state(numpy_state)
+    torch.set_rng_state(torch_state)
+    if cuda:
+        torch.cuda.set_rng_state_all(cuda)
 
 
 def _optimizer_files(optimizer) -> tuple[dict, dict]:
@@ -246,23 +247,78 @@ def _optimizer_files(optimizer) -> tuple[dict, dict]:
     state_dict = optimizer.state_dict()
     tensors, state = {}, {}
     for index, values in state_dict["state"].items():
-        state[str(index)] = {}
+        state[str(index)] = {key: value for key, value in values.items() if not isinstance(value, torch.Tensor)}
         for key, value in values.items():
             if isinstance(value, torch.Tensor):
                 tensors[f"{index}.{key}"] = value.detach().cpu().contiguous()
-            else:
-                state[str(index)][key] = value
     return tensors, {"state": state, "param_groups": state_dict["param_groups"]}
 
 
-def _optimizer_state_dict(tensors: dict, rest: dict) -> dict:
-    state = {int(index): dict(values) for index, values in rest["state"].items()}
-    for name, tensor in tensors.items():
+def _like(template, value, where: str) -> None:
+    """`value` (read from JSON) has the keys and JSON types of `template` (what this version writes)."""
+    if isinstance(template, dict):
+        if not isinstance(value, dict) or set(value) != set(template):
+            keys = sorted(set(value) ^ set(template)) if isinstance(value, dict) else []
+            raise ValueError(
+                f"{where}: expected the keys {sorted(template)}" + (f" (differs in {keys})" if keys else "")
+            )
+        for key in template:
+            _like(template[key], value[key], f"{where}.{key}")
+    elif isinstance(template, (list, tuple)):
+        if not isinstance(value, list) or len(value) != len(template):
+            raise ValueError(f"{where}: expected a list of {len(template)}")
+        for index, (expected, item) in enumerate(zip(template, value)):
+            _like(expected, item, f"{where}[{index}]")
+    elif isinstance(template, bool) or template is None:  # flags: torch writes None or a bool
+        if value is not None and not isinstance(value, bool):
+            raise ValueError(f"{where}: expected true, false or null, got {value!r}")
+    elif isinstance(template, str):
+        if not isinstance(value, str):
+            raise ValueError(f"{where}: expected {type(template).__name__}, got {value!r}")
+    elif isinstance(template, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{where}: expected a finite number, got {value!r}")
+        if isinstance(template, int) and not isinstance(value, int):
+            raise ValueError(f"{where}: expected an integer, got {value!r}")
+        if value < 0:
+            raise ValueError(f"{where}: {value!r} is negative")
+
+
+def _optimizer_state_dict(optimizer, tensors_path: Path, rest_path: Path) -> dict:
+    """The optimizer state a checkpoint holds, checked against `optimizer` (built by this run, not yet stepped):
+    the same param groups (keys, types, parameter indices), state tensors of each parameter's shape."""
+    rest = read_json(rest_path, CheckpointError)
+    template = optimizer.state_dict()
+    try:
+        _like({"state": {}, "param_groups": template["param_groups"]}, {**rest, "state": {}}, "optimizer")
+        if [group["params"] for group in rest["param_groups"]] != [
+            group["params"] for group in template["param_groups"]
+        ]:
+            raise ValueError("optimizer: holds other parameters than the model's")
+        for group in rest["param_groups"]:
+            if not 0 <= group["betas"][0] < 1 or not 0 <= group["betas"][1] < 1:
+                raise ValueError(f"optimizer: betas {group['betas']} out of range")
+        if not isinstance(rest["state"], dict):
+            raise ValueError("optimizer.state: expected an object")
+    except ValueError as error:
+        raise CheckpointError(f"{rest_path}: does not fit the optimizer ({error})") from None
+    parameters = [parameter for group in optimizer.param_groups for parameter in group["params"]]
+    expected = {}
+    for index in rest["state"]:
+        if not index.isdigit() or int(index) >= len(parameters):
+            raise CheckpointError(f"{rest_path}: state of parameter {index!r}, which the model does not have")
+        shape = parameters[int(index)].shape
+        expected.update({f"{index}.step": torch.zeros(()), f"{index}.exp_avg": torch.zeros(shape),
+                         f"{index}.exp_avg_sq": torch.zeros(shape)})  # fmt: skip
+        if rest["state"][index]:
+            raise CheckpointError(
+                f"{rest_path}: unexpected state of parameter {index}: {sorted(rest['state'][index])}"
+            )
+    state = {int(index): {} for index in rest["state"]}
+    for name, tensor in _read_tensors(tensors_path, expected).items():
         index, key = name.split(".", 1)
-        state.setdefault(int(index), {})[key] = tensor
-    groups = [
-        {**group, "betas": tuple(group["betas"])} if "betas" in group else group for group in rest["param_groups"]
-    ]
+        state[int(index)][key] = tensor
+    groups = [{**group, "betas": tuple(group["betas"])} for group in rest["param_groups"]]
     return {"state": state, "param_groups": groups}
 
 
@@ -270,96 +326,89 @@ def _optimizer_state_dict(tensors: dict, rest: dict) -> dict:
 # Save and load
 
 
-def save_checkpoint(
-    accelerator, parts, record: RunRecord, state: TrainingState, stream_state: Optional[dict] = None
-) -> Path:
-    """Write checkpoint-<step> of `parts` (pipeline.train.TrainingParts) through a temporary folder; prune old ones
-    past --checkpoints_total_limit."""
+def save_checkpoint(accelerator, parts, record: RunRecord, stream_state: Optional[dict] = None) -> Path:
+    """Write checkpoint-<step> of `parts` (pipeline.train.TrainingParts) at `record.global_step`, staged, by the main
+    process (the other processes' generators and stream positions are gathered to it); prune old ones past
+    --checkpoints_total_limit."""
     config, ema = parts.config, parts.ema
     checkpoints_dir = Path(config.output_dir) / "checkpoints"
-    final = checkpoints_dir / f"{CHECKPOINT_PREFIX}{state.global_step}"
-    partial = staging_name(final)
+    final = checkpoints_dir / f"{CHECKPOINT_PREFIX}{record.global_step}"
+    states = gather_object([(rng_state(), stream_state)])
     if accelerator.is_main_process:
-        remove(partial)
-        partial.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    try:
-        index = accelerator.process_index
-        write_json(partial / f"rng_state_{index}.json", rng_state())
-        if stream_state is not None:
-            write_json(partial / f"stream_state_{index}.json", stream_state)
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            model = accelerator.unwrap_model(parts.unet, keep_fp32_wrapper=False, keep_torch_compile=False)
-            save_unet_folder(model, partial / "unet")
-            if ema is not None:
-                for average_index, decay in enumerate(ema.max_decays):
-                    save_unet_folder(
-                        model, partial / ema_folder_name(average_index, decay), ema.averages[average_index]
-                    )
-            tensors, rest = _optimizer_files(parts.optimizer)
-            save_file(tensors, partial / "optimizer.safetensors")
-            write_json(partial / "optimizer.json", rest)
-            write_record(partial / RECORD_NAME, config, record)
-            files = {
-                path.relative_to(partial).as_posix(): path.stat().st_size
-                for path in sorted(partial.rglob("*"))
-                if path.is_file()
-            }
-            write_json(
-                partial / STATE_FILE,
-                {
-                    **asdict(state),
-                    "num_processes": accelerator.num_processes,
-                    "lr_scheduler": parts.lr_scheduler.state_dict(),
-                    "grad_scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
-                    "ema": ema.state() if ema is not None else None,
-                    "files": files,
-                },
-            )
-    except (OSError, SafetensorError) as error:  # a full disk, a quota, a file size limit
-        remove(partial)
-        latest = list_checkpoints(checkpoints_dir)
-        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-        raise CheckpointError(
-            f"{partial}: cannot write the checkpoint of step {state.global_step} ({reason}); the partial checkpoint "
-            "was removed. "
-            f"{f'The last complete one is {latest[-1]}' if latest else 'No complete checkpoint exists yet'}; free "
-            "some space and resume with --resume_from_checkpoint latest."
-        ) from None
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        remove(final)
-        partial.rename(final)
-        if config.checkpoints_total_limit is not None:
-            checkpoints = list_checkpoints(checkpoints_dir)
-            for old in checkpoints[: max(0, len(checkpoints) - config.checkpoints_total_limit)]:
-                shutil.rmtree(old)
+        try:
+            with staged(final, folder=True) as partial:
+                for index, (generators, stream) in enumerate(states):
+                    write_json(partial / f"rng_state_{index}.json", generators)
+                    if stream is not None:
+                        write_json(partial / f"stream_state_{index}.json", stream)
+                model = accelerator.unwrap_model(parts.unet, keep_fp32_wrapper=False, keep_torch_compile=False)
+                save_unet_folder(model, partial / "unet")
+                for index, decay in enumerate(ema.max_decays if ema is not None else []):
+                    save_unet_folder(model, partial / ema_folder_name(index, decay), ema.averages[index])
+                tensors, rest = _optimizer_files(parts.optimizer)
+                save_file(tensors, partial / "optimizer.safetensors")
+                write_json(partial / "optimizer.json", rest)
+                write_record(partial / RECORD_NAME, config, record)
+                files = {
+                    path.relative_to(partial).as_posix(): path.stat().st_size for path in sorted(partial.rglob("*"))
+                }
+                state = {name: getattr(record, name) for name in COUNTERS}
+                state.update(
+                    num_processes=accelerator.num_processes,
+                    lr_scheduler=parts.lr_scheduler.state_dict(),
+                    grad_scaler=accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
+                    ema=ema.state() if ema is not None else None,
+                    files={name: size for name, size in files.items() if (partial / name).is_file()},
+                )
+                write_json(partial / STATE_FILE, state)
+        except (OSError, SafetensorError) as error:  # a full disk, a quota, a file size limit
+            latest = list_checkpoints(checkpoints_dir)
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+            last = f"The last complete one is {latest[-1]}" if latest else "No complete checkpoint exists yet"
+            raise CheckpointError(
+                f"{final}: cannot write the checkpoint of step {record.global_step} ({reason}); the partial "
+                f"checkpoint was removed. {last}; free some space and resume with --resume_from_checkpoint latest."
+            ) from None
+        checkpoints = list_checkpoints(checkpoints_dir)
+        for old in checkpoints[: max(0, len(checkpoints) - (config.checkpoints_total_limit or len(checkpoints)))]:
+            shutil.rmtree(old)
     accelerator.wait_for_everyone()
     return final
 
 
-def _non_negative(path: Path, state: dict, name: str, kind) -> None:
+def _count(path: Path, state: dict, name: str, kind, maximum=MAX_STEPS) -> None:
     value = state.get(name)
-    if isinstance(value, bool) or not isinstance(value, kind) or value < 0:
+    finite = isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
+    if isinstance(value, bool) or not isinstance(value, kind) or not finite or value < 0:
         raise CheckpointError(
             f"{path}: {name} must be a non-negative {'integer' if kind is int else 'number'}, got {value!r}"
         )
+    if value > maximum:
+        raise CheckpointError(f"{path}: {name} must be at most {maximum:,}, got {value!r}")
 
 
 def read_training_state(checkpoint: Path) -> dict:
-    """training_state.json, checked: counters of the right type and range, every recorded file present at its recorded
-    size."""
+    """training_state.json, checked: counters of the right type and range, every recorded file present at its
+    recorded size and inside the checkpoint."""
     path = checkpoint / STATE_FILE
-    state = _read_json(path)
-    _non_negative(path, state, "global_step", int)
-    _non_negative(path, state, "skipped_steps", int)
-    _non_negative(path, state, "train_seconds", (int, float))
+    state = read_json(path, CheckpointError)
+    _count(path, state, "global_step", int)
+    _count(path, state, "skipped_steps", int)
+    _count(path, state, "train_seconds", (int, float), maximum=1e12)
+    _count(path, {"num_processes": state.get("num_processes", 1)}, "num_processes", int, maximum=1 << 20)
     if checkpoint.name.startswith(CHECKPOINT_PREFIX) and checkpoint.name[len(CHECKPOINT_PREFIX) :].isdigit():
         if state["global_step"] != checkpoint_step(checkpoint):
             raise CheckpointError(
                 f"{path}: global_step {state['global_step']} does not match the folder name {checkpoint.name}"
             )
+    best_fid = state.get("best_fid")
+    if best_fid is not None and not (
+        isinstance(best_fid, dict) and isinstance(best_fid.get("fid"), (int, float)) and math.isfinite(best_fid["fid"])
+    ):
+        raise CheckpointError(f"{path}: best_fid must be null or an object with a numeric 'fid', got {best_fid!r}")
+    for name in ("lr_scheduler", "ema", "grad_scaler"):
+        if state.get(name) is not None and not isinstance(state.get(name), dict):
+            raise CheckpointError(f"{path}: {name} must be an object, got {state.get(name)!r}")
     files = state.get("files")
     if not isinstance(files, dict):
         raise CheckpointError(f"{path}: no 'files' record (not written by this version of the pipeline?)")
@@ -376,69 +425,85 @@ def read_training_state(checkpoint: Path) -> dict:
     return state
 
 
-def load_checkpoint(checkpoint: Path, accelerator, parts, stream=None) -> TrainingState:
-    """Restore `parts` (pipeline.train.TrainingParts), the generators and the stream position from `checkpoint`;
-    returns where the run was. Raises CheckpointError naming the bad file."""
+def load_checkpoint(checkpoint: Path, accelerator, parts, stream=None) -> dict:
+    """Restore `parts` (pipeline.train.TrainingParts), the generators and the stream position from `checkpoint`, every
+    file checked before anything changes; the settings of `parts.config` that differ from the checkpoint's are applied
+    (see check_resume_compatible). Returns the record's counters. Raises CheckpointError naming the bad file."""
     state = read_training_state(checkpoint)
     state_path = checkpoint / STATE_FILE
-    unet, optimizer, lr_scheduler, ema = parts.unet, parts.optimizer, parts.lr_scheduler, parts.ema
+    config, ema, index = parts.config, parts.ema, accelerator.process_index
+    model = accelerator.unwrap_model(parts.unet, keep_fp32_wrapper=False, keep_torch_compile=False)
 
-    model = accelerator.unwrap_model(unet, keep_fp32_wrapper=False, keep_torch_compile=False)
-    weights_path = checkpoint / "unet" / WEIGHTS_NAME
+    # 1. read and check everything
+    own = model.state_dict()
+    weights = _read_tensors(checkpoint / "unet" / WEIGHTS_NAME, own)
+    names = [name for name, _ in model.named_parameters()]
+    folders = [ema_folder_name(number, decay) for number, decay in enumerate(ema.max_decays)] if ema else []
+    averages = [_read_tensors(checkpoint / folder / WEIGHTS_NAME, own) for folder in folders]
+    optimizer_state = _optimizer_state_dict(
+        parts.optimizer, checkpoint / "optimizer.safetensors", checkpoint / "optimizer.json"
+    )
     try:
-        model.load_state_dict(_read_tensors(weights_path))
-    except RuntimeError as error:
-        raise CheckpointError(f"{weights_path}: does not fit the model ({str(error).splitlines()[0]})") from None
-    if ema is not None:
-        folders = [
-            checkpoint / ema_folder_name(index, decay) / WEIGHTS_NAME for index, decay in enumerate(ema.max_decays)
-        ]
-        try:
-            ema.load_state(state.get("ema") or {}, [_read_tensors(folder) for folder in folders])
-        except ValueError as error:
-            raise CheckpointError(f"{checkpoint / ema_folder_name(0, 0)}: the EMA {error}") from None
-
-    optimizer_path = checkpoint / "optimizer.safetensors"
-    try:
-        optimizer.load_state_dict(
-            _optimizer_state_dict(_read_tensors(optimizer_path), _read_json(checkpoint / "optimizer.json"))
-        )
-    except (KeyError, ValueError, TypeError, AttributeError) as error:
-        raise CheckpointError(
-            f"{optimizer_path}: does not fit the optimizer ({type(error).__name__}: {error})"
-        ) from None
-    try:
-        lr_scheduler.load_state_dict(dict(state["lr_scheduler"]))
-        if accelerator.scaler is not None:
-            accelerator.scaler.load_state_dict(state["grad_scaler"])
-    except (KeyError, ValueError, TypeError, AttributeError) as error:
-        raise CheckpointError(
-            f"{state_path}: malformed LR schedule or grad scaler state ({type(error).__name__}: {error})"
-        ) from None
-
-    index = accelerator.process_index
+        saved_schedule = {
+            key: value for key, value in (state.get("lr_scheduler") or {}).items() if key != "lr_lambdas"
+        }
+        template = {key: value for key, value in parts.lr_scheduler.state_dict().items() if key != "lr_lambdas"}
+        _like(template, saved_schedule, "lr_scheduler")  # (lr_lambdas: the schedule is rebuilt, never loaded)
+        if saved_schedule["last_epoch"] != state["global_step"]:
+            raise ValueError(f"lr_scheduler.last_epoch: {saved_schedule['last_epoch']}, not the step")
+        if saved_schedule["base_lrs"] != [group.get("initial_lr") for group in optimizer_state["param_groups"]]:
+            raise ValueError("lr_scheduler.base_lrs: not the optimizer's initial learning rates")
+        if accelerator.scaler is not None and state.get("grad_scaler") is not None:
+            _like(accelerator.scaler.state_dict(), state["grad_scaler"], "grad_scaler")
+        if ema is not None:
+            ema.check_state(state.get("ema"), [{name: stored[name] for name in names} for stored in averages])
+    except (ValueError, TypeError, KeyError) as error:
+        raise CheckpointError(f"{state_path}: malformed state ({error})") from None
     rng_path = checkpoint / f"rng_state_{index}.json"
-    if index < state.get("num_processes", 1) or rng_path.exists():
+    generators = None
+    if index < state.get("num_processes", 1):
         try:
-            set_rng_state(_read_json(rng_path))
-        except (KeyError, ValueError, TypeError, RuntimeError) as error:
+            generators = parse_rng_state(read_json(rng_path, CheckpointError))
+        except (KeyError, ValueError, TypeError) as error:
             raise CheckpointError(f"{rng_path}: malformed generator state ({type(error).__name__}: {error})") from None
+    stream_path = checkpoint / f"stream_state_{index}.json"
+    if stream is not None:
+        stream_state = read_json(stream_path, CheckpointError)
+        try:
+            stream.check_state(stream_state)
+        except ValueError as error:
+            raise CheckpointError(f"{stream_path}: malformed stream position ({error})") from None
+
+    # 2. restore
+    model.load_state_dict(weights)
+    if ema is not None:
+        ema.load_state(state["ema"], [{name: stored[name] for name in names} for stored in averages])
+    parts.optimizer.load_state_dict(optimizer_state)
+    for group in parts.optimizer.param_groups:  # the settings of this run; unchanged ones are the same values
+        group.update(betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_epsilon,
+                     weight_decay=config.adam_weight_decay, initial_lr=config.learning_rate)  # fmt: skip
+    position_lr_schedule(getattr(parts.lr_scheduler, "scheduler", parts.lr_scheduler), state["global_step"])
+    if accelerator.scaler is not None and state.get("grad_scaler") is not None:
+        accelerator.scaler.load_state_dict(state["grad_scaler"])
+    if generators is not None:
+        set_rng_state(generators)
     else:
         warnings.warn(
             f"{checkpoint} was written by {state.get('num_processes')} process(es): process {index} starts its "
             "dropout generator from the seed, so dropout draws differ from an uninterrupted run"
         )
     if stream is not None:
-        stream_path = checkpoint / f"stream_state_{index}.json"
-        try:
-            stream.load_state(_read_json(stream_path))
-        except (KeyError, ValueError, TypeError) as error:
-            raise CheckpointError(
-                f"{stream_path}: malformed stream position ({type(error).__name__}: {error})"
-            ) from None
-    best_fid = state.get("best_fid")
-    if best_fid is not None and not (isinstance(best_fid, dict) and isinstance(best_fid.get("fid"), (int, float))):
-        raise CheckpointError(
-            f"{state_path}: best_fid must be null or an object with a numeric 'fid', got {best_fid!r}"
-        )
-    return TrainingState(state["global_step"], float(state["train_seconds"]), state["skipped_steps"], best_fid)
+        stream.load_state(stream_state)
+    return {name: state.get(name) for name in COUNTERS}
+
+
+def position_lr_schedule(lr_scheduler, step: int) -> None:
+    """Put a LambdaLR (every schedule here is one) at optimizer step `step`: lr = base lr x lambda(step), as its own
+    step() computes it. The schedule is a pure function of the step, so a resume rebuilds it from the run's config
+    (a changed learning rate, schedule or budget applies from the resumed step on) instead of loading it."""
+    lr_scheduler.base_lrs = [group["initial_lr"] for group in lr_scheduler.optimizer.param_groups]
+    lr_scheduler.last_epoch, lr_scheduler._step_count = step, step + 1
+    rates = [base * schedule(step) for base, schedule in zip(lr_scheduler.base_lrs, lr_scheduler.lr_lambdas)]
+    for group, rate in zip(lr_scheduler.optimizer.param_groups, rates):
+        group["lr"] = rate
+    lr_scheduler._last_lr = rates

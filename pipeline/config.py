@@ -1,9 +1,11 @@
 """The training configuration: one typed dataclass, the single source of truth for every option.
 
-Its defaults are the quickstart recipe (configs/quickstart.yaml spells them out with the reasons,
-and a test keeps the two equal). pipeline/arguments.py fills it from a preset and the command
-line; `TrainingConfig(...)` in Python applies the same rules. Invalid values raise ConfigError
-naming the field, before any work.
+Its defaults are the quickstart recipe (configs/quickstart.yaml spells them out with the reasons, and a test
+keeps the two equal). A field's checks are data on the field (`option(...)`: choices, bounds, and whether a
+resume may change it); `validate` applies them to every field, then checks what relates fields to each other.
+A preset (YAML, or a run's training_config.json) is read by `load_preset`; the command line
+(pipeline/arguments.py) and `TrainingConfig(...)` in Python apply the same rules. Invalid values raise
+ConfigError naming the field, before any work.
 """
 
 import dataclasses
@@ -14,351 +16,329 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
+import yaml
+
+from .errors import ConfigError
+
 
 DOWN_BLOCK_TYPES = ("DownBlock2D", "AttnDownBlock2D", "ResnetDownsampleBlock2D")
 UP_BLOCK_TYPES = ("UpBlock2D", "AttnUpBlock2D", "ResnetUpsampleBlock2D")
-MID_BLOCK_TYPES = ("UNetMidBlock2D",)
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_min_lr", "polynomial")
 SAMPLERS = ("ddpm", "ddim", "dpmsolver++", "sde-dpmsolver++", "unipc")
-# Accelerate's trackers
-LOGGERS = (
-    "tensorboard",
-    "wandb",
-    "comet_ml",
-    "mlflow",
-    "aim",
-    "clearml",
-    "dvclive",
-    "swanlab",
-    "trackio",
-)
-LOG_LEVELS = ("debug", "info", "warning", "error")
+LOGGERS = ("tensorboard", "wandb", "comet_ml", "mlflow", "aim", "clearml", "dvclive", "swanlab", "trackio", "none")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 FID_MODES = ("clean", "legacy_pytorch")  # clean-fid's resizing modes
+PRECISIONS = ("auto", "no", "fp16", "bf16")
 MAX_SEED = 2**32 - 1
+MAX_TIMESTEPS = 10_000  # T; improved DDPM's longest schedule is 4,000
+MAX_RESOLUTION = 2048
+MAX_STEPS = 10**9
+MAX_PRESET_BYTES = 2**20  # a preset is a few KB
 HUB_ID = re.compile(r"(?:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}")
 
+# What a resume may do with a field (its metadata "resume"): MATCH, refused with both values when it differs from
+# the checkpoint's (the data and its preprocessing, the model, the diffusion process, the draws); CHANGE, applied
+# from the resumed step on and reported (pipeline/checkpoint.py).
+MATCH, CHANGE = "match", "change"
 
-class ConfigError(ValueError):
-    """An invalid configuration value; the message starts with the field's name."""
+
+def option(
+    default, help: str = "", *, choices=None, minimum=None, maximum=None, above=None, below=None, resume=CHANGE
+):
+    """A TrainingConfig field: its default, help, the values it takes (for a list: each item) and whether a resume may
+    change it. `minimum`/`maximum` are inclusive bounds, `above`/`below` exclusive ones."""
+    checks = {"choices": choices, "minimum": minimum, "maximum": maximum, "above": above, "below": below}
+    metadata = {"help": help, "resume": resume, **{key: value for key, value in checks.items() if value is not None}}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
 class TrainingConfig:
     # ----- data -----
-    train_data_dir: Optional[str] = field(
-        default=None, metadata={"help": "Folder of images (searched recursively) or a .zip of them."}
+    train_data_dir: Optional[str] = option(
+        None, "Folder of images (searched recursively) or a .zip of them.", resume=MATCH
     )
-    dataset_name: Optional[str] = field(
-        default="data/fashion_mnist",
-        metadata={
-            "help": "Hub dataset id or local dataset folder (parquet, save_to_disk). Default: the embedded subset."
-        },
+    dataset_name: Optional[str] = option(
+        "data/fashion_mnist",
+        "Hub dataset id or local dataset folder (parquet, save_to_disk). Default: the embedded subset.",
+        resume=MATCH,
     )
-    dataset_config_name: Optional[str] = field(default=None, metadata={"help": "Configuration of --dataset_name."})
-    split: str = field(default="train", metadata={"help": "Split of --dataset_name to train on."})
-    image_column: Optional[str] = field(
-        default=None, metadata={"help": "Image column; default: the first Image feature."}
+    dataset_config_name: Optional[str] = option(None, "Configuration of --dataset_name.", resume=MATCH)
+    split: str = option("train", "Split of --dataset_name to train on.", resume=MATCH)
+    image_column: Optional[str] = option(None, "Image column; default: the first Image feature.", resume=MATCH)
+    cache_dir: Optional[str] = option(None, "datasets cache folder (default: HF_DATASETS_CACHE).")
+    max_train_samples: Optional[int] = option(
+        None, "Train on this many images drawn at random with --seed.", minimum=1, maximum=MAX_STEPS, resume=MATCH
     )
-    cache_dir: Optional[str] = field(
-        default=None, metadata={"help": "datasets cache folder (default: HF_DATASETS_CACHE)."}
+    resolution: int = option(
+        28, "Training resolution in pixels (square).", minimum=1, maximum=MAX_RESOLUTION, resume=MATCH
     )
-    max_train_samples: Optional[int] = field(
-        default=None, metadata={"help": "Train on this many images drawn at random with --seed."}
+    image_channels: Optional[int] = option(
+        None,
+        "The UNet's in/out channels: 1 (grayscale), 3 (RGB), or auto (none): 1 when every image is grayscale, else 3 "
+        "(a stream is read as RGB).",
+        choices=(1, 3),
+        resume=MATCH,
     )
-    resolution: int = field(default=28, metadata={"help": "Training resolution in pixels (square)."})
-    image_channels: Optional[int] = field(
-        default=None,
-        metadata={
-            "help": "The UNet's in/out channels: 1 (grayscale), 3 (RGB), or auto (none): 1 when every image is "
-            "grayscale, else 3 (a stream is read as RGB)."
-        },
+    intermediate_resolution: Optional[int] = option(
+        None,
+        "Resize to this size first, then to --resolution (the report: 1024 -> 256 -> 64).",
+        minimum=1,
+        maximum=4 * MAX_RESOLUTION,
+        resume=MATCH,
     )
-    intermediate_resolution: Optional[int] = field(
-        default=None,
-        metadata={"help": "Resize to this size first, then to --resolution (the report: 1024 -> 256 -> 64)."},
+    center_crop: bool = option(
+        True, "Scale the short side and crop the centre; false: squash to a square.", resume=MATCH
     )
-    center_crop: bool = field(
-        default=True, metadata={"help": "Scale the short side and crop the centre; false: squash to a square."}
+    min_image_size: Optional[int] = option(
+        None, "Skip images whose short side is below this; default: half of --resolution.", minimum=0, resume=MATCH
     )
-    min_image_size: Optional[int] = field(
-        default=None, metadata={"help": "Skip images whose short side is below this; default: half of --resolution."}
+    strict_data: bool = option(False, "Stop on the first unusable file instead of skipping it.")
+    max_image_bytes: int = option(
+        64 * 2**20,
+        "Skip image files (or archive members) larger than this, without reading them.",
+        above=0,
+        maximum=2**32,
+        resume=MATCH,
     )
-    strict_data: bool = field(
-        default=False, metadata={"help": "Stop on the first unusable file instead of skipping it."}
+    preprocessing_num_workers: Optional[int] = option(
+        None, "Processes that decode images; default: every core for 256 images or more.", minimum=1, maximum=1024
     )
-    max_image_bytes: int = field(
-        default=64 * 2**20,
-        metadata={"help": "Skip image files (or archive members) larger than this, without reading them."},
+    random_flip: bool = option(True, "Random horizontal flip, per batch, on the device.", resume=MATCH)
+    streaming: bool = option(
+        False, "Stream --dataset_name and decode on the fly, no cache: for sources larger than the disk.", resume=MATCH
     )
-    preprocessing_num_workers: Optional[int] = field(
-        default=None, metadata={"help": "Processes that decode images; default: every core for 256 images or more."}
-    )
-    random_flip: bool = field(default=True, metadata={"help": "Random horizontal flip, per batch, on the device."})
-    streaming: bool = field(
-        default=False,
-        metadata={"help": "Stream --dataset_name and decode on the fly, no cache: for sources larger than the disk."},
-    )
-    shuffle_buffer_size: int = field(
-        default=1000, metadata={"help": "Shuffle buffer of the streamed source, in images."}
+    shuffle_buffer_size: int = option(
+        1000, "Shuffle buffer of the streamed source, in images.", minimum=1, maximum=10**6, resume=MATCH
     )
 
     # ----- model: UNet2DModel arguments -----
-    model_config_name_or_path: Optional[str] = field(
-        default=None,
-        metadata={
-            "help": "A UNet2DModel config (config.json, its folder, or a Hub id) to build the UNet from, instead of "
-            "the fields below; its sample size and channels are set to --resolution and the data's channels."
-        },
+    model_config_name_or_path: Optional[str] = option(
+        None,
+        "A UNet2DModel config (config.json, its folder, or a Hub id) to build the UNet from, instead of the fields "
+        "below; its sample size and channels are set to --resolution and the data's channels.",
+        resume=MATCH,
     )
-    block_out_channels: list[int] = field(
-        default_factory=lambda: [32, 64, 128], metadata={"help": "Channels per level."}
+    block_out_channels: list[int] = option([32, 64, 128], "Channels per level.", minimum=1, maximum=8192, resume=MATCH)
+    layers_per_block: int = option(
+        1, "Resnets per down level (up levels have one more).", minimum=1, maximum=16, resume=MATCH
     )
-    layers_per_block: int = field(default=1, metadata={"help": "Resnets per down level (up levels have one more)."})
-    down_block_types: list[str] = field(
-        default_factory=lambda: ["DownBlock2D", "DownBlock2D", "DownBlock2D"],
-        metadata={"help": f"One of {DOWN_BLOCK_TYPES} per level."},
+    down_block_types: list[str] = option(
+        ["DownBlock2D"] * 3, f"One of {DOWN_BLOCK_TYPES} per level.", choices=DOWN_BLOCK_TYPES, resume=MATCH
     )
-    up_block_types: list[str] = field(
-        default_factory=lambda: ["UpBlock2D", "UpBlock2D", "UpBlock2D"],
-        metadata={"help": f"One of {UP_BLOCK_TYPES} per level."},
+    up_block_types: list[str] = option(
+        ["UpBlock2D"] * 3, f"One of {UP_BLOCK_TYPES} per level.", choices=UP_BLOCK_TYPES, resume=MATCH
     )
-    mid_block_type: Optional[str] = field(default="UNetMidBlock2D", metadata={"help": "UNetMidBlock2D, or none."})
-    add_attention: bool = field(default=False, metadata={"help": "Self-attention in the mid block."})
-    attention_head_dim: int = field(default=32, metadata={"help": "Channels per attention head."})
-    norm_num_groups: int = field(default=8, metadata={"help": "GroupNorm groups; divides every channel count."})
-    act_fn: Literal["silu", "relu", "gelu", "mish"] = field(default="silu", metadata={"help": "Activation."})
-    flip_sin_to_cos: bool = field(
-        default=True, metadata={"help": "Order of the sinusoidal time embedding (cos, sin)."}
+    mid_block_type: Optional[str] = option(
+        "UNetMidBlock2D", "UNetMidBlock2D, or none.", choices=("UNetMidBlock2D",), resume=MATCH
     )
-    freq_shift: int = field(default=0, metadata={"help": "Frequency shift of the time embedding."})
-    dropout: float = field(default=0.0, metadata={"help": "Dropout in the resnets."})
+    add_attention: bool = option(False, "Self-attention in the mid block.", resume=MATCH)
+    attention_head_dim: int = option(32, "Channels per attention head.", minimum=1, maximum=8192, resume=MATCH)
+    norm_num_groups: int = option(
+        8, "GroupNorm groups; divides every channel count.", minimum=1, maximum=8192, resume=MATCH
+    )
+    act_fn: Literal["silu", "relu", "gelu", "mish"] = option(
+        "silu", "Activation.", choices=("silu", "relu", "gelu", "mish"), resume=MATCH
+    )
+    flip_sin_to_cos: bool = option(True, "Order of the sinusoidal time embedding (cos, sin).", resume=MATCH)
+    freq_shift: int = option(
+        0, "Frequency shift of the time embedding.", minimum=0, maximum=MAX_TIMESTEPS, resume=MATCH
+    )
+    dropout: float = option(0.0, "Dropout in the resnets.", minimum=0, below=1)
 
     # ----- diffusion -----
-    ddpm_num_steps: int = field(default=300, metadata={"help": "Number of diffusion steps T."})
-    ddpm_beta_schedule: str = field(default="squaredcos_cap_v2", metadata={"help": f"One of {BETA_SCHEDULES}."})
-    ddpm_beta_start: float = field(default=1e-4, metadata={"help": "First beta (linear schedules)."})
-    ddpm_beta_end: float = field(default=0.02, metadata={"help": "Last beta (linear schedules)."})
-    ddpm_variance_type: str = field(
-        default="fixed_small", metadata={"help": f"Posterior variance, one of {VARIANCE_TYPES}."}
+    ddpm_num_steps: int = option(300, "Number of diffusion steps T.", minimum=1, maximum=MAX_TIMESTEPS, resume=MATCH)
+    ddpm_beta_schedule: str = option(
+        "squaredcos_cap_v2", f"One of {BETA_SCHEDULES}.", choices=BETA_SCHEDULES, resume=MATCH
     )
-    ddpm_clip_sample: bool = field(default=True, metadata={"help": "Clip the predicted x0 to [-1, 1] when sampling."})
-    prediction_type: str = field(
-        default="epsilon", metadata={"help": f"What the UNet predicts, one of {PREDICTION_TYPES}."}
+    ddpm_beta_start: float = option(1e-4, "First beta (linear schedules).", above=0, below=1, resume=MATCH)
+    ddpm_beta_end: float = option(0.02, "Last beta (linear schedules).", above=0, below=1, resume=MATCH)
+    ddpm_variance_type: str = option(
+        "fixed_small", f"Posterior variance, one of {VARIANCE_TYPES}.", choices=VARIANCE_TYPES, resume=MATCH
     )
-    loss_type: str = field(default="l2", metadata={"help": "l1 or l2 (mean squared error)."})
-    snr_gamma: Optional[float] = field(
-        default=None,
-        metadata={
-            "help": "Min-SNR-gamma loss weighting (Hang et al. 2023, arXiv:2303.09556): each timestep's loss "
-            "weighted by min(SNR, gamma) / SNR (epsilon), / (SNR + 1) (v) or as is (sample); 5 is the paper's value. "
-            "none: uniform."
-        },
+    ddpm_clip_sample: bool = option(True, "Clip the predicted x0 to [-1, 1] when sampling.", resume=MATCH)
+    prediction_type: str = option(
+        "epsilon", f"What the UNet predicts, one of {PREDICTION_TYPES}.", choices=PREDICTION_TYPES, resume=MATCH
     )
-    rescale_betas_zero_snr: bool = field(
-        default=False,
-        metadata={
-            "help": "Rescale the betas to zero terminal SNR (Lin et al. 2024, arXiv:2305.08891), so the last step "
-            "is pure noise; needs v_prediction or sample prediction, and sampling with trailing timesteps."
-        },
+    loss_type: str = option("l2", "l1 or l2 (mean squared error).", choices=("l1", "l2"))
+    snr_gamma: Optional[float] = option(
+        None,
+        "Min-SNR-gamma loss weighting (Hang et al. 2023, arXiv:2303.09556): each timestep's loss weighted by "
+        "min(SNR, gamma) / SNR (epsilon), / (SNR + 1) (v) or as is (sample); 5 is the paper's value. none: uniform.",
+        above=0,
+        maximum=10**6,
     )
-    ddpm_timestep_spacing: str = field(
-        default="trailing",
-        metadata={
-            "help": f"How samplers space fewer steps than T, one of {TIMESTEP_SPACINGS} (saved in the scheduler "
-            "config, so stock diffusers samplers space them the same way). trailing starts every sampler at "
-            "t = T - 1, where its initial noise belongs: measured better than diffusers' leading for every fast "
-            "sampler (bench/README.md, quality per compute)."
-        },
+    rescale_betas_zero_snr: bool = option(
+        False,
+        "Rescale the betas to zero terminal SNR (Lin et al. 2024, arXiv:2305.08891), so the last step is pure noise; "
+        "needs v_prediction or sample prediction, and sampling with trailing timesteps.",
+        resume=MATCH,
+    )
+    ddpm_timestep_spacing: str = option(
+        "trailing",
+        f"How samplers space fewer steps than T, one of {TIMESTEP_SPACINGS} (saved in the scheduler config, so stock "
+        "diffusers samplers space them the same way). trailing starts every sampler at t = T - 1, where its initial "
+        "noise belongs: measured better than diffusers' leading for every fast sampler (bench/README.md).",
+        choices=TIMESTEP_SPACINGS,
+        resume=MATCH,
     )
 
     # ----- optimisation -----
-    train_batch_size: int = field(default=64, metadata={"help": "Images per process per micro-batch."})
-    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
-    num_epochs: Optional[int] = field(
-        default=None, metadata={"help": "Budget in epochs (set this or --max_train_steps)."}
+    train_batch_size: int = option(64, "Images per process per micro-batch.", minimum=1, maximum=4096, resume=MATCH)
+    gradient_accumulation_steps: int = option(
+        1, "Micro-batches per optimizer step.", minimum=1, maximum=1024, resume=MATCH
     )
-    max_train_steps: Optional[int] = field(
-        default=800, metadata={"help": "Budget in optimizer steps (set this or --num_epochs)."}
+    num_epochs: Optional[int] = option(
+        None, "Budget in epochs (set this or --max_train_steps).", minimum=1, maximum=10**6
     )
-    optimizer: str = field(default="adamw", metadata={"help": "adam or adamw."})
-    learning_rate: float = field(default=2e-3, metadata={"help": "Peak learning rate."})
-    lr_scheduler: str = field(default="cosine_with_min_lr", metadata={"help": f"One of {LR_SCHEDULERS}."})
-    lr_warmup_steps: int = field(default=50, metadata={"help": "Linear warmup, in optimizer steps."})
-    min_learning_rate: float = field(default=1e-5, metadata={"help": "Floor of cosine_with_min_lr."})
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_weight_decay: float = field(default=0.0, metadata={"help": "Decoupled for adamw, L2 for adam."})
-    adam_epsilon: float = 1e-8
-    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm; 0 turns clipping off."})
-    max_bad_steps: int = field(
-        default=10,
-        metadata={
-            "help": "Steps with a non-finite loss or gradient are skipped; stop after this many in a row (0: never "
-            "stop)."
-        },
+    max_train_steps: Optional[int] = option(
+        800, "Budget in optimizer steps (set this or --num_epochs).", minimum=1, maximum=MAX_STEPS
     )
-    mixed_precision: str = field(default="bf16", metadata={"help": "no, fp16 or bf16."})
-    allow_tf32: bool = field(
-        default=True,
-        metadata={
-            "help": "On NVIDIA GPUs, TF32 for fp32 matmuls and convolutions (and cuDNN autotuning); no effect on CPUs."
-        },
+    optimizer: str = option("adamw", "adam or adamw.", choices=("adam", "adamw"), resume=MATCH)
+    learning_rate: float = option(2e-3, "Peak learning rate.", above=0)
+    lr_scheduler: str = option("cosine_with_min_lr", f"One of {LR_SCHEDULERS}.", choices=LR_SCHEDULERS)
+    lr_warmup_steps: int = option(50, "Linear warmup, in optimizer steps.", minimum=0, maximum=MAX_STEPS)
+    min_learning_rate: float = option(1e-5, "Floor of cosine_with_min_lr.", minimum=0, maximum=1)
+    adam_beta1: float = option(0.9, minimum=0, below=1)
+    adam_beta2: float = option(0.999, minimum=0, below=1)
+    adam_weight_decay: float = option(0.0, "Decoupled for adamw, L2 for adam.", minimum=0, maximum=10)
+    adam_epsilon: float = option(1e-8, above=0, below=1)
+    max_grad_norm: float = option(1.0, "Gradient clipping norm; 0 turns clipping off.", minimum=0, maximum=1e6)
+    max_bad_steps: int = option(
+        10,
+        "Steps with a non-finite loss or gradient are skipped; stop after this many in a row (0: never stop).",
+        minimum=0,
+        maximum=MAX_STEPS,
     )
-    torch_compile: bool = field(
-        default=False,
-        metadata={
-            "help": "Compile the UNet with torch.compile (inductor): pays on GPUs for long runs; minutes of compile "
-            "time."
-        },
+    mixed_precision: str = option(
+        "auto",
+        "auto, no (fp32), fp16 or bf16. auto: bf16 where the device computes it natively (a GPU with bf16, a CPU "
+        "with AMX or AVX512-BF16), fp16 with the grad scaler on other GPUs, else fp32 (emulated bf16 is ~10x slower).",
+        choices=PRECISIONS,
     )
-    torch_compile_mode: str = field(
-        default="default",
-        metadata={
-            "help": f"torch.compile mode with --torch_compile, one of {COMPILE_MODES} (reduce-overhead: CUDA graphs)."
-        },
+    allow_tf32: bool = option(
+        True, "On NVIDIA GPUs, TF32 for fp32 matmuls and convolutions (and cuDNN autotuning); no effect on CPUs."
     )
-    fused_optimizer: bool = field(
-        default=True,
-        metadata={"help": "On NVIDIA GPUs, Adam's fused kernel (one launch per step); no effect on CPUs."},
+    torch_compile: bool = option(
+        False, "Compile the UNet with torch.compile (inductor): pays on GPUs for long runs; minutes of compile time."
     )
-    cpu_threads: Optional[int] = field(
-        default=None,
-        metadata={
-            "help": "Threads per process when training on CPU; default: the available cores shared by the local "
-            "processes."
-        },
+    torch_compile_mode: str = option(
+        "default", f"torch.compile mode, one of {COMPILE_MODES} (reduce-overhead: CUDA graphs).", choices=COMPILE_MODES
+    )
+    fused_optimizer: bool = option(
+        True, "On NVIDIA GPUs, Adam's fused kernel (one launch per step); no effect on CPUs."
+    )
+    cpu_threads: Optional[int] = option(
+        None,
+        "Threads per process on CPU; default: the available cores shared by the local processes.",
+        minimum=1,
+        maximum=1024,
     )
 
     # ----- EMA (pipeline/ema.py: diffusers' EMAModel warmup, several decays) -----
-    use_ema: bool = field(default=True, metadata={"help": "Keep an EMA of the weights; export and sample from it."})
-    ema_max_decay: float = field(default=0.999, metadata={"help": "Decay of the EMA that is exported and sampled."})
-    ema_extra_decays: list[float] = field(
-        default_factory=list,
-        metadata={
-            "help": "More EMA decays tracked in the same update, checkpointed, scored by FID during training and "
-            "exported to <output_dir>/ema-<decay>/: the best EMA length is only known after training."
-        },
+    use_ema: bool = option(True, "Keep an EMA of the weights; export and sample from it.", resume=MATCH)
+    ema_max_decay: float = option(
+        0.999, "Decay of the EMA that is exported and sampled.", above=0, below=1, resume=MATCH
     )
-    ema_inv_gamma: float = 1.0
-    ema_power: float = field(
-        default=0.75, metadata={"help": "EMA warmup: decay = 1 - (1 + step / inv_gamma) ** -power."}
+    ema_extra_decays: list[float] = option(
+        [],
+        "More EMA decays tracked in the same update, checkpointed, scored by FID during training and exported to "
+        "<output_dir>/ema-<decay>/: the best EMA length is only known after training.",
+        above=0,
+        below=1,
+        resume=MATCH,
+    )
+    ema_inv_gamma: float = option(1.0, above=0, maximum=1e9, resume=MATCH)
+    ema_power: float = option(
+        0.75, "EMA warmup: decay = 1 - (1 + step / inv_gamma) ** -power.", above=0, maximum=100, resume=MATCH
     )
 
     # ----- samples, logs, checkpoints -----
-    output_dir: str = field(
-        default="ddpm-quickstart", metadata={"help": "Where the pipeline, checkpoints, samples and logs go."}
+    output_dir: str = option("ddpm-quickstart", "Where the pipeline, checkpoints, samples and logs go.")
+    seed: int = option(0, "Seed of every random draw (NumPy's range).", minimum=0, maximum=MAX_SEED, resume=MATCH)
+    logger: str = option("tensorboard", f"Experiment tracker, one of {LOGGERS} (alias: --report_to).", choices=LOGGERS)
+    logging_dir: str = option("logs", "Tracker logs, relative to --output_dir.")
+    log_level: str = option("info", "Messages shown.", choices=("debug", "info", "warning", "error"))
+    logging_steps: int = option(10, "Log loss, lr and images/s every N optimizer steps.", minimum=1, maximum=MAX_STEPS)
+    save_images_steps: int = option(
+        400, "Sample grid every N steps (and at the end); 0: at the end only.", minimum=0, maximum=MAX_STEPS
     )
-    seed: int = 0
-    logger: str = field(
-        default="tensorboard",
-        metadata={"help": f"Experiment tracker, one of {LOGGERS} or none (alias: --report_to)."},
+    save_images_epochs: Optional[int] = option(
+        None, "Instead of --save_images_steps: a sample grid every N epochs.", minimum=1, maximum=10**6
     )
-    logging_dir: str = field(default="logs", metadata={"help": "Tracker logs, relative to --output_dir."})
-    log_level: str = field(default="info", metadata={"help": f"Messages shown, one of {LOG_LEVELS}."})
-    logging_steps: int = field(default=10, metadata={"help": "Log loss, lr and images/s every N optimizer steps."})
-    save_images_steps: int = field(
-        default=400, metadata={"help": "Sample grid every N steps (and at the end); 0: at the end only."}
+    num_grid_images: int = option(
+        64, "Images in each sample grid (alias: --eval_batch_size).", minimum=1, maximum=1024
     )
-    save_images_epochs: Optional[int] = field(
-        default=None, metadata={"help": "Instead of --save_images_steps: a sample grid every N epochs."}
+    grid_sampler: str = option(
+        "sde-dpmsolver++",
+        f"Sampler for the grids, one of {SAMPLERS}; also the default of pipeline.sample and pipeline.evaluate for the "
+        "exported model.",
+        choices=SAMPLERS,
     )
-    num_grid_images: int = field(
-        default=64, metadata={"help": "Images in each sample grid (alias: --eval_batch_size)."}
+    grid_inference_steps: int = option(
+        20, "Sampler steps for the grids (alias: --ddpm_num_inference_steps).", minimum=1, maximum=MAX_TIMESTEPS
     )
-    grid_sampler: str = field(
-        default="sde-dpmsolver++",
-        metadata={
-            "help": f"Sampler for the grids, one of {SAMPLERS}; also the default of pipeline.sample and "
-            "pipeline.evaluate for the exported model."
-        },
+    save_model_steps: int = option(
+        0,
+        "Export the pipeline (EMA weights) every N steps to <output_dir>/pipeline-<step>/; 0: never.",
+        minimum=0,
+        maximum=MAX_STEPS,
     )
-    grid_inference_steps: int = field(
-        default=20, metadata={"help": "Sampler steps for the grids (alias: --ddpm_num_inference_steps)."}
+    save_model_epochs: Optional[int] = option(
+        None, "Instead of --save_model_steps: export the pipeline every N epochs.", minimum=1, maximum=10**6
     )
-    save_model_steps: int = field(
-        default=0,
-        metadata={
-            "help": "Export the pipeline (EMA weights) every N steps to <output_dir>/pipeline-<step>/; 0: never."
-        },
+    fid_steps: int = option(
+        0,
+        "Every N steps (and at the end): FID of EMA samples against --fid_reference, logged; the best weights are "
+        "exported to <output_dir>/best-fid. 0: off.",
+        minimum=0,
+        maximum=MAX_STEPS,
     )
-    save_model_epochs: Optional[int] = field(
-        default=None, metadata={"help": "Instead of --save_model_steps: export the pipeline every N epochs."}
+    fid_reference: Optional[str] = option(None, "Statistics (.npz) from `python -m pipeline.evaluate reference`.")
+    fid_num_images: int = option(
+        1000, "Samples per FID during training (a covariance needs two).", minimum=2, maximum=10**6
     )
-    fid_steps: int = field(
-        default=0,
-        metadata={
-            "help": "Every N steps (and at the end): FID of EMA samples against --fid_reference, logged; the best "
-            "weights are exported to <output_dir>/best-fid. 0: off."
-        },
+    fid_sampler: str = option("sde-dpmsolver++", f"Sampler for the FID samples, one of {SAMPLERS}.", choices=SAMPLERS)
+    fid_inference_steps: int = option(20, "Sampler steps for the FID samples.", minimum=1, maximum=MAX_TIMESTEPS)
+    fid_mode: str = option("clean", f"clean-fid mode, one of {FID_MODES}.", choices=FID_MODES)
+    inception_weights: Optional[str] = option(None, "Inception weights file, when clean-fid cannot download it.")
+    checkpointing_steps: int = option(
+        400, "Checkpoint every N optimizer steps; 0: none.", minimum=0, maximum=MAX_STEPS
     )
-    fid_reference: Optional[str] = field(
-        default=None, metadata={"help": "Statistics (.npz) from `python -m pipeline.evaluate reference`."}
+    checkpoints_total_limit: Optional[int] = option(2, "Keep at most this many checkpoints.", minimum=1, maximum=10**6)
+    resume_from_checkpoint: Optional[str] = option(
+        None, "'latest', a checkpoint folder, or a checkpoint's name in <output_dir>/checkpoints.", resume=None
     )
-    fid_num_images: int = field(default=1000, metadata={"help": "Samples per FID during training."})
-    fid_sampler: str = field(
-        default="sde-dpmsolver++", metadata={"help": f"Sampler for the FID samples, one of {SAMPLERS}."}
+    overwrite_output_dir: bool = option(
+        False,
+        "Start a new run in an --output_dir that holds files of an earlier run (or others), replacing them.",
+        resume=None,
     )
-    fid_inference_steps: int = field(default=20, metadata={"help": "Sampler steps for the FID samples."})
-    fid_mode: str = field(default="clean", metadata={"help": f"clean-fid mode, one of {FID_MODES}."})
-    inception_weights: Optional[str] = field(
-        default=None, metadata={"help": "Inception weights file, when clean-fid cannot download it."}
-    )
-    checkpointing_steps: int = field(default=400, metadata={"help": "Checkpoint every N optimizer steps; 0: none."})
-    checkpoints_total_limit: Optional[int] = field(default=2, metadata={"help": "Keep at most this many checkpoints."})
-    resume_from_checkpoint: Optional[str] = field(
-        default=None,
-        metadata={"help": "'latest', a checkpoint folder, or a checkpoint's name in <output_dir>/checkpoints."},
-    )
-    overwrite_output_dir: bool = field(
-        default=False,
-        metadata={
-            "help": "Start a new run in an --output_dir that holds checkpoints of an earlier one, deleting them."
-        },
-    )
-    dry_run: bool = field(
-        default=False, metadata={"help": "Print the resolved config, model size and step count; exit."}
-    )
-    preset: Optional[str] = field(
-        default=None, metadata={"help": "The preset this config came from: set by --config and recorded, not read."}
+    dry_run: bool = option(False, "Print the resolved config, model size and step count; exit.", resume=None)
+    preset: Optional[str] = option(
+        None, "The preset this config came from: set by --config and recorded, not read.", resume=None
     )
 
     # ----- model card and Hub (pipeline/hub.py) -----
-    push_to_hub: bool = field(
-        default=False, metadata={"help": "Upload the exported pipeline, card and samples at the end of training."}
+    push_to_hub: bool = option(False, "Upload the exported pipeline, card and samples at the end of training.")
+    hub_model_id: Optional[str] = option(
+        None, "Hub repository, 'user/name' or 'name' (under the token's user); default: the output folder's name."
     )
-    hub_model_id: Optional[str] = field(
-        default=None,
-        metadata={
-            "help": "Hub repository, 'user/name' or 'name' (under the token's user); default: the output folder's "
-            "name."
-        },
-    )
-    hub_private_repo: bool = field(default=False, metadata={"help": "Create the Hub repository private."})
-    hub_license: str = field(
-        default="mit", metadata={"help": "Licence of the weights, as the model card states it (a Hub licence id)."}
-    )
-    hub_dataset_id: Optional[str] = field(
-        default=None,
-        metadata={
-            "help": "Hub dataset id the card names as training data; default: --dataset_name when it is a Hub id."
-        },
+    hub_private_repo: bool = option(False, "Create the Hub repository private.")
+    hub_license: str = option("mit", "Licence of the weights, as the model card states it (a Hub licence id).")
+    hub_dataset_id: Optional[str] = option(
+        None, "Hub dataset id the card names as training data; default: --dataset_name when it is a Hub id."
     )
 
     def __post_init__(self):
-        # Of each pair a run uses one. Given one in Python (`TrainingConfig(num_epochs=10)`), the other one's
-        # default steps aside, as on the command line; giving both explicitly is an error (in validate).
-        for a, b in EXCLUSIVE_PAIRS:
-            if getattr(self, a) is not None and getattr(self, b) is not None:
-                a_default, b_default = getattr(self, a) == _default(a), getattr(self, b) == _default(b)
-                if a_default and not b_default:
-                    setattr(self, a, None)
-                elif b_default and not a_default:
-                    setattr(self, b, None)
+        # In Python (`TrainingConfig(num_epochs=10)`) the fields given are those that differ from their defaults
+        settle_pairs(self.__dict__, {name for name, value in self.__dict__.items() if value != _default(name)})
         validate(self)
 
     def global_batch_size(self, num_processes: int) -> int:
@@ -374,196 +354,255 @@ class TrainingConfig:
         return dataclasses.asdict(self)
 
 
-# ---------------------------------------------------------------------------------------------
-# Validation
-
-
-def _fail(name: str, message: str):
-    raise ConfigError(f"{name}: {message}")
-
-
-def _check_choice(config, name, choices):
-    value = getattr(config, name)
-    if value not in choices:
-        _fail(name, f"unknown value {value!r}; expected one of {', '.join(map(str, choices))}")
-
-
-def _check_positive(config, *names, allow_zero=False):
-    for name in names:
-        value = getattr(config, name)
-        if value is None:
-            continue
-        if not (value >= 0 if allow_zero else value > 0) or (isinstance(value, float) and not math.isfinite(value)):
-            _fail(name, f"must be {'non-negative' if allow_zero else 'positive'}, got {value}")
-
-
-def validate(config: TrainingConfig) -> None:
-    """Raise ConfigError for the first invalid field."""
-    if config.train_data_dir is None and config.dataset_name is None:
-        _fail("dataset_name", "set --dataset_name or --train_data_dir")
-    if config.train_data_dir is not None and config.dataset_name is not None:
-        _fail("train_data_dir", "set only one of --train_data_dir and --dataset_name")
-    _check_choice(config, "image_channels", (None, 1, 3))
-    _check_positive(config, "resolution", "train_batch_size", "gradient_accumulation_steps", "ddpm_num_steps")
-    _check_positive(
-        config, "learning_rate", "adam_epsilon", "num_grid_images", "grid_inference_steps", "logging_steps"
-    )
-    _check_positive(
-        config, "max_train_samples", "num_epochs", "max_train_steps", "checkpoints_total_limit", "cpu_threads"
-    )
-    _check_positive(
-        config, "lr_warmup_steps", "min_learning_rate", "adam_weight_decay", "max_grad_norm", allow_zero=True
-    )
-    _check_positive(config, "intermediate_resolution", "preprocessing_num_workers")
-    _check_positive(config, "min_image_size", allow_zero=True)
-    _check_positive(config, "shuffle_buffer_size", "max_image_bytes")
-    if config.streaming:
-        if config.dataset_name is None:
-            _fail(
-                "streaming",
-                "streams --dataset_name sources; a folder or zip on disk is decoded once into a much smaller cache",
-            )
-        if config.num_epochs is not None:
-            _fail("num_epochs", "a streamed source has no known length; give the budget as --max_train_steps")
-        if config.max_train_samples is not None:
-            _fail(
-                "max_train_samples", "drawing a random subset needs the whole source; not available with --streaming"
-            )
-    if config.intermediate_resolution is not None and config.intermediate_resolution < config.resolution:
-        _fail("intermediate_resolution", f"{config.intermediate_resolution} is below resolution {config.resolution}")
-    _check_positive(config, "save_images_steps", "checkpointing_steps", "dropout", "freq_shift", allow_zero=True)
-
-    # model
-    num_levels = len(config.block_out_channels)
-    if num_levels == 0:
-        _fail("block_out_channels", "needs at least one level")
-    for name in ("down_block_types", "up_block_types"):
-        if len(getattr(config, name)) != num_levels:
-            _fail(name, f"has {len(getattr(config, name))} entries but block_out_channels has {num_levels}")
-    for name, choices in (("down_block_types", DOWN_BLOCK_TYPES), ("up_block_types", UP_BLOCK_TYPES)):
-        for value in getattr(config, name):
-            if value not in choices:
-                _fail(name, f"unknown block {value!r}; expected one of {', '.join(choices)}")
-    if config.mid_block_type is not None:
-        _check_choice(config, "mid_block_type", MID_BLOCK_TYPES)
-    _check_positive(config, "layers_per_block", "norm_num_groups", "attention_head_dim")
-    for channels in config.block_out_channels:
-        if channels <= 0 or channels % config.norm_num_groups:
-            _fail(
-                "block_out_channels",
-                f"{channels} is not a positive multiple of norm_num_groups={config.norm_num_groups}",
-            )
-    uses_attention = config.add_attention or any("Attn" in t for t in config.down_block_types + config.up_block_types)
-    if uses_attention and any(channels % config.attention_head_dim for channels in config.block_out_channels):
-        _fail("attention_head_dim", f"{config.attention_head_dim} does not divide every block_out_channels entry")
-    _check_choice(config, "act_fn", typing.get_args(TrainingConfig.__annotations__["act_fn"]))
-    if config.resolution % config.downsampling_factor:
-        _fail(
-            "resolution",
-            f"{config.resolution} is not divisible by the UNet's downsampling factor {config.downsampling_factor} "
-            f"({num_levels} levels halve it {num_levels - 1} times)",
-        )
-    if config.dropout >= 1:
-        _fail("dropout", f"must be below 1, got {config.dropout}")
-
-    # diffusion
-    _check_choice(config, "ddpm_beta_schedule", BETA_SCHEDULES)
-    _check_choice(config, "ddpm_variance_type", VARIANCE_TYPES)
-    _check_choice(config, "prediction_type", PREDICTION_TYPES)
-    _check_choice(config, "loss_type", ("l1", "l2"))
-    _check_choice(config, "ddpm_timestep_spacing", TIMESTEP_SPACINGS)
-    _check_positive(config, "snr_gamma")
-    if config.rescale_betas_zero_snr and config.prediction_type == "epsilon":
-        _fail(
-            "rescale_betas_zero_snr",
-            "at zero terminal SNR the last step's input is pure noise, so an epsilon prediction says nothing about "
-            "the image: use --prediction_type v_prediction (or sample)",
-        )
-    if not 0 < config.ddpm_beta_start < 1:
-        _fail("ddpm_beta_start", f"must lie in (0, 1), got {config.ddpm_beta_start}")
-    if not 0 < config.ddpm_beta_end < 1:
-        _fail("ddpm_beta_end", f"must lie in (0, 1), got {config.ddpm_beta_end}")
-    if config.ddpm_beta_end <= config.ddpm_beta_start:
-        _fail(
-            "ddpm_beta_end",
-            f"must be greater than ddpm_beta_start ({config.ddpm_beta_end} <= {config.ddpm_beta_start})",
-        )
-
-    # optimisation
-    _check_choice(config, "optimizer", ("adam", "adamw"))
-    _check_choice(config, "lr_scheduler", LR_SCHEDULERS)
-    _check_choice(config, "mixed_precision", ("no", "fp16", "bf16"))
-    _check_choice(config, "torch_compile_mode", COMPILE_MODES)
-    for name in ("adam_beta1", "adam_beta2"):
-        if not 0 <= getattr(config, name) < 1:
-            _fail(name, f"must lie in [0, 1), got {getattr(config, name)}")
-    if (config.num_epochs is None) == (config.max_train_steps is None):
-        _fail("max_train_steps", "give the budget as exactly one of --num_epochs and --max_train_steps")
-    if config.lr_scheduler == "cosine_with_min_lr" and config.min_learning_rate >= config.learning_rate:
-        _fail(
-            "min_learning_rate", f"must be below learning_rate ({config.min_learning_rate} >= {config.learning_rate})"
-        )
-    if not 0 < config.ema_max_decay < 1:
-        _fail("ema_max_decay", f"must lie in (0, 1), got {config.ema_max_decay}")
-    for decay in config.ema_extra_decays:
-        if not 0 < decay < 1:
-            _fail("ema_extra_decays", f"each decay must lie in (0, 1), got {decay}")
-    if len(set(config.ema_extra_decays + [config.ema_max_decay])) != len(config.ema_extra_decays) + 1:
-        _fail(
-            "ema_extra_decays",
-            f"must differ from each other and from ema_max_decay ({config.ema_max_decay}), got "
-            f"{config.ema_extra_decays}",
-        )
-    _check_positive(config, "ema_inv_gamma", "ema_power")
-    _check_positive(config, "max_bad_steps", allow_zero=True)
-
-    # outputs
-    if isinstance(config.seed, bool) or not 0 <= config.seed <= MAX_SEED:
-        _fail("seed", f"must lie in [0, {MAX_SEED}] (NumPy's seed range), got {config.seed}")
-    _check_choice(config, "logger", LOGGERS + ("none",))
-    _check_choice(config, "log_level", LOG_LEVELS)
-    if not config.logging_dir or Path(config.logging_dir).is_absolute() or ".." in Path(config.logging_dir).parts:
-        _fail("logging_dir", f"must be a folder inside --output_dir, got {config.logging_dir!r}")
-    _check_positive(config, "save_images_epochs", "save_model_epochs")
-    _check_positive(config, "save_model_steps", allow_zero=True)
-    _check_choice(config, "grid_sampler", SAMPLERS)
-    _check_positive(config, "fid_steps", allow_zero=True)
-    _check_positive(config, "fid_inference_steps")
-    for name in ("grid_inference_steps", "fid_inference_steps"):
-        if getattr(config, name) > config.ddpm_num_steps:
-            _fail(
-                name,
-                f"{getattr(config, name)} sampler steps, but the model has only "
-                f"ddpm_num_steps={config.ddpm_num_steps}",
-            )
-    if config.fid_num_images < 2:
-        _fail("fid_num_images", f"must be at least 2 (a covariance needs two samples), got {config.fid_num_images}")
-    _check_choice(config, "fid_sampler", SAMPLERS)
-    _check_choice(config, "fid_mode", FID_MODES)
-    if config.fid_steps and config.fid_reference is None:
-        _fail(
-            "fid_reference",
-            "--fid_steps needs reference statistics: make them with `python -m pipeline.evaluate reference`",
-        )
-    if not config.output_dir:
-        _fail("output_dir", "must not be empty")
-    if config.hub_model_id is not None and not HUB_ID.fullmatch(config.hub_model_id):
-        _fail(
-            "hub_model_id",
-            f"must be 'name' or 'user/name' (letters, digits, '-', '_', '.'), got {config.hub_model_id!r}",
-        )
-    if config.hub_dataset_id is not None and not HUB_ID.fullmatch(config.hub_dataset_id):
-        _fail("hub_dataset_id", f"must be 'name' or 'user/name', got {config.hub_dataset_id!r}")
-    if not config.hub_license:
-        _fail("hub_license", "must not be empty (use 'other' and say more in the card)")
-
-
-# Pairs of options of which a run uses exactly one. Giving one of them on the command line
-# replaces the other if the preset set it (`--config report.yaml --max_train_steps 10`).
-EXCLUSIVE_PAIRS = (("num_epochs", "max_train_steps"), ("train_data_dir", "dataset_name"))
+FIELDS = {item.name: item for item in dataclasses.fields(TrainingConfig)}
+TYPES = typing.get_type_hints(TrainingConfig)
 
 
 def _default(name: str):
-    """A field's default value."""
-    item = TrainingConfig.__dataclass_fields__[name]
+    item = FIELDS[name]
     return item.default_factory() if item.default_factory is not dataclasses.MISSING else item.default
+
+
+# ---------------------------------------------------------------------------------------------
+# The pair rule: of each pair a run uses exactly one
+
+
+# (field, field, the error when both are given)
+EXCLUSIVE_PAIRS = (
+    (
+        "num_epochs",
+        "max_train_steps",
+        "max_train_steps: give the budget as exactly one of --num_epochs and --max_train_steps",
+    ),
+    ("train_data_dir", "dataset_name", "train_data_dir: set only one of --train_data_dir and --dataset_name"),
+)
+
+
+def settle_pairs(values: dict, given: set, preset: Optional[Path] = None) -> None:
+    """Of each exclusive pair, the one just given (in Python, in a `preset`, or on the command line) replaces the
+    other; giving both at once is refused."""
+    for first, second, message in EXCLUSIVE_PAIRS:
+        chosen = [name for name in (first, second) if name in given and values.get(name) is not None]
+        if len(chosen) == 2:
+            raise ConfigError(
+                f"{first}: {preset} sets both {first} and {second}; a preset sets at most one" if preset else message
+            )
+        if chosen:
+            values[second if chosen[0] == first else first] = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks of one field (type, choices, bounds), shared with the model-folder checks of pipeline/model.py
+
+
+def _type_error(name, value, expected):
+    raise ConfigError(f"{name}: expected {expected}, got {value!r} ({type(value).__name__})")
+
+
+def check_type(name: str, value, annotation=None):
+    """`value` checked against the field's type (or `annotation`); a number in a string (PyYAML reads `1e-4` so)
+    where a float belongs becomes the float. Returns the value."""
+    annotation = TYPES[name] if annotation is None else annotation
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Union:  # Optional[X]
+        return None if value is None else check_type(name, value, next(arg for arg in args if arg is not type(None)))
+    if value is None:
+        raise ConfigError(f"{name}: must not be null")
+    if origin is list:
+        if not isinstance(value, list):
+            _type_error(name, value, "a list")
+        return [check_type(name, item, args[0]) for item in value]
+    if origin is Literal:
+        annotation = type(args[0])
+    if annotation is bool and not isinstance(value, bool):
+        _type_error(name, value, "true or false")
+    if annotation is int and (isinstance(value, bool) or not isinstance(value, int)):
+        _type_error(name, value, "an integer")
+    if annotation is float:
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                _type_error(name, value, "a number")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            _type_error(name, value, "a number")
+        return float(value)
+    if annotation is str and not isinstance(value, str):
+        _type_error(name, value, "a string")
+    return value
+
+
+def _bound_error(checks: dict, value) -> Optional[str]:
+    """What is wrong with a number against the bounds in `checks`, or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "must be a finite number"
+    low, high = checks.get("above", checks.get("minimum")), checks.get("below", checks.get("maximum"))
+    interval = f"must lie in {'(' if 'above' in checks else '['}{low}, {high}{')' if 'below' in checks else ']'}"
+    too_low = ("above" in checks and value <= checks["above"]) or ("minimum" in checks and value < checks["minimum"])
+    too_high = ("below" in checks and value >= checks["below"]) or ("maximum" in checks and value > checks["maximum"])
+    if too_low:
+        if checks.get("above") == 0:
+            return "must be positive"
+        return interval if high is not None else "must be non-negative" if low == 0 else f"must be at least {low}"
+    if too_high:
+        return interval if low is not None else f"must be at most {high}"
+    return None
+
+
+def check_field(name: str, value, checks: Optional[dict] = None) -> None:
+    """The choices and bounds of field `name` (or `checks`) hold for `value` (for a list, for each item)."""
+    checks = FIELDS[name].metadata if checks is None else checks
+    for item in value if isinstance(value, list) else [value]:
+        if item is None:
+            continue
+        if "choices" in checks and item not in checks["choices"]:
+            raise ConfigError(
+                f"{name}: unknown value {item!r}; expected one of {', '.join(map(str, checks['choices']))}"
+            )
+        if isinstance(item, (int, float)) and not isinstance(item, bool):
+            problem = _bound_error(checks, item)
+            if problem:
+                raise ConfigError(f"{name}: {problem}, got {item}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole config
+
+
+def validate(config: TrainingConfig) -> None:
+    """Raise ConfigError for the first invalid field: each field's own checks, then the relations between fields."""
+    for name in FIELDS:
+        setattr(config, name, check_type(name, getattr(config, name)))
+        check_field(name, getattr(config, name))
+
+    # data
+    if config.train_data_dir is None and config.dataset_name is None:
+        raise ConfigError("dataset_name: set --dataset_name or --train_data_dir")
+    if config.streaming:
+        if config.dataset_name is None:
+            raise ConfigError(
+                "streaming: streams --dataset_name sources; a folder or zip on disk is decoded once into a much "
+                "smaller cache"
+            )
+        if config.num_epochs is not None:
+            raise ConfigError(
+                "num_epochs: a streamed source has no known length; give the budget as --max_train_steps"
+            )
+        if config.max_train_samples is not None:
+            raise ConfigError(
+                "max_train_samples: drawing a random subset needs the whole source; not available with --streaming"
+            )
+    if config.intermediate_resolution is not None and config.intermediate_resolution < config.resolution:
+        raise ConfigError(
+            f"intermediate_resolution: {config.intermediate_resolution} is below resolution {config.resolution}"
+        )
+
+    # model
+    levels = len(config.block_out_channels)
+    if not 1 <= levels <= 8:
+        raise ConfigError(f"block_out_channels: needs 1 to 8 levels, got {levels}")
+    for name in ("down_block_types", "up_block_types"):
+        if len(getattr(config, name)) != levels:
+            raise ConfigError(f"{name}: has {len(getattr(config, name))} entries but block_out_channels has {levels}")
+    for channels in config.block_out_channels:
+        if channels % config.norm_num_groups:
+            raise ConfigError(
+                f"block_out_channels: {channels} is not a multiple of norm_num_groups={config.norm_num_groups}"
+            )
+    uses_attention = config.add_attention or any("Attn" in t for t in config.down_block_types + config.up_block_types)
+    if uses_attention and any(channels % config.attention_head_dim for channels in config.block_out_channels):
+        raise ConfigError(
+            f"attention_head_dim: {config.attention_head_dim} does not divide every block_out_channels entry"
+        )
+    if config.resolution % config.downsampling_factor:
+        raise ConfigError(
+            f"resolution: {config.resolution} is not divisible by the UNet's downsampling factor "
+            f"{config.downsampling_factor} ({levels} levels halve it {levels - 1} times)"
+        )
+
+    # diffusion
+    if config.rescale_betas_zero_snr and config.prediction_type == "epsilon":
+        raise ConfigError(
+            "rescale_betas_zero_snr: at zero terminal SNR the last step's input is pure noise, so an epsilon "
+            "prediction says nothing about the image: use --prediction_type v_prediction (or sample)"
+        )
+    if config.ddpm_beta_end <= config.ddpm_beta_start:
+        raise ConfigError(
+            f"ddpm_beta_end: must be greater than ddpm_beta_start ({config.ddpm_beta_end} <= {config.ddpm_beta_start})"
+        )
+
+    # optimisation and EMA
+    if (config.num_epochs is None) == (config.max_train_steps is None):
+        raise ConfigError("max_train_steps: give the budget as exactly one of --num_epochs and --max_train_steps")
+    if config.lr_scheduler == "cosine_with_min_lr" and config.min_learning_rate >= config.learning_rate:
+        raise ConfigError(
+            f"min_learning_rate: must be below learning_rate ({config.min_learning_rate} >= {config.learning_rate})"
+        )
+    if len(set(config.ema_extra_decays + [config.ema_max_decay])) != len(config.ema_extra_decays) + 1:
+        raise ConfigError(
+            f"ema_extra_decays: must differ from each other and from ema_max_decay ({config.ema_max_decay}), got "
+            f"{config.ema_extra_decays}"
+        )
+
+    # outputs
+    if not config.logging_dir or Path(config.logging_dir).is_absolute() or ".." in Path(config.logging_dir).parts:
+        raise ConfigError(f"logging_dir: must be a folder inside --output_dir, got {config.logging_dir!r}")
+    for name in ("grid_inference_steps", "fid_inference_steps"):
+        if getattr(config, name) > config.ddpm_num_steps:
+            raise ConfigError(
+                f"{name}: {getattr(config, name)} sampler steps, but the model has only "
+                f"ddpm_num_steps={config.ddpm_num_steps}"
+            )
+    if config.fid_steps and config.fid_reference is None:
+        raise ConfigError(
+            "fid_reference: --fid_steps needs reference statistics: make them with `python -m pipeline.evaluate "
+            "reference`"
+        )
+    if not config.output_dir:
+        raise ConfigError("output_dir: must not be empty")
+    for name in ("hub_model_id", "hub_dataset_id"):
+        if getattr(config, name) is not None and not HUB_ID.fullmatch(getattr(config, name)):
+            value = getattr(config, name)
+            raise ConfigError(f"{name}: must be 'name' or 'user/name' (letters, digits, '-', '_', '.'), got {value!r}")
+    if not config.hub_license:
+        raise ConfigError("hub_license: must not be empty (use 'other' and say more in the card)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Presets
+
+
+def load_preset(path) -> dict:
+    """Read a YAML preset (or a run's training_config.json) into checked field values. Raises ConfigError naming the
+    file or the field: missing, a folder, too large, not UTF-8, not YAML, too deeply nested, unknown keys, wrong types,
+    both of an exclusive pair."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config: {path} is a folder, not a preset file")
+    if not path.is_file():
+        raise ConfigError(f"config: no such file: {path}")
+    if path.stat().st_size > MAX_PRESET_BYTES:
+        raise ConfigError(
+            f"config: {path} is {path.stat().st_size:,} bytes; a preset holds at most {MAX_PRESET_BYTES:,}"
+        )
+    try:
+        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"config: {path} is not UTF-8 text ({error})") from None
+    except (yaml.YAMLError, ValueError) as error:  # ValueError: an integer past Python's digit limit
+        raise ConfigError(f"config: {path} is not valid YAML: {error}") from None
+    except RecursionError:
+        raise ConfigError(f"config: {path} is not valid YAML: nested too deeply") from None
+    data = data or {}
+    if isinstance(data, dict) and set(data) == {"config", "run"}:  # training_config.json written by a run
+        data = data["config"]
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: {path} must hold a mapping of option names to values")
+    for name in data:
+        if name not in FIELDS:
+            raise ConfigError(f"{name}: unknown option in {path}")
+    if data.get("image_channels") == "auto":
+        data["image_channels"] = None
+    values = {name: check_type(name, value) for name, value in data.items()}
+    settle_pairs(values, set(values), preset=path)
+    return values

@@ -15,9 +15,7 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 import zipfile
 import zlib
@@ -30,8 +28,9 @@ import datasets
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .arguments import parse_config
-from .config import ConfigError, TrainingConfig
+from .config import TrainingConfig
+from .errors import DataError, exit_on_error
+from .files import staged
 
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -39,10 +38,6 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".
 CACHE_VERSION = 3
 SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
 DEFAULT_MAX_IMAGE_BYTES = 64 * 2**20
-
-
-class DataError(ValueError):
-    """The data source cannot give what the configuration asks for; says what was expected."""
 
 
 class SkippedImage(Exception):
@@ -119,7 +114,9 @@ class PreparedImages:
 
 
 @dataclass
-class Source:
+class SourceListing:
+    """What `open_source` found in a DataSource, before anything is decoded."""
+
     table: datasets.Dataset  # a "file" column (name to report), plus the image column for datasets sources
     identity: dict
     description: str
@@ -137,7 +134,7 @@ def readable_name(name: str) -> str:
     return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
-def _folder_source(folder: Path, max_image_bytes: int) -> Source:
+def _folder_source(folder: Path, max_image_bytes: int) -> SourceListing:
     """List the image files under `folder`. Whatever cannot be listed or used (a dangling or looping link, a name
     that is not UTF-8, an unreadable subfolder, a file over the size limit) is set aside with its reason."""
     images, ignored, entries = [], [], []
@@ -186,10 +183,12 @@ def _folder_source(folder: Path, max_image_bytes: int) -> Source:
         "files": _files_identity(entries),
         "count": len(images),
     }
-    return Source(datasets.Dataset.from_dict({"file": images}), identity, f"folder {folder}", ignored=tuple(ignored))
+    return SourceListing(
+        datasets.Dataset.from_dict({"file": images}), identity, f"folder {folder}", ignored=tuple(ignored)
+    )
 
 
-def _zip_source(archive: Path, max_image_bytes: int) -> Source:
+def _zip_source(archive: Path, max_image_bytes: int) -> SourceListing:
     """List the image members of a zip archive; encrypted members and members over the size limit are set aside."""
     try:
         with zipfile.ZipFile(archive) as opened:
@@ -214,7 +213,7 @@ def _zip_source(archive: Path, max_image_bytes: int) -> Source:
         )
     stat = archive.stat()
     identity = {"kind": "zip", "path": str(archive.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-    return Source(
+    return SourceListing(
         datasets.Dataset.from_dict({"file": images}),
         identity,
         f"archive {archive}",
@@ -269,7 +268,7 @@ def find_image_column(features: datasets.Features, image_column: Optional[str]) 
     )
 
 
-def open_source(source: DataSource, max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> Source:
+def open_source(source: DataSource, max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> SourceListing:
     """List the source without decoding anything. Raises DataError when it cannot be used."""
     if source.train_data_dir is not None:
         path = Path(source.train_data_dir)
@@ -292,7 +291,7 @@ def open_source(source: DataSource, max_image_bytes: int = DEFAULT_MAX_IMAGE_BYT
         "column": column,
         "fingerprint": loaded._fingerprint,  # datasets' own hash of the data files / revision
     }
-    return Source(table, identity, f"dataset {source.dataset_name} ({source.split})", image_column=column)
+    return SourceListing(table, identity, f"dataset {source.dataset_name} ({source.split})", image_column=column)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -435,7 +434,7 @@ def _decode_batch(batch: dict, indices: list, archive, image_column, preprocessi
 # Decode once, cache, report
 
 
-def cache_folder(source: DataSource, listed: Source, preprocessing: Preprocessing) -> Path:
+def cache_folder(source: DataSource, listed: SourceListing, preprocessing: Preprocessing) -> Path:
     """Where the decoded images of this source and these settings live."""
     subset = {"max_train_samples": source.max_images, "seed": source.seed if source.max_images else None}
     key = json.dumps(
@@ -469,7 +468,9 @@ def prepare_training_images(config: TrainingConfig) -> PreparedImages:
     return prepare_images(DataSource.from_config(config), Preprocessing.from_config(config))
 
 
-def _decode_source(source: DataSource, listed: Source, preprocessing: Preprocessing, folder: Path) -> PreparedImages:
+def _decode_source(
+    source: DataSource, listed: SourceListing, preprocessing: Preprocessing, folder: Path
+) -> PreparedImages:
     """Decode (a subset of) the source in parallel; write the cache folder whole or not at all."""
     table = listed.table
     if source.max_images is not None and source.max_images < len(table):
@@ -477,9 +478,8 @@ def _decode_source(source: DataSource, listed: Source, preprocessing: Preprocess
         table = table.select(np.sort(picked))
     size, channels = preprocessing.resolution, decoded_channels(preprocessing)
     workers = source.num_workers or (len(os.sched_getaffinity(0)) if len(table) >= 256 else 1)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))  # renamed into place when complete
-    try:
+    check_memory(len(table), size, channels)
+    with staged(folder, folder=True) as staging:
         decoded = table.map(
             _decode_batch,
             with_indices=True,
@@ -530,13 +530,22 @@ def _decode_source(source: DataSource, listed: Source, preprocessing: Preprocess
         (staging / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         for shard in staging.glob("*.arrow"):
             shard.unlink()
-        if folder.exists():
-            shutil.rmtree(folder)
-        staging.rename(folder)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     return PreparedImages(pixels, {**summary, "from_cache": False})
+
+
+def check_memory(count: int, size: int, channels: int) -> None:
+    """Before decoding: the decoded images must fit in this machine's memory (they are held there, and on the
+    training device); above 1 GiB the size is said first."""
+    needed = count * size * size * channels
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if needed > total:
+        raise DataError(
+            f"resolution: {count:,} images at {size}x{size}x{channels} take {needed / 2**30:,.1f} GiB decoded, more "
+            f"than this machine's {total / 2**30:,.1f} GiB of memory; lower --resolution or --max_train_samples, or "
+            "stream the source (--streaming)"
+        )
+    if needed > 2**30:
+        print(f"Decoding {count:,} images at {size}x{size}: {needed / 2**30:,.1f} GiB in memory", file=sys.stderr)
 
 
 def describe_skipped(summary: dict, limit: int = 5) -> str:
@@ -567,6 +576,8 @@ def describe_prepared(summary: dict) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
+    from .arguments import parse_config  # the training command line; only commands read it
+
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] != "prepare":
         print(
@@ -574,11 +585,8 @@ def main(argv: Optional[list[str]] = None) -> None:
             file=sys.stderr,
         )
         sys.exit(2)
-    try:
+    with exit_on_error():
         prepared = prepare_training_images(parse_config(argv[1:]))
-    except (ConfigError, DataError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
     print(describe_prepared(prepared.summary))
     if not prepared.summary["from_cache"]:
         print(f"Cache: {prepared.summary['cache']}")

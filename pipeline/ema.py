@@ -78,13 +78,11 @@ class EMA:
         """`model` with average `index` in place of its weights, in eval mode, inside the block; as it was after."""
         parameters = list(model.parameters())
         trained = [parameter.detach().clone() for parameter in parameters]
-        was_training = model.training
         self.copy_to(parameters, index)
-        model.eval()
         try:
-            yield model
+            with evaluating(model):
+                yield model
         finally:
-            model.train(was_training)
             with torch.no_grad():
                 torch._foreach_copy_(parameters, trained)
 
@@ -99,23 +97,45 @@ class EMA:
             "optimization_step": self.optimization_step,
         }
 
-    def load_state(self, state: dict, averages: Sequence[dict[str, torch.Tensor]]) -> None:
-        """Restore `state()` and one {parameter name: tensor} mapping per average; ValueError if they do not fit."""
-        if [float(decay) for decay in state.get("max_decays", [])] != self.max_decays:
-            raise ValueError(f"holds averages for decays {state.get('max_decays')}, this run tracks {self.max_decays}")
+    def check_state(self, state, averages: Sequence[dict[str, torch.Tensor]]) -> None:
+        """`state()` and one {parameter name: tensor} mapping per average fit this EMA; ValueError if not."""
+        if not isinstance(state, dict):
+            raise ValueError(f"ema: expected an object, got {state!r}")
+        decays = state.get("max_decays")
+        if not isinstance(decays, list) or [float(decay) for decay in decays] != self.max_decays:
+            raise ValueError(f"ema: holds averages for decays {decays}, this run tracks {self.max_decays}")
         step = state.get("optimization_step")
-        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
-            raise ValueError(f"optimization_step must be a non-negative integer, got {step!r}")
+        if not isinstance(step, int) or isinstance(step, bool) or not 0 <= step <= 10**9:
+            raise ValueError(f"ema: optimization_step must be a non-negative integer, got {step!r}")
         if len(averages) != len(self.averages):
-            raise ValueError(f"holds {len(averages)} averages, this run tracks {len(self.averages)}")
+            raise ValueError(f"ema: holds {len(averages)} averages, this run tracks {len(self.averages)}")
+        for stored in averages:
+            for name, average in zip(self.names, self.averages[0]):
+                if name not in stored or stored[name].shape != average.shape:
+                    raise ValueError(f"ema: tensor {name!r} is missing or of another shape than the model's")
+
+    @torch.no_grad()
+    def load_state(self, state: dict, averages: Sequence[dict[str, torch.Tensor]]) -> None:
+        """Restore `state()` and one {parameter name: tensor} mapping per average (checked by check_state)."""
+        self.check_state(state, averages)
         for own, stored in zip(self.averages, averages):
-            missing = [name for name in self.names if name not in stored]
-            if missing:
-                raise ValueError(f"has no tensor {missing[0]!r} ({len(missing)} missing)")
-            for name, average in zip(self.names, own):
-                if stored[name].shape != average.shape:
-                    raise ValueError(
-                        f"tensor {name!r} has shape {tuple(stored[name].shape)}, the model's {tuple(average.shape)}"
-                    )
-                average.copy_(stored[name])
-        self.optimization_step = step
+            torch._foreach_copy_(own, [stored[name].to(own[0].device) for name in self.names])
+        self.optimization_step = state["optimization_step"]
+
+
+@contextmanager
+def evaluating(model: torch.nn.Module):
+    """`model` in eval mode inside the block, in its earlier mode after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+@contextmanager
+def sampling_weights(model: torch.nn.Module, ema, index: int = 0):
+    """`model` with EMA `index` swapped in, or with its own weights without an EMA; in eval mode."""
+    with ema.swapped_in(model, index) if ema is not None else evaluating(model):
+        yield model

@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import importlib.metadata
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -34,11 +35,11 @@ from tqdm.auto import tqdm
 
 from .config import FID_MODES as MODES
 from .config import TrainingConfig
-from .data import DataError, DataSource, Preprocessing, describe_skipped, prepare_images
-from .files import staged, write_json
+from .data import DataSource, Preprocessing, describe_skipped, prepare_images
+from .errors import EvalError, exit_on_error
+from .files import read_json, staged, write_json
 from .record import RECORD_NAME, read_record
 from .sample import (
-    SampleError,
     SamplingRequest,
     add_sampling_arguments,
     image_grid,
@@ -63,10 +64,6 @@ LEGACY_INCEPTION_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1bef
 FEATURE_DIM = 2048
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
-
-
-class EvalError(ValueError):
-    """An evaluation that cannot run; the message names the option or file and what to do."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -98,8 +95,11 @@ def find_weights(mode: str, weights: Optional[str] = None, url: Optional[str] = 
         return path
     url = url or INCEPTION_URLS[mode]
     try:
-        with staged(path) as partial, urllib.request.urlopen(url, timeout=30) as response, open(partial, "wb") as file:
-            shutil.copyfileobj(response, file)
+        with staged(path) as partial:
+            if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "false", "no", ""):
+                raise OSError("HF_HUB_OFFLINE is set, so no download was tried")
+            with urllib.request.urlopen(url, timeout=30) as response, open(partial, "wb") as file:
+                shutil.copyfileobj(response, file)
     except (urllib.error.URLError, OSError) as error:
         raise EvalError(
             f"the Inception weights for mode {mode!r} are not at {path} and could not be downloaded from {url} "
@@ -334,10 +334,7 @@ def reference_source(args: argparse.Namespace) -> DataSource:
 
 def reference_images(source: DataSource, preprocessing: Preprocessing) -> tuple[np.ndarray, dict]:
     """The reference images as uint8 (N, H, W, C) and what was read, through the training data loader."""
-    try:
-        prepared = prepare_images(source, preprocessing)
-    except DataError as error:
-        raise EvalError(f"reference: {error}") from None
+    prepared = prepare_images(source, preprocessing)
     summary = prepared.summary
     description = {
         "source": source.name,
@@ -372,14 +369,43 @@ def save_reference(path: Path, features: np.ndarray, meta: dict) -> None:
         np.savez(file, mu=mu, sigma=sigma, features=features.astype(np.float32), meta=json.dumps(meta))
 
 
+def check_npz_sizes(path: Path) -> None:
+    """Each array of an .npz holds no more data than its member's size: a header that claims more (10^9 x 2048
+    features) would make NumPy allocate it before noticing. Raises ValueError."""
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            with archive.open(info) as member:
+                major, _ = np.lib.format.read_magic(member)
+                read_header = (
+                    np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                )
+                shape, _, dtype = read_header(member)
+                claimed = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+                if claimed > info.file_size:
+                    raise ValueError(f"{info.filename} claims {claimed:,} bytes in a {info.file_size:,}-byte member")
+
+
+def check_reference(reference: dict, where, mode: str, extractor: str, resolution: Optional[int] = None) -> None:
+    """Reference statistics fit an evaluation: the same feature extractor, the same clean-fid mode, and (when
+    known) the same image resolution."""
+    if reference.get("mode") != mode or reference.get("feature_extractor") != extractor:
+        raise EvalError(
+            f"{where} holds {reference.get('feature_extractor')} features in mode {reference.get('mode')}, this "
+            f"evaluation uses {extractor} in mode {mode}"
+        )
+    if resolution is not None and reference.get("resolution") not in (None, resolution):
+        raise EvalError(f"{where}: its images are {reference.get('resolution')} px, the model's {resolution} px")
+
+
 def load_reference(path: Path) -> tuple[np.ndarray, dict]:
     """Features and description of statistics saved by `reference`, checked: at least 2 rows of finite numbers."""
     if not path.is_file():
         raise EvalError(f"reference: no file at {path}")
     try:
+        check_npz_sizes(path)
         with np.load(path, allow_pickle=False) as stored:
             features, meta = stored["features"].astype(np.float64), json.loads(str(stored["meta"]))
-    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
+    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile, RecursionError) as error:
         raise EvalError(
             f"reference: {path} is not a statistics file written by `python -m pipeline.evaluate reference` ({error})"
         ) from None
@@ -400,18 +426,20 @@ def load_reference(path: Path) -> tuple[np.ndarray, dict]:
 
 def read_samples(folder: Path) -> tuple[np.ndarray, dict]:
     """A folder written by `python -m pipeline.sample`: its numbered PNGs as uint8 (N, H, W, C) and samples.json."""
-    record_path = folder / "samples.json"
-    if not record_path.is_file():
+    if not (folder / "samples.json").is_file():
         raise EvalError(f"samples: {folder} has no samples.json; write it with `python -m pipeline.sample`")
-    record = json.loads(record_path.read_text())
+    info = read_json(folder / "samples.json", EvalError)
+    for key in ("model", "sampler", "steps", "num_images"):
+        if key not in info:
+            raise EvalError(
+                f"{folder / 'samples.json'}: has no {key!r}; write the folder with `python -m pipeline.sample`"
+            )
     files = sorted(folder.glob("[0-9]*.png"))
-    if len(files) != record["num_images"]:
-        raise EvalError(
-            f"samples: {folder} holds {len(files)} numbered PNGs, samples.json says {record['num_images']}"
-        )
+    if len(files) != info["num_images"]:
+        raise EvalError(f"samples: {folder} holds {len(files)} numbered PNGs, samples.json says {info['num_images']}")
     pixels = [np.asarray(Image.open(file)) for file in files]
     images = np.stack([pixel[..., None] if pixel.ndim == 2 else pixel for pixel in pixels])
-    return images, record
+    return images, info
 
 
 def append_metrics(path: Path, result: dict) -> None:
@@ -448,20 +476,16 @@ def evaluate(
     if args.reference is not None:
         reference_features, reference = load_reference(Path(args.reference))
         reference = {**reference, "statistics_file": Path(args.reference).name}
-        if reference.get("mode") != args.mode or reference.get("feature_extractor") != feature_name:
-            raise EvalError(
-                f"reference: {args.reference} holds {reference.get('feature_extractor')} features in mode "
-                f"{reference.get('mode')}, this evaluation uses {feature_name} in mode {args.mode}"
-            )
+        check_reference(reference, f"reference: {args.reference}", args.mode, feature_name)
 
-    # The samples: generated here, or a folder from pipeline.sample; either way with the record of how
+    # The samples: generated here, or a folder from pipeline.sample; either way with what was run
     if args.samples is not None:
-        images, record = read_samples(Path(args.samples))
+        images, info = read_samples(Path(args.samples))
     elif args.model is None:
         raise EvalError("model: pass --model (a saved pipeline) or --samples (a folder from pipeline.sample)")
     else:
-        images, record = sample_images(args.model, request)
-    model = record["model"]
+        images, info = sample_images(args.model, request)
+    model = info["model"]
     sample_features = extract_features(
         images, feature_fn, args.mode, args.feature_batch_size, args.device, "sample features"
     )
@@ -470,8 +494,8 @@ def evaluate(
     if args.reference is None:
         model_dir = Path(model) if Path(model).is_dir() else None
         reference_features, reference = encode_reference(args, model_dir, images.shape[1], images.shape[3], feature_fn)
-    if reference.get("resolution") not in (None, images.shape[1]):
-        raise EvalError(f"reference: its images are {reference['resolution']} px, the samples {images.shape[1]} px")
+        reference = {**reference, "mode": args.mode, "feature_extractor": feature_name}
+    check_reference(reference, "reference", args.mode, feature_name, images.shape[1])
 
     fid = frechet_distance(*statistics(sample_features), *statistics(reference_features))
     kid = kernel_inception_distance(sample_features, reference_features, seed=args.seed)
@@ -481,7 +505,7 @@ def evaluate(
         "num_samples": int(len(images)),
         "num_reference": int(len(reference_features)),
         **{
-            key: record.get(key)
+            key: info.get(key)
             for key in ("sampler", "steps", "eta", "solver_order", "model_evaluations_per_image", "seed")
         },
         "reference": reference,
@@ -495,9 +519,7 @@ def evaluate(
         Path(args.output_dir) if args.output_dir else (Path(model) / "eval" if Path(model).is_dir() else Path("eval"))
     )
     append_metrics(output / "metrics.json", result)
-    image_grid(images[:64].astype(np.float32) / 255).save(
-        output / f"samples-{record['sampler']}-{record['steps']}.png"
-    )
+    image_grid(images[:64].astype(np.float32) / 255).save(output / f"samples-{info['sampler']}-{info['steps']}.png")
     model_dir = output.parent
     if (
         output.name == "eval"
@@ -552,15 +574,9 @@ class TrainingFid:
         self.feature_fn, self.feature_name = inception_extractor(
             config.fid_mode, config.inception_weights, self.device
         )
-        if meta.get("mode") != config.fid_mode or meta.get("feature_extractor") != self.feature_name:
-            raise EvalError(
-                f"fid_reference: {config.fid_reference} holds {meta.get('feature_extractor')} features in mode "
-                f"{meta.get('mode')}, training uses {self.feature_name} in mode {config.fid_mode}"
-            )
-        if meta.get("resolution") != config.resolution:
-            raise EvalError(
-                f"fid_reference: its images are {meta.get('resolution')} px, the model's {config.resolution} px"
-            )
+        check_reference(
+            meta, f"fid_reference: {config.fid_reference}", config.fid_mode, self.feature_name, config.resolution
+        )
         self.reference = statistics(features)
 
     def __call__(self, unet, scheduler_config: dict) -> float:
@@ -630,7 +646,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[list[str]] = None) -> None:
     args = parse_args(argv)
-    try:
+    with exit_on_error():
         if args.command == "reference":
             meta = make_reference(args)
             print(
@@ -644,9 +660,6 @@ def main(argv: Optional[list[str]] = None) -> None:
                 f"{result['sampler']} {result['steps']} steps, vs {result['num_reference']} reference images, mode "
                 f"{result['mode']}, {result['wall_seconds']:.0f} s)"
             )
-    except (EvalError, SampleError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

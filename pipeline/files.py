@@ -1,26 +1,36 @@
-"""Files and folders written whole or not at all.
+"""Files and folders: written whole or not at all, read with their size and shape checked, and one run per folder.
 
 Everything the pipeline writes that another run, a user or the Hub upload reads (configs,
-checkpoints, exports, metrics, cards, statistics, downloads) goes through `staged`: it is
-written under a temporary sibling name and moved into place only when complete. A kill, a full
-disk or an exception leaves the previous version (or nothing), never half a file. Temporary
-names start with "." and end with ".tmp", so listings of checkpoints and the Hub upload skip them.
+checkpoints, exports, metrics, cards, statistics, the data cache, downloads) goes through `staged`:
+it is written under a temporary sibling name, unique to the process, and moved into place only when
+complete. A kill, a full disk or an exception leaves the previous version (or nothing), never half a
+file. Temporary names start with "." and end with ".tmp", so listings of checkpoints and the Hub
+upload skip them. Every JSON file is read through `read_json`, which bounds its size and depth.
 """
 
+import glob
 import json
 import os
 import shutil
+import socket
+import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
+from .errors import ConfigError, PipelineError
+
+
+MAX_JSON_BYTES = 16 * 2**20  # the largest JSON file the pipeline writes is an optimizer's param groups
+
 
 def staging_name(path: Path) -> Path:
-    """The temporary sibling that `staged` writes `path` under."""
-    return path.with_name(f".{path.name}.tmp")
+    """The temporary sibling that `staged` writes `path` under: unique to this process."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
 def remove(path: Path) -> None:
-    """Remove a file or a folder tree, if it exists."""
+    """Remove a file, a link or a folder tree, if it exists (a link is removed, never what it points to)."""
     if path.is_symlink() or path.is_file():
         path.unlink()
     elif path.is_dir():
@@ -34,12 +44,15 @@ def staged(path, folder: bool = False):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = staging_name(path)
-    remove(staging)
+    for left in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):  # left by a killed process: removed
+        pid = left.name[len(path.name) + 2 : -len(".tmp")]
+        if left == staging or (pid.isdigit() and not _alive(int(pid))):
+            remove(left)
     if folder:
         staging.mkdir()
     try:
         yield staging
-        if folder and path.is_dir():
+        if folder and path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)  # a folder cannot be renamed onto a non-empty one
         os.replace(staging, path)
     except BaseException:
@@ -54,3 +67,85 @@ def write_text(path, text: str) -> None:
 
 def write_json(path, value) -> None:
     write_text(path, json.dumps(value, indent=2) + "\n")
+
+
+def read_json(path, error: type = PipelineError, max_bytes: int = MAX_JSON_BYTES) -> dict:
+    """A JSON object from `path`, or `error("<path>: <what is wrong>")`: missing, larger than `max_bytes`, not UTF-8,
+    not JSON (numbers too long included), nested too deeply, or not an object."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: missing")
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise error(f"{path}: {size:,} bytes, more than the {max_bytes:,} such a file may hold")
+    try:
+        value = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as reason:  # JSONDecodeError, and integers past Python's digit limit
+        raise error(f"{path}: not valid JSON ({reason})") from None
+    except RecursionError:
+        raise error(f"{path}: not valid JSON (nested too deeply)") from None
+    if not isinstance(value, dict):
+        raise error(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+class FolderLock:
+    """`<folder>/.lock` while a run, a resume or an export works in `folder`: another one is refused, naming the
+    holder (pid, host, since when). A lock whose process has ended on this host is stale: it is reported and taken
+    over. The lock file starts with ".", so uploads and listings skip it."""
+
+    def __init__(self, folder):
+        self.path = Path(folder) / ".lock"
+        self.held, self.created = False, False
+
+    def _holder(self) -> dict:
+        try:
+            return json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+
+    def __enter__(self):
+        self.created = not self.path.parent.exists()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if holder.get("host") == socket.gethostname() and not _alive(holder.get("pid")):
+                    warnings.warn(
+                        f"{self.path}: a stale lock of process {holder.get('pid')} (ended) since "
+                        f"{holder.get('since', '?')}; taking it over"
+                    )
+                    self.path.unlink(missing_ok=True)
+                    continue
+                raise ConfigError(
+                    f"output_dir: {self.path.parent} is in use by process {holder.get('pid', '?')} on "
+                    f"{holder.get('host', '?')} since {holder.get('since', '?')} ({self.path}); wait for it to "
+                    "finish or choose another --output_dir (if that process is gone, delete the lock file)"
+                ) from None
+            with os.fdopen(descriptor, "w") as file:
+                since = time.strftime("%Y-%m-%d %H:%M:%S")
+                json.dump({"pid": os.getpid(), "host": socket.gethostname(), "since": since}, file)
+            self.held = True
+            return self
+        raise ConfigError(f"output_dir: cannot take the lock {self.path}")
+
+    def __exit__(self, *exc):
+        if self.held and self._holder().get("pid") == os.getpid():
+            self.path.unlink(missing_ok=True)
+            if self.created and not any(self.path.parent.iterdir()):  # a run that stopped before writing anything
+                self.path.parent.rmdir()
+        self.held = False
+
+
+def _alive(pid) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

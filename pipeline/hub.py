@@ -12,7 +12,6 @@ asked for with --include.
 
 import argparse
 import dataclasses
-import json
 import os
 import stat
 import sys
@@ -22,8 +21,8 @@ from typing import Optional
 from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData, get_token
 from huggingface_hub.errors import HfHubHTTPError
 
-from .config import ConfigError
-from .files import write_text
+from .errors import HubError, exit_on_error
+from .files import read_json, write_text
 from .record import RECORD_NAME, read_record
 
 
@@ -39,10 +38,6 @@ UPLOAD_PATTERNS = [
     "eval/metrics.json",
     "eval/*.png",
 ]
-
-
-class HubError(RuntimeError):
-    """A card or upload that cannot be made; the message says why and what to do."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,148 +116,79 @@ def _reference_text(reference: dict) -> str:
     return f"{name}{split}, {reference.get('images', '?')} images at {reference.get('resolution', '?')} px"
 
 
-def card_context(output_dir: Path, repo_id: Optional[str] = None) -> dict:
-    """Everything the template needs, read from the output folder."""
-    record_path = output_dir / RECORD_NAME
-    if not record_path.is_file():
-        raise HubError(f"{output_dir} has no {RECORD_NAME}: not a training output folder")
-    try:
-        record = read_record(record_path)
-    except ConfigError as error:
-        raise HubError(str(error)) from None
-    config, run = record.config.to_dict(), dataclasses.asdict(record.run)
-    repo_id = repo_id or config.get("hub_model_id")
-    scheduler = json.loads((output_dir / "scheduler" / "scheduler_config.json").read_text())
-    if record.run.data_name is not None:  # decided when the run started
-        data_name, data_hub_id = record.run.data_name, record.run.hub_dataset_id
-    else:  # a record of an older version: judged from here
-        data_source = config.get("hub_dataset_id") or config.get("dataset_name") or config.get("train_data_dir")
-        data_name = public_name(data_source)
-        data_hub_id = data_source if data_source and data_name == data_source and "/" in data_source else None
-    global_batch = record.config.global_batch_size(record.run.num_processes)
-    steps = record.run.global_step
-    num_images = run["num_train_images"] or 0
+def _results(output_dir: Path) -> list[dict]:
+    """eval/metrics.json's results, cheapest sampler first, with their sampler and reference as the card words them."""
+    path = output_dir / "eval" / "metrics.json"
+    results = read_json(path, HubError).get("results", []) if path.is_file() else []
+    results = [
+        {**result, "sampler_text": _sampler_text(result), "reference_text": _reference_text(result["reference"])}
+        for result in results
+    ]
+    return sorted(results, key=lambda result: (result.get("model_evaluations_per_image") or 0, result["fid"]))
 
-    preprocessing = [f"resized to {config['resolution']}x{config['resolution']}"]
-    if config.get("intermediate_resolution"):
-        preprocessing[0] += f" through {config['intermediate_resolution']} px"
-    preprocessing.append("centre crop" if config.get("center_crop", True) else "squashed to square")
-    if config.get("random_flip"):
-        preprocessing.append("random horizontal flips")
-    preprocessing.append("scaled to [-1, 1]")
-    attention = "self-attention in " + ", ".join(
+
+def _architecture_text(config: dict) -> str:
+    """'self-attention in 16 px, 8 px; mid block UNetMidBlock2D with attention', or 'no self-attention'."""
+    levels = [
         f"{config['resolution'] // 2**level} px"
         for level, kind in enumerate(config["down_block_types"])
         if kind.startswith("Attn")
-    )
-    if attention.endswith(" in "):
-        attention = "no self-attention"
+    ]
+    text = f"self-attention in {', '.join(levels)}" if levels else "no self-attention"
     if config.get("mid_block_type"):
-        attention += f"; mid block {config['mid_block_type']}" + (
-            " with attention" if config.get("add_attention") else ""
-        )
+        text += f"; mid block {config['mid_block_type']}" + (" with attention" if config.get("add_attention") else "")
+    return text
 
-    results = []
-    metrics_path = output_dir / "eval" / "metrics.json"
-    if metrics_path.is_file():
-        for result in json.loads(metrics_path.read_text())["results"]:
-            results.append(
-                {
-                    **result,
-                    "sampler_text": _sampler_text(result),
-                    "reference_text": _reference_text(result["reference"]),
-                }
-            )
-        # cheapest sampler first
-        results.sort(key=lambda result: (result.get("model_evaluations_per_image") or 0, result["fid"]))
+
+def card_context(output_dir: Path, repo_id: Optional[str] = None) -> dict:
+    """Everything the template needs, read from the output folder: the run's `config`, its `run` record and the saved
+    `scheduler` config as they are, and what the card says that they do not spell out."""
+    if not (output_dir / RECORD_NAME).is_file():
+        raise HubError(f"{output_dir} has no {RECORD_NAME}: not a training output folder")
+    saved = read_record(output_dir / RECORD_NAME)
+    config, run = saved.config.to_dict(), dataclasses.asdict(saved.run)
+    scheduler = read_json(output_dir / "scheduler" / "scheduler_config.json", HubError)
+    repo_id = repo_id or config["hub_model_id"]
+    data_name, data_hub_id = run["data_name"], run["hub_dataset_id"]
+    if data_name is None:  # a record of an older version: judged from here
+        source = config["hub_dataset_id"] or config["dataset_name"] or config["train_data_dir"]
+        data_name = public_name(source)
+        data_hub_id = source if source and data_name == source and "/" in source else None
+    global_batch, steps = saved.config.global_batch_size(run["num_processes"]), run["global_step"]
     grids = sorted((output_dir / "samples").glob("step-*.png"), key=lambda path: int(path.stem.split("-")[1]))
     grid = grids[-1].relative_to(output_dir).as_posix() if grids else None
-
-    hours = (run["wall_seconds"] or 0) / 3600
     parameters = run["unet_parameters"]
     size = f"{parameters / 1e6:.1f}M" if parameters >= 1e6 else f"{parameters / 1e3:.0f}K"
-    optimizer = {"adamw": "AdamW", "adam": "Adam"}.get(config["optimizer"], config["optimizer"])
-    versions = run["versions"]
-    lower = (data_name or "").lower()
-    report_relation = (
-        f"This model: {size}-parameter `UNet2DModel`, T = {scheduler['num_train_timesteps']}, "
-        f"`{scheduler['beta_schedule']}` betas, {config['loss_type'].upper()} loss, {optimizer} at "
-        f"{config['learning_rate']}, batch {global_batch}, {steps:,} steps on {data_name} at {config['resolution']} "
-        f"px in {config['mixed_precision']} precision. An FID is comparable with the report's only when the data, the "
-        "reference set, the sample count and the FID implementation are the same (the report used pytorch-fid, whose "
-        "numbers match clean-fid's `legacy_pytorch` mode)."
-    )
+    optimizer = {"adamw": "AdamW", "adam": "Adam"}[config["optimizer"]]
+    precision = {"no": "fp32", "bf16": "bf16 mixed precision", "fp16": "fp16 mixed precision"}[run["mixed_precision"]]
+    preprocessing = f"resized to {config['resolution']}x{config['resolution']}"
+    preprocessing += f" through {config['intermediate_resolution']} px" if config["intermediate_resolution"] else ""
+    preprocessing += ", centre crop" if config["center_crop"] else ", squashed to square"
+    preprocessing += (", random horizontal flips" if config["random_flip"] else "") + ", scaled to [-1, 1]"
+    hours = (run["wall_seconds"] or 0) / 3600
+    results = _results(output_dir)
+    fast = "dpmsolver++" in config["grid_sampler"]
     return {
+        "config": config, "run": run, "scheduler": scheduler, "results": results,
         "model_name": repo_id.split("/")[-1] if repo_id else output_dir.resolve().name,
         "repo_id": repo_id or output_dir.resolve().name,
-        "data_name": data_name,
-        "data_hub_id": data_hub_id,
-        "resolution": config["resolution"],
-        "channels": config["image_channels"],
-        "parameters": parameters,
-        "parameters_short": size,
-        "num_train_timesteps": scheduler["num_train_timesteps"],
-        "beta_schedule": scheduler["beta_schedule"],
-        "beta_start": scheduler["beta_start"],
-        "beta_end": scheduler["beta_end"],
-        "variance_type": scheduler["variance_type"],
-        "prediction_type": scheduler["prediction_type"],
-        "grid": grid,
-        "grid_count": config["num_grid_images"],
-        "grid_caption": (
-            f"{config['num_grid_images']} samples at step {grid.split('-')[-1][:-4] if grid else ''}, "
-            f"{'EMA weights, ' if config['use_ema'] else ''}{config['grid_sampler']} sampler with "
-            f"{config['grid_inference_steps']} steps, seed {config['seed']}. Not picked: every image of the "
-            "fixed-seed grid is shown."
-        ),
-        "num_train_images": num_images,
-        "files_skipped": run["data"].get("files_skipped", 0),
-        "preprocessing": ", ".join(preprocessing),
+        "data_name": data_name, "data_hub_id": data_hub_id,
+        "parameters_short": size, "grid": grid, "preprocessing": preprocessing,
         "block_out_channels": ", ".join(str(channels) for channels in config["block_out_channels"]),
-        "layers_per_block": config["layers_per_block"],
-        "attention": attention,
-        "loss": f"{config['loss_type'].upper()} between the network output and its `{config['prediction_type']}` "
-        "target",
-        "optimizer": optimizer,
-        "learning_rate": config["learning_rate"],
-        "lr_scheduler": config["lr_scheduler"],
-        "warmup": config["lr_warmup_steps"],
-        "max_grad_norm": config["max_grad_norm"],
-        "global_batch": global_batch,
-        "steps": steps,
-        "images_seen": steps * global_batch,
-        "epochs": steps * global_batch / num_images if num_images else 0,
-        "precision": {"no": "fp32", "bf16": "bf16 mixed precision", "fp16": "fp16 mixed precision"}[
-            config["mixed_precision"]
-        ],
-        "ema": (
-            f"exponential moving average (max decay {config['ema_max_decay']}, warmup power {config['ema_power']})"
-            if config["use_ema"]
-            else "the trained weights (no EMA)"
-        ),
-        "hardware": run["hardware"],
+        "attention": _architecture_text(config), "optimizer": optimizer, "precision": precision,
+        "global_batch": global_batch, "steps": steps, "images_seen": steps * global_batch,
+        "epochs": steps * global_batch / run["num_train_images"] if run["num_train_images"] else 0,
         "training_time": f"{hours * 60:.0f} minutes" if hours < 2 else f"{hours:.1f} hours",
-        "software": ", ".join(f"{name} {version}" for name, version in versions.items()) or "not recorded",
-        "results": results,
+        "software": ", ".join(f"{name} {version}" for name, version in run["versions"].items()) or "not recorded",
         "clean_fid_version": results[-1]["clean_fid_version"] if results else None,
         "feature_extractor": results[-1]["feature_extractor"] if results else None,
-        "report_relation": report_relation,
-        "is_sfhq": "sfhq" in lower,
-        "is_fashion_mnist": "fashion" in lower and "mnist" in lower,
+        "is_sfhq": "sfhq" in (data_name or "").lower(),
+        "is_fashion_mnist": all(word in (data_name or "").lower() for word in ("fashion", "mnist")),
         "papers": papers_of(config, scheduler),
-        "grid_sampler": config["grid_sampler"],
-        "timestep_spacing": scheduler.get("timestep_spacing", "leading"),
-        "clip_sample": bool(scheduler.get("clip_sample")),
         # the fast sampler of the usage snippet: the grids' own when it is a DPM-Solver++, else the stochastic one
-        "fast_algorithm": config["grid_sampler"] if "dpmsolver++" in config["grid_sampler"] else "sde-dpmsolver++",
-        "fast_steps": (
-            config["grid_inference_steps"]
-            if "dpmsolver++" in config["grid_sampler"]
-            else min(20, scheduler["num_train_timesteps"])
-        ),
-        "grid_sampler_text": f"{config['grid_sampler']} with {config['grid_inference_steps']} steps",
-        "license": config.get("hub_license", "other"),
-    }
+        "fast_algorithm": config["grid_sampler"] if fast else "sde-dpmsolver++",
+        "fast_steps": config["grid_inference_steps"] if fast else min(20, scheduler["num_train_timesteps"]),
+    }  # fmt: skip
 
 
 def papers_of(config: dict, scheduler: dict) -> list[dict]:
@@ -280,10 +206,11 @@ def papers_of(config: dict, scheduler: dict) -> list[dict]:
 def render_card(output_dir: Path, repo_id: Optional[str] = None) -> ModelCard:
     """The model card of an output folder, metadata and body."""
     context = card_context(output_dir, repo_id)
+    data = context["data_hub_id"] or context["data_name"]
     eval_results = [
         EvalResult(
             task_type="unconditional-image-generation",
-            dataset_type=context["data_hub_id"] or context["data_name"],
+            dataset_type=data,
             dataset_name=context["data_name"],
             dataset_split=result["reference"].get("split"),
             metric_type="fid",
@@ -295,7 +222,7 @@ def render_card(output_dir: Path, repo_id: Optional[str] = None) -> ModelCard:
     card_data = ModelCardData(
         library_name="diffusers",
         pipeline_tag="unconditional-image-generation",
-        license=context["license"],
+        license=context["config"]["hub_license"],
         tags=list(TAGS),
         datasets=[context["data_hub_id"]] if context["data_hub_id"] else None,
         model_name=context["model_name"],
@@ -316,24 +243,38 @@ def write_card(output_dir: Path, repo_id: Optional[str] = None) -> Path:
 
 
 def _regular_files(output_dir: Path) -> tuple[list[str], list[str]]:
-    """Relative paths of the regular files under `output_dir`, and of what was left out: symbolic links (to files or
-    folders, which could point anywhere), and anything whose name starts with "." (.git, .env, staging folders)."""
+    """Relative paths of the regular files under `output_dir`, and what was left out and why: symbolic links (to
+    files or folders, which could point anywhere), hard links (a second name of a file that may live outside),
+    anything that is not a regular file (FIFOs, devices, sockets), names starting with "." (.git, .env, staging
+    folders) and names with control characters (a newline would split any listing)."""
     files, left_out = [], []
+
+    def reason(path: Path, name: str) -> Optional[str]:
+        if name.startswith("."):
+            return "dot-file"
+        if path.is_symlink():
+            return "link"
+        if any(ord(character) < 32 or ord(character) == 127 for character in name):
+            return "control characters in the name"
+        mode = path.lstat()
+        if not stat.S_ISDIR(mode.st_mode) and not stat.S_ISREG(mode.st_mode):
+            return "not a regular file"
+        return "hard link" if stat.S_ISREG(mode.st_mode) and mode.st_nlink > 1 else None
+
     for current, folders, names in os.walk(output_dir):  # does not enter links to folders
-        relative_folder = Path(current).relative_to(output_dir)
+        relative = Path(current).relative_to(output_dir)
+        kept = []
         for name in sorted(folders):
-            if name.startswith(".") or Path(current, name).is_symlink():
-                left_out.append((relative_folder / name).as_posix() + "/")
-        folders[:] = sorted(
-            name for name in folders if not name.startswith(".") and not Path(current, name).is_symlink()
-        )
+            why = reason(Path(current, name), name)
+            kept += [name] if why is None else []
+            left_out += [f"{ascii((relative / name).as_posix())[1:-1]}/ ({why})"] if why else []
+        folders[:] = kept
         for name in sorted(names):
-            path = Path(current, name)
-            relative = (relative_folder / name).as_posix()
-            if name.startswith(".") or path.is_symlink() or not stat.S_ISREG(path.lstat().st_mode):
-                left_out.append(relative)
+            why = reason(Path(current, name), name)
+            if why is None:
+                files.append((relative / name).as_posix())
             else:
-                files.append(relative)
+                left_out.append(f"{ascii((relative / name).as_posix())[1:-1]} ({why})")
     return files, left_out
 
 
@@ -382,7 +323,7 @@ def push_to_hub(
     api = api or HfApi()
     name = repo_id or output_dir.resolve().name
     has_record = (output_dir / RECORD_NAME).is_file()
-    step = card_context(output_dir)["steps"] if has_record else None
+    step = read_record(output_dir / RECORD_NAME).run.global_step if has_record else None
     files = files_to_upload(output_dir, include)
     opened = []
     try:
@@ -438,19 +379,16 @@ def main(argv: Optional[list[str]] = None) -> None:
     push.add_argument("--dry_run", action="store_true", help="List the files that would be uploaded; upload nothing.")
     args = parser.parse_args(argv)
     output_dir = Path(args.output_dir)
-    try:
+    with exit_on_error():
         if args.command == "card":
             print(f"model card -> {write_card(output_dir, args.hub_model_id)}")
         elif args.dry_run:
             print("\n".join(files_to_upload(output_dir, tuple(args.include))))
             _, left_out = _regular_files(output_dir)
             if left_out:
-                print(f"never uploaded (links and dot-files): {', '.join(left_out)}", file=sys.stderr)
+                print(f"never uploaded: {', '.join(left_out)}", file=sys.stderr)
         else:
             push_to_hub(output_dir, args.hub_model_id, args.private, tuple(args.include))
-    except HubError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,12 @@
 """The UNet and the noise scheduler, built from the configuration."""
 
-import json
 from pathlib import Path
 
 from diffusers import DDPMScheduler, UNet2DModel
 
-from .config import ConfigError, TrainingConfig
+from .config import ConfigError, TrainingConfig, check_field, check_type
+from .errors import PipelineError, SampleError
+from .files import read_json
 
 
 def unet_config(config: TrainingConfig) -> dict:
@@ -32,9 +33,12 @@ def unet_config(config: TrainingConfig) -> dict:
         source = Path(config.model_config_name_or_path)
         try:
             if source.is_file():  # a config file of any name
-                architecture = json.loads(source.read_text())
+                architecture = read_json(source, ConfigError)
             else:  # a model folder or a Hub id, as diffusers reads them
                 architecture = dict(UNet2DModel.load_config(config.model_config_name_or_path))
+            check_unet_config(architecture, ConfigError, "model_config_name_or_path")
+        except ConfigError:
+            raise
         except (OSError, ValueError) as error:
             raise ConfigError(
                 "model_config_name_or_path: cannot read a UNet2DModel config from "
@@ -80,6 +84,79 @@ def build_noise_scheduler(config: TrainingConfig) -> DDPMScheduler:
         timestep_spacing=config.ddpm_timestep_spacing,
         **x0_clipping(config.ddpm_clip_sample),
     )
+
+
+# A model folder's config keys -> the TrainingConfig fields whose checks (pipeline/config.py) they share
+SCHEDULER_KEYS = {
+    "num_train_timesteps": "ddpm_num_steps",
+    "beta_schedule": "ddpm_beta_schedule",
+    "beta_start": "ddpm_beta_start",
+    "beta_end": "ddpm_beta_end",
+    "prediction_type": "prediction_type",
+    "variance_type": "ddpm_variance_type",
+    "timestep_spacing": "ddpm_timestep_spacing",
+}
+UNET_KEYS = {
+    "sample_size": "resolution",
+    "block_out_channels": "block_out_channels",
+    "layers_per_block": "layers_per_block",
+    "norm_num_groups": "norm_num_groups",
+    "attention_head_dim": "attention_head_dim",
+}
+
+
+def _check_keys(values: dict, keys: dict, error: type, where: str) -> None:
+    for key, name in keys.items():
+        if values.get(key) is not None:
+            try:
+                check_field(name, check_type(name, values[key]))
+            except ConfigError as problem:
+                raise error(f"{where}: {key}{str(problem)[len(name) :]}") from None
+
+
+def check_unet_config(values: dict, error: type = SampleError, where: str = "unet/config.json") -> None:
+    """A UNet2DModel config is sane before anything is built: sizes within the training options' bounds, channels
+    1-4 (or the 4 of a latent UNet), at most 8 levels."""
+    _check_keys(values, UNET_KEYS, error, where)
+    for key in ("in_channels", "out_channels"):
+        if values.get(key) is not None and values[key] not in (1, 2, 3, 4):
+            raise error(f"{where}: {key} must be 1 to 4, got {values[key]!r}")
+    if len(values.get("block_out_channels") or []) > 8:
+        raise error(f"{where}: block_out_channels: at most 8 levels, got {len(values['block_out_channels'])}")
+
+
+def check_scheduler_config(values: dict, error: type = SampleError, where: str = "scheduler_config.json") -> None:
+    """A noise scheduler's config is sane before anything is built: T in [1, 10,000], a known beta schedule and
+    prediction type, betas in (0, 1) (also trained ones), increasing for the linear schedules."""
+    _check_keys(values, SCHEDULER_KEYS, error, where)
+    if values.get("beta_schedule") in ("linear", "scaled_linear") and values.get("beta_end", 1) <= values.get(
+        "beta_start", 0
+    ):
+        raise error(
+            f"{where}: beta_end must be above beta_start, got {values.get('beta_end')} <= {values.get('beta_start')}"
+        )
+    trained = values.get("trained_betas")
+    if trained is not None and (
+        not isinstance(trained, list)
+        or len(trained) != values.get("num_train_timesteps", len(trained))
+        or not all(isinstance(beta, (int, float)) and not isinstance(beta, bool) and 0 < beta < 1 for beta in trained)
+    ):
+        raise error(f"{where}: trained_betas must be num_train_timesteps numbers in (0, 1)")
+
+
+def check_model_folder(folder: Path, error: type = SampleError) -> None:
+    """A DDPMPipeline folder whose scheduler and UNet configs pass the checks above (each JSON file bounded in size
+    and depth), so that nothing is built from an absurd config (a T of 10^9, negative betas, an unknown schedule)."""
+    for name, check in (
+        ("scheduler/scheduler_config.json", check_scheduler_config),
+        ("unet/config.json", check_unet_config),
+    ):
+        try:
+            check(read_json(Path(folder) / name, error), error, str(Path(folder) / name))
+        except PipelineError:
+            raise
+        except (TypeError, ValueError) as problem:
+            raise error(f"{Path(folder) / name}: malformed ({problem})") from None
 
 
 def count_parameters(model) -> int:

@@ -1,33 +1,37 @@
-"""training_config.json: a run's resolved config and what happened in the run, written and read in one place.
+"""training_config.json: a run's resolved config and its record (what happened in it), written and read in one place.
 
     {"config": {...every TrainingConfig field...}, "run": {...RunRecord...}}
 
-The file is written when the run starts (`finished: false`) and again at its end; every
-checkpoint holds a copy. Its "config" part is itself a valid preset (`--config <run>/training_config.json`).
+The file is written when the run starts (`finished: false`) and again at its end; every checkpoint holds a
+copy, and a checkpoint's training_state.json repeats the record's counters. Its "config" part is itself a
+valid preset (`--config <run>/training_config.json`).
 """
 
 import dataclasses
-import json
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
-from .arguments import load_preset
-from .config import ConfigError, TrainingConfig
-from .files import write_json
+from .config import ConfigError, TrainingConfig, check_type, load_preset
+from .files import read_json, write_json
 
 
 RECORD_NAME = "training_config.json"
+COUNTERS = ("global_step", "train_seconds", "skipped_steps", "best_fid")  # what a checkpoint restores
 
 
 @dataclass
 class RunRecord:
-    """Facts about a run that its config does not hold."""
+    """What a run's config does not say: where and how it ran, what it read, and where it is (the counters)."""
 
-    hardware: str = "not recorded"  # "1 x NVIDIA H200" or "1 process(es) on cpu (2 cores, x86_64)"
+    hardware: str = "not recorded"  # "1 x NVIDIA H200" or "1 process(es) on cpu (Intel(R) Xeon(R) ..., 2 cores)"
+    device: dict = field(default_factory=dict)  # what decided the precision: pipeline.device.device_facts()
     num_processes: int = 1
     cpu_threads_per_process: Optional[int] = None
-    mixed_precision: str = "no"  # as Accelerate ran it
+    mixed_precision: str = "no"  # as Accelerate ran it (auto resolved)
+    precision_reason: Optional[str] = None  # why: "auto: the device computes bf16 natively", "as asked", ...
+    images_per_second: Optional[float] = None  # the median of the logged windows of the last command
     versions: dict = field(default_factory=dict)  # python, torch, diffusers, accelerate, datasets
     num_train_images: Optional[int] = None  # images kept after decoding; None for a stream
     data: dict = field(default_factory=dict)  # source, images_found, images_kept, files_skipped
@@ -36,16 +40,17 @@ class RunRecord:
     unet_parameters: int = 0
     total_steps: int = 0  # the budget in optimizer steps
     images_per_step: int = 0  # the global batch: batch x processes x accumulation
+    resumed_changes: list = field(default_factory=list)  # settings a resume changed: "learning_rate: 0.002 -> 0.5"
     finished: bool = False  # the export was written
+    # The counters, restored from a checkpoint's training_state.json on resume:
     global_step: int = 0  # optimizer steps done
     train_seconds: float = 0.0  # time in training steps (grids, FID and checkpoints left out), across resumes
     wall_seconds: Optional[float] = None  # the last command's wall time, start to export
     skipped_steps: int = 0  # steps skipped for a non-finite loss or gradient
-    best_fid: Optional[dict] = None  # {"step", "fid", "ema_decay"} of the best FID during training
+    best_fid: Optional[dict] = None  # {"step", "fid", "ema_decay"} of the best FID during training so far
 
 
-@dataclass
-class TrainingRecord:
+class SavedRun(NamedTuple):
     config: TrainingConfig
     run: RunRecord
 
@@ -54,26 +59,21 @@ def write_record(path, config: TrainingConfig, run: RunRecord) -> None:
     write_json(path, {"config": config.to_dict(), "run": dataclasses.asdict(run)})
 
 
-def read_record(path) -> TrainingRecord:
+def read_record(path) -> SavedRun:
     """Read a training_config.json. Raises ConfigError naming the file when it is missing or malformed.
 
     Keys of "run" that this version does not know (written by another version) are ignored.
     """
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: missing (not a training output folder?)") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ConfigError(f"{path}: not valid JSON ({error})") from None
-    if (
-        not isinstance(data, dict)
-        or not isinstance(data.get("config"), dict)
-        or not isinstance(data.get("run", {}), dict)
-    ):
+    if not path.is_file():
+        raise ConfigError(f"{path}: missing (not a training output folder?)")
+    data = read_json(path, ConfigError)
+    if not isinstance(data.get("config"), dict) or not isinstance(data.get("run", {}), dict):
         raise ConfigError(f"{path}: expected an object with 'config' and 'run' objects")
-    config = TrainingConfig(**load_preset(path))
-    known = {item.name for item in dataclasses.fields(RunRecord)}
-    return TrainingRecord(
-        config, RunRecord(**{key: value for key, value in data.get("run", {}).items() if key in known})
-    )
+    known = typing.get_type_hints(RunRecord)
+    run = {
+        key: check_type(f"{path}: run.{key}", value, known[key])
+        for key, value in data.get("run", {}).items()
+        if key in known
+    }
+    return SavedRun(TrainingConfig(**load_preset(path)), RunRecord(**run))

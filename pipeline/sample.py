@@ -25,17 +25,16 @@ from diffusers import (
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .config import SAMPLERS, TIMESTEP_SPACINGS
+from .config import MAX_TIMESTEPS, SAMPLERS, TIMESTEP_SPACINGS
+from .device import sampling_dtype
+from .errors import SampleError, exit_on_error
 from .files import write_json
-from .model import x0_clipping
+from .model import check_model_folder, x0_clipping
 from .record import RECORD_NAME, read_record
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-class SampleError(ValueError):
-    """A sampling request that cannot be carried out; the message says which option and why."""
+MAX_IMAGES = 10**6  # per command; FID at 50,000 samples is the most anyone asks for
 
 
 def make_sampler(name: str, scheduler_config: dict, solver_order: int = 2):
@@ -52,19 +51,12 @@ def make_sampler(name: str, scheduler_config: dict, solver_order: int = 2):
     """
     if scheduler_config.get("clip_sample") and scheduler_config.get("clip_sample_range", 1.0) == 1.0:
         scheduler_config = {**scheduler_config, **x0_clipping(True)}
-    if name == "ddpm":
-        return DDPMScheduler.from_config(scheduler_config)
-    if name == "ddim":
-        return DDIMScheduler.from_config(scheduler_config)
     if name in ("dpmsolver++", "sde-dpmsolver++"):
-        if solver_order not in (2, 3):
-            raise SampleError(f"solver_order: DPM-Solver++ runs at order 2 or 3, not {solver_order}")
         return DPMSolverMultistepScheduler.from_config(
             scheduler_config, algorithm_type=name, solver_order=solver_order
         )
-    if name == "unipc":
-        return UniPCMultistepScheduler.from_config(scheduler_config)
-    raise SampleError(f"sampler: unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+    schedulers = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "unipc": UniPCMultistepScheduler}
+    return schedulers[name].from_config(scheduler_config)  # (the name was checked by SamplingRequest)
 
 
 def image_generators(seed: int, start: int, count: int, device="cpu") -> list[torch.Generator]:
@@ -150,15 +142,15 @@ class SamplingRequest:
     solver_order: int = 2  # DPM-Solver++ only
     timestep_spacing: Optional[str] = None  # how the sampler spaces its steps; None: the one saved with the model
     device: str = "cpu"
-    dtype: str = "fp32"  # of the UNet; the running sample stays fp32
+    dtype: str = "fp32"  # of the UNet (auto: bf16 where the device computes it natively); the sample stays fp32
     noise_on_device: bool = False  # generators on the device: no per-step copies, other numbers than the CPU's
 
     def __post_init__(self):
         if self.sampler not in SAMPLERS:
             raise SampleError(f"sampler: unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
-        for name in ("steps", "num_images", "batch_size"):
-            if getattr(self, name) < 1:
-                raise SampleError(f"{name}: must be at least 1, got {getattr(self, name)}")
+        for name, limit in (("steps", MAX_TIMESTEPS), ("num_images", MAX_IMAGES), ("batch_size", 4096)):
+            if not 1 <= getattr(self, name) <= limit:
+                raise SampleError(f"{name}: must be at least 1 and at most {limit:,}, got {getattr(self, name)}")
         if self.eta < 0:
             raise SampleError(f"eta: must be >= 0, got {self.eta}")
         if self.eta and self.sampler != "ddim":
@@ -169,10 +161,11 @@ class SamplingRequest:
             raise SampleError(
                 f"timestep_spacing: choose one of {', '.join(TIMESTEP_SPACINGS)}, not {self.timestep_spacing!r}"
             )
-        if self.dtype not in DTYPES:
-            raise SampleError(f"dtype: choose one of {', '.join(DTYPES)}, not {self.dtype!r}")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise SampleError(f"device: {self.device} asked for, but this machine has no CUDA GPU; use --device cpu")
+        if self.dtype not in (*DTYPES, "auto"):
+            raise SampleError(f"dtype: choose one of auto, {', '.join(DTYPES)}, not {self.dtype!r}")
+        self.dtype = sampling_dtype(self.dtype, self.device)
 
     def check_steps(self, num_train_timesteps: int) -> None:
         if self.steps > num_train_timesteps:
@@ -180,8 +173,8 @@ class SamplingRequest:
                 f"steps: {self.steps} sampler steps, but the model was trained with T = {num_train_timesteps}"
             )
 
-    def record(self) -> dict:
-        """The request as results record it (eta and order only where they apply)."""
+    def as_dict(self) -> dict:
+        """The request as results state it (eta and order only where they apply)."""
         return {
             **asdict(self),
             "eta": self.eta if self.sampler == "ddim" else None,
@@ -220,7 +213,13 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, num_images: int = 64
         "trailing starts every sampler at t = T - 1, where the initial noise belongs: few-step samplers need it.",
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="fp32", choices=tuple(DTYPES))
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", *DTYPES),
+        help="The UNet's dtype. auto: bf16 where the device computes it natively (a GPU with bf16, a CPU with AMX or "
+        "AVX512-BF16), fp16 on other GPUs, else fp32; images then differ slightly between such machines.",
+    )
     parser.add_argument(
         "--noise_on_device",
         action="store_true",
@@ -289,12 +288,16 @@ def image_grid(images: np.ndarray) -> Image.Image:
 
 
 def load_pipeline(model: str, device: str = "cpu", dtype: str = "fp32") -> DDPMPipeline:
-    """A saved DDPMPipeline from an output folder or a Hub id, its UNet on `device` in `dtype`."""
+    """A saved DDPMPipeline from an output folder or a Hub id (fetched first), its configs checked before anything is
+    built (pipeline.model.check_model_folder), its UNet on `device` in `dtype`."""
     path = Path(model)
     if path.exists() and not (path / "model_index.json").is_file():
         raise SampleError(f"model: {model} holds no model_index.json; pass a training output folder or a Hub id")
     try:
-        pipeline = DDPMPipeline.from_pretrained(model, dtype=DTYPES[dtype])
+        if not path.exists():
+            path = Path(DDPMPipeline.download(model))
+        check_model_folder(path)
+        pipeline = DDPMPipeline.from_pretrained(path, dtype=DTYPES[sampling_dtype(dtype, device)])
     except (OSError, ValueError) as error:
         raise SampleError(
             f"model: cannot load a DDPMPipeline from {model!r} ({type(error).__name__}: {error})"
@@ -329,32 +332,32 @@ class CountingUNet(torch.nn.Module):
 
 
 def sample_images(model: str, request: SamplingRequest) -> tuple[np.ndarray, dict]:
-    """Load the pipeline and sample as `request` says: uint8 (N, H, W, C) images and the record of what was run."""
+    """Load the pipeline and sample as `request` says: uint8 (N, H, W, C) images and what was run (samples.json)."""
     pipeline = load_pipeline(model, request.device, request.dtype)
     unet = CountingUNet(pipeline.unet)
     started = time.perf_counter()
     images = sample_unet(unet, pipeline.scheduler.config, request, progress=True)
     seconds = time.perf_counter() - started
-    record = {
+    info = {
         "model": model,
-        **request.record(),
+        **request.as_dict(),
         "resolution": int(images.shape[1]),
         "channels": int(images.shape[3]),
         "model_evaluations_per_image": unet.evaluations / request.num_images,
         "seconds": round(seconds, 2),
         "images_per_second": round(request.num_images / seconds, 2),
     }
-    return to_uint8(images), record
+    return to_uint8(images), info
 
 
-def write_samples(pixels: np.ndarray, record: dict, output_dir: Path, grid_images: int = 64) -> None:
+def write_samples(pixels: np.ndarray, info: dict, output_dir: Path, grid_images: int = 64) -> None:
     """Numbered PNGs, grid.png and samples.json: the folder `pipeline.evaluate fid --samples` reads."""
     output_dir.mkdir(parents=True, exist_ok=True)
     for index, image in enumerate(pixels):
         Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(output_dir / f"{index:06d}.png")
     if grid_images:
         image_grid(pixels[:grid_images].astype(np.float32) / 255).save(output_dir / "grid.png")
-    write_json(output_dir / "samples.json", record)
+    write_json(output_dir / "samples.json", info)
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -368,15 +371,16 @@ def main(argv: Optional[list[str]] = None) -> None:
     )
     add_sampling_arguments(parser)
     args = parser.parse_args(argv)
-    try:
-        pixels, record = sample_images(args.model, sampling_request(args, args.model))
-    except SampleError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-    write_samples(pixels, record, Path(args.output_dir), args.grid_images)
+    with exit_on_error():
+        request = sampling_request(args, args.model)
+        batches = math.ceil(request.num_images / request.batch_size)
+        print(f"Sampling {request.num_images:,} images: {batches:,} batches of up to {request.batch_size}, "
+              f"{request.steps} {request.sampler} steps each", file=sys.stderr)  # fmt: skip
+        pixels, info = sample_images(args.model, request)
+    write_samples(pixels, info, Path(args.output_dir), args.grid_images)
     print(
-        f"{record['num_images']} images in {record['seconds']} s ({record['images_per_second']} images/s, "
-        f"{record['model_evaluations_per_image']:g} model evaluations each) -> {args.output_dir}"
+        f"{info['num_images']} images in {info['seconds']} s ({info['images_per_second']} images/s, "
+        f"{info['model_evaluations_per_image']:g} model evaluations each) -> {args.output_dir}"
     )
 
 

@@ -1,17 +1,9 @@
-"""Stopping a run on purpose: preemption signals, and the exception that ends a run with an exit status."""
+"""Stopping a run on purpose: SIGTERM and SIGINT, and the waits they interrupt (the run then stops with a message)."""
 
 import signal
 import threading
 from contextlib import contextmanager
 from typing import Optional
-
-
-class TrainingStopped(RuntimeError):
-    """The run stopped early on purpose (a signal, divergence); `exit_code` is what the process exits with."""
-
-    def __init__(self, message: str, exit_code: int):
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 class StopRequested(Exception):

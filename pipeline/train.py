@@ -1,15 +1,13 @@
-"""The training run, as a short sequence of steps; `train()` at the bottom reads top to bottom:
+"""The training run. `train()` reads top to bottom:
 
-    find_resume_checkpoint    which checkpoint to continue (pipeline/checkpoint.py), and that it fits
-    setup_accelerator         processes, mixed precision, threads, TF32
-    check_output_dir          the output folder can be written and has room for a checkpoint
-    load_training_data        images decoded once (or streamed) -> batches on the device
-    build_training            UNet, noise scheduler, optimizer, LR schedule, EMA, prepared by Accelerate
-    load_checkpoint           everything as it was (pipeline/checkpoint.py)
-    training_loop             fetch_micro_batches -> optimizer_step -> logs, grids, FID, checkpoints, stop requests
-    export_run                the EMA weights as a stock DDPMPipeline, the model card, the Hub
+    before any work     the checkpoint to resume, the Hub token, Accelerate and the precision, the output folder
+                        (writable, ours, locked), the FID reference
+    data                images decoded once (or streamed) -> batches on the device
+    model               UNet, noise scheduler, optimizer, LR schedule, EMA, prepared by Accelerate; the checkpoint
+    training_loop       fetch -> optimizer_step -> logs, grids, FID, exports, checkpoints, stop requests
+    export_run          the EMA weights as a stock DDPMPipeline, the model card, the Hub
 
-`optimizer_step` is also what the benchmarks time (bench/bench_train.py, bench/gpu_check.py).
+`optimizer_step` is also what the benchmarks time (bench/bench_train.py, bench/bench_cpu.py, bench/gpu_check.py).
 """
 
 import dataclasses
@@ -20,11 +18,13 @@ import math
 import os
 import platform
 import shutil
+import statistics
 import sys
 import time
 import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -35,12 +35,8 @@ from accelerate.utils import ProjectConfiguration, TorchDynamoPlugin, set_seed
 from diffusers import DDPMPipeline, DDPMScheduler
 from tqdm.auto import tqdm
 
-from .arguments import parse_config
 from .batches import CachedBatches, StreamedBatches
 from .checkpoint import (
-    CHECKPOINT_PREFIX,
-    CheckpointError,
-    TrainingState,
     check_resume_compatible,
     checkpoint_step,
     find_resume_checkpoint,
@@ -50,20 +46,36 @@ from .checkpoint import (
 )
 from .config import ConfigError, TrainingConfig
 from .data import DataError, DataSource, describe_prepared, open_source, prepare_training_images
+from .device import choose_precision, describe_device, device_facts, native_bf16
 from .diffusion import step_loss
-from .ema import EMA, unreached_decays
-from .evaluate import EvalError, TrainingFid
-from .files import remove, staged, staging_name, write_json
-from .hub import HubError, describe_data_origin, hub_token, push_to_hub, write_card
+from .ema import EMA, sampling_weights, unreached_decays
+from .errors import HubError, TrainingStopped
+from .evaluate import TrainingFid
+from .files import FolderLock, staged, write_json, write_text
+from .hub import describe_data_origin, hub_token, push_to_hub, write_card
 from .model import build_noise_scheduler, build_unet, count_parameters, describe_unet
 from .optim import build_lr_scheduler, build_optimizer, count_train_steps
-from .record import RECORD_NAME, RunRecord, write_record
+from .record import RECORD_NAME, RunRecord, read_record, write_record
 from .sample import SamplingRequest, image_grid, sample_unet
-from .signals import StopRequest, StopRequested, TrainingStopped
+from .signals import StopRequest, StopRequested
 
 
-EXPORT_FILES = ("model_index.json", "unet", "scheduler")
 QUICKSTART_DATA = "data/fashion_mnist"
+# What a run writes into its output folder; a folder holding anything else is not a run's (check_folder_owner).
+RUN_FILES = (
+    "model_index.json",
+    "unet",
+    "scheduler",
+    "README.md",
+    RECORD_NAME,
+    "checkpoints",
+    "samples",
+    "eval",
+    "best-fid",
+    "ema-*",
+    "pipeline-*",
+)
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "comet_ml": "comet_ml", "trackio": "trackio"}  # --logger -> package
 logger = get_logger(__name__)  # accelerate's: the main process speaks
 Batches = Union[CachedBatches, StreamedBatches]
 
@@ -81,7 +93,8 @@ class TrainingParts:
     """What an optimizer step uses and changes; a checkpoint holds all of it but the noise scheduler."""
 
     config: TrainingConfig
-    unet: torch.nn.Module  # as prepared by Accelerate (DDP-wrapped, compiled)
+    unet: torch.nn.Module  # as prepared by Accelerate (DDP-wrapped, compiled): what the step calls
+    model: torch.nn.Module  # the same UNet unwrapped, once: what grids, FID, checkpoints and exports read
     noise_scheduler: DDPMScheduler
     optimizer: torch.optim.Optimizer
     lr_scheduler: Any
@@ -96,21 +109,14 @@ class StepOutcome:
 
 
 # ---------------------------------------------------------------------------------------------
-# Before the loop
+# Before any work
 
 
 def launched_on_cpus() -> bool:
-    """Several processes (torchrun's LOCAL_RANK is set) on a machine without GPUs.
-
-    Accelerate joins such processes into one gloo group only when asked for the CPU; without
-    this, `accelerate launch --multi_gpu --num_processes 2` on a CPU machine would start two
-    independent runs writing to the same folder.
-    """
+    """Several processes (torchrun's LOCAL_RANK is set) on a machine without GPUs. Accelerate joins such processes
+    into one gloo group only when asked for the CPU; without this, `accelerate launch --multi_gpu --num_processes 2`
+    on a CPU machine would start two independent runs writing to the same folder."""
     return "LOCAL_RANK" in os.environ and not torch.cuda.is_available()
-
-
-# The package each tracker of --logger needs (Accelerate's own trackers).
-TRACKER_PACKAGES = {"tensorboard": "tensorboard", "comet_ml": "comet_ml", "trackio": "trackio"}
 
 
 class StdoutHandler(logging.StreamHandler):
@@ -146,24 +152,24 @@ def configure_logging(level: str) -> None:
         package.propagate = False
 
 
-def check_tracker(config: TrainingConfig) -> None:
-    """--logger names a tracker whose package is installed."""
-    if config.logger == "none":
-        return
-    package = TRACKER_PACKAGES.get(config.logger, config.logger)
-    if importlib.util.find_spec(package) is None:
-        raise ConfigError(
-            f"logger: {config.logger} is not installed (pip install {package}); or use --logger tensorboard"
-        )
-
-
-def setup_accelerator(config: TrainingConfig) -> Accelerator:
-    """Accelerate for this run's processes and precision; seeds, TF32 on GPUs, every core on CPUs."""
+def setup_accelerator(config: TrainingConfig) -> tuple[Accelerator, dict]:
+    """Accelerate for this run's processes and precision (auto: chosen from the device, pipeline/device.py); seeds,
+    TF32 on GPUs, every core on CPUs. Returns it and what decided the precision, for the record."""
+    if config.logger != "none":
+        package = TRACKER_PACKAGES.get(config.logger, config.logger)
+        if importlib.util.find_spec(package) is None:
+            raise ConfigError(
+                f"logger: {config.logger} is not installed (pip install {package}); or use --logger tensorboard"
+            )
+    on_gpu = torch.cuda.is_available() and not launched_on_cpus()
+    facts = device_facts(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if on_gpu else "cpu")
+    precision, reason = choose_precision(config.mixed_precision, facts)
+    if config.mixed_precision == "bf16" and not native_bf16(facts):
+        warnings.warn(f"mixed_precision: {reason}")
     output_dir = Path(config.output_dir)
-    check_tracker(config)
     accelerator = Accelerator(
         cpu=launched_on_cpus(),
-        mixed_precision=config.mixed_precision,
+        mixed_precision=precision,
         log_with=None if config.logger == "none" else config.logger,
         project_config=ProjectConfiguration(
             project_dir=str(output_dir), logging_dir=str(output_dir / config.logging_dir)
@@ -182,19 +188,20 @@ def setup_accelerator(config: TrainingConfig) -> Accelerator:
         # `accelerate launch` without --cpu sets OMP_NUM_THREADS=1, which halves the speed on 2 cores.
         local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
         torch.set_num_threads(config.cpu_threads or max(1, len(os.sched_getaffinity(0)) // local_processes))
-    return accelerator
+    return accelerator, {"device": facts, "mixed_precision": accelerator.mixed_precision, "precision_reason": reason}
 
 
 def check_output_dir(config: TrainingConfig, parameters: int) -> None:
-    """Before any work: the output folder can be created and written, and has room for a checkpoint (or a warning)."""
+    """Before any work: the output folder can be created and written, and has room for a checkpoint (or a warning).
+    Leaves nothing behind."""
     output_dir = Path(config.output_dir)
     missing = [folder for folder in (output_dir, *output_dir.parents) if not folder.exists()]
     existing = output_dir.parents[len(missing) - 1] if missing else output_dir
     if not existing.is_dir():
         raise ConfigError(f"output_dir: {existing} exists and is not a folder")
-    try:  # create what is missing and a file in it, then remove them again: nothing is left if the run stops early
+    try:  # create what is missing and a file in it, then remove them again
         output_dir.mkdir(parents=True, exist_ok=True)
-        probe = output_dir / ".write-test.tmp"
+        probe = output_dir / f".write-test.{os.getpid()}.tmp"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as error:
@@ -211,6 +218,38 @@ def check_output_dir(config: TrainingConfig, parameters: int) -> None:
             f"{output_dir} has {free / 2**20:,.0f} MiB free; one checkpoint takes about "
             f"{checkpoint_bytes / 2**20:,.0f} MiB (and --checkpoints_total_limit {config.checkpoints_total_limit} are "
             "kept)"
+        )
+
+
+def check_folder_owner(config: TrainingConfig, resuming: bool) -> None:
+    """A run writes only into an empty folder or one whose files are all a run's own (recognised by its record, or a
+    checkpoint to resume); anything else is refused, naming what is there, unless --overwrite_output_dir."""
+    output_dir = Path(config.output_dir)
+    if (output_dir / "checkpoints").is_symlink():
+        raise ConfigError(
+            f"output_dir: {output_dir / 'checkpoints'} is a symbolic link; remove it or use another folder"
+        )
+    entries = sorted(path.name for path in output_dir.iterdir() if not path.name.startswith("."))
+    if not entries or config.overwrite_output_dir:
+        return
+    ours = [*RUN_FILES, Path(config.logging_dir).parts[0]]
+    if (output_dir / RECORD_NAME).is_file():
+        try:
+            ours.append(Path(read_record(output_dir / RECORD_NAME).config.logging_dir).parts[0])
+        except ConfigError:
+            ours = []  # not a record this version reads: the folder is not recognised as a run's
+    elif not resuming:
+        ours = []
+    foreign = [name for name in entries if not any(fnmatch(name, pattern) for pattern in ours)]
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise ConfigError(
+            f"output_dir: {output_dir} holds files that are not a run's of this pipeline ({shown}); choose an empty "
+            "or new --output_dir, or pass --overwrite_output_dir to write over them"
+        )
+    if (output_dir / "checkpoints").is_symlink():
+        raise ConfigError(
+            f"output_dir: {output_dir / 'checkpoints'} is a symbolic link; remove it or use another folder"
         )
 
 
@@ -253,81 +292,17 @@ def build_training(config: TrainingConfig, accelerator: Accelerator, unet, total
         reached, unreached = unreached_decays(decays, total_steps, config.ema_inv_gamma, config.ema_power)
         if len(unreached) > 1:
             logger.warning(
-                f"ema_extra_decays: in {total_steps:,} steps the EMA warmup's decay reaches only {reached:.5f},"
-                f" so the averages with max decay {', '.join(f'{decay:g}' for decay in unreached)} will be identical; "
-                "choose max decays below it, or train longer"
+                f"ema_extra_decays: in {total_steps:,} steps the EMA warmup's decay reaches only {reached:.5f}, so the"
+                f" averages with max decay {', '.join(f'{decay:g}' for decay in unreached)} will be identical; choose "
+                "max decays below it, or train longer"
             )
-    unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
-    return TrainingParts(config, unet, build_noise_scheduler(config), optimizer, lr_scheduler, ema)
-
-
-def describe_environment(accelerator: Accelerator) -> dict:
-    """The hardware, precision and versions a run records."""
-    import accelerate
-    import datasets
-    import diffusers
-
-    if accelerator.device.type == "cuda":
-        hardware = f"{accelerator.num_processes} x {torch.cuda.get_device_name(accelerator.device)}"
-    else:
-        cores = f"{os.cpu_count()} cores, {platform.machine()}"
-        hardware = f"{accelerator.num_processes} process(es) on {accelerator.device.type} ({cores})"
-    return {
-        "hardware": hardware,
-        "num_processes": accelerator.num_processes,
-        "cpu_threads_per_process": torch.get_num_threads(),
-        "mixed_precision": accelerator.mixed_precision,
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "diffusers": diffusers.__version__,
-            "accelerate": accelerate.__version__,
-            "datasets": datasets.__version__,
-        },
-    }
-
-
-def tracker_config(config: TrainingConfig) -> dict:
-    """TensorBoard's hparams accept scalars and strings only."""
-    return {
-        name: value if isinstance(value, (int, float, str, bool)) else str(value)
-        for name, value in config.to_dict().items()
-    }
-
-
-def record_at(record: RunRecord, state: TrainingState, **facts) -> RunRecord:
-    """The run's record with the counters of `state` (and more facts)."""
-    counters = {**dataclasses.asdict(state), "train_seconds": round(state.train_seconds, 1)}
-    return dataclasses.replace(record, **counters, **facts)
+    prepared, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+    model = accelerator.unwrap_model(prepared, keep_fp32_wrapper=False, keep_torch_compile=False)
+    return TrainingParts(config, prepared, model, build_noise_scheduler(config), optimizer, lr_scheduler, ema)
 
 
 # ---------------------------------------------------------------------------------------------
 # One optimizer step
-
-
-def fetch_micro_batches(
-    batches: Batches, config: TrainingConfig, step: int, stop_request: StopRequest
-) -> list[torch.Tensor]:
-    """This process's micro-batches of optimizer step `step`. A stream can keep the loop waiting for long: a
-    signal during that wait stops the run at once (without a checkpoint of the step not yet taken)."""
-    indices = range(step * config.gradient_accumulation_steps, (step + 1) * config.gradient_accumulation_steps)
-    if not config.streaming:
-        return [batches.batch(index) for index in indices]
-    try:
-        with stop_request.interruptible():
-            return [batches.batch(index) for index in indices]
-    except StopRequested:
-        checkpoints = list_checkpoints(Path(config.output_dir) / "checkpoints")
-        resume = (
-            f"Continue from {checkpoints[-1].name} with --resume_from_checkpoint latest."
-            if checkpoints
-            else "There is no checkpoint yet."
-        )
-        raise TrainingStopped(
-            f"stopped by {stop_request.name} while waiting for the data of step {step + 1}: no checkpoint was written "
-            f"for this step. {resume}",
-            exit_code=128 + stop_request.received,
-        ) from None
 
 
 def optimizer_step(
@@ -339,24 +314,14 @@ def optimizer_step(
     accumulation = len(micro_batches)
     losses = torch.zeros((), device=accelerator.device)
     for micro_step, batch in enumerate(micro_batches):
-        micro_batch_index = step * accumulation + micro_step
-        with (
-            nullcontext() if micro_step == accumulation - 1 else accelerator.no_sync(unet)
-        ):  # all-reduce once per step
+        index = step * accumulation + micro_step
+        with nullcontext() if micro_step == accumulation - 1 else accelerator.no_sync(unet):  # one all-reduce a step
             loss = step_loss(
-                unet,
-                parts.noise_scheduler,
-                config,
-                batch,
-                micro_batch_index,
-                accelerator.process_index,
-                accelerator.num_processes,
+                unet, parts.noise_scheduler, config, batch, index, accelerator.process_index, accelerator.num_processes
             )
             accelerator.backward(loss / accumulation)
         losses += loss.detach()
-    grad_norm = accelerator.clip_grad_norm_(
-        unet.parameters(), config.max_grad_norm if config.max_grad_norm > 0 else math.inf
-    )
+    grad_norm = accelerator.clip_grad_norm_(unet.parameters(), config.max_grad_norm or math.inf)
     # fp16: the grad scaler skips overflowing steps itself. Otherwise one host sync per step: gradients
     # are already averaged over processes, so every process takes the same decision.
     applied = accelerator.mixed_precision == "fp16" or bool(torch.isfinite(grad_norm) & torch.isfinite(losses))
@@ -370,15 +335,99 @@ def optimizer_step(
 
 
 # ---------------------------------------------------------------------------------------------
-# Around the steps: logs, grids, FID, checkpoints, stopping
+# Samples and exports
+
+
+def export_pipeline(unet, noise_scheduler, folder: Path) -> None:
+    """A stock DDPMPipeline (safetensors only) in `folder`, each part staged; model_index.json, written last, marks it
+    whole. Other files in the folder (checkpoints, samples) stay. Refuses non-finite weights, writing nothing."""
+    for name, parameter in unet.named_parameters():
+        if not torch.isfinite(parameter).all():
+            raise RuntimeError(f"refusing to export: parameter {name} holds NaN or infinite values")
+    for name, part in (("unet", unet), ("scheduler", noise_scheduler)):
+        with staged(Path(folder) / name, folder=True) as staging:
+            part.save_pretrained(staging, **({"safe_serialization": True} if name == "unet" else {}))
+    write_text(Path(folder) / "model_index.json", DDPMPipeline(unet=unet, scheduler=noise_scheduler).to_json_string())
+
+
+def log_images(accelerator: Accelerator, images, step: int) -> None:
+    """A sample grid's images to the trackers that take images (TensorBoard, Weights & Biases)."""
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.log_images({"samples": images}, step=step, dataformats="NHWC")
+        elif tracker.name == "wandb":
+            import wandb
+
+            tracker.log({"samples": [wandb.Image(image) for image in images]}, step=step)
+
+
+def save_sample_grid(accelerator: Accelerator, parts: TrainingParts, step: int, unet=None) -> Path:
+    """The fixed-seed grid of the main EMA (or of `unet`) with the grid sampler: samples/step-<step>.png, trackers."""
+    config = parts.config
+    request = SamplingRequest(
+        config.grid_sampler, config.grid_inference_steps, config.num_grid_images, config.num_grid_images, config.seed
+    )
+    with sampling_weights(parts.model, parts.ema) if unet is None else nullcontext(unet) as model:
+        with accelerator.autocast():
+            images = sample_unet(model, parts.noise_scheduler.config, request)
+    path = Path(config.output_dir) / "samples" / f"step-{step}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image_grid(images).save(path)
+    log_images(accelerator, images, step)
+    return path
+
+
+def track_fid(accelerator: Accelerator, parts: TrainingParts, fid_tracker: TrainingFid, record: RunRecord) -> None:
+    """FID of each EMA (or of the weights without EMA) now, logged; the best (step, EMA) so far goes to best-fid/."""
+    config, step = parts.config, record.global_step
+    for index, decay in enumerate(parts.ema.max_decays if parts.ema is not None else [None]):
+        with sampling_weights(parts.model, parts.ema, index) as model:
+            with accelerator.autocast():
+                fid = fid_tracker(model, parts.noise_scheduler.config)
+            accelerator.log({"fid" if index == 0 else f"fid_ema_{decay:g}": fid}, step=step)
+            if record.best_fid is None or fid < record.best_fid["fid"]:
+                record.best_fid = {"step": step, "fid": round(fid, 4), "ema_decay": decay}
+                export_pipeline(model, parts.noise_scheduler, Path(config.output_dir) / "best-fid")
+                write_json(
+                    Path(config.output_dir) / "best-fid" / "fid.json",
+                    {
+                        **record.best_fid,
+                        "reference": config.fid_reference,
+                        "num_images": config.fid_num_images,
+                        "sampler": config.fid_sampler,
+                        "steps": config.fid_inference_steps,
+                        "mode": config.fid_mode,
+                    },
+                )
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+def fetch_micro_batches(batches: Batches, config: TrainingConfig, step: int, stop_request: StopRequest) -> list:
+    """This process's micro-batches of optimizer step `step`. A stream can keep the loop waiting for long: a
+    signal during that wait stops the run at once (without a checkpoint of the step not yet taken)."""
+    indices = range(step * config.gradient_accumulation_steps, (step + 1) * config.gradient_accumulation_steps)
+    try:
+        with stop_request.interruptible() if config.streaming else nullcontext():
+            return [batches.batch(index) for index in indices]
+    except StopRequested:
+        checkpoints = list_checkpoints(Path(config.output_dir) / "checkpoints")
+        resume = f"Continue from {checkpoints[-1].name} with --resume_from_checkpoint latest." if checkpoints else ""
+        raise TrainingStopped(
+            f"stopped by {stop_request.name} while waiting for the data of step {step + 1}: no checkpoint was written "
+            f"for this step. {resume or 'There is no checkpoint yet.'}",
+            exit_code=128 + stop_request.received,
+        ) from None
 
 
 class LogWindow:
-    """The loss and speed since the last log line. The loss stays on the device until it is logged; time
-    spent on grids, FID and checkpoints (`paused`) is left out of images/s and of the training time."""
+    """The loss and speed since the last log line. The loss stays on the device until it is logged; time spent on
+    grids, FID and checkpoints (`paused`) is left out of images/s and of the training time."""
 
     def __init__(self, device):
-        self.loss_sum = torch.zeros((), device=device)
+        self.loss_sum, self.speeds = torch.zeros((), device=device), []
         self.reset()
 
     def reset(self) -> None:
@@ -399,150 +448,97 @@ class LogWindow:
         finally:
             self.paused += time.perf_counter() - started
 
-    def close(self, accelerator: Accelerator, images_per_step: int) -> tuple[float, float]:
-        """(mean loss over every process, nan when every step was skipped; training seconds) of this window; starts the
-        next."""
+    def close(self, accelerator: Accelerator, record: RunRecord) -> float:
+        """The mean loss over every process (nan when every step was skipped); counts the window's time into the
+        record and its speed into `speeds`; starts the next window."""
         seconds = time.perf_counter() - self.started - self.paused
         loss = accelerator.reduce(self.loss_sum, reduction="mean").item() / self.losses if self.losses else math.nan
-        self.images_per_second = self.steps * images_per_step / seconds
+        self.speeds.append(self.steps * record.images_per_step / seconds)
+        record.train_seconds = round(record.train_seconds + seconds, 1)
         self.reset()
-        return loss, seconds
+        return loss
 
 
-@contextmanager
-def ema_weights(model, ema: Optional[EMA], index: int = 0):
-    """The model with EMA `index` in place (or its own weights without EMA), in eval mode, inside the block."""
-    if ema is not None:
-        with ema.swapped_in(model, index):
-            yield model
-        return
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
+def training_loop(accelerator, parts: TrainingParts, batches: Batches, record: RunRecord, fid_tracker) -> list:
+    """Optimizer steps until the budget is spent; returns the images/s of each logging window. Raises TrainingStopped
+    for a signal (after a checkpoint) or divergence."""
+    config, total_steps, main = parts.config, record.total_steps, accelerator.is_main_process
+    progress = tqdm(total=total_steps, initial=record.global_step, desc="Training", disable=not main)
+    window, bad_steps_in_a_row = LogWindow(accelerator.device), 0
+    parts.unet.train()
+    with StopRequest() as stop_request:  # SIGTERM/SIGINT: finish the step, checkpoint, stop
+        while record.global_step < total_steps:
+            # step: accumulate over the micro-batches, clip, update the weights and the EMA (or skip the step)
+            micro_batches = fetch_micro_batches(batches, config, record.global_step, stop_request)
+            outcome = optimizer_step(accelerator, parts, micro_batches, record.global_step)
+            record.global_step += 1
+            step, is_last = record.global_step, record.global_step == total_steps
+            progress.update(1)
+            window.add(outcome)
+            bad_steps_in_a_row = 0 if outcome.applied else bad_steps_in_a_row + 1
+            if not outcome.applied:
+                record.skipped_steps += 1
+                progress.write(
+                    f"step {step}: non-finite loss or gradient, step skipped ({bad_steps_in_a_row} in a row)"
+                )
+                if config.max_bad_steps and bad_steps_in_a_row >= config.max_bad_steps:
+                    raise diverged(config, record, bad_steps_in_a_row)
+
+            # log
+            if step % config.logging_steps == 0 or is_last:
+                logs = {"loss": window.close(accelerator, record), "lr": parts.lr_scheduler.get_last_lr()[0]}
+                logs.update(images_per_second=window.speeds[-1], skipped_steps=record.skipped_steps)
+                if parts.ema is not None:
+                    logs["ema_decay"] = parts.ema.current_decays()[0]
+                progress.set_postfix(
+                    loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}", img_s=f"{window.speeds[-1]:.0f}"
+                )
+                accelerator.log(logs, step=step)
+
+            with window.pause():
+                # grids, FID, exports: the main process, while the others wait
+                due = {
+                    "grid": config.save_images_steps and step % config.save_images_steps == 0 and not is_last,
+                    "fid": config.fid_steps and (step % config.fid_steps == 0 or is_last),
+                    "export": config.save_model_steps and step % config.save_model_steps == 0 and not is_last,
+                }
+                if main and due["grid"]:
+                    progress.write(f"step {step}: sample grid {save_sample_grid(accelerator, parts, step)}")
+                if main and due["fid"]:
+                    track_fid(accelerator, parts, fid_tracker, record)
+                    best = record.best_fid
+                    progress.write(
+                        f"step {step}: best FID {best['fid']:.2f} (step {best['step']}, EMA {best['ema_decay']})"
+                    )
+                if main and due["export"]:
+                    folder = Path(config.output_dir) / f"pipeline-{step}"
+                    with sampling_weights(parts.model, parts.ema) as model:
+                        export_pipeline(model, parts.noise_scheduler, folder)
+                    progress.write(f"step {step}: pipeline exported to {folder}")
+                if any(due.values()):
+                    accelerator.wait_for_everyone()
+
+                # stop requests (every process stops after the same step: one small all-reduce) and checkpoints
+                if stop_request.received is not None:
+                    accelerator.set_trigger()
+                stop = accelerator.check_trigger() and not is_last
+                if (config.checkpointing_steps and (step % config.checkpointing_steps == 0 or is_last)) or stop:
+                    save_checkpoint(accelerator, parts, record, batches.state())
+            if stop:
+                progress.close()
+                raise TrainingStopped(
+                    f"stopped by {stop_request.name} after step {step} of {total_steps}: checkpoint "
+                    f"{Path(config.output_dir) / 'checkpoints' / f'checkpoint-{step}'} written. Continue with the "
+                    "same command and --resume_from_checkpoint latest.",
+                    exit_code=128 + (stop_request.received or 15),
+                )
+    progress.close()
+    return window.speeds
 
 
-def export_pipeline(unet, noise_scheduler, output_dir: Path) -> None:
-    """Save a stock DDPMPipeline (safetensors only), replacing an earlier export only once the new one is whole."""
-    for name, parameter in unet.named_parameters():
-        if not torch.isfinite(parameter).all():
-            raise RuntimeError(f"refusing to export: parameter {name} holds NaN or infinite values")
-    staging = staging_name(output_dir / "export")
-    remove(staging)
-    try:
-        DDPMPipeline(unet=unet, scheduler=noise_scheduler).save_pretrained(staging, safe_serialization=True)
-        for name in EXPORT_FILES:  # the folder holds more (checkpoints, samples): only these are replaced
-            target = output_dir / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            (staging / name).replace(target)
-    finally:
-        remove(staging)
-
-
-def save_pipeline_folder(unet, noise_scheduler, folder: Path) -> None:
-    """A whole stock DDPMPipeline in a folder of its own, written under a temporary name and renamed."""
-    with staged(folder, folder=True) as staging:
-        export_pipeline(unet, noise_scheduler, staging)
-
-
-def log_images(accelerator: Accelerator, images, step: int) -> None:
-    """A sample grid's images to the trackers that take images (TensorBoard, Weights & Biases)."""
-    for tracker in accelerator.trackers:
-        if tracker.name == "tensorboard":
-            tracker.log_images({"samples": images}, step=step, dataformats="NHWC")
-        elif tracker.name == "wandb":
-            import wandb
-
-            tracker.log({"samples": [wandb.Image(image) for image in images]}, step=step)
-
-
-def save_sample_grid(
-    accelerator: Accelerator, unet, config: TrainingConfig, scheduler_config: dict, step: int
-) -> Path:
-    """Sample the fixed-seed grid with the grid sampler and write samples/step-<step>.png (and to the trackers)."""
-    request = SamplingRequest(
-        config.grid_sampler, config.grid_inference_steps, config.num_grid_images, config.num_grid_images, config.seed
-    )
-    with accelerator.autocast():
-        images = sample_unet(unet, scheduler_config, request)
-    path = Path(config.output_dir) / "samples" / f"step-{step}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image_grid(images).save(path)
-    log_images(accelerator, images, step)
-    return path
-
-
-def track_fid(
-    accelerator: Accelerator, parts: TrainingParts, fid_tracker: TrainingFid, step: int, best: Optional[dict]
-) -> dict:
-    """FID of each EMA (or of the weights without EMA) now, logged; the best (step, EMA) so far goes to best-fid/."""
-    config = parts.config
-    model = accelerator.unwrap_model(parts.unet, keep_torch_compile=False)
-    decays = parts.ema.max_decays if parts.ema is not None else [None]
-    for index, decay in enumerate(decays):
-        with ema_weights(model, parts.ema, index), accelerator.autocast():
-            fid = fid_tracker(model, parts.noise_scheduler.config)
-        accelerator.log({"fid" if index == 0 else f"fid_ema_{decay:g}": fid}, step=step)
-        if best is None or fid < best["fid"]:
-            best = {"step": step, "fid": round(fid, 4), "ema_decay": decay}
-            with ema_weights(model, parts.ema, index):
-                export_pipeline(model, parts.noise_scheduler, Path(config.output_dir) / "best-fid")
-            write_json(
-                Path(config.output_dir) / "best-fid" / "fid.json",
-                {
-                    **best,
-                    "reference": config.fid_reference,
-                    "num_images": config.fid_num_images,
-                    "sampler": config.fid_sampler,
-                    "steps": config.fid_inference_steps,
-                    "mode": config.fid_mode,
-                },
-            )
-    return best
-
-
-def periodic_work(
-    accelerator, parts, batches, state, record, total_steps, fid_tracker, stop_request, progress
-) -> bool:
-    """After a step: the sample grid, FID and checkpoint when they are due. Returns whether to stop now, as every
-    process agrees (a signal to any of them; the step is then checkpointed)."""
-    config = parts.config
-    step, is_last = state.global_step, state.global_step == total_steps
-    if config.save_images_steps and step % config.save_images_steps == 0 and not is_last:
-        if accelerator.is_main_process:
-            with ema_weights(accelerator.unwrap_model(parts.unet, keep_torch_compile=False), parts.ema) as model:
-                path = save_sample_grid(accelerator, model, config, parts.noise_scheduler.config, step)
-            progress.write(f"step {step}: sample grid {path}")
-        accelerator.wait_for_everyone()
-    if config.fid_steps and (step % config.fid_steps == 0 or is_last):
-        if accelerator.is_main_process:
-            state.best_fid = track_fid(accelerator, parts, fid_tracker, step, state.best_fid)
-            progress.write(
-                f"step {step}: best FID {state.best_fid['fid']:.2f} (step {state.best_fid['step']}, EMA "
-                f"{state.best_fid['ema_decay']})"
-            )
-        accelerator.wait_for_everyone()
-    if config.save_model_steps and step % config.save_model_steps == 0 and not is_last:
-        if accelerator.is_main_process:
-            model = accelerator.unwrap_model(parts.unet, keep_fp32_wrapper=False, keep_torch_compile=False)
-            with ema_weights(model, parts.ema):
-                save_pipeline_folder(model, parts.noise_scheduler, Path(config.output_dir) / f"pipeline-{step}")
-            progress.write(f"step {step}: pipeline exported to {Path(config.output_dir) / f'pipeline-{step}'}")
-        accelerator.wait_for_everyone()
-    if stop_request.received is not None:
-        accelerator.set_trigger()
-    stop = accelerator.check_trigger()  # every process stops after the same step (one small all-reduce)
-    if (config.checkpointing_steps and (step % config.checkpointing_steps == 0 or is_last)) or (stop and not is_last):
-        save_checkpoint(accelerator, parts, record_at(record, state), state, batches.state())
-    return stop and not is_last
-
-
-def diverged(config: TrainingConfig, state: TrainingState, bad_steps_in_a_row: int) -> TrainingStopped:
+def diverged(config: TrainingConfig, record: RunRecord, bad_steps_in_a_row: int) -> TrainingStopped:
     # checkpoints written during the bad streak hold the same weights as the last good step
-    good_step = state.global_step - bad_steps_in_a_row
+    good_step = record.global_step - bad_steps_in_a_row
     checkpoints = [
         path
         for path in list_checkpoints(Path(config.output_dir) / "checkpoints")
@@ -550,125 +546,42 @@ def diverged(config: TrainingConfig, state: TrainingState, bad_steps_in_a_row: i
     ]
     last_good = f"the last good checkpoint is {checkpoints[-1]}" if checkpoints else "there is no checkpoint yet"
     return TrainingStopped(
-        f"training diverged: {bad_steps_in_a_row} steps in a row (up to step {state.global_step}) had a non-finite "
+        f"training diverged: {bad_steps_in_a_row} steps in a row (up to step {record.global_step}) had a non-finite "
         f"loss or gradient and were skipped; {last_good}. Resume from it with a lower --learning_rate "
         "(--resume_from_checkpoint PATH), or raise --max_bad_steps.",
         exit_code=3,
     )
 
 
-def training_loop(
-    accelerator,
-    parts: TrainingParts,
-    batches: Batches,
-    state: TrainingState,
-    record: RunRecord,
-    total_steps: int,
-    fid_tracker: Optional[TrainingFid],
-) -> None:
-    """Optimizer steps until the budget is spent. Raises TrainingStopped for a signal (checkpointed) or divergence."""
-    config = parts.config
-    progress = tqdm(
-        total=total_steps, initial=state.global_step, desc="Training", disable=not accelerator.is_main_process
-    )
-    window = LogWindow(accelerator.device)
-    bad_steps_in_a_row = 0
-    parts.unet.train()
-    try:
-        with StopRequest() as stop_request:  # SIGTERM/SIGINT: finish the step, checkpoint, stop
-            while state.global_step < total_steps:
-                micro_batches = fetch_micro_batches(batches, config, state.global_step, stop_request)
-                outcome = optimizer_step(accelerator, parts, micro_batches, state.global_step)
-                state.global_step += 1
-                progress.update(1)
-                window.add(outcome)
-                if outcome.applied:
-                    bad_steps_in_a_row = 0
-                else:
-                    state.skipped_steps += 1
-                    bad_steps_in_a_row += 1
-                    progress.write(
-                        f"step {state.global_step}: non-finite loss or gradient, step skipped ({bad_steps_in_a_row} "
-                        "in a row)"
-                    )
-                    if config.max_bad_steps and bad_steps_in_a_row >= config.max_bad_steps:
-                        raise diverged(config, state, bad_steps_in_a_row)
-
-                if state.global_step % config.logging_steps == 0 or state.global_step == total_steps:
-                    loss, seconds = window.close(accelerator, record.images_per_step)
-                    state.train_seconds += seconds
-                    logs = {
-                        "loss": loss,
-                        "lr": parts.lr_scheduler.get_last_lr()[0],
-                        "images_per_second": window.images_per_second,
-                        "skipped_steps": state.skipped_steps,
-                    }
-                    if parts.ema is not None:
-                        logs["ema_decay"] = parts.ema.current_decays()[0]
-                    progress.set_postfix(
-                        loss=f"{loss:.4f}", lr=f"{logs['lr']:.2e}", img_s=f"{window.images_per_second:.0f}"
-                    )
-                    accelerator.log(logs, step=state.global_step)
-
-                with window.pause():
-                    stop = periodic_work(
-                        accelerator, parts, batches, state, record, total_steps, fid_tracker, stop_request, progress
-                    )
-                if stop:
-                    raise TrainingStopped(
-                        f"stopped by {stop_request.name} after step {state.global_step} of {total_steps}: checkpoint "
-                        f"{Path(config.output_dir) / 'checkpoints' / f'{CHECKPOINT_PREFIX}{state.global_step}'} "
-                        "written. Continue with the same command and --resume_from_checkpoint latest.",
-                        exit_code=128 + (stop_request.received or 15),
-                    )
-    except TrainingStopped:
-        progress.close()
-        accelerator.end_training()
-        raise
-    progress.close()
-
-
 # ---------------------------------------------------------------------------------------------
 # After the loop
 
 
-def export_run(
-    accelerator: Accelerator,
-    parts: TrainingParts,
-    record: RunRecord,
-    state: TrainingState,
-    files_skipped: int,
-    started: float,
-) -> None:
+def export_run(accelerator: Accelerator, parts: TrainingParts, record: RunRecord, started: float) -> None:
     """The main EMA (or the trained weights) as a stock DDPMPipeline in the output folder and each other EMA in
     ema-<decay>/, a last sample grid, the finished record and the model card; then the Hub push if asked."""
     config, output_dir = parts.config, Path(parts.config.output_dir)
-    if not accelerator.is_main_process:
-        return
-    unet = build_unet(config)
-    unet.load_state_dict(
-        accelerator.unwrap_model(parts.unet, keep_fp32_wrapper=False, keep_torch_compile=False).state_dict()
-    )
+    unet = build_unet(config)  # a copy to hold the averages, so the trained weights stay as they are
+    unet.load_state_dict(parts.model.state_dict())
     unet.to(accelerator.device)
     if parts.ema is not None:
-        for index, decay in enumerate(parts.ema.max_decays[1:], start=1):
+        for index, decay in list(enumerate(parts.ema.max_decays))[1:]:
             parts.ema.copy_to(unet.parameters(), index)
             export_pipeline(unet, parts.noise_scheduler, output_dir / f"ema-{decay:g}")
         parts.ema.copy_to(unet.parameters(), 0)
     export_pipeline(unet, parts.noise_scheduler, output_dir)
-    grid_path = save_sample_grid(accelerator, unet.eval(), config, parts.noise_scheduler.config, state.global_step)
-    data = {**record.data, "files_skipped": files_skipped} if config.streaming else record.data
-    write_record(
-        output_dir / RECORD_NAME,
-        config,
-        record_at(record, state, finished=True, data=data, wall_seconds=round(time.time() - started, 1)),
-    )
+    grid_path = save_sample_grid(accelerator, parts, record.global_step, unet.eval())
+    record.finished, record.wall_seconds = True, round(time.time() - started, 1)
+    write_record(output_dir / RECORD_NAME, config, record)
     write_card(output_dir, config.hub_model_id)
     logger.info(
         f"Exported the DDPMPipeline to {output_dir} (sample grid: {grid_path}) in {time.time() - started:.0f} s"
     )
     if config.push_to_hub:
-        push_to_hub(output_dir, config.hub_model_id, config.hub_private_repo)
+        try:
+            push_to_hub(output_dir, config.hub_model_id, config.hub_private_repo)
+        except HubError as error:
+            raise HubError(f"{error}\nThe trained pipeline is kept; push it later with `python -m pipeline.hub push`.")
 
 
 def resolve_after_data(config: TrainingConfig, data: TrainingData, num_processes: int) -> TrainingConfig:
@@ -683,22 +596,18 @@ def resolve_after_data(config: TrainingConfig, data: TrainingData, num_processes
     return dataclasses.replace(config, **changes)
 
 
-def parameter_count(parameters: int) -> str:
-    """2.5M, 114.4M; or 44,969 below a million."""
-    return f"{parameters / 1e6:.1f}M" if parameters >= 1e6 else f"{parameters:,}"
-
-
-def describe_run(config: TrainingConfig, record: RunRecord, data: TrainingData, accelerator: Accelerator) -> str:
+def describe_run(config: TrainingConfig, record: RunRecord, data: TrainingData) -> str:
     """The start-of-run banner: what is trained, on what, for how long, how."""
+    parameters = record.unet_parameters
+    size = f"{parameters / 1e6:.1f}M" if parameters >= 1e6 else f"{parameters:,}"
     images = f"{data.num_images:,} images" if data.num_images else "a stream of images"
     epochs = f", {record.total_steps * record.images_per_step / data.num_images:.1f} epochs" if data.num_images else ""
     channels = {1: "grayscale", 3: "RGB"}[config.image_channels]
     preset = f"preset {config.preset}" if config.preset else "no preset: the quickstart's defaults"
     return (
-        f"Training a {parameter_count(record.unet_parameters)}-parameter UNet at "
-        f"{config.resolution}x{config.resolution} {channels} ({preset}) on {images}: {record.total_steps:,} steps of "
-        f"{record.images_per_step} images{epochs}, {accelerator.num_processes} process(es), mixed precision "
-        f"{accelerator.mixed_precision}"
+        f"Training a {size}-parameter UNet at {config.resolution}x{config.resolution} {channels} ({preset}) on "
+        f"{images}: {record.total_steps:,} steps of {record.images_per_step} images{epochs}, {record.num_processes} "
+        f"process(es), mixed precision {record.mixed_precision}"
     )
 
 
@@ -707,70 +616,101 @@ def describe_run(config: TrainingConfig, record: RunRecord, data: TrainingData, 
 
 
 def train(config: TrainingConfig) -> Path:
-    """Train, checkpoint and export; returns the output folder."""
-    started = time.time()
+    """Train, checkpoint and export; returns the output folder. Everything that can be refused is checked first."""
     configure_logging(config.log_level)
     resume_from = find_resume_checkpoint(config)
     if config.push_to_hub and not hub_token():
         raise ConfigError("push_to_hub: no Hugging Face token; set HF_TOKEN or run `hf auth login` before training")
-    accelerator = setup_accelerator(config)
-    if config.overwrite_output_dir and resume_from is None and accelerator.is_main_process:
-        old = Path(config.output_dir) / "checkpoints"
-        if old.is_dir():
-            logger.warning(f"--overwrite_output_dir: deleting the checkpoints of an earlier run in {old}")
-            shutil.rmtree(old)
-    accelerator.wait_for_everyone()
-
-    # Before any work: the output folder, then the reference and the Inception weights of FID during training
-    if accelerator.is_main_process:
+    accelerator, precision = setup_accelerator(config)
+    main, checkpoints = accelerator.is_main_process, Path(config.output_dir) / "checkpoints"
+    if main:
         with torch.device("meta"):  # only counted, never allocated
             check_output_dir(config, count_parameters(build_unet(config)))
-    fid_tracker = TrainingFid(config, accelerator.device) if config.fid_steps and accelerator.is_main_process else None
-    if config.preset is None and (config.train_data_dir is not None or config.dataset_name != QUICKSTART_DATA):
-        logger.warning(
-            "note: no --config, so the quickstart's defaults apply (28x28, a 2.5M-parameter UNet); for your own "
-            "images start from `--config configs/images64.yaml` (see the README, 'Your own images')"
+    with FolderLock(config.output_dir) if main else nullcontext():  # one run, resume or export per folder
+        if main:
+            check_folder_owner(config, resuming=resume_from is not None)
+            if config.overwrite_output_dir and resume_from is None and checkpoints.is_dir():
+                logger.warning(f"--overwrite_output_dir: deleting the checkpoints of an earlier run in {checkpoints}")
+                shutil.rmtree(checkpoints)
+        accelerator.wait_for_everyone()
+        fid_tracker = TrainingFid(config, accelerator.device) if config.fid_steps and main else None
+        device = describe_device(precision["device"])
+        logger.info(
+            f"Device: {device}; mixed precision {precision['mixed_precision']} ({precision['precision_reason']})"
         )
+        if config.preset is None and (config.train_data_dir is not None or config.dataset_name != QUICKSTART_DATA):
+            logger.warning(
+                "note: no --config, so the quickstart's defaults apply (28x28, a 2.5M-parameter UNet); for your own "
+                "images start from `--config configs/images64.yaml` (see the README, 'Your own images')"
+            )
+        try:
+            run_training(config, accelerator, resume_from, precision, fid_tracker)
+        finally:
+            accelerator.end_training()
+    return Path(config.output_dir)
 
+
+def run_training(config: TrainingConfig, accelerator: Accelerator, resume_from, precision: dict, fid_tracker) -> None:
+    """Data, model, the checkpoint to continue, the loop and the export, in the folder `train` has made ready."""
+    started = time.time()
     data = load_training_data(config, accelerator)
     config = resolve_after_data(config, data, accelerator.num_processes)
-    if resume_from is not None:
-        check_resume_compatible(config, resume_from)
+    changes = check_resume_compatible(config, resume_from) if resume_from is not None else []
     total_steps = count_train_steps(config, data.num_images, accelerator.num_processes)
     unet = build_unet(config)
     parts = build_training(config, accelerator, unet, total_steps)
     record = RunRecord(
-        **describe_environment(accelerator),
-        num_train_images=data.num_images,
-        data=data.summary,
-        **describe_data_origin(config),
-        unet_parameters=count_parameters(unet),
-        total_steps=total_steps,
-        images_per_step=config.global_batch_size(accelerator.num_processes),
-    )
+        **describe_environment(accelerator), **precision, num_train_images=data.num_images, data=data.summary,
+        **describe_data_origin(config), unet_parameters=count_parameters(unet), total_steps=total_steps,
+        images_per_step=config.global_batch_size(accelerator.num_processes), resumed_changes=changes,
+    )  # fmt: skip
+    if resume_from is not None:
+        counters = load_checkpoint(resume_from, accelerator, parts, data.batches if config.streaming else None)
+        record = dataclasses.replace(record, **counters)
+        resumed = "".join(f"\n  changed: {change}" for change in changes)
+        logger.info(f"Resumed from {resume_from} at step {record.global_step}{resumed}")
     if accelerator.is_main_process:
         write_record(Path(config.output_dir) / RECORD_NAME, config, record)
-        accelerator.init_trackers("train_ddpm", config=tracker_config(config))
+        hparams = {
+            name: value if isinstance(value, (int, float, str, bool)) else str(value)
+            for name, value in config.to_dict().items()
+        }
+        accelerator.init_trackers("train_ddpm", config=hparams)  # (TensorBoard's hparams take scalars and strings)
+    logger.info(describe_run(config, record, data))
 
-    state = TrainingState()
-    if resume_from is not None:
-        state = load_checkpoint(resume_from, accelerator, parts, data.batches if config.streaming else None)
-        logger.info(f"Resumed from {resume_from} at step {state.global_step}")
-    logger.info(describe_run(config, record, data, accelerator))
-
-    training_loop(accelerator, parts, data.batches, state, record, total_steps, fid_tracker)
-    files_skipped = data.batches.files_skipped()
+    speeds = training_loop(accelerator, parts, data.batches, record, fid_tracker)
+    record.images_per_second = round(statistics.median(speeds), 1) if speeds else None
     if config.streaming:  # counted by each process while reading
-        files_skipped = int(
-            accelerator.reduce(torch.tensor(files_skipped, device=accelerator.device), reduction="sum").item()
-        )
-    export_run(accelerator, parts, record, state, files_skipped, started)
-    accelerator.end_training()
-    return Path(config.output_dir)
+        skipped = torch.tensor(data.batches.files_skipped(), device=accelerator.device)
+        record.data = {**record.data, "files_skipped": int(accelerator.reduce(skipped, reduction="sum").item())}
+    if accelerator.is_main_process:
+        export_run(accelerator, parts, record, started)
 
 
-# ---------------------------------------------------------------------------------------------
-# Command line
+def describe_environment(accelerator: Accelerator) -> dict:
+    """The hardware, processes, threads and versions a run records."""
+    import accelerate
+    import datasets
+    import diffusers
+
+    if accelerator.device.type == "cuda":
+        hardware = f"{accelerator.num_processes} x {torch.cuda.get_device_name(accelerator.device)}"
+    else:
+        cpu = device_facts("cpu")
+        hardware = f"{accelerator.num_processes} process(es) on cpu ({cpu['name']}, {cpu['cores']} cores)"
+    versions = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "accelerate": accelerate.__version__,
+        "datasets": datasets.__version__,
+    }
+    return {
+        "hardware": hardware,
+        "num_processes": accelerator.num_processes,
+        "cpu_threads_per_process": torch.get_num_threads(),
+        "versions": versions,
+    }
 
 
 def dry_run(config: TrainingConfig) -> None:
@@ -799,24 +739,3 @@ def dry_run(config: TrainingConfig) -> None:
         f"training steps: {steps:,} of {config.global_batch_size(state.num_processes)} images on "
         f"{num_images or 'unknown'} training images{source_note}"
     )
-
-
-def main(argv: Optional[list[str]] = None) -> None:
-    try:
-        config = parse_config(argv)
-        if config.dry_run:
-            dry_run(config)
-        else:
-            train(config)
-    except (ConfigError, DataError, EvalError, CheckpointError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-    except TrainingStopped as error:
-        print(f"{'error: ' if error.exit_code == 3 else ''}{error}", file=sys.stderr)
-        sys.exit(error.exit_code)
-    except HubError as error:
-        print(
-            f"error: {error}\nThe trained pipeline is kept; push it later with `python -m pipeline.hub push`.",
-            file=sys.stderr,
-        )
-        sys.exit(2)

@@ -96,11 +96,11 @@ print("mixed_precision=" + parse_config(sys.argv[1:]).mixed_precision)
 @pytest.mark.parametrize(
     "launcher, flags, expected",
     [
-        ([], [], "bf16"),  # nothing said to Accelerate: the preset's (the quickstart's bf16)
+        ([], [], "auto"),  # nothing said to Accelerate: the preset's (the quickstart's auto)
         (["--mixed_precision", "no"], [], "no"),  # accelerate launch --mixed_precision wins over the preset
         (["--mixed_precision", "no"], ["--mixed_precision", "bf16"], "bf16"),  # our own flag wins over all
         (["--config_file", "{no_config}"], [], "no"),  # the Accelerate config file's value
-        (["--config_file", "accelerate_config.yaml"], [], "bf16"),  # ours sets none: the preset's
+        (["--config_file", "accelerate_config.yaml"], [], "auto"),  # ours sets none: the preset's
         (["--mixed_precision", "no"], ["--config", "configs/report_sfhq64.yaml", "--max_train_steps", "1"], "no"),
     ],
     ids=["preset", "launcher-flag", "own-flag", "accelerate-config-file", "our-accelerate-config", "over-a-preset"],
