@@ -298,6 +298,8 @@ def load_pipeline(model: str, device: str = "cpu", dtype: str = "fp32") -> DDPMP
             path = Path(DDPMPipeline.download(model))
         check_model_folder(path)
         pipeline = DDPMPipeline.from_pretrained(path, dtype=DTYPES[sampling_dtype(dtype, device)])
+    except SampleError:
+        raise
     except (OSError, ValueError) as error:
         raise SampleError(
             f"model: cannot load a DDPMPipeline from {model!r} ({type(error).__name__}: {error})"

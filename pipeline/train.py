@@ -466,7 +466,7 @@ def training_loop(accelerator, parts: TrainingParts, batches: Batches, record: R
     progress = tqdm(total=total_steps, initial=record.global_step, desc="Training", disable=not main)
     window, bad_steps_in_a_row = LogWindow(accelerator.device), 0
     parts.unet.train()
-    with StopRequest() as stop_request:  # SIGTERM/SIGINT: finish the step, checkpoint, stop
+    with progress, StopRequest() as stop_request:  # SIGTERM/SIGINT: finish the step, checkpoint, stop
         while record.global_step < total_steps:
             # step: accumulate over the micro-batches, clip, update the weights and the EMA (or skip the step)
             micro_batches = fetch_micro_batches(batches, config, record.global_step, stop_request)
@@ -525,14 +525,12 @@ def training_loop(accelerator, parts: TrainingParts, batches: Batches, record: R
                 if (config.checkpointing_steps and (step % config.checkpointing_steps == 0 or is_last)) or stop:
                     save_checkpoint(accelerator, parts, record, batches.state())
             if stop:
-                progress.close()
                 raise TrainingStopped(
                     f"stopped by {stop_request.name} after step {step} of {total_steps}: checkpoint "
                     f"{Path(config.output_dir) / 'checkpoints' / f'checkpoint-{step}'} written. Continue with the "
                     "same command and --resume_from_checkpoint latest.",
                     exit_code=128 + (stop_request.received or 15),
                 )
-    progress.close()
     return window.speeds
 
 
