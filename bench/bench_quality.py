@@ -183,6 +183,8 @@ ROWS = {
     "narrow-vz": {**VPRED_ZEROSNR, "block_out_channels": [16, 48, 96]},
     "c24-vz": {**VPRED_ZEROSNR, "block_out_channels": [24, 48, 96]},
     "b32-vz": {**VPRED_ZEROSNR, "train_batch_size": 32, "max_train_steps": 800},
+    "small-vz-t1000": {**VPRED_ZEROSNR, "block_out_channels": [16, 32, 64], "ddpm_num_steps": 1000},
+    "small-vz-cl": {**VPRED_ZEROSNR, "block_out_channels": [16, 32, 64], "norm_num_groups": 4},
 }
 
 # Sampler cells: name-steps; "full" is the whole chain (T steps)

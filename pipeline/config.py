@@ -27,7 +27,7 @@ BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_min_lr", "polynomial")
-SAMPLERS = ("ddpm", "ddim", "dpmsolver++", "sde-dpmsolver++", "unipc")
+SAMPLERS = ("ddpm", "ddim", "dpmsolver++", "sde-dpmsolver++", "unipc", "lcm")
 LOGGERS = ("tensorboard", "wandb", "comet_ml", "mlflow", "aim", "clearml", "dvclive", "swanlab", "trackio", "none")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
@@ -186,6 +186,29 @@ class TrainingConfig:
         "diffusers samplers space them the same way). trailing starts every sampler at t = T - 1, where its initial "
         "noise belongs: measured better than diffusers' leading for every fast sampler (bench/README.md).",
         choices=TIMESTEP_SPACINGS,
+        resume=MATCH,
+    )
+
+    # ----- distillation into a few-step student (pipeline/distill.py) -----
+    distill_teacher: Optional[str] = option(
+        None,
+        "A trained pipeline (output folder) to distil: the UNet starts from its EMA weights and learns the "
+        "consistency function of its sampling ODE, sampled by LCMScheduler in 1 to distill_grid_steps steps.",
+        resume=MATCH,
+    )
+    distill_grid_steps: int = option(
+        50,
+        "The consistency grid: timesteps k = T / N apart (LCMScheduler's original_inference_steps); the student "
+        "samples in any number of steps up to N. Also the lcm sampler's grid.",
+        minimum=1,
+        maximum=MAX_TIMESTEPS,
+        resume=MATCH,
+    )
+    distill_target: str = option(
+        "teacher",
+        "teacher: the target point comes from a DDIM step of the teacher (consistency distillation); data: from the "
+        "same noise on the training image (consistency training, the teacher only initialises the student).",
+        choices=("teacher", "data"),
         resume=MATCH,
     )
 
@@ -547,7 +570,16 @@ def validate(config: TrainingConfig) -> None:
     # outputs
     if not config.logging_dir or Path(config.logging_dir).is_absolute() or ".." in Path(config.logging_dir).parts:
         raise ConfigError(f"logging_dir: must be a folder inside --output_dir, got {config.logging_dir!r}")
-    for name in ("grid_inference_steps", "fid_inference_steps"):
+    if config.distill_grid_steps > config.ddpm_num_steps:
+        raise ConfigError(
+            f"distill_grid_steps: {config.distill_grid_steps} is more than ddpm_num_steps={config.ddpm_num_steps}"
+        )
+    for name, sampler in (("grid_inference_steps", config.grid_sampler), ("fid_inference_steps", config.fid_sampler)):
+        if sampler == "lcm" and getattr(config, name) > config.distill_grid_steps:
+            raise ConfigError(
+                f"{name}: {getattr(config, name)} steps, but the consistency sampler (lcm) gives at most "
+                f"distill_grid_steps={config.distill_grid_steps}"
+            )
         if getattr(config, name) > config.ddpm_num_steps:
             raise ConfigError(
                 f"{name}: {getattr(config, name)} sampler steps, but the model has only "

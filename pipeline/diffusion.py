@@ -100,8 +100,14 @@ def step_loss(
     micro_batch_index: int,
     process_index: int = 0,
     num_processes: int = 1,
+    teacher=None,
 ) -> torch.Tensor:
-    """The loss of one micro-batch: (B, C, H, W) uint8 images -> flipped, scaled, noised, predicted, compared."""
+    """The loss of one micro-batch: (B, C, H, W) uint8 images -> flipped, scaled, noised, predicted, compared (for a
+    distillation, the consistency loss below)."""
+    if config.distill_teacher is not None:
+        return consistency_loss(
+            unet, teacher, noise_scheduler, config, batch, micro_batch_index, process_index, num_processes
+        )
     flip, timesteps, noise = step_draws(config, micro_batch_index, process_index, num_processes, batch.device)
     if config.random_flip:
         batch = random_flip(batch, flip=flip)
@@ -113,3 +119,60 @@ def step_loss(
     if config.snr_gamma is not None:
         weights = min_snr_weights(compute_snr(noise_scheduler, timesteps), config.snr_gamma, config.prediction_type)
     return diffusion_loss(model_output, target, config.loss_type, weights)
+
+
+# ---------------------------------------------------------------------------------------------
+# Consistency distillation in DDPM time (Song et al. 2023; Luo et al. 2023, LCM), for LCMScheduler
+
+
+def predicted_x0_and_noise(scheduler, model_output: torch.Tensor, sample: torch.Tensor, timesteps: torch.Tensor):
+    """The clean image and the noise that a model output implies at `timesteps`, for the scheduler's prediction type:
+    x_t = sqrt(a) x0 + sqrt(1 - a) eps, v = sqrt(a) eps - sqrt(1 - a) x0 (a = alpha_bar_t)."""
+    alpha = scheduler.alphas_cumprod.to(sample.device)[timesteps].float().view(-1, 1, 1, 1)
+    a, b = alpha.sqrt(), (1 - alpha).sqrt()
+    prediction_type = scheduler.config.prediction_type
+    if prediction_type == "v_prediction":
+        return a * sample - b * model_output, b * sample + a * model_output
+    if prediction_type == "epsilon":
+        return (sample - b * model_output) / a, model_output
+    return model_output, (sample - a * model_output) / b.clamp(min=1e-6)
+
+
+def boundary_scalings(timesteps: torch.Tensor, timestep_scaling: float = 10.0, sigma_data: float = 0.5):
+    """c_skip and c_out of the consistency function f(x, t) = c_skip x + c_out x0(x, t), exactly as LCMScheduler
+    computes them (its get_scalings_for_boundary_condition_discrete): f(x, 0) = x, f ~ x0 beyond the first steps."""
+    scaled = (timesteps.float() * timestep_scaling).view(-1, 1, 1, 1)
+    return sigma_data**2 / (scaled**2 + sigma_data**2), scaled / (scaled**2 + sigma_data**2).sqrt()
+
+
+def consistency_function(unet, scheduler, sample: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    x0, _ = predicted_x0_and_noise(scheduler, unet(sample, timesteps).sample.float(), sample, timesteps)
+    c_skip, c_out = boundary_scalings(timesteps)
+    return c_skip * sample + c_out * x0
+
+
+def consistency_loss(unet, teacher, noise_scheduler, config, batch, micro_batch_index, process_index, num_processes):
+    """One micro-batch of consistency distillation on LCMScheduler's grid t_n = n k - 1 (k = T / N): the student's
+    f(x_t, t) is pulled toward its own f (no gradient) at the grid point one step nearer the data, x_s, which the
+    teacher reaches with one DDIM step from x_t (distill_target teacher) or which is the same noise on the image
+    (distill_target data); at the last point the target is the teacher's x0 (or the image). The draws are step_draws'
+    (the timestep picks the grid point), so a resumed distillation draws what an uninterrupted one does."""
+    flip, timesteps, noise = step_draws(config, micro_batch_index, process_index, num_processes, batch.device)
+    clean_images = to_model_range(random_flip(batch, flip=flip) if config.random_flip else batch)
+    k = config.ddpm_num_steps // config.distill_grid_steps
+    t = (timesteps * config.distill_grid_steps // config.ddpm_num_steps + 1) * k - 1  # a point of the grid
+    s = t - k  # the next one toward the data; -1: the data itself
+    noisy_images = noise_scheduler.add_noise(clean_images, noise, t)
+    at_data = (s < 0).view(-1, 1, 1, 1)
+    with torch.no_grad():
+        if config.distill_target == "teacher":
+            x0, eps = predicted_x0_and_noise(noise_scheduler, teacher(noisy_images, t).sample.float(), noisy_images, t)
+            alpha = noise_scheduler.alphas_cumprod.to(x0.device)[s.clamp(min=0)].float().view(-1, 1, 1, 1)
+            earlier = torch.where(at_data, x0, alpha.sqrt() * x0 + (1 - alpha).sqrt() * eps)  # one DDIM step
+        else:
+            earlier = torch.where(
+                at_data, clean_images, noise_scheduler.add_noise(clean_images, noise, s.clamp(min=0))
+            )
+        target = torch.where(at_data, earlier, consistency_function(unet, noise_scheduler, earlier, s.clamp(min=0)))
+    prediction = consistency_function(unet, noise_scheduler, noisy_images, t)
+    return diffusion_loss(prediction, target, config.loss_type)

@@ -31,6 +31,7 @@ import numpy as np
 import scipy.linalg
 import torch
 from PIL import Image
+from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from .config import FID_MODES as MODES
@@ -283,9 +284,13 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     for name, value in (("mean", mu1), ("covariance", sigma1), ("mean", mu2), ("covariance", sigma2)):
         if not np.isfinite(value).all():
             raise EvalError(f"statistics: the {name} holds NaN or infinite values")
-    factor = _psd_factor(sigma1)
-    middle = factor.T @ sigma2 @ factor
-    eigenvalues = np.linalg.eigvalsh((middle + middle.T) / 2)
+    # One BLAS thread: when another job (or the training process's own OpenMP pool) keeps the cores busy, BLAS
+    # threads that wait for each other at every barrier make the factorisation several times slower
+    # (bench/bench_frechet.py: 2 threads on a loaded AVX2 machine took 5.7-9.3 s).
+    with threadpool_limits(limits=1, user_api="blas"):
+        factor = _psd_factor(sigma1)
+        middle = factor.T @ sigma2 @ factor
+        eigenvalues = np.linalg.eigvalsh((middle + middle.T) / 2)
     trace_sqrt = np.sqrt(np.clip(eigenvalues, 0, None)).sum()
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_sqrt)

@@ -66,6 +66,8 @@ PAPERS = {
     "ddim": ("Denoising Diffusion Implicit Models (Song et al. 2021)", "2010.02502"),
     "dpmsolver": ("DPM-Solver++ (Lu et al. 2022)", "2211.01095"),
     "unipc": ("UniPC (Zhao et al. 2023)", "2302.04867"),
+    "consistency": ("Consistency Models (Song et al. 2023)", "2303.01469"),
+    "lcm": ("Latent Consistency Models (Luo et al. 2023), consistency distillation in DDPM time", "2310.04378"),
 }
 
 
@@ -167,7 +169,6 @@ def card_context(output_dir: Path, repo_id: Optional[str] = None) -> dict:
     preprocessing += (", random horizontal flips" if config["random_flip"] else "") + ", scaled to [-1, 1]"
     hours = (run["wall_seconds"] or 0) / 3600
     results = _results(output_dir)
-    fast = "dpmsolver++" in config["grid_sampler"]
     return {
         "config": config, "run": run, "scheduler": scheduler, "results": results,
         "model_name": repo_id.split("/")[-1] if repo_id else output_dir.resolve().name,
@@ -185,10 +186,22 @@ def card_context(output_dir: Path, repo_id: Optional[str] = None) -> dict:
         "is_sfhq": "sfhq" in (data_name or "").lower(),
         "is_fashion_mnist": all(word in (data_name or "").lower() for word in ("fashion", "mnist")),
         "papers": papers_of(config, scheduler),
-        # the fast sampler of the usage snippet: the grids' own when it is a DPM-Solver++, else the stochastic one
-        "fast_algorithm": config["grid_sampler"] if fast else "sde-dpmsolver++",
-        "fast_steps": config["grid_inference_steps"] if fast else min(20, scheduler["num_train_timesteps"]),
+        "student": config["distill_teacher"] is not None, "teacher": teacher_of(config["distill_teacher"]),
     }  # fmt: skip
+
+
+def teacher_of(folder: Optional[str]) -> Optional[dict]:
+    """How the card names a student's teacher: by its Hub id, linked, when it came from the Hub (the cache folder
+    models--<user>--<name>) or its record names one; else by its folder's name."""
+    if folder is None:
+        return None
+    path = Path(folder)
+    hub_id = next(("/".join(part.split("--")[1:]) for part in path.parts if part.startswith("models--")), None)
+    if hub_id is None and (path / RECORD_NAME).is_file():
+        hub_id = read_record(path / RECORD_NAME).config.hub_model_id
+    if hub_id:
+        return {"name": hub_id, "text": f"[{hub_id}](https://huggingface.co/{hub_id})"}
+    return {"name": path.name, "text": f"`{path.name}` (a local training folder)"}
 
 
 def papers_of(config: dict, scheduler: dict) -> list[dict]:
@@ -199,7 +212,7 @@ def papers_of(config: dict, scheduler: dict) -> list[dict]:
     keys += ["min_snr"] if config.get("snr_gamma") else []
     keys += ["zero_snr"] if scheduler.get("rescale_betas_zero_snr") else []
     keys += ["ema_lengths"] if config.get("ema_extra_decays") else []
-    keys += ["ddim", "dpmsolver", "unipc"]
+    keys += ["consistency", "lcm"] if config.get("distill_teacher") else ["ddim", "dpmsolver", "unipc"]
     return [{"title": PAPERS[key][0], "url": f"https://arxiv.org/abs/{PAPERS[key][1]}"} for key in keys]
 
 

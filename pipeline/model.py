@@ -1,8 +1,16 @@
 """The UNet and the noise scheduler, built from the configuration."""
 
+import inspect
 from pathlib import Path
 
-from diffusers import DDPMScheduler, UNet2DModel
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    LCMScheduler,
+    UNet2DModel,
+    UniPCMultistepScheduler,
+)
 
 from .config import ConfigError, TrainingConfig, check_field, check_type
 from .errors import PipelineError, SampleError
@@ -71,7 +79,7 @@ def x0_clipping(clip_sample: bool) -> dict:
 
 
 def build_noise_scheduler(config: TrainingConfig) -> DDPMScheduler:
-    """The training scheduler; exported with the pipeline, so it is also the default sampler."""
+    """The training scheduler: the forward process every sampler of the model is built from."""
     return DDPMScheduler(
         num_train_timesteps=config.ddpm_num_steps,
         beta_schedule=config.ddpm_beta_schedule,
@@ -84,6 +92,50 @@ def build_noise_scheduler(config: TrainingConfig) -> DDPMScheduler:
         timestep_spacing=config.ddpm_timestep_spacing,
         **x0_clipping(config.ddpm_clip_sample),
     )
+
+
+SAMPLER_CLASSES = {
+    "ddpm": DDPMScheduler,
+    "ddim": DDIMScheduler,
+    "dpmsolver++": DPMSolverMultistepScheduler,
+    "sde-dpmsolver++": DPMSolverMultistepScheduler,
+    "unipc": UniPCMultistepScheduler,
+    "lcm": LCMScheduler,
+}
+
+
+def make_sampler(name: str, scheduler_config: dict, solver_order: int = 2, **options):
+    """A sampler by name (its checks live in pipeline.sample.SamplingRequest), sharing the model's betas, prediction
+    type, spacing and x0 clipping, from any of these schedulers' saved configs.
+
+    ddpm: the ancestral chain (on a strided subsequence when steps < T); ddim: deterministic for eta = 0;
+    dpmsolver++: the multistep DPM-Solver++ of order `solver_order` (2 or 3); sde-dpmsolver++: its stochastic
+    variant (Lu et al. 2022), which draws fresh noise at each step like the DDPM chain and forgives more of an
+    imperfect model's error at few steps; unipc: the UniPC predictor-corrector (Zhao et al. 2023), whose `step`
+    takes no generator, so the stock `DDPMPipeline` cannot run it; lcm: the multistep consistency sampler (Luo et
+    al. 2023) of a distilled student, x0 predictions re-noised on its grid of `original_inference_steps`.
+    A config that clips x0 (`clip_sample`, range 1) makes every sampler clip it (see x0_clipping); one saved by a
+    sampler without `clip_sample` (DPM-Solver++, LCM) clips as its `thresholding` says.
+    """
+    config = {key: value for key, value in scheduler_config.items() if not key.startswith("_")}
+    if config.get("clip_sample") and config.get("clip_sample_range", 1.0) == 1.0:
+        config.update(x0_clipping(True))
+    config.setdefault("clip_sample", bool(config.get("thresholding")))
+    if "dpmsolver" in name:
+        options.update(algorithm_type=name, solver_order=solver_order)
+    sampler_class = SAMPLER_CLASSES[name]
+    accepted = inspect.signature(sampler_class.__init__).parameters
+    return sampler_class(**{key: value for key, value in {**config, **options}.items() if key in accepted})
+
+
+def export_scheduler(config: TrainingConfig):
+    """The scheduler a pipeline ships: the sampler its run chose by measurement for its grids (`grid_sampler`, the
+    default of every preset from bench/README.md), so that the stock DDPMPipeline samples with it as it is. UniPC
+    cannot run inside DDPMPipeline, so a run that grids with it ships the DDPM chain; a distilled student ships
+    LCMScheduler on its consistency grid."""
+    name = "ddpm" if config.grid_sampler == "unipc" else config.grid_sampler
+    options = {"original_inference_steps": config.distill_grid_steps} if name == "lcm" else {}
+    return make_sampler(name, build_noise_scheduler(config).config, **options)
 
 
 # A model folder's config keys -> the TrainingConfig fields whose checks (pipeline/config.py) they share
@@ -157,6 +209,36 @@ def check_model_folder(folder: Path, error: type = SampleError) -> None:
             raise
         except (TypeError, ValueError) as problem:
             raise error(f"{Path(folder) / name}: malformed ({problem})") from None
+
+
+def load_teacher(config: TrainingConfig) -> UNet2DModel:
+    """A distillation's teacher UNet (the EMA weights its pipeline exports), frozen, checked before anything is
+    trained: a stock DDPMPipeline folder whose configs pass check_model_folder, for the resolution, channels and
+    architecture of the run."""
+    folder = Path(config.distill_teacher)
+    index = read_json(folder / "model_index.json", ConfigError) if (folder / "model_index.json").is_file() else {}
+    if index.get("_class_name") != "DDPMPipeline":
+        found = f"its model_index.json names {index.get('_class_name')!r}" if index else "it holds no model_index.json"
+        raise ConfigError(f"distill_teacher: {folder} is not a DDPMPipeline ({found}); pass a training output folder")
+    check_model_folder(folder, ConfigError)
+    unet_config = read_json(folder / "unet" / "config.json", ConfigError)
+    if unet_config.get("sample_size") != config.resolution:
+        raise ConfigError(
+            f"distill_teacher: its images are {unet_config.get('sample_size')} px, the data's resolution is "
+            f"{config.resolution} px; distil at the teacher's resolution (drop --resolution)"
+        )
+    if config.image_channels not in (None, unet_config.get("in_channels")):
+        raise ConfigError(
+            f"distill_teacher: it makes {unet_config.get('in_channels')}-channel images, the run "
+            f"{config.image_channels}-channel ones"
+        )
+    teacher = UNet2DModel.from_pretrained(folder / "unet")
+    own = build_unet(config).state_dict()
+    if {name: tuple(value.shape) for name, value in teacher.state_dict().items()} != {
+        name: tuple(value.shape) for name, value in own.items()
+    }:
+        raise ConfigError(f"distill_teacher: {folder / 'unet'} is not the UNet the run's architecture options build")
+    return teacher.eval().requires_grad_(False)
 
 
 def count_parameters(model) -> int:

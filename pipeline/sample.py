@@ -15,48 +15,20 @@ from typing import Optional
 
 import numpy as np
 import torch
-from diffusers import (
-    DDIMScheduler,
-    DDPMPipeline,
-    DDPMScheduler,
-    DPMSolverMultistepScheduler,
-    UniPCMultistepScheduler,
-)
+from diffusers import DDIMScheduler, DDPMPipeline
 from PIL import Image
 from tqdm.auto import tqdm
 
 from .config import MAX_TIMESTEPS, SAMPLERS, TIMESTEP_SPACINGS
 from .device import sampling_dtype
 from .errors import SampleError, exit_on_error
-from .files import write_json
-from .model import check_model_folder, x0_clipping
+from .files import read_json, write_json
+from .model import check_model_folder, make_sampler
 from .record import RECORD_NAME, read_record
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 MAX_IMAGES = 10**6  # per command; FID at 50,000 samples is the most anyone asks for
-
-
-def make_sampler(name: str, scheduler_config: dict, solver_order: int = 2):
-    """A sampler by name, sharing the training scheduler's betas and prediction type.
-
-    ddpm: the ancestral chain (on a strided subsequence when steps < T); ddim: deterministic for
-    eta = 0; dpmsolver++: the multistep DPM-Solver++ of order `solver_order` (2 or 3); sde-dpmsolver++:
-    its stochastic variant (Lu et al. 2022, SDE-DPM-Solver++), which draws fresh noise at each step
-    like the DDPM chain and forgives more of an imperfect model's error at few steps; unipc: the
-    multistep UniPC predictor-corrector (Zhao et al. 2023), order 2. UniPC's `step` takes no
-    generator, so the stock `DDPMPipeline` (which passes one) cannot run it; `generate` here can.
-    A config that clips x0 (`clip_sample`, range 1) makes every sampler clip it, also in models saved before
-    their config carried the keys that DPM-Solver++ and UniPC read (see model.x0_clipping).
-    """
-    if scheduler_config.get("clip_sample") and scheduler_config.get("clip_sample_range", 1.0) == 1.0:
-        scheduler_config = {**scheduler_config, **x0_clipping(True)}
-    if name in ("dpmsolver++", "sde-dpmsolver++"):
-        return DPMSolverMultistepScheduler.from_config(
-            scheduler_config, algorithm_type=name, solver_order=solver_order
-        )
-    schedulers = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "unipc": UniPCMultistepScheduler}
-    return schedulers[name].from_config(scheduler_config)  # (the name was checked by SamplingRequest)
 
 
 def image_generators(seed: int, start: int, count: int, device="cpu") -> list[torch.Generator]:
@@ -228,12 +200,20 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, num_images: int = 64
 
 
 def default_sampler(model: Optional[str]) -> tuple[str, int]:
-    """The sampler and steps a model's training run used for its grids (its training_config.json), else the
-    DDPM chain with 100 strided steps (a model from the Hub carries no training record)."""
-    record = Path(model) / RECORD_NAME if model is not None else None
-    if record is not None and record.is_file():
-        config = read_record(record).config
+    """The sampler and steps a model's training run used for its grids (its training_config.json); for a folder
+    without one, what its shipped scheduler is (DPM-Solver++ at 20 steps, LCM at 4), else the DDPM chain at 100."""
+    folder = Path(model) if model is not None else None
+    if folder is not None and (folder / RECORD_NAME).is_file():
+        config = read_record(folder / RECORD_NAME).config
         return config.grid_sampler, config.grid_inference_steps
+    shipped = folder / "scheduler" / "scheduler_config.json" if folder is not None else None
+    if shipped is not None and shipped.is_file():
+        scheduler = read_json(shipped, SampleError)
+        if scheduler.get("_class_name") == "DPMSolverMultistepScheduler":
+            algorithm = scheduler.get("algorithm_type")
+            return (algorithm if algorithm in ("dpmsolver++", "sde-dpmsolver++") else "dpmsolver++"), 20
+        if scheduler.get("_class_name") == "LCMScheduler":
+            return "lcm", 4
     return "ddpm", 100
 
 

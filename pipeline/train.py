@@ -53,7 +53,7 @@ from .errors import HubError, TrainingStopped
 from .evaluate import TrainingFid
 from .files import FolderLock, staged, write_json, write_text
 from .hub import describe_data_origin, hub_token, push_to_hub, write_card
-from .model import build_noise_scheduler, build_unet, count_parameters, describe_unet
+from .model import build_noise_scheduler, build_unet, count_parameters, describe_unet, export_scheduler, load_teacher
 from .optim import build_lr_scheduler, build_optimizer, count_train_steps
 from .record import RECORD_NAME, RunRecord, read_record, write_record
 from .sample import SamplingRequest, image_grid, sample_unet
@@ -95,10 +95,12 @@ class TrainingParts:
     config: TrainingConfig
     unet: torch.nn.Module  # as prepared by Accelerate (DDP-wrapped, compiled): what the step calls
     model: torch.nn.Module  # the same UNet unwrapped, once: what grids, FID, checkpoints and exports read
-    noise_scheduler: DDPMScheduler
+    noise_scheduler: DDPMScheduler  # the forward process
     optimizer: torch.optim.Optimizer
     lr_scheduler: Any
     ema: Optional[EMA]
+    sampler: Any = None  # the scheduler the pipeline ships (model.export_scheduler); the grids sample with it too
+    teacher: Optional[torch.nn.Module] = None  # a distillation's frozen teacher
 
 
 @dataclass
@@ -281,7 +283,13 @@ def load_training_data(config: TrainingConfig, accelerator: Accelerator) -> Trai
 
 
 def build_training(config: TrainingConfig, accelerator: Accelerator, unet, total_steps: int) -> TrainingParts:
-    """The UNet on the device, its noise scheduler, optimizer, LR schedule and EMA, prepared by Accelerate."""
+    """The UNet on the device, its noise scheduler, optimizer, LR schedule and EMA, prepared by Accelerate; for a
+    distillation the UNet starts from the teacher's weights, and the teacher is loaded frozen."""
+    teacher = None
+    if config.distill_teacher is not None:
+        teacher = load_teacher(config).to(accelerator.device)
+        unet.load_state_dict(teacher.state_dict())
+        teacher = teacher if config.distill_target == "teacher" else None
     unet = unet.to(accelerator.device)
     optimizer = build_optimizer(config, unet.parameters(), accelerator.device)
     lr_scheduler = build_lr_scheduler(config, optimizer, total_steps)
@@ -298,7 +306,8 @@ def build_training(config: TrainingConfig, accelerator: Accelerator, unet, total
             )
     prepared, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
     model = accelerator.unwrap_model(prepared, keep_fp32_wrapper=False, keep_torch_compile=False)
-    return TrainingParts(config, prepared, model, build_noise_scheduler(config), optimizer, lr_scheduler, ema)
+    noise_scheduler, sampler = build_noise_scheduler(config), export_scheduler(config)
+    return TrainingParts(config, prepared, model, noise_scheduler, optimizer, lr_scheduler, ema, sampler, teacher)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -316,9 +325,8 @@ def optimizer_step(
     for micro_step, batch in enumerate(micro_batches):
         index = step * accumulation + micro_step
         with nullcontext() if micro_step == accumulation - 1 else accelerator.no_sync(unet):  # one all-reduce a step
-            loss = step_loss(
-                unet, parts.noise_scheduler, config, batch, index, accelerator.process_index, accelerator.num_processes
-            )
+            processes = (accelerator.process_index, accelerator.num_processes)
+            loss = step_loss(unet, parts.noise_scheduler, config, batch, index, *processes, parts.teacher)
             accelerator.backward(loss / accumulation)
         losses += loss.detach()
     grad_norm = accelerator.clip_grad_norm_(unet.parameters(), config.max_grad_norm or math.inf)
@@ -369,7 +377,7 @@ def save_sample_grid(accelerator: Accelerator, parts: TrainingParts, step: int, 
     )
     with sampling_weights(parts.model, parts.ema) if unet is None else nullcontext(unet) as model:
         with accelerator.autocast():
-            images = sample_unet(model, parts.noise_scheduler.config, request)
+            images = sample_unet(model, parts.sampler.config, request)
     path = Path(config.output_dir) / "samples" / f"step-{step}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     image_grid(images).save(path)
@@ -383,11 +391,11 @@ def track_fid(accelerator: Accelerator, parts: TrainingParts, fid_tracker: Train
     for index, decay in enumerate(parts.ema.max_decays if parts.ema is not None else [None]):
         with sampling_weights(parts.model, parts.ema, index) as model:
             with accelerator.autocast():
-                fid = fid_tracker(model, parts.noise_scheduler.config)
+                fid = fid_tracker(model, parts.sampler.config)
             accelerator.log({"fid" if index == 0 else f"fid_ema_{decay:g}": fid}, step=step)
             if record.best_fid is None or fid < record.best_fid["fid"]:
                 record.best_fid = {"step": step, "fid": round(fid, 4), "ema_decay": decay}
-                export_pipeline(model, parts.noise_scheduler, Path(config.output_dir) / "best-fid")
+                export_pipeline(model, parts.sampler, Path(config.output_dir) / "best-fid")
                 write_json(
                     Path(config.output_dir) / "best-fid" / "fid.json",
                     {
@@ -513,7 +521,7 @@ def training_loop(accelerator, parts: TrainingParts, batches: Batches, record: R
                 if main and due["export"]:
                     folder = Path(config.output_dir) / f"pipeline-{step}"
                     with sampling_weights(parts.model, parts.ema) as model:
-                        export_pipeline(model, parts.noise_scheduler, folder)
+                        export_pipeline(model, parts.sampler, folder)
                     progress.write(f"step {step}: pipeline exported to {folder}")
                 if any(due.values()):
                     accelerator.wait_for_everyone()
@@ -565,9 +573,9 @@ def export_run(accelerator: Accelerator, parts: TrainingParts, record: RunRecord
     if parts.ema is not None:
         for index, decay in list(enumerate(parts.ema.max_decays))[1:]:
             parts.ema.copy_to(unet.parameters(), index)
-            export_pipeline(unet, parts.noise_scheduler, output_dir / f"ema-{decay:g}")
+            export_pipeline(unet, parts.sampler, output_dir / f"ema-{decay:g}")
         parts.ema.copy_to(unet.parameters(), 0)
-    export_pipeline(unet, parts.noise_scheduler, output_dir)
+    export_pipeline(unet, parts.sampler, output_dir)
     grid_path = save_sample_grid(accelerator, parts, record.global_step, unet.eval())
     record.finished, record.wall_seconds = True, round(time.time() - started, 1)
     write_record(output_dir / RECORD_NAME, config, record)
@@ -624,6 +632,8 @@ def train(config: TrainingConfig) -> Path:
     if main:
         with torch.device("meta"):  # only counted, never allocated
             check_output_dir(config, count_parameters(build_unet(config)))
+        if config.distill_teacher is not None:
+            load_teacher(config)  # a teacher that cannot be distilled stops the run here
     with FolderLock(config.output_dir) if main else nullcontext():  # one run, resume or export per folder
         if main:
             check_folder_owner(config, resuming=resume_from is not None)

@@ -1,0 +1,94 @@
+"""Distil a trained DDPMPipeline into a few-step student that stock diffusers samples.
+
+    python -m pipeline.distill --teacher ddpm-quickstart --output_dir ddpm-quickstart-lcm          # 4 steps
+    python -m pipeline.distill --teacher user/some-ddpm --output_dir student --steps 2 --train_data_dir my_photos
+
+The student is trained by the training run itself (pipeline/train.py: Accelerate, the decode-once data, exact
+resume, SIGTERM, EMA, logs, grids, the staged export and the card), with the teacher's own recipe (its
+training_config.json: data, preprocessing, UNet, noise schedule) and `distill_teacher` set: the UNet starts from
+the teacher's EMA weights and learns the consistency function of its sampling ODE on LCMScheduler's grid
+(pipeline.diffusion.consistency_loss). It is exported as a DDPMPipeline whose scheduler is an LCMScheduler:
+
+    DDPMPipeline.from_pretrained("ddpm-quickstart-lcm")(num_inference_steps=4)
+
+(the pipeline's default of 1000 steps is refused by LCMScheduler with a message: pass num_inference_steps).
+Any training flag replaces the recipe below or the teacher's (`--max_train_steps`, `--learning_rate`, ...).
+"""
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional
+
+from .errors import ConfigError, exit_on_error
+from .record import RECORD_NAME, read_record
+
+
+# The distillation recipe on top of the teacher's, chosen with bench/bench_distill.py (bench/README.md)
+RECIPE = {
+    "distill_target": "teacher",
+    "distill_grid_steps": 50,
+    "learning_rate": 1e-4,
+    "lr_scheduler": "constant_with_warmup",
+    "lr_warmup_steps": 20,
+    "ema_max_decay": 0.99,
+    "grid_sampler": "lcm",
+    "fid_sampler": "lcm",
+    "save_model_steps": 0,
+    "hub_model_id": None,
+    "push_to_hub": False,
+    "resume_from_checkpoint": None,
+    "overwrite_output_dir": False,
+}
+
+
+def teacher_folder(teacher: str) -> Path:
+    """A local folder of the teacher: as given, or a Hub id fetched into the Hugging Face cache."""
+    if Path(teacher).exists():
+        return Path(teacher)
+    from diffusers import DDPMPipeline
+
+    try:
+        return Path(DDPMPipeline.download(teacher))
+    except (OSError, ValueError) as error:
+        raise ConfigError(
+            f"teacher: {teacher!r} is neither a folder nor a Hub model one can fetch ({error})"
+        ) from None
+
+
+def distill_arguments(teacher: str, output_dir: str, steps: int, flags: list[str]) -> list[str]:
+    """The training command line of a distillation: the teacher's recipe, this module's, then the user's flags."""
+    folder = teacher_folder(teacher)
+    values = {**RECIPE, "distill_teacher": str(folder), "output_dir": output_dir, "grid_inference_steps": steps}
+    values["fid_inference_steps"] = steps
+    if (folder / RECORD_NAME).is_file():
+        saved = read_record(folder / RECORD_NAME)
+        images = saved.run.global_step * saved.run.images_per_step  # half the teacher's training images
+        values["max_train_steps"] = max(1, images // 2 // saved.config.global_batch_size(1))
+        preset = ["--config", str(folder / RECORD_NAME)]
+    else:  # a teacher without its training record (from the Hub): its UNet config is the architecture
+        values.update(model_config_name_or_path=str(folder / "unet"), max_train_steps=400)
+        preset = []
+    arguments = [*preset, "--num_epochs", "none"]
+    for name, value in values.items():
+        arguments += [f"--{name}", "none" if value is None else str(value)]
+    return arguments + flags
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    from .arguments import parse_config  # the training command line; only commands read it
+    from .train import train
+
+    parser = argparse.ArgumentParser(prog="python -m pipeline.distill", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--teacher", required=True, help="A training output folder, a saved DDPMPipeline or a Hub id.")
+    parser.add_argument("--output_dir", required=True, help="Where the student, its checkpoints and grids go.")
+    parser.add_argument(
+        "--steps", type=int, default=4, help="Sampler steps the student is distilled for (grids, card)."
+    )
+    args, flags = parser.parse_known_args(argv)
+    with exit_on_error():
+        train(parse_config(distill_arguments(args.teacher, args.output_dir, args.steps, flags)))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

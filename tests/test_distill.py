@@ -1,0 +1,127 @@
+"""Distillation into a few-step student, and exports whose plain call samples well or cannot go wrong, at tiny size."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from accelerate.state import AcceleratorState
+from safetensors.torch import load_file
+
+from conftest import TINY
+from pipeline.config import ConfigError, TrainingConfig
+from pipeline.distill import distill_arguments
+from pipeline.train import train
+
+
+# T = 1000, as DDPMPipeline's default call assumes; the grids (and so the export) use SDE-DPM-Solver++
+TEACHER = {
+    **TINY,
+    "ddpm_num_steps": 1000,
+    "grid_sampler": "sde-dpmsolver++",
+    "mixed_precision": "no",
+    "logger": "none",
+}
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    AcceleratorState._reset_state(reset_partial_state=True)
+    output_dir = tmp_path_factory.mktemp("teacher") / "out"
+    train(TrainingConfig(**{**TEACHER, "output_dir": str(output_dir), "save_images_steps": 0}))
+    return output_dir
+
+
+def distill(teacher, output_dir, *flags, steps=2):
+    from pipeline.arguments import parse_config
+
+    arguments = distill_arguments(str(teacher), str(output_dir), steps, ["--logger", "none", *flags])
+    return train(parse_config(arguments))
+
+
+STOCK = """
+import sys, torch
+from diffusers import DDPMPipeline
+pipeline = DDPMPipeline.from_pretrained(sys.argv[1])
+pipeline.set_progress_bar_config(disable=True)
+steps = int(sys.argv[2]) if len(sys.argv) > 2 else None
+try:
+    options = {"num_inference_steps": steps} if steps else {}
+    out = pipeline(batch_size=2, generator=torch.manual_seed(0), output_type="np", **options)
+    images = out.images
+    print(type(pipeline.scheduler).__name__, images.shape, bool(images.min() >= 0), bool(images.max() <= 1))
+except ValueError as error:
+    print("refused:", error)
+"""
+
+
+def stock(folder, *steps) -> str:
+    """Stock diffusers in a clean interpreter (-I: neither this repository nor PYTHONPATH on its path)."""
+    command = [sys.executable, "-I", "-c", STOCK, str(folder), *map(str, steps)]
+    result = subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout.strip()
+
+
+def test_the_plain_call_of_an_exported_pipeline_samples_with_the_measured_sampler(teacher):
+    scheduler = json.loads((teacher / "scheduler" / "scheduler_config.json").read_text())
+    assert scheduler["algorithm_type"] == "sde-dpmsolver++"
+    assert stock(teacher) == "DPMSolverMultistepScheduler (2, 16, 16, 1) True True"  # 1000 steps: T of them
+
+
+def test_a_tiny_teacher_distils_into_a_student_that_stock_diffusers_samples_in_2_steps(teacher, tmp_path):
+    student = distill(teacher, tmp_path / "student")
+    record = json.loads((student / "training_config.json").read_text())
+    assert record["config"]["distill_teacher"] == str(teacher) and record["config"]["grid_sampler"] == "lcm"
+    assert record["run"]["global_step"] * record["run"]["images_per_step"] == 24  # half the teacher's 48 images
+    scheduler = json.loads((student / "scheduler" / "scheduler_config.json").read_text())
+    assert scheduler["_class_name"] == "LCMScheduler" and scheduler["original_inference_steps"] == 50
+    assert scheduler["prediction_type"] == "epsilon" and scheduler["num_train_timesteps"] == 1000
+    assert stock(student, 2) == "LCMScheduler (2, 16, 16, 1) True True"
+    refusal = stock(student)  # the pipeline's default of 1000 steps: refused by LCMScheduler, naming the fix
+    assert refusal.startswith("refused: ") and "`num_inference_steps`: 1000" in refusal
+    card = (student / "README.md").read_text()
+    assert "distilled from the DDPM `out` (a local training folder)" in card and "num_inference_steps=2" in card
+    assert "arxiv.org/abs/2310.04378" in card  # LCM
+    # the student moved away from the teacher it started from
+    moved = load_file(student / "unet" / "diffusion_pytorch_model.safetensors")
+    start = load_file(teacher / "unet" / "diffusion_pytorch_model.safetensors")
+    assert any(not torch.equal(moved[name], start[name]) for name in start)
+
+
+def test_a_resumed_distillation_equals_an_uninterrupted_one(teacher, tmp_path):
+    flags = ["--checkpointing_steps", "3", "--save_images_steps", "0"]
+    whole = distill(teacher, tmp_path / "whole", "--max_train_steps", "6", *flags)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    part = tmp_path / "part"
+    distill(teacher, part, "--max_train_steps", "3", *flags)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    distill(teacher, part, "--max_train_steps", "6", "--resume_from_checkpoint", "latest", *flags)
+    changes = json.loads((part / "training_config.json").read_text())["run"]["resumed_changes"]
+    assert changes == [
+        "max_train_steps: 3 in the checkpoint, 6 now: the LR schedule is rebuilt and continues from the resumed step"
+    ]
+    expected = load_file(whole / "unet" / "diffusion_pytorch_model.safetensors")
+    actual = load_file(part / "unet" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(actual[name], expected[name]) for name in expected)
+
+
+def test_what_cannot_be_distilled_is_refused_before_any_work(teacher, tmp_path):
+    (tmp_path / "not_a_pipeline" / "unet").mkdir(parents=True)
+    (tmp_path / "not_a_pipeline" / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    values = {**TEACHER, "distill_teacher": str(tmp_path / "not_a_pipeline"), "output_dir": str(tmp_path / "a")}
+    with pytest.raises(ConfigError, match="distill_teacher: .* is not a DDPMPipeline .*'StableDiffusionPipeline'"):
+        train(TrainingConfig(**values))
+    with pytest.raises(ConfigError, match="grid_inference_steps: 60 steps, but the consistency sampler .*at most"):
+        distill(teacher, tmp_path / "b", steps=60)
+    with pytest.raises(ConfigError, match="distill_teacher: its images are 16 px, the data's resolution is 32 px"):
+        distill(teacher, tmp_path / "c", "--resolution", "32")
+    assert not [path for path in tmp_path.iterdir() if path.name in ("a", "b", "c")]
