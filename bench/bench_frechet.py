@@ -8,30 +8,32 @@ eigendecomposition with eigenvectors slowed down tenfold. Methods, all in float6
 statistics (1,000 samples against 5,000 reference features, so the sample covariance is rank
 deficient, as in FID during training):
 
-  ours            pipeline.evaluate.frechet_distance: pivoted Cholesky + eigenvalues only
+  ours            pipeline.evaluate.frechet_distance: pivoted Cholesky + eigenvalues only, one BLAS thread
+  ours, all BLAS threads  the same with OpenBLAS's own thread count (one per core), as before
   eigh            the previous formula: sqrt(S1) by an eigendecomposition with eigenvectors
   sqrtm           scipy.linalg.sqrtm(S1 S2), clean-fid's formula
 
-The load is a second process running convolutions with 4 OpenMP threads on the 2 cores, as an
-oversubscribed training job does.
+Conditions: idle; "loaded", a second process running convolutions with 4 OpenMP threads on the 2 cores, as an
+oversubscribed training job does; "after torch", this process's own torch convolutions run just before each
+distance, as FID during training does (torch's OpenMP threads keep spinning for a while after their work).
+`--isa avx2` runs it all again with OpenBLAS's Haswell (AVX2) kernels (OPENBLAS_CORETYPE=Haswell) and torch capped
+at AVX2, the kernels of an AVX2-only CPU.
 """
 
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import common  # noqa: F401  (the repository on the import path)
 import numpy as np
 import scipy.linalg
+from common import machine
 
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from pipeline.evaluate import frechet_distance  # noqa: E402
+from pipeline.evaluate import frechet_distance
 
 
 LOAD = """
@@ -66,6 +68,20 @@ def sqrtm_formula(mu1, sigma1, mu2, sigma2) -> float:
     return float(((mu1 - mu2) ** 2).sum() + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
 
 
+def after_torch(function):
+    """`function` timed right after this process's torch convolutions (their timing is left out)."""
+    import torch
+
+    conv, x = torch.nn.Conv2d(64, 64, 3, padding=1), torch.randn(16, 64, 32, 32)
+
+    def run(*stats):
+        for _ in range(3):
+            conv(x).sum().backward()
+        return function(*stats)
+
+    return run
+
+
 def time_methods(methods: dict, stats, repeats: int) -> dict:
     """Each method `repeats` times, interleaved so that all see the same load; median and worst time, and the value."""
     times = {name: [] for name in methods}
@@ -91,23 +107,36 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--sqrtm", action="store_true")
-    parser.add_argument("--output", default="bench/results/frechet.json")
+    parser.add_argument("--isa", choices=("native", "avx2"), default="native")
+    parser.add_argument("--output", default=None, help="Default: bench/results/frechet_<isa>.json.")
     args = parser.parse_args()
+    if args.isa == "avx2" and os.environ.get("OPENBLAS_CORETYPE") != "Haswell":  # the kernels are chosen at start-up
+        caps = {"OPENBLAS_CORETYPE": "Haswell", "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **caps})
+    args.output = args.output or f"bench/results/frechet_{args.isa}.json"
     stats = statistics()
-    methods = {"ours": frechet_distance, "eigh": eigh_formula}
+    methods = {
+        "ours": frechet_distance,
+        "ours, all BLAS threads": lambda *stats: frechet_distance(*stats, blas_threads=None),
+        "eigh": eigh_formula,
+    }
     if args.sqrtm:
         methods["sqrtm"] = sqrtm_formula
     rows = {}
-    for condition in ("idle", "loaded"):
+    for condition in ("idle", "after torch", "loaded"):
         load = None
+        if condition == "after torch":
+            methods_now = {name: after_torch(function) for name, function in methods.items()}
+        else:
+            methods_now = methods
         if condition == "loaded":
             load = subprocess.Popen([sys.executable, "-c", LOAD], env={**os.environ, "OMP_NUM_THREADS": "4"})
             time.sleep(3)
         try:
-            for name, row in time_methods(methods, stats, args.repeats).items():
+            for name, row in time_methods(methods_now, stats, args.repeats).items():
                 rows.setdefault(name, {})[condition] = row
                 print(
-                    f"{name:<6} {condition:<7} median {row['median_seconds']:7.2f} s  worst "
+                    f"{name:<24} {condition:<12} median {row['median_seconds']:7.2f} s  worst "
                     f"{row['worst_seconds']:7.2f} s   "
                     f"FD = {row['value']:.9f}",
                     flush=True,
@@ -119,7 +148,7 @@ def main():
     reference = rows["eigh"]["idle"]["value"]
     result = {
         "command": " ".join(sys.argv),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "machine": machine(),
         "numpy": np.__version__,
         "scipy": scipy.__version__,
         "dimensions": 2048,

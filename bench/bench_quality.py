@@ -185,6 +185,10 @@ ROWS = {
     "b32-vz": {**VPRED_ZEROSNR, "train_batch_size": 32, "max_train_steps": 800},
     "small-vz-t1000": {**VPRED_ZEROSNR, "block_out_channels": [16, 32, 64], "ddpm_num_steps": 1000},
     "small-vz-cl": {**VPRED_ZEROSNR, "block_out_channels": [16, 32, 64], "norm_num_groups": 4},
+    "c24": {**QUICKSTART, "block_out_channels": [24, 48, 96]},
+    "narrow": {**QUICKSTART, "block_out_channels": [16, 48, 96]},
+    "c24-nomid": {**QUICKSTART, "block_out_channels": [24, 48, 96], "mid_block_type": None},
+    "c32-48": {**QUICKSTART, "block_out_channels": [32, 48, 96]},
 }
 
 # Sampler cells: name-steps; "full" is the whole chain (T steps)
@@ -291,10 +295,14 @@ def training_parquet(data: dict) -> Path:
 
 
 def judge(data: dict) -> tuple[Classifier, float]:
-    """The classifier, trained once on the training split (seeded) and kept in the work folder; its test accuracy."""
+    """The classifier and its test accuracy. The one for the full training split is committed (bench/results/), since
+    training it again on another CPU gives other weights, and so another feature space whose scores do not compare
+    (2026-12-01: 90.7% test accuracy against 91.1% for the one of the earlier tables); others are trained once (seeded)
+    and kept in the work folder."""
     from safetensors.torch import load_file, save_file
 
-    path = WORK / f"judge-{len(data['train'])}.safetensors"
+    committed = REPO / "bench" / "results" / "judge-fashion-mnist-60000.safetensors"
+    path = committed if len(data["train"]) == 60_000 else WORK / f"judge-{len(data['train'])}.safetensors"
     if path.is_file():
         network = Classifier()
         network.load_state_dict(load_file(path))

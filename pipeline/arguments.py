@@ -14,6 +14,7 @@ of Accelerate type:
 """
 
 import argparse
+import dataclasses
 import os
 import sys
 import typing
@@ -70,7 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
         if typing.get_origin(base) is typing.Literal:
             base = str
         flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
-        help_text = (item.metadata.get("help") or "").replace("%", "%%") or None
+        default = item.default_factory() if item.default_factory is not dataclasses.MISSING else item.default
+        choices = f"; one of {', '.join(map(str, item.metadata['choices']))}" if "choices" in item.metadata else ""
+        help_text = f"{item.metadata['help']} [default: {default}{choices}]".strip().replace("%", "%%")
         options = {"dest": name, "default": argparse.SUPPRESS, "help": help_text}
         if base is bool:
             parser.add_argument(*flags, nargs="?", const=True, type=_boolean, **options)

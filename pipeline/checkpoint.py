@@ -32,7 +32,7 @@ from accelerate.utils import gather_object
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .config import CHANGE, FIELDS, MATCH, MAX_STEPS, ConfigError, TrainingConfig
+from .config import FIELDS, MAX_STEPS, ConfigError, TrainingConfig
 from .errors import CheckpointError
 from .files import read_json, staged, write_json
 from .record import COUNTERS, RECORD_NAME, RunRecord, read_record, write_record
@@ -106,12 +106,12 @@ def find_resume_checkpoint(config: TrainingConfig) -> Optional[Path]:
 
 def check_resume_compatible(config: TrainingConfig, checkpoint: Path) -> list[str]:
     """What resuming `checkpoint` with `config` changes, one line per setting. Settings that must match (the data
-    and its preprocessing, the model, the diffusion process, the draws: metadata "resume" MATCH) are refused with
+    and its preprocessing, the model, the diffusion process, the draws: option(same=True)) are refused with
     both values; the others are applied from the resumed step on (see load_checkpoint) and listed here."""
     saved = read_record(checkpoint / RECORD_NAME).config
     differing = {name: (getattr(saved, name), getattr(config, name)) for name in FIELDS}
     differing = {name: values for name, values in differing.items() if values[0] != values[1]}
-    refused = [name for name in differing if FIELDS[name].metadata["resume"] == MATCH]
+    refused = [name for name in differing if FIELDS[name].metadata["same"]]
     if refused:
         details = ", ".join(
             f"{name} ({differing[name][0]!r} in the checkpoint, {differing[name][1]!r} now)" for name in refused
@@ -119,7 +119,7 @@ def check_resume_compatible(config: TrainingConfig, checkpoint: Path) -> list[st
         raise ConfigError(f"{refused[0]}: cannot resume {checkpoint}: {details}")
     changes = []
     for name, (before, now) in differing.items():
-        if FIELDS[name].metadata["resume"] == CHANGE:
+        if FIELDS[name].metadata["same"] is False:
             effect = (
                 ": the LR schedule is rebuilt and continues from the resumed step" if name in SCHEDULE_FIELDS else ""
             )

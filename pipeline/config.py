@@ -40,19 +40,14 @@ MAX_STEPS = 10**9
 MAX_PRESET_BYTES = 2**20  # a preset is a few KB
 HUB_ID = re.compile(r"(?:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}")
 
-# What a resume may do with a field (its metadata "resume"): MATCH, refused with both values when it differs from
-# the checkpoint's (the data and its preprocessing, the model, the diffusion process, the draws); CHANGE, applied
-# from the resumed step on and reported (pipeline/checkpoint.py).
-MATCH, CHANGE = "match", "change"
 
-
-def option(
-    default, help: str = "", *, choices=None, minimum=None, maximum=None, above=None, below=None, resume=CHANGE
-):
-    """A TrainingConfig field: its default, help, the values it takes (for a list: each item) and whether a resume may
-    change it. `minimum`/`maximum` are inclusive bounds, `above`/`below` exclusive ones."""
-    checks = {"choices": choices, "minimum": minimum, "maximum": maximum, "above": above, "below": below}
-    metadata = {"help": help, "resume": resume, **{key: value for key, value in checks.items() if value is not None}}
+def option(default, help: str = "", *, choices=None, ge=None, le=None, gt=None, lt=None, same: Optional[bool] = False):
+    """A TrainingConfig field: its default, help, the values it takes (for a list: each item; ge/le inclusive bounds,
+    gt/lt exclusive ones) and what a resume may do with it (pipeline/checkpoint.py): `same`, refused with both values
+    when it differs from the checkpoint's (the data and its preprocessing, the model, the diffusion process, the
+    draws); else applied from the resumed step on and reported; None: not compared (how the command was called)."""
+    checks = {"choices": choices, "ge": ge, "le": le, "gt": gt, "lt": lt}
+    metadata = {"help": help, "same": same, **{key: value for key, value in checks.items() if value is not None}}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -62,302 +57,171 @@ def option(
 class TrainingConfig:
     # ----- data -----
     train_data_dir: Optional[str] = option(
-        None, "Folder of images (searched recursively) or a .zip of them.", resume=MATCH
+        None, "Folder of images (searched recursively) or a .zip of them.", same=True
     )
     dataset_name: Optional[str] = option(
-        "data/fashion_mnist",
-        "Hub dataset id or local dataset folder (parquet, save_to_disk). Default: the embedded subset.",
-        resume=MATCH,
+        "data/fashion_mnist", "Hub dataset, dataset folder or .parquet. Default: the embedded subset.", same=True
     )
-    dataset_config_name: Optional[str] = option(None, "Configuration of --dataset_name.", resume=MATCH)
-    split: str = option("train", "Split of --dataset_name to train on.", resume=MATCH)
-    image_column: Optional[str] = option(None, "Image column; default: the first Image feature.", resume=MATCH)
+    dataset_config_name: Optional[str] = option(None, "Configuration of --dataset_name.", same=True)
+    split: str = option("train", "Split of --dataset_name to train on.", same=True)
+    image_column: Optional[str] = option(None, "Image column; default: the first Image feature.", same=True)
     cache_dir: Optional[str] = option(None, "datasets cache folder (default: HF_DATASETS_CACHE).")
     max_train_samples: Optional[int] = option(
-        None, "Train on this many images drawn at random with --seed.", minimum=1, maximum=MAX_STEPS, resume=MATCH
+        None, "Train on this many images drawn with --seed.", ge=1, le=MAX_STEPS, same=True
     )
-    resolution: int = option(
-        28, "Training resolution in pixels (square).", minimum=1, maximum=MAX_RESOLUTION, resume=MATCH
-    )
+    resolution: int = option(28, "Training resolution in pixels (square).", ge=1, le=MAX_RESOLUTION, same=True)
     image_channels: Optional[int] = option(
         None,
-        "The UNet's in/out channels: 1 (grayscale), 3 (RGB), or auto (none): 1 when every image is grayscale, else 3 "
-        "(a stream is read as RGB).",
+        "1 (grayscale), 3 (RGB) or auto: 1 when every image is grayscale (a stream: 3).",
         choices=(1, 3),
-        resume=MATCH,
+        same=True,
     )
     intermediate_resolution: Optional[int] = option(
-        None,
-        "Resize to this size first, then to --resolution (the report: 1024 -> 256 -> 64).",
-        minimum=1,
-        maximum=4 * MAX_RESOLUTION,
-        resume=MATCH,
+        None, "Resize to this first (the report: 1024 -> 256 -> 64).", ge=1, le=4 * MAX_RESOLUTION, same=True
     )
-    center_crop: bool = option(
-        True, "Scale the short side and crop the centre; false: squash to a square.", resume=MATCH
-    )
+    center_crop: bool = option(True, "Scale the short side and crop the centre; false: squash.", same=True)
     min_image_size: Optional[int] = option(
-        None, "Skip images whose short side is below this; default: half of --resolution.", minimum=0, resume=MATCH
+        None, "Skip images with a shorter side; default: resolution / 2.", ge=0, same=True
     )
     strict_data: bool = option(False, "Stop on the first unusable file instead of skipping it.")
-    max_image_bytes: int = option(
-        64 * 2**20,
-        "Skip image files (or archive members) larger than this, without reading them.",
-        above=0,
-        maximum=2**32,
-        resume=MATCH,
-    )
-    preprocessing_num_workers: Optional[int] = option(
-        None, "Processes that decode images; default: every core for 256 images or more.", minimum=1, maximum=1024
-    )
-    random_flip: bool = option(True, "Random horizontal flip, per batch, on the device.", resume=MATCH)
+    max_image_bytes: int = option(64 * 2**20, "Skip larger files unread.", gt=0, le=2**32, same=True)
+    preprocessing_num_workers: Optional[int] = option(None, "Decoding processes; default: every core.", ge=1, le=1024)
+    random_flip: bool = option(True, "Random horizontal flip, per batch, on the device.", same=True)
     streaming: bool = option(
-        False, "Stream --dataset_name and decode on the fly, no cache: for sources larger than the disk.", resume=MATCH
+        False, "Stream --dataset_name, decoding on the fly: for data larger than the disk.", same=True
     )
-    shuffle_buffer_size: int = option(
-        1000, "Shuffle buffer of the streamed source, in images.", minimum=1, maximum=10**6, resume=MATCH
-    )
+    shuffle_buffer_size: int = option(1000, "Shuffle buffer of a stream, in images.", ge=1, le=10**6, same=True)
 
     # ----- model: UNet2DModel arguments -----
     model_config_name_or_path: Optional[str] = option(
-        None,
-        "A UNet2DModel config (config.json, its folder, or a Hub id) to build the UNet from, instead of the fields "
-        "below; its sample size and channels are set to --resolution and the data's channels.",
-        resume=MATCH,
+        None, "A UNet2DModel config (file, folder, Hub id) instead of the fields below.", same=True
     )
-    block_out_channels: list[int] = option([32, 64, 128], "Channels per level.", minimum=1, maximum=8192, resume=MATCH)
-    layers_per_block: int = option(
-        1, "Resnets per down level (up levels have one more).", minimum=1, maximum=16, resume=MATCH
-    )
-    down_block_types: list[str] = option(
-        ["DownBlock2D"] * 3, f"One of {DOWN_BLOCK_TYPES} per level.", choices=DOWN_BLOCK_TYPES, resume=MATCH
-    )
-    up_block_types: list[str] = option(
-        ["UpBlock2D"] * 3, f"One of {UP_BLOCK_TYPES} per level.", choices=UP_BLOCK_TYPES, resume=MATCH
-    )
-    mid_block_type: Optional[str] = option(
-        "UNetMidBlock2D", "UNetMidBlock2D, or none.", choices=("UNetMidBlock2D",), resume=MATCH
-    )
-    add_attention: bool = option(False, "Self-attention in the mid block.", resume=MATCH)
-    attention_head_dim: int = option(32, "Channels per attention head.", minimum=1, maximum=8192, resume=MATCH)
-    norm_num_groups: int = option(
-        8, "GroupNorm groups; divides every channel count.", minimum=1, maximum=8192, resume=MATCH
-    )
+    block_out_channels: list[int] = option([32, 64, 128], "Channels per level.", ge=1, le=8192, same=True)
+    layers_per_block: int = option(1, "Resnets per down level (up levels have one more).", ge=1, le=16, same=True)
+    down_block_types: list[str] = option(["DownBlock2D"] * 3, "One per level.", choices=DOWN_BLOCK_TYPES, same=True)
+    up_block_types: list[str] = option(["UpBlock2D"] * 3, "One per level.", choices=UP_BLOCK_TYPES, same=True)
+    mid_block_type: Optional[str] = option("UNetMidBlock2D", "Or none.", choices=("UNetMidBlock2D",), same=True)
+    add_attention: bool = option(False, "Self-attention in the mid block.", same=True)
+    attention_head_dim: int = option(32, "Channels per attention head.", ge=1, le=8192, same=True)
+    norm_num_groups: int = option(8, "GroupNorm groups; divides every channel count.", ge=1, le=8192, same=True)
     act_fn: Literal["silu", "relu", "gelu", "mish"] = option(
-        "silu", "Activation.", choices=("silu", "relu", "gelu", "mish"), resume=MATCH
+        "silu", choices=("silu", "relu", "gelu", "mish"), same=True
     )
-    flip_sin_to_cos: bool = option(True, "Order of the sinusoidal time embedding (cos, sin).", resume=MATCH)
-    freq_shift: int = option(
-        0, "Frequency shift of the time embedding.", minimum=0, maximum=MAX_TIMESTEPS, resume=MATCH
-    )
-    dropout: float = option(0.0, "Dropout in the resnets.", minimum=0, below=1)
+    flip_sin_to_cos: bool = option(True, "Order of the sinusoidal time embedding (cos, sin).", same=True)
+    freq_shift: int = option(0, "Frequency shift of the time embedding.", ge=0, le=MAX_TIMESTEPS, same=True)
+    dropout: float = option(0.0, "Dropout in the resnets.", ge=0, lt=1)
 
     # ----- diffusion -----
-    ddpm_num_steps: int = option(300, "Number of diffusion steps T.", minimum=1, maximum=MAX_TIMESTEPS, resume=MATCH)
-    ddpm_beta_schedule: str = option(
-        "squaredcos_cap_v2", f"One of {BETA_SCHEDULES}.", choices=BETA_SCHEDULES, resume=MATCH
-    )
-    ddpm_beta_start: float = option(1e-4, "First beta (linear schedules).", above=0, below=1, resume=MATCH)
-    ddpm_beta_end: float = option(0.02, "Last beta (linear schedules).", above=0, below=1, resume=MATCH)
-    ddpm_variance_type: str = option(
-        "fixed_small", f"Posterior variance, one of {VARIANCE_TYPES}.", choices=VARIANCE_TYPES, resume=MATCH
-    )
-    ddpm_clip_sample: bool = option(True, "Clip the predicted x0 to [-1, 1] when sampling.", resume=MATCH)
-    prediction_type: str = option(
-        "epsilon", f"What the UNet predicts, one of {PREDICTION_TYPES}.", choices=PREDICTION_TYPES, resume=MATCH
-    )
+    ddpm_num_steps: int = option(300, "Number of diffusion steps T.", ge=1, le=MAX_TIMESTEPS, same=True)
+    ddpm_beta_schedule: str = option("squaredcos_cap_v2", choices=BETA_SCHEDULES, same=True)
+    ddpm_beta_start: float = option(1e-4, "First beta (linear schedules).", gt=0, lt=1, same=True)
+    ddpm_beta_end: float = option(0.02, "Last beta (linear schedules).", gt=0, lt=1, same=True)
+    ddpm_variance_type: str = option("fixed_small", "Posterior variance.", choices=VARIANCE_TYPES, same=True)
+    ddpm_clip_sample: bool = option(True, "Clip the predicted x0 to [-1, 1] in every sampler.", same=True)
+    prediction_type: str = option("epsilon", "What the UNet predicts.", choices=PREDICTION_TYPES, same=True)
     loss_type: str = option("l2", "l1 or l2 (mean squared error).", choices=("l1", "l2"))
     snr_gamma: Optional[float] = option(
-        None,
-        "Min-SNR-gamma loss weighting (Hang et al. 2023, arXiv:2303.09556): each timestep's loss weighted by "
-        "min(SNR, gamma) / SNR (epsilon), / (SNR + 1) (v) or as is (sample); 5 is the paper's value. none: uniform.",
-        above=0,
-        maximum=10**6,
+        None, "Min-SNR-gamma loss weighting (Hang et al. 2023); 5 is the paper's. none: uniform.", gt=0, le=10**6
     )
     rescale_betas_zero_snr: bool = option(
-        False,
-        "Rescale the betas to zero terminal SNR (Lin et al. 2024, arXiv:2305.08891), so the last step is pure noise; "
-        "needs v_prediction or sample prediction, and sampling with trailing timesteps.",
-        resume=MATCH,
+        False, "Zero terminal SNR (Lin et al. 2024): needs v_prediction or sample, and trailing spacing.", same=True
     )
     ddpm_timestep_spacing: str = option(
         "trailing",
-        f"How samplers space fewer steps than T, one of {TIMESTEP_SPACINGS} (saved in the scheduler config, so stock "
-        "diffusers samplers space them the same way). trailing starts every sampler at t = T - 1, where its initial "
-        "noise belongs: measured better than diffusers' leading for every fast sampler (bench/README.md).",
+        "How samplers space fewer steps than T (saved for stock samplers).",
         choices=TIMESTEP_SPACINGS,
-        resume=MATCH,
+        same=True,
     )
 
-    # ----- distillation into a few-step student (pipeline/distill.py) -----
+    # ----- distillation into a few-step student (python -m pipeline.distill) -----
     distill_teacher: Optional[str] = option(
-        None,
-        "A trained pipeline (output folder) to distil: the UNet starts from its EMA weights and learns the "
-        "consistency function of its sampling ODE, sampled by LCMScheduler in 1 to distill_grid_steps steps.",
-        resume=MATCH,
+        None, "A trained pipeline (folder) to distil; starts from its EMA.", same=True
     )
     distill_grid_steps: int = option(
         50,
-        "The consistency grid: timesteps k = T / N apart (LCMScheduler's original_inference_steps); the student "
-        "samples in any number of steps up to N. Also the lcm sampler's grid.",
-        minimum=1,
-        maximum=MAX_TIMESTEPS,
-        resume=MATCH,
+        "Consistency grid of N timesteps (LCMScheduler's original_inference_steps).",
+        ge=1,
+        le=MAX_TIMESTEPS,
+        same=True,
     )
     distill_target: str = option(
-        "teacher",
-        "teacher: the target point comes from a DDIM step of the teacher (consistency distillation); data: from the "
-        "same noise on the training image (consistency training, the teacher only initialises the student).",
-        choices=("teacher", "data"),
-        resume=MATCH,
+        "teacher", "teacher: a DDIM step of it; data: the image's own noise.", choices=("teacher", "data"), same=True
     )
 
     # ----- optimisation -----
-    train_batch_size: int = option(64, "Images per process per micro-batch.", minimum=1, maximum=4096, resume=MATCH)
-    gradient_accumulation_steps: int = option(
-        1, "Micro-batches per optimizer step.", minimum=1, maximum=1024, resume=MATCH
-    )
-    num_epochs: Optional[int] = option(
-        None, "Budget in epochs (set this or --max_train_steps).", minimum=1, maximum=10**6
-    )
-    max_train_steps: Optional[int] = option(
-        800, "Budget in optimizer steps (set this or --num_epochs).", minimum=1, maximum=MAX_STEPS
-    )
-    optimizer: str = option("adamw", "adam or adamw.", choices=("adam", "adamw"), resume=MATCH)
-    learning_rate: float = option(2e-3, "Peak learning rate.", above=0)
-    lr_scheduler: str = option("cosine_with_min_lr", f"One of {LR_SCHEDULERS}.", choices=LR_SCHEDULERS)
-    lr_warmup_steps: int = option(50, "Linear warmup, in optimizer steps.", minimum=0, maximum=MAX_STEPS)
-    min_learning_rate: float = option(1e-5, "Floor of cosine_with_min_lr.", minimum=0, maximum=1)
-    adam_beta1: float = option(0.9, minimum=0, below=1)
-    adam_beta2: float = option(0.999, minimum=0, below=1)
-    adam_weight_decay: float = option(0.0, "Decoupled for adamw, L2 for adam.", minimum=0, maximum=10)
-    adam_epsilon: float = option(1e-8, above=0, below=1)
-    max_grad_norm: float = option(1.0, "Gradient clipping norm; 0 turns clipping off.", minimum=0, maximum=1e6)
-    max_bad_steps: int = option(
-        10,
-        "Steps with a non-finite loss or gradient are skipped; stop after this many in a row (0: never stop).",
-        minimum=0,
-        maximum=MAX_STEPS,
-    )
+    train_batch_size: int = option(64, "Images per process per micro-batch.", ge=1, le=4096, same=True)
+    gradient_accumulation_steps: int = option(1, "Micro-batches per optimizer step.", ge=1, le=1024, same=True)
+    num_epochs: Optional[int] = option(None, "Budget in epochs (or --max_train_steps).", ge=1, le=10**6)
+    max_train_steps: Optional[int] = option(800, "Budget in optimizer steps (or --num_epochs).", ge=1, le=MAX_STEPS)
+    optimizer: str = option("adamw", choices=("adam", "adamw"), same=True)
+    learning_rate: float = option(2e-3, "Peak learning rate.", gt=0)
+    lr_scheduler: str = option("cosine_with_min_lr", choices=LR_SCHEDULERS)
+    lr_warmup_steps: int = option(50, "Linear warmup, in optimizer steps.", ge=0, le=MAX_STEPS)
+    min_learning_rate: float = option(1e-5, "Floor of cosine_with_min_lr.", ge=0, le=1)
+    adam_beta1: float = option(0.9, ge=0, lt=1)
+    adam_beta2: float = option(0.999, ge=0, lt=1)
+    adam_weight_decay: float = option(0.0, "Decoupled for adamw, L2 for adam.", ge=0, le=10)
+    adam_epsilon: float = option(1e-8, gt=0, lt=1)
+    max_grad_norm: float = option(1.0, "Gradient clipping norm; 0: off.", ge=0, le=1e6)
+    max_bad_steps: int = option(10, "Stop after this many non-finite steps in a row (0: never).", ge=0, le=MAX_STEPS)
     mixed_precision: str = option(
         "auto",
-        "auto, no (fp32), fp16 or bf16. auto: bf16 where the device computes it natively (a GPU with bf16, a CPU "
-        "with AMX or AVX512-BF16), fp16 with the grad scaler on other GPUs, else fp32 (emulated bf16 is ~10x slower).",
+        "auto: bf16 where native (AMX, AVX512-BF16, GPUs), fp16 on older GPUs, else no (fp32).",
         choices=PRECISIONS,
     )
-    allow_tf32: bool = option(
-        True, "On NVIDIA GPUs, TF32 for fp32 matmuls and convolutions (and cuDNN autotuning); no effect on CPUs."
-    )
-    torch_compile: bool = option(
-        False, "Compile the UNet with torch.compile (inductor): pays on GPUs for long runs; minutes of compile time."
-    )
-    torch_compile_mode: str = option(
-        "default", f"torch.compile mode, one of {COMPILE_MODES} (reduce-overhead: CUDA graphs).", choices=COMPILE_MODES
-    )
-    fused_optimizer: bool = option(
-        True, "On NVIDIA GPUs, Adam's fused kernel (one launch per step); no effect on CPUs."
-    )
-    cpu_threads: Optional[int] = option(
-        None,
-        "Threads per process on CPU; default: the available cores shared by the local processes.",
-        minimum=1,
-        maximum=1024,
-    )
+    allow_tf32: bool = option(True, "NVIDIA GPUs: TF32 matmuls and cuDNN autotuning.")
+    torch_compile: bool = option(False, "torch.compile the UNet (pays on GPUs for long runs).")
+    torch_compile_mode: str = option("default", "reduce-overhead: CUDA graphs.", choices=COMPILE_MODES)
+    fused_optimizer: bool = option(True, "NVIDIA GPUs: Adam's fused kernel.")
+    cpu_threads: Optional[int] = option(None, "Threads per process on CPU; default: the cores shared.", ge=1, le=1024)
 
     # ----- EMA (pipeline/ema.py: diffusers' EMAModel warmup, several decays) -----
-    use_ema: bool = option(True, "Keep an EMA of the weights; export and sample from it.", resume=MATCH)
-    ema_max_decay: float = option(
-        0.999, "Decay of the EMA that is exported and sampled.", above=0, below=1, resume=MATCH
-    )
+    use_ema: bool = option(True, "Keep an EMA of the weights; export and sample from it.", same=True)
+    ema_max_decay: float = option(0.999, "Decay of the EMA that is exported.", gt=0, lt=1, same=True)
     ema_extra_decays: list[float] = option(
-        [],
-        "More EMA decays tracked in the same update, checkpointed, scored by FID during training and exported to "
-        "<output_dir>/ema-<decay>/: the best EMA length is only known after training.",
-        above=0,
-        below=1,
-        resume=MATCH,
+        [], "More EMA lengths, each exported to ema-<decay>/.", gt=0, lt=1, same=True
     )
-    ema_inv_gamma: float = option(1.0, above=0, maximum=1e9, resume=MATCH)
-    ema_power: float = option(
-        0.75, "EMA warmup: decay = 1 - (1 + step / inv_gamma) ** -power.", above=0, maximum=100, resume=MATCH
-    )
+    ema_inv_gamma: float = option(1.0, gt=0, le=1e9, same=True)
+    ema_power: float = option(0.75, "Warmup: decay = 1 - (1 + step / inv_gamma) ** -power.", gt=0, le=100, same=True)
 
     # ----- samples, logs, checkpoints -----
     output_dir: str = option("ddpm-quickstart", "Where the pipeline, checkpoints, samples and logs go.")
-    seed: int = option(0, "Seed of every random draw (NumPy's range).", minimum=0, maximum=MAX_SEED, resume=MATCH)
-    logger: str = option("tensorboard", f"Experiment tracker, one of {LOGGERS} (alias: --report_to).", choices=LOGGERS)
-    logging_dir: str = option("logs", "Tracker logs, relative to --output_dir.")
-    log_level: str = option("info", "Messages shown.", choices=("debug", "info", "warning", "error"))
-    logging_steps: int = option(10, "Log loss, lr and images/s every N optimizer steps.", minimum=1, maximum=MAX_STEPS)
+    seed: int = option(0, "Seed of every random draw (NumPy's range).", ge=0, le=MAX_SEED, same=True)
+    logger: str = option("tensorboard", "Experiment tracker (alias: --report_to).", choices=LOGGERS)
+    logging_dir: str = option("logs", "Tracker logs, inside --output_dir.")
+    log_level: str = option("info", choices=("debug", "info", "warning", "error"))
+    logging_steps: int = option(10, "Log loss, lr and images/s every N steps.", ge=1, le=MAX_STEPS)
     save_images_steps: int = option(
-        400, "Sample grid every N steps (and at the end); 0: at the end only.", minimum=0, maximum=MAX_STEPS
+        400, "Sample grid every N steps and at the end (0: the end only).", ge=0, le=MAX_STEPS
     )
-    save_images_epochs: Optional[int] = option(
-        None, "Instead of --save_images_steps: a sample grid every N epochs.", minimum=1, maximum=10**6
-    )
-    num_grid_images: int = option(
-        64, "Images in each sample grid (alias: --eval_batch_size).", minimum=1, maximum=1024
-    )
-    grid_sampler: str = option(
-        "sde-dpmsolver++",
-        f"Sampler for the grids, one of {SAMPLERS}; also the default of pipeline.sample and pipeline.evaluate for the "
-        "exported model.",
-        choices=SAMPLERS,
-    )
+    save_images_epochs: Optional[int] = option(None, "Instead: a sample grid every N epochs.", ge=1, le=10**6)
+    num_grid_images: int = option(64, "Images per grid (alias: --eval_batch_size).", ge=1, le=1024)
+    grid_sampler: str = option("sde-dpmsolver++", "Grid sampler, shipped with the export.", choices=SAMPLERS)
     grid_inference_steps: int = option(
-        20, "Sampler steps for the grids (alias: --ddpm_num_inference_steps).", minimum=1, maximum=MAX_TIMESTEPS
+        20, "Grid sampler steps (alias: --ddpm_num_inference_steps).", ge=1, le=MAX_TIMESTEPS
     )
-    save_model_steps: int = option(
-        0,
-        "Export the pipeline (EMA weights) every N steps to <output_dir>/pipeline-<step>/; 0: never.",
-        minimum=0,
-        maximum=MAX_STEPS,
-    )
-    save_model_epochs: Optional[int] = option(
-        None, "Instead of --save_model_steps: export the pipeline every N epochs.", minimum=1, maximum=10**6
-    )
-    fid_steps: int = option(
-        0,
-        "Every N steps (and at the end): FID of EMA samples against --fid_reference, logged; the best weights are "
-        "exported to <output_dir>/best-fid. 0: off.",
-        minimum=0,
-        maximum=MAX_STEPS,
-    )
+    save_model_steps: int = option(0, "Export the pipeline to pipeline-<step>/ every N steps.", ge=0, le=MAX_STEPS)
+    save_model_epochs: Optional[int] = option(None, "Instead: every N epochs.", ge=1, le=10**6)
+    fid_steps: int = option(0, "FID of the EMAs every N steps and at the end, best to best-fid/.", ge=0, le=MAX_STEPS)
     fid_reference: Optional[str] = option(None, "Statistics (.npz) from `python -m pipeline.evaluate reference`.")
-    fid_num_images: int = option(
-        1000, "Samples per FID during training (a covariance needs two).", minimum=2, maximum=10**6
-    )
-    fid_sampler: str = option("sde-dpmsolver++", f"Sampler for the FID samples, one of {SAMPLERS}.", choices=SAMPLERS)
-    fid_inference_steps: int = option(20, "Sampler steps for the FID samples.", minimum=1, maximum=MAX_TIMESTEPS)
-    fid_mode: str = option("clean", f"clean-fid mode, one of {FID_MODES}.", choices=FID_MODES)
+    fid_num_images: int = option(1000, "Samples per FID during training.", ge=2, le=10**6)
+    fid_sampler: str = option("sde-dpmsolver++", choices=SAMPLERS)
+    fid_inference_steps: int = option(20, ge=1, le=MAX_TIMESTEPS)
+    fid_mode: str = option("clean", "clean-fid mode.", choices=FID_MODES)
     inception_weights: Optional[str] = option(None, "Inception weights file, when clean-fid cannot download it.")
-    checkpointing_steps: int = option(
-        400, "Checkpoint every N optimizer steps; 0: none.", minimum=0, maximum=MAX_STEPS
-    )
-    checkpoints_total_limit: Optional[int] = option(2, "Keep at most this many checkpoints.", minimum=1, maximum=10**6)
-    resume_from_checkpoint: Optional[str] = option(
-        None, "'latest', a checkpoint folder, or a checkpoint's name in <output_dir>/checkpoints.", resume=None
-    )
-    overwrite_output_dir: bool = option(
-        False,
-        "Start a new run in an --output_dir that holds files of an earlier run (or others), replacing them.",
-        resume=None,
-    )
-    dry_run: bool = option(False, "Print the resolved config, model size and step count; exit.", resume=None)
-    preset: Optional[str] = option(
-        None, "The preset this config came from: set by --config and recorded, not read.", resume=None
-    )
+    checkpointing_steps: int = option(400, "Checkpoint every N steps; 0: none.", ge=0, le=MAX_STEPS)
+    checkpoints_total_limit: Optional[int] = option(2, "Keep at most this many checkpoints.", ge=1, le=10**6)
+    resume_from_checkpoint: Optional[str] = option(None, "latest, a checkpoint folder or its name.", same=None)
+    overwrite_output_dir: bool = option(False, "Write over an --output_dir of other files or runs.", same=None)
+    dry_run: bool = option(False, "Print the config, the UNet and the step count; exit.", same=None)
+    preset: Optional[str] = option(None, "Set by --config and recorded, not read.", same=None)
 
     # ----- model card and Hub (pipeline/hub.py) -----
-    push_to_hub: bool = option(False, "Upload the exported pipeline, card and samples at the end of training.")
-    hub_model_id: Optional[str] = option(
-        None, "Hub repository, 'user/name' or 'name' (under the token's user); default: the output folder's name."
-    )
+    push_to_hub: bool = option(False, "Upload the pipeline, card and samples at the end.")
+    hub_model_id: Optional[str] = option(None, "'user/name' or 'name'; default: the output folder's name.")
     hub_private_repo: bool = option(False, "Create the Hub repository private.")
-    hub_license: str = option("mit", "Licence of the weights, as the model card states it (a Hub licence id).")
-    hub_dataset_id: Optional[str] = option(
-        None, "Hub dataset id the card names as training data; default: --dataset_name when it is a Hub id."
-    )
+    hub_license: str = option("mit", "Licence of the weights (a Hub licence id).")
+    hub_dataset_id: Optional[str] = option(None, "Hub dataset the card names; default: --dataset_name if a Hub id.")
 
     def __post_init__(self):
         # In Python (`TrainingConfig(num_epochs=10)`) the fields given are those that differ from their defaults
@@ -459,15 +323,13 @@ def _bound_error(checks: dict, value) -> Optional[str]:
     """What is wrong with a number against the bounds in `checks`, or None."""
     if isinstance(value, float) and not math.isfinite(value):
         return "must be a finite number"
-    low, high = checks.get("above", checks.get("minimum")), checks.get("below", checks.get("maximum"))
-    interval = f"must lie in {'(' if 'above' in checks else '['}{low}, {high}{')' if 'below' in checks else ']'}"
-    too_low = ("above" in checks and value <= checks["above"]) or ("minimum" in checks and value < checks["minimum"])
-    too_high = ("below" in checks and value >= checks["below"]) or ("maximum" in checks and value > checks["maximum"])
-    if too_low:
-        if checks.get("above") == 0:
+    low, high = checks.get("gt", checks.get("ge")), checks.get("lt", checks.get("le"))
+    interval = f"must lie in {'(' if 'gt' in checks else '['}{low}, {high}{')' if 'lt' in checks else ']'}"
+    if ("gt" in checks and value <= low) or ("ge" in checks and value < low):
+        if checks.get("gt") == 0:
             return "must be positive"
         return interval if high is not None else "must be non-negative" if low == 0 else f"must be at least {low}"
-    if too_high:
+    if ("lt" in checks and value >= high) or ("le" in checks and value > high):
         return interval if low is not None else f"must be at most {high}"
     return None
 

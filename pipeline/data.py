@@ -61,18 +61,9 @@ class DataSource:
 
     @classmethod
     def from_config(cls, config: TrainingConfig) -> "DataSource":
-        return cls(
-            config.train_data_dir,
-            config.dataset_name,
-            config.dataset_config_name,
-            config.split,
-            config.image_column,
-            config.cache_dir,
-            config.max_train_samples,
-            config.seed,
-            config.strict_data,
-            config.preprocessing_num_workers,
-        )
+        names = "train_data_dir dataset_name dataset_config_name split image_column cache_dir max_train_samples seed"
+        names += " strict_data preprocessing_num_workers"  # the config's names of this class's fields, in order
+        return cls(*(getattr(config, name) for name in names.split()))
 
     @property
     def name(self) -> str:
@@ -93,14 +84,8 @@ class Preprocessing:
     @classmethod
     def from_config(cls, config: TrainingConfig) -> "Preprocessing":
         min_size = config.resolution // 2 if config.min_image_size is None else config.min_image_size
-        return cls(
-            config.resolution,
-            config.image_channels,
-            config.intermediate_resolution,
-            config.center_crop,
-            min_size,
-            config.max_image_bytes,
-        )
+        sizes = (config.resolution, config.image_channels, config.intermediate_resolution)
+        return cls(*sizes, config.center_crop, min_size, config.max_image_bytes)
 
 
 @dataclass

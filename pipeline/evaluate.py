@@ -264,7 +264,9 @@ def _psd_factor(matrix: np.ndarray) -> np.ndarray:
     return result
 
 
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+def frechet_distance(
+    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, blas_threads=1
+) -> float:
     """||mu1 - mu2||^2 + Tr(S1) + Tr(S2) - 2 Tr((S1 S2)^1/2), in float64.
 
     Tr((S1 S2)^1/2) is the sum of the square roots of the eigenvalues of S1 S2, which are those of
@@ -287,7 +289,7 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     # One BLAS thread: when another job (or the training process's own OpenMP pool) keeps the cores busy, BLAS
     # threads that wait for each other at every barrier make the factorisation several times slower
     # (bench/bench_frechet.py: 2 threads on a loaded AVX2 machine took 5.7-9.3 s).
-    with threadpool_limits(limits=1, user_api="blas"):
+    with threadpool_limits(limits=blas_threads, user_api="blas"):
         factor = _psd_factor(sigma1)
         middle = factor.T @ sigma2 @ factor
         eigenvalues = np.linalg.eigvalsh((middle + middle.T) / 2)
@@ -449,17 +451,7 @@ def read_samples(folder: Path) -> tuple[np.ndarray, dict]:
 
 def append_metrics(path: Path, result: dict) -> None:
     """eval/metrics.json keeps one entry per (sampler, steps, images, seed, reference, mode); a rerun replaces it."""
-    key_fields = (
-        "sampler",
-        "steps",
-        "eta",
-        "solver_order",
-        "num_samples",
-        "seed",
-        "reference",
-        "mode",
-        "feature_extractor",
-    )
+    key_fields = "sampler steps eta solver_order num_samples seed reference mode feature_extractor".split()
     existing = json.loads(path.read_text())["results"] if path.is_file() else []
     kept = [entry for entry in existing if any(entry.get(name) != result.get(name) for name in key_fields)]
     write_json(path, {"results": kept + [result]})

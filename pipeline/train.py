@@ -63,18 +63,9 @@ from .signals import StopRequest, StopRequested
 QUICKSTART_DATA = "data/fashion_mnist"
 # What a run writes into its output folder; a folder holding anything else is not a run's (check_folder_owner).
 RUN_FILES = (
-    "model_index.json",
-    "unet",
-    "scheduler",
-    "README.md",
-    RECORD_NAME,
-    "checkpoints",
-    "samples",
-    "eval",
-    "best-fid",
-    "ema-*",
-    "pipeline-*",
+    f"model_index.json unet scheduler README.md {RECORD_NAME} checkpoints samples eval best-fid ema-* pipeline-*"
 )
+RUN_FILES = tuple(RUN_FILES.split())
 TRACKER_PACKAGES = {"tensorboard": "tensorboard", "comet_ml": "comet_ml", "trackio": "trackio"}  # --logger -> package
 logger = get_logger(__name__)  # accelerate's: the main process speaks
 Batches = Union[CachedBatches, StreamedBatches]
