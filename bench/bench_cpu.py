@@ -204,6 +204,10 @@ def main() -> None:
         "variants": rows,
     }
     path = RESULTS / f"cpu_step_{args.isa}.json"
+    if args.variants and path.is_file():  # some variants measured again: the others stay as recorded
+        earlier = json.loads(path.read_text())
+        result["variants"] = {**earlier["variants"], **rows}
+        result["command"] = f"{earlier['command']}; then {result['command']}"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(markdown())
 

@@ -25,22 +25,30 @@ import numpy as np
 from common import REPO, RESULTS, machine
 
 
-RESULTS_FILE = RESULTS / "distill.json"
 # student name: flags of `python -m pipeline.distill` on top of its defaults
 STUDENTS = {
-    "cd-50": [],  # the default recipe: consistency distillation, grid of 50, lr 1e-4
-    "cd-20": ["--distill_grid_steps", "20"],
-    "cd-50-lr3e-4": ["--learning_rate", "3e-4"],
-    "ct-50": ["--distill_target", "data"],
+    # unweighted: an epsilon teacher's x0 errors at high noise swamp the loss
+    "cd-50": ["--snr_gamma", "none", "--learning_rate", "1e-4"],
+    "cd-50-minsnr": ["--snr_gamma", "5", "--learning_rate", "1e-4"],
+    "cd-20-minsnr": ["--distill_grid_steps", "20", "--snr_gamma", "5", "--learning_rate", "1e-4"],
+    "cd-50-minsnr-lr3e-4": ["--snr_gamma", "5", "--learning_rate", "3e-4"],
+    "cd-50-minsnr-lr3e-5": ["--snr_gamma", "5", "--learning_rate", "3e-5"],  # the default recipe
+    "cd-50-minsnr-lr1e-3": ["--snr_gamma", "5", "--learning_rate", "1e-3"],
+    "ct-50-minsnr": ["--distill_target", "data", "--snr_gamma", "5"],
 }
 TEACHER_CELLS = ["sde-dpmsolver++-20-trailing", "sde-dpmsolver++-8-trailing", "sde-dpmsolver++-4-trailing",
                  "sde-dpmsolver++-2-trailing", "ddim-4-trailing", "lcm-8", "lcm-4", "lcm-2", "lcm-1"]  # fmt: skip
 STUDENT_CELLS = ["lcm-8", "lcm-4", "lcm-2", "lcm-1"]
 
 
+def student_dir(teacher_row: str, name: str):
+    return quality.WORK / "distill" / f"{teacher_row}-{name}"
+
+
 def distill(name: str, teacher, parquet, flags: list[str]):
-    """Distil (or resume) one student in its own process; returns its output folder."""
-    output_dir = quality.WORK / "distill" / name
+    """Distil (or resume) one student of `teacher` (a bench_quality row's folder) in its own process; returns its
+    output folder."""
+    output_dir = student_dir(teacher.parent.name, name)
     if (output_dir / "model_index.json").is_file():
         return output_dir
     command = [sys.executable, "-m", "pipeline.distill", "--teacher", str(teacher), "--output_dir", str(output_dir)]
@@ -62,7 +70,7 @@ def side_by_side(models: dict, path) -> None:
     from pipeline.sample import image_grid
 
     rows = [quality.sample_cell(folder, cell, 8)[0] for folder, cell in models.values()]
-    grid = image_grid(np.concatenate(rows).astype(np.float32) / 255)
+    grid = image_grid(np.concatenate(rows).astype(np.float32) / 255, columns=8)
     grid = grid.resize((grid.width * 3, grid.height * 3), Image.NEAREST)
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path)
@@ -91,16 +99,18 @@ def markdown(results: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--teacher_row", default="small-vz", help="The bench_quality row whose model is the teacher.")
+    parser.add_argument("--teacher_row", default="quickstart", help="The bench_quality row of the teacher.")
     parser.add_argument("--students", nargs="*", default=list(STUDENTS))
     parser.add_argument("--cells", nargs="*", default=STUDENT_CELLS)
     parser.add_argument("--num_samples", type=int, default=1000)
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()
-    results = json.loads(RESULTS_FILE.read_text()) if RESULTS_FILE.is_file() else {"students": {}}
     if args.markdown:
-        print(markdown(results))
+        for path in sorted(RESULTS.glob("distill_*.json")):
+            print(f"\n**teacher row `{path.stem[len('distill_') :]}`**\n\n" + markdown(json.loads(path.read_text())))
         return
+    results_file = RESULTS / f"distill_{args.teacher_row}.json"
+    results = json.loads(results_file.read_text()) if results_file.is_file() else {"students": {}}
     data = quality.load_data()
     network, accuracy = quality.judge(data)
     reference_features = quality.features(network, data["test"])
@@ -123,26 +133,26 @@ def main() -> None:
                 images, timing = quality.sample_cell(folder, cell, args.num_samples)
                 row["cells"][cell] = {**quality.score(images, network, reference, reference_features), **timing}
                 print(f"[{name}] {cell:<30} FD-cls {row['cells'][cell]['fd_cls']:8.2f}", flush=True)
-                RESULTS_FILE.write_text(json.dumps(results, indent=2) + "\n")
+                results_file.write_text(json.dumps(results, indent=2) + "\n")
 
     scored("teacher", teacher, TEACHER_CELLS, results.setdefault("teacher", {}))
     for name in args.students:
-        started, trained = time.time(), (quality.WORK / "distill" / name / "model_index.json").is_file()
+        started, trained = time.time(), (student_dir(args.teacher_row, name) / "model_index.json").is_file()
         folder = distill(name, teacher, parquet, STUDENTS[name])
         if not trained:
             results["students"].setdefault(name, {})["wall_seconds"] = round(time.time() - started)
         scored(name, folder, args.cells, results["students"][name])
     best = min(args.students, key=lambda name: results["students"][name]["cells"].get("lcm-4", {}).get("fd_cls", 1e9))
-    student = quality.WORK / "distill" / best
+    student = student_dir(args.teacher_row, best)
     side_by_side(
         {
             "teacher": (teacher, "sde-dpmsolver++-20-trailing"),
             **{f"{best} {n}": (student, f"lcm-{n}") for n in (4, 2, 1)},
         },
-        REPO / "docs" / "distill-samples.png",
+        REPO / "docs" / f"distill-samples-{args.teacher_row}.png",
     )
     results["date"] = time.strftime("%Y-%m-%d")
-    RESULTS_FILE.write_text(json.dumps(results, indent=2) + "\n")
+    results_file.write_text(json.dumps(results, indent=2) + "\n")
     print(markdown(results))
 
 

@@ -82,8 +82,9 @@ COMMON = {
 }
 
 # The recipes. (a)-(d) are the reference points; the rest add one option at a time on top of the best
-# of them (the quickstart's, as measured), then combine those that helped.
-QUICKSTART = {
+# of them (the quickstart's with T = 300, as measured: row "t300", the quickstart preset until 2026-12-02), then
+# combine those that helped.
+T300 = {
     "ddpm_num_steps": 300,
     "ddpm_beta_schedule": "squaredcos_cap_v2",
     "ddpm_clip_sample": True,
@@ -101,7 +102,7 @@ QUICKSTART = {
     "dropout": 0.0,
 }
 VPRED_ZEROSNR = {
-    **QUICKSTART,
+    **T300,
     "prediction_type": "v_prediction",
     "rescale_betas_zero_snr": True,
     "ddpm_timestep_spacing": "trailing",
@@ -166,29 +167,31 @@ ROWS = {
         "dropout": 0.1,
     },
     # (d) the quickstart preset
-    "quickstart": QUICKSTART,
+    "quickstart": {**T300, "ddpm_num_steps": 1000},  # T = 1000: 57 against 62 for T = 300 (row t300)
+    "t300": T300,
     # (e) one option at a time on the quickstart's recipe
-    "minsnr": {**QUICKSTART, "snr_gamma": 5.0},
-    "vpred": {**QUICKSTART, "prediction_type": "v_prediction"},
-    "vpred-minsnr": {**QUICKSTART, "prediction_type": "v_prediction", "snr_gamma": 5.0},
+    "minsnr": {**T300, "snr_gamma": 5.0},
+    "vpred": {**T300, "prediction_type": "v_prediction"},
+    "vpred-minsnr": {**T300, "prediction_type": "v_prediction", "snr_gamma": 5.0},
     "vpred-zerosnr": VPRED_ZEROSNR,
-    "t1000": {**QUICKSTART, "ddpm_num_steps": 1000},
     # (f) the quickstart's training with three more EMA lengths kept (the training itself is the same)
-    "ema-lengths": {**QUICKSTART, "ema_extra_decays": [0.99, 0.9995, 0.9999]},
+    "ema-lengths": {**T300, "ema_extra_decays": [0.99, 0.9995, 0.9999]},
     # (g) candidates for a quickstart that fits 10 minutes on a 2-core CPU without bf16 (fp32 there): UNets that spend
     # fewer FLOPs at 28x28, where the time goes, with v-prediction and zero terminal SNR (row vpred-zerosnr); a row
     # may set its own batch and steps (`max_train_steps`), so its budget in images is its own
-    "small": {**QUICKSTART, "block_out_channels": [16, 32, 64]},
+    "small": {**T300, "block_out_channels": [16, 32, 64]},
     "small-vz": {**VPRED_ZEROSNR, "block_out_channels": [16, 32, 64]},
     "narrow-vz": {**VPRED_ZEROSNR, "block_out_channels": [16, 48, 96]},
     "c24-vz": {**VPRED_ZEROSNR, "block_out_channels": [24, 48, 96]},
     "b32-vz": {**VPRED_ZEROSNR, "train_batch_size": 32, "max_train_steps": 800},
     "small-vz-t1000": {**VPRED_ZEROSNR, "block_out_channels": [16, 32, 64], "ddpm_num_steps": 1000},
     "small-vz-cl": {**VPRED_ZEROSNR, "block_out_channels": [16, 32, 64], "norm_num_groups": 4},
-    "c24": {**QUICKSTART, "block_out_channels": [24, 48, 96]},
-    "narrow": {**QUICKSTART, "block_out_channels": [16, 48, 96]},
-    "c24-nomid": {**QUICKSTART, "block_out_channels": [24, 48, 96], "mid_block_type": None},
-    "c32-48": {**QUICKSTART, "block_out_channels": [32, 48, 96]},
+    "c24": {**T300, "block_out_channels": [24, 48, 96]},
+    "narrow": {**T300, "block_out_channels": [16, 48, 96]},
+    "c24-nomid": {**T300, "block_out_channels": [24, 48, 96], "mid_block_type": None},
+    "c32-48": {**T300, "block_out_channels": [32, 48, 96]},
+    "small-vz-lr4e-3": {**VPRED_ZEROSNR, "block_out_channels": [16, 32, 64], "learning_rate": 4e-3},
+    "w40-vz": {**VPRED_ZEROSNR, "block_out_channels": [16, 40, 80]},
 }
 
 # Sampler cells: name-steps; "full" is the whole chain (T steps)
@@ -294,21 +297,23 @@ def training_parquet(data: dict) -> Path:
     return path
 
 
-def judge(data: dict) -> tuple[Classifier, float]:
+def judge(data: dict, seed: int = 0) -> tuple[Classifier, float]:
     """The classifier and its test accuracy. The one for the full training split is committed (bench/results/), since
     training it again on another CPU gives other weights, and so another feature space whose scores do not compare
     (2026-12-01: 90.7% test accuracy against 91.1% for the one of the earlier tables); others are trained once (seeded)
-    and kept in the work folder."""
+    and kept in the work folder. A `seed` other than 0 gives a second judge (trained once, kept in the work folder),
+    to see whether a ranking holds in another feature space."""
     from safetensors.torch import load_file, save_file
 
     committed = REPO / "bench" / "results" / "judge-fashion-mnist-60000.safetensors"
-    path = committed if len(data["train"]) == 60_000 else WORK / f"judge-{len(data['train'])}.safetensors"
+    path = WORK / f"judge-{len(data['train'])}{f'-seed-{seed}' if seed else ''}.safetensors"
+    path = committed if len(data["train"]) == 60_000 and not seed else path
     if path.is_file():
         network = Classifier()
         network.load_state_dict(load_file(path))
         network.eval()
     else:
-        network = train_classifier(data["train"], data["train_labels"])
+        network = train_classifier(data["train"], data["train_labels"], seed=seed)
         save_file(network.state_dict(), path)
     return network, accuracy(network, data["test"], data["test_labels"])
 
@@ -509,6 +514,13 @@ def main() -> None:
         "over seeds is the bench's noise.",
     )
     parser.add_argument(
+        "--judge_seed",
+        type=int,
+        default=0,
+        help="Score with a second judge trained with this seed; cells are recorded as '<cell> (judge N)' and its "
+        "accuracy and floor under 'judges': whether a ranking holds across judges.",
+    )
+    parser.add_argument(
         "--stock_pipeline", nargs="*", default=[], help="Cells to also run through the stock DDPMPipeline."
     )
     parser.add_argument(
@@ -535,7 +547,7 @@ def main() -> None:
     WORK.mkdir(parents=True, exist_ok=True)
 
     data = load_data()
-    network, accuracy = judge(data)
+    network, accuracy = judge(data, args.judge_seed)
     reference_features = features(network, data["test"])
     reference = ev.statistics(reference_features)
     rng = np.random.default_rng(0)
@@ -545,27 +557,29 @@ def main() -> None:
         extractor = ev.build_inception("clean", ev.find_weights("clean", args.inception_weights))
         inception = (extractor, ev.extract_features(data["test"], extractor, "clean"))
     results = load_results()
-    results.update(
-        {
-            "data": data["name"],
-            "reference": data["reference"],
-            "judge": "FD-cls: Frechet distance in a Fashion-MNIST classifier's "
-            "128-d hidden layer; KID in the same space",
-            "judge_test_accuracy": round(accuracy, 4),
-            "num_samples": args.num_samples,
-            "floor": {
-                **score(real, network, reference, reference_features, inception),
-                "what": f"{args.num_samples} real training images",
-            },
-            "machine": machine(),
-            "common": COMMON,
-            "budgets": BUDGETS,
-            "recipes": ROWS,
-        }
-    )
+    floor = score(real, network, reference, reference_features, inception)
+    if args.judge_seed:
+        judged = {"judge_test_accuracy": round(accuracy, 4), "floor": floor}
+        results.setdefault("judges", {})[str(args.judge_seed)] = judged
+    else:
+        results.update(
+            {
+                "data": data["name"],
+                "reference": data["reference"],
+                "judge": "FD-cls: Frechet distance in a Fashion-MNIST classifier's "
+                "128-d hidden layer; KID in the same space",
+                "judge_test_accuracy": round(accuracy, 4),
+                "num_samples": args.num_samples,
+                "floor": {**floor, "what": f"{args.num_samples} real training images"},
+                "machine": machine(),
+                "common": COMMON,
+                "budgets": BUDGETS,
+                "recipes": ROWS,
+            }
+        )
     save_results(results)
     print(
-        f"data: {data['name']}; judge test accuracy {accuracy:.1%}; floor FD-cls {results['floor']['fd_cls']:.2f}",
+        f"data: {data['name']}; judge test accuracy {accuracy:.1%}; floor FD-cls {floor['fd_cls']:.2f}",
         flush=True,
     )
 
@@ -585,7 +599,11 @@ def main() -> None:
         )
         row["train_tflop"] = round(row["gflop_per_image"] * row["images"] / 1e3, 1)
         for cell in args.samplers:
-            key = f"{cell} (seed {args.seed})" if args.seed else cell
+            key = (
+                cell
+                + (f" (seed {args.seed})" if args.seed else "")
+                + (f" (judge {args.judge_seed})" if args.judge_seed else "")
+            )
             if key in row["samplers"]:
                 continue
             images, timing = sample_cell(output_dir, cell, args.num_samples, seed=args.seed)

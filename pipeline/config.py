@@ -112,7 +112,7 @@ class TrainingConfig:
     dropout: float = option(0.0, "Dropout in the resnets.", ge=0, lt=1)
 
     # ----- diffusion -----
-    ddpm_num_steps: int = option(300, "Number of diffusion steps T.", ge=1, le=MAX_TIMESTEPS, same=True)
+    ddpm_num_steps: int = option(1000, "Number of diffusion steps T.", ge=1, le=MAX_TIMESTEPS, same=True)
     ddpm_beta_schedule: str = option("squaredcos_cap_v2", choices=BETA_SCHEDULES, same=True)
     ddpm_beta_start: float = option(1e-4, "First beta (linear schedules).", gt=0, lt=1, same=True)
     ddpm_beta_end: float = option(0.02, "Last beta (linear schedules).", gt=0, lt=1, same=True)

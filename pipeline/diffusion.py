@@ -175,4 +175,8 @@ def consistency_loss(unet, teacher, noise_scheduler, config, batch, micro_batch_
             )
         target = torch.where(at_data, earlier, consistency_function(unet, noise_scheduler, earlier, s.clamp(min=0)))
     prediction = consistency_function(unet, noise_scheduler, noisy_images, t)
-    return diffusion_loss(prediction, target, config.loss_type)
+    # --snr_gamma: the x0 error weighted by min(SNR, gamma), as min-SNR weights it. An epsilon teacher's x0 at high
+    # noise is its noise error times sqrt((1 - a) / a) (190 at t = 299 of a cosine T = 300): unweighted, those steps
+    # swamp the loss (bench/README.md, distillation).
+    weights = torch.clamp(compute_snr(noise_scheduler, t), max=config.snr_gamma) if config.snr_gamma else None
+    return diffusion_loss(prediction, target, config.loss_type, weights)

@@ -253,10 +253,11 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
     return (images * 255).round().clip(0, 255).astype(np.uint8)
 
 
-def image_grid(images: np.ndarray) -> Image.Image:
-    """(N, H, W, C) floats in [0, 1] -> one PIL image, as square as the count allows, 2-pixel gaps."""
+def image_grid(images: np.ndarray, columns: Optional[int] = None) -> Image.Image:
+    """(N, H, W, C) floats in [0, 1] -> one PIL image, as square as the count allows (or `columns` wide), 2-pixel
+    gaps."""
     count, height, width, channels = images.shape
-    columns = math.ceil(math.sqrt(count))
+    columns = columns or math.ceil(math.sqrt(count))
     rows = math.ceil(count / columns)
     pad = 2
     grid = np.zeros((rows * (height + pad) + pad, columns * (width + pad) + pad, channels), dtype=np.uint8)

@@ -637,6 +637,14 @@ def train(config: TrainingConfig) -> Path:
         logger.info(
             f"Device: {device}; mixed precision {precision['mixed_precision']} ({precision['precision_reason']})"
         )
+        quickstart = config.preset is None or Path(config.preset).name == "quickstart.yaml"
+        quickstart = quickstart and config.train_data_dir is None and config.dataset_name == QUICKSTART_DATA
+        if quickstart and precision["device"]["type"] == "cpu" and not native_bf16(precision["device"]):
+            logger.warning(
+                "note: this CPU has no native bf16, so the quickstart trains in fp32, about 3-4x slower than on a CPU "
+                "with AMX; `--config configs/quickstart_fast.yaml` trains a smaller UNet in a third of the time, at "
+                "lower quality (README, Quickstart)"
+            )
         if config.preset is None and (config.train_data_dir is not None or config.dataset_name != QUICKSTART_DATA):
             logger.warning(
                 "note: no --config, so the quickstart's defaults apply (28x28, a 2.5M-parameter UNet); for your own "

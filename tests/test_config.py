@@ -27,6 +27,16 @@ def test_quickstart_preset_is_the_defaults():
     assert set(preset) == set(defaults) - {"resume_from_checkpoint", "dry_run", "preset"}
 
 
+def test_the_fast_quickstart_differs_from_the_quickstart_only_in_its_unet_and_prediction():
+    """configs/quickstart_fast.yaml is the quickstart with the cheaper UNet of bench row small-vz-t1000."""
+    fast = load_preset(REPO / "configs" / "quickstart_fast.yaml")
+    quickstart = load_preset(REPO / "configs" / "quickstart.yaml")
+    assert {name for name in quickstart if fast[name] != quickstart[name]} == {
+        "block_out_channels", "prediction_type", "rescale_betas_zero_snr", "output_dir"
+    }  # fmt: skip
+    assert fast["block_out_channels"] == [16, 32, 64] and fast["prediction_type"] == "v_prediction"
+
+
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda path: path.stem)
 def test_each_preset_parses(preset):
     values = load_preset(preset)
@@ -93,7 +103,7 @@ FLAG_VALUES = {
     "flip_sin_to_cos": (["false"], False),
     "freq_shift": (["1"], 1),
     "dropout": (["0.1"], 0.1),
-    "ddpm_num_steps": (["1000"], 1000),
+    "ddpm_num_steps": (["300"], 300),
     "ddpm_beta_schedule": (["linear"], "linear"),
     "ddpm_beta_start": (["0.0002"], 0.0002),
     "ddpm_beta_end": (["0.01"], 0.01),
@@ -236,7 +246,7 @@ def test_every_field_is_settable_from_the_command_line():
         (["--snr_gamma", "0"], "snr_gamma"),
         (["--rescale_betas_zero_snr"], "rescale_betas_zero_snr"),  # with epsilon prediction
         (["--ddpm_timestep_spacing", "uniform"], "ddpm_timestep_spacing"),
-        (["--grid_sampler", "unipc", "--grid_inference_steps", "301"], "grid_inference_steps"),
+        (["--grid_sampler", "unipc", "--grid_inference_steps", "1001"], "grid_inference_steps"),
     ],
 )
 def test_invalid_values_name_the_field(argv, field):

@@ -444,10 +444,10 @@ def test_sigterm_during_a_long_wait_for_streamed_data_stops_the_run_at_once(tmp_
         (["--seed", "-1"], "seed: must lie in \\[0, 4294967295\\]"),
         (["--seed", str(2**32)], "seed: must lie in"),
         (
-            ["--grid_inference_steps", "500"],
-            "grid_inference_steps: 500 sampler steps, but the model has only ddpm_num_steps=300",
+            ["--grid_inference_steps", "1500"],
+            "grid_inference_steps: 1500 sampler steps, but the model has only ddpm_num_steps=1000",
         ),
-        (["--fid_inference_steps", "301"], "fid_inference_steps: 301 sampler steps"),
+        (["--fid_inference_steps", "1001"], "fid_inference_steps: 1001 sampler steps"),
         (["--max_image_bytes", "0"], "max_image_bytes: must be positive"),
     ],
 )
