@@ -10,8 +10,9 @@ process of its own; the variants run interleaved `--rounds` times and the median
 a busy shared machine slows every variant alike. A variant changes one thing against the quickstart's UNet in
 fp32 (threads, memory format, optimizer kernel, EMA, loss read-back, UNet shape, batch size), or is a
 candidate UNet. `--isa avx2` runs the children with ONEDNN_MAX_CPU_ISA=AVX2, ATEN_CPU_CAPABILITY=avx2 and
-MKL_ENABLE_INSTRUCTIONS=AVX2: on a CPU with AMX and AVX-512 this gives the kernels, and the emulated bf16, of an
-AVX2-only CPU such as an AMD EPYC of the Zen 3 generation (not its clock, caches or memory). The profile
+MKL_ENABLE_INSTRUCTIONS=AVX2: on a CPU with AMX and AVX-512 this gives the kernels of an AVX2-only CPU such as an
+AMD EPYC of the Zen 3 generation, but not its clock, caches or memory, nor its cost of bf16 (capped, bf16 autocast
+ran as fast as fp32 here; on the EPYC it was 10x slower), so capped times are a lower bound for such a CPU. The profile
 (torch.profiler) splits one variant's step into convolutions, GroupNorm, SiLU, resampling, optimizer, EMA and the
 rest.
 """

@@ -8,8 +8,9 @@ eigendecomposition with eigenvectors slowed down tenfold. Methods, all in float6
 statistics (1,000 samples against 5,000 reference features, so the sample covariance is rank
 deficient, as in FID during training):
 
-  ours            pipeline.evaluate.frechet_distance: pivoted Cholesky + eigenvalues only, one BLAS thread
-  ours, all BLAS threads  the same with OpenBLAS's own thread count (one per core), as before
+  ours, all BLAS threads  pipeline.evaluate.frechet_distance: pivoted Cholesky + eigenvalues only, OpenBLAS's
+                          own thread count (one per core; the default)
+  ours, one BLAS thread   the same limited to one BLAS thread (threadpoolctl)
   eigh            the previous formula: sqrt(S1) by an eigendecomposition with eigenvectors
   sqrtm           scipy.linalg.sqrtm(S1 S2), clean-fid's formula
 
@@ -31,7 +32,7 @@ from pathlib import Path
 import common  # noqa: F401  (the repository on the import path)
 import numpy as np
 import scipy.linalg
-from common import machine
+from common import RESULTS, machine
 
 from pipeline.evaluate import frechet_distance
 
@@ -113,11 +114,11 @@ def main():
     if args.isa == "avx2" and os.environ.get("OPENBLAS_CORETYPE") != "Haswell":  # the kernels are chosen at start-up
         caps = {"OPENBLAS_CORETYPE": "Haswell", "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **caps})
-    args.output = args.output or f"bench/results/frechet_{args.isa}.json"
+    args.output = args.output or RESULTS / f"frechet_{args.isa}.json"
     stats = statistics()
     methods = {
-        "ours": frechet_distance,
-        "ours, all BLAS threads": lambda *stats: frechet_distance(*stats, blas_threads=None),
+        "ours, one BLAS thread": lambda *stats: frechet_distance(*stats, blas_threads=1),
+        "ours, all BLAS threads": frechet_distance,  # the default
         "eigh": eigh_formula,
     }
     if args.sqrtm:

@@ -51,7 +51,7 @@ class CachedBatches:
 
     @classmethod
     def from_pixels(
-        cls, pixels: np.ndarray, device, batch_size: int, seed: int, process_index: int = 0, num_processes: int = 1
+        cls, pixels: np.ndarray, device, batch_size: int, seed: int, *, process_index: int = 0, num_processes: int = 1
     ):
         """From the cache's (N, H, W, C) uint8 array (memory-mapped: read into memory here), copied to `device`."""
         images = torch.from_numpy(np.array(pixels)).permute(0, 3, 1, 2).contiguous().to(device)  # (N, C, H, W)

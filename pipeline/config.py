@@ -359,8 +359,11 @@ def validate(config: TrainingConfig) -> None:
     for name in FIELDS:
         setattr(config, name, check_type(name, getattr(config, name)))
         check_field(name, getattr(config, name))
+    for relations in (_check_data, _check_model, _check_diffusion, _check_optimisation, _check_outputs):
+        relations(config)
 
-    # data
+
+def _check_data(config: TrainingConfig) -> None:
     if config.train_data_dir is None and config.dataset_name is None:
         raise ConfigError("dataset_name: set --dataset_name or --train_data_dir")
     if config.streaming:
@@ -382,7 +385,8 @@ def validate(config: TrainingConfig) -> None:
             f"intermediate_resolution: {config.intermediate_resolution} is below resolution {config.resolution}"
         )
 
-    # model
+
+def _check_model(config: TrainingConfig) -> None:
     levels = len(config.block_out_channels)
     if not 1 <= levels <= 8:
         raise ConfigError(f"block_out_channels: needs 1 to 8 levels, got {levels}")
@@ -405,7 +409,8 @@ def validate(config: TrainingConfig) -> None:
             f"{config.downsampling_factor} ({levels} levels halve it {levels - 1} times)"
         )
 
-    # diffusion
+
+def _check_diffusion(config: TrainingConfig) -> None:
     if config.rescale_betas_zero_snr and config.prediction_type == "epsilon":
         raise ConfigError(
             "rescale_betas_zero_snr: at zero terminal SNR the last step's input is pure noise, so an epsilon "
@@ -416,7 +421,8 @@ def validate(config: TrainingConfig) -> None:
             f"ddpm_beta_end: must be greater than ddpm_beta_start ({config.ddpm_beta_end} <= {config.ddpm_beta_start})"
         )
 
-    # optimisation and EMA
+
+def _check_optimisation(config: TrainingConfig) -> None:
     if (config.num_epochs is None) == (config.max_train_steps is None):
         raise ConfigError("max_train_steps: give the budget as exactly one of --num_epochs and --max_train_steps")
     if config.lr_scheduler == "cosine_with_min_lr" and config.min_learning_rate >= config.learning_rate:
@@ -429,7 +435,8 @@ def validate(config: TrainingConfig) -> None:
             f"{config.ema_extra_decays}"
         )
 
-    # outputs
+
+def _check_outputs(config: TrainingConfig) -> None:
     if not config.logging_dir or Path(config.logging_dir).is_absolute() or ".." in Path(config.logging_dir).parts:
         raise ConfigError(f"logging_dir: must be a folder inside --output_dir, got {config.logging_dir!r}")
     if config.distill_grid_steps > config.ddpm_num_steps:

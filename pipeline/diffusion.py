@@ -98,6 +98,7 @@ def step_loss(
     config: TrainingConfig,
     batch: torch.Tensor,
     micro_batch_index: int,
+    *,
     process_index: int = 0,
     num_processes: int = 1,
     teacher=None,
@@ -106,8 +107,9 @@ def step_loss(
     distillation, the consistency loss below)."""
     if config.distill_teacher is not None:
         return consistency_loss(
-            unet, teacher, noise_scheduler, config, batch, micro_batch_index, process_index, num_processes
-        )
+            unet, teacher, noise_scheduler, config, batch,
+            micro_batch_index=micro_batch_index, process_index=process_index, num_processes=num_processes,
+        )  # fmt: skip
     flip, timesteps, noise = step_draws(config, micro_batch_index, process_index, num_processes, batch.device)
     if config.random_flip:
         batch = random_flip(batch, flip=flip)
@@ -151,7 +153,9 @@ def consistency_function(unet, scheduler, sample: torch.Tensor, timesteps: torch
     return c_skip * sample + c_out * x0
 
 
-def consistency_loss(unet, teacher, noise_scheduler, config, batch, micro_batch_index, process_index, num_processes):
+def consistency_loss(
+    unet, teacher, noise_scheduler, config, batch, *, micro_batch_index, process_index, num_processes
+):
     """One micro-batch of consistency distillation on LCMScheduler's grid t_n = n k - 1 (k = T / N): the student's
     f(x_t, t) is pulled toward its own f (no gradient) at the grid point one step nearer the data, x_s, which the
     teacher reaches with one DDIM step from x_t (distill_target teacher) or which is the same noise on the image

@@ -230,6 +230,7 @@ def extract_features(
     images: np.ndarray,
     feature_fn: FeatureFn,
     mode: str,
+    *,
     batch_size: int = 64,
     device: str = "cpu",
     description: str = "features",
@@ -265,7 +266,7 @@ def _psd_factor(matrix: np.ndarray) -> np.ndarray:
 
 
 def frechet_distance(
-    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, blas_threads=1
+    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, blas_threads=None
 ) -> float:
     """||mu1 - mu2||^2 + Tr(S1) + Tr(S2) - 2 Tr((S1 S2)^1/2), in float64.
 
@@ -286,9 +287,10 @@ def frechet_distance(
     for name, value in (("mean", mu1), ("covariance", sigma1), ("mean", mu2), ("covariance", sigma2)):
         if not np.isfinite(value).all():
             raise EvalError(f"statistics: the {name} holds NaN or infinite values")
-    # One BLAS thread: when another job (or the training process's own OpenMP pool) keeps the cores busy, BLAS
-    # threads that wait for each other at every barrier make the factorisation several times slower
-    # (bench/bench_frechet.py: 2 threads on a loaded AVX2 machine took 5.7-9.3 s).
+    # `blas_threads` limits the BLAS pool (None: all cores). One thread was tried against oversubscription by
+    # another job or the training process's own OpenMP pool: on the 2-core Xeon, natively and capped at AVX2, it
+    # was 0-30% slower than all threads, idle, after torch work and loaded alike (bench/bench_frechet.py), so the
+    # default is all threads.
     with threadpool_limits(limits=blas_threads, user_api="blas"):
         factor = _psd_factor(sigma1)
         middle = factor.T @ sigma2 @ factor
@@ -364,9 +366,11 @@ def encode_reference(
     pixels, description = reference_images(
         reference_source(args), reference_preprocessing(model_dir, resolution, channels)
     )
-    return extract_features(
-        pixels, feature_fn, args.mode, args.feature_batch_size, args.device, "reference features"
-    ), description
+    features = extract_features(
+        pixels, feature_fn, args.mode, batch_size=args.feature_batch_size, device=args.device,
+        description="reference features",
+    )  # fmt: skip
+    return features, description
 
 
 def save_reference(path: Path, features: np.ndarray, meta: dict) -> None:
@@ -484,8 +488,9 @@ def evaluate(
         images, info = sample_images(args.model, request)
     model = info["model"]
     sample_features = extract_features(
-        images, feature_fn, args.mode, args.feature_batch_size, args.device, "sample features"
-    )
+        images, feature_fn, args.mode, batch_size=args.feature_batch_size, device=args.device,
+        description="sample features",
+    )  # fmt: skip
 
     # Or the reference is a data source, read at the samples' resolution
     if args.reference is None:

@@ -43,7 +43,7 @@ def image_generators(seed: int, start: int, count: int, device="cpu") -> list[to
 
 @torch.no_grad()
 def sample_batch(
-    unet, sampler, generators: list[torch.Generator], num_inference_steps: int, eta: float = 0.0, on_step=None
+    unet, sampler, generators: list[torch.Generator], num_inference_steps: int, *, eta: float = 0.0, on_step=None
 ) -> torch.Tensor:
     """Run the sampler from noise for one batch; returns (B, C, H, W) float32 in [0, 1] on the CPU.
 
@@ -74,6 +74,7 @@ def generate(
     sampler,
     num_images: int,
     num_inference_steps: int,
+    *,
     seed: int,
     batch_size: Optional[int] = None,
     eta: float = 0.0,
@@ -240,11 +241,11 @@ def sample_unet(unet, scheduler_config: dict, request: SamplingRequest, progress
         sampler,
         request.num_images,
         request.steps,
-        request.seed,
-        request.batch_size,
-        request.eta,
-        progress,
-        request.noise_on_device,
+        seed=request.seed,
+        batch_size=request.batch_size,
+        eta=request.eta,
+        progress=progress,
+        noise_on_device=request.noise_on_device,
     )
 
 

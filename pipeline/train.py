@@ -266,8 +266,8 @@ def load_training_data(config: TrainingConfig, accelerator: Accelerator) -> Trai
         accelerator.device,
         config.train_batch_size,
         config.seed,
-        accelerator.process_index,
-        accelerator.num_processes,
+        process_index=accelerator.process_index,
+        num_processes=accelerator.num_processes,
     )
     summary = {key: prepared.summary[key] for key in ("source", "images_found", "images_kept", "files_skipped")}
     return TrainingData(batches, batches.num_images, prepared.summary["channels"], summary)
@@ -316,8 +316,8 @@ def optimizer_step(
     for micro_step, batch in enumerate(micro_batches):
         index = step * accumulation + micro_step
         with nullcontext() if micro_step == accumulation - 1 else accelerator.no_sync(unet):  # one all-reduce a step
-            processes = (accelerator.process_index, accelerator.num_processes)
-            loss = step_loss(unet, parts.noise_scheduler, config, batch, index, *processes, parts.teacher)
+            processes = {"process_index": accelerator.process_index, "num_processes": accelerator.num_processes}
+            loss = step_loss(unet, parts.noise_scheduler, config, batch, index, **processes, teacher=parts.teacher)
             accelerator.backward(loss / accumulation)
         losses += loss.detach()
     grad_norm = accelerator.clip_grad_norm_(unet.parameters(), config.max_grad_norm or math.inf)

@@ -7,6 +7,18 @@ import torch
 
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """Each run makes its own Accelerator, as a new process would."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 sys.path.insert(0, str(REPO))
 
 # Nothing in the tests may reach the network; datasets caches go to a throw-away folder.

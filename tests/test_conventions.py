@@ -21,11 +21,7 @@ from pipeline.train import train
 FAKE_TOKEN = "hf_ExampleFlagToken0123456789abcdefXYZ"
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")  # each run makes its own Accelerator
 
 
 def tiny(tmp_path, **changes) -> TrainingConfig:

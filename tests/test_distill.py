@@ -25,11 +25,7 @@ TEACHER = {
 }
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")  # each run makes its own Accelerator
 
 
 @pytest.fixture(scope="module")

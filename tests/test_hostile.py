@@ -60,11 +60,7 @@ def assert_payload_is_live(tmp_path: Path) -> None:
     assert marker.exists(), "the payload must fire when unpickled, or the tests below prove nothing"
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")  # each run makes its own Accelerator
 
 
 @pytest.fixture(scope="module")

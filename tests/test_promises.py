@@ -30,11 +30,7 @@ from pipeline.train import train
 FP32 = {**TINY, "mixed_precision": "no", "save_images_steps": 0, "logger": "none"}
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")  # each run makes its own Accelerator
 
 
 @pytest.fixture(scope="module")

@@ -12,12 +12,7 @@ from pipeline.config import TrainingConfig
 from pipeline.train import train
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """Each run makes its own Accelerator, as a new process would."""
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")  # each run makes its own Accelerator
 
 
 def logged_losses(output_dir) -> list[float]:
