@@ -32,8 +32,8 @@ STUDENTS = {
     "cd-50-minsnr": ["--snr_gamma", "5", "--learning_rate", "1e-4"],
     "cd-20-minsnr": ["--distill_grid_steps", "20", "--snr_gamma", "5", "--learning_rate", "1e-4"],
     "cd-50-minsnr-lr3e-4": ["--snr_gamma", "5", "--learning_rate", "3e-4"],
-    "cd-50-minsnr-lr3e-5": ["--snr_gamma", "5", "--learning_rate", "3e-5"],  # the default recipe
-    "cd-50-minsnr-lr1e-5": ["--snr_gamma", "5", "--learning_rate", "1e-5"],
+    "cd-50-minsnr-lr3e-5": ["--snr_gamma", "5", "--learning_rate", "3e-5"],
+    "cd-50-minsnr-lr1e-5": ["--snr_gamma", "5", "--learning_rate", "1e-5"],  # the default recipe
     "cd-50-minsnr-lr1e-3": ["--snr_gamma", "5", "--learning_rate", "1e-3"],
     "ct-50-minsnr": ["--distill_target", "data", "--snr_gamma", "5"],
 }
