@@ -612,6 +612,19 @@ def describe_run(config: TrainingConfig, record: RunRecord, data: TrainingData) 
 # The run
 
 
+def slow_cpu_note(config: TrainingConfig, facts: dict) -> Optional[str]:
+    """What the quickstart run tells a user whose CPU has no native bf16 (so fp32, and the time it takes), or None."""
+    quickstart = config.preset is None or Path(config.preset).name == "quickstart.yaml"
+    quickstart = quickstart and config.train_data_dir is None and config.dataset_name == QUICKSTART_DATA
+    if not quickstart or facts["type"] != "cpu" or native_bf16(facts):
+        return None
+    return (
+        "note: this CPU has no native bf16, so the quickstart trains in fp32: on 2 AVX2 cores about 20-25 minutes "
+        "(estimated), against 7 on 2 with AVX-512 and AMX (README, Quickstart); `--config "
+        "configs/quickstart_fast.yaml` trains a smaller UNet in a third of that, at lower quality"
+    )
+
+
 def train(config: TrainingConfig) -> Path:
     """Train, checkpoint and export; returns the output folder. Everything that can be refused is checked first."""
     configure_logging(config.log_level)
@@ -637,14 +650,9 @@ def train(config: TrainingConfig) -> Path:
         logger.info(
             f"Device: {device}; mixed precision {precision['mixed_precision']} ({precision['precision_reason']})"
         )
-        quickstart = config.preset is None or Path(config.preset).name == "quickstart.yaml"
-        quickstart = quickstart and config.train_data_dir is None and config.dataset_name == QUICKSTART_DATA
-        if quickstart and precision["device"]["type"] == "cpu" and not native_bf16(precision["device"]):
-            logger.warning(
-                "note: this CPU has no native bf16, so the quickstart trains in fp32: on 2 AVX2 cores about 20-25 "
-                "minutes (estimated), against 7 on 2 with AVX-512 and AMX (README, Quickstart); "
-                "`--config configs/quickstart_fast.yaml` trains a smaller UNet in a third of that, at lower quality"
-            )
+        note = slow_cpu_note(config, precision["device"])
+        if note:
+            logger.warning(note)
         if config.preset is None and (config.train_data_dir is not None or config.dataset_name != QUICKSTART_DATA):
             logger.warning(
                 "note: no --config, so the quickstart's defaults apply (28x28, a 2.5M-parameter UNet); for your own "

@@ -71,6 +71,7 @@ def test_the_plain_call_of_an_exported_pipeline_samples_with_the_measured_sample
     scheduler = json.loads((teacher / "scheduler" / "scheduler_config.json").read_text())
     assert scheduler["algorithm_type"] == "sde-dpmsolver++"
     assert stock(teacher) == "DPMSolverMultistepScheduler (2, 16, 16, 1) True True"  # 1000 steps: T of them
+    assert "runs it\nfor 1000 steps, one per timestep: it works" in (teacher / "README.md").read_text()
 
 
 def test_a_tiny_teacher_distils_into_a_student_that_stock_diffusers_samples_in_2_steps(teacher, tmp_path):
@@ -78,6 +79,7 @@ def test_a_tiny_teacher_distils_into_a_student_that_stock_diffusers_samples_in_2
     record = json.loads((student / "training_config.json").read_text())
     assert record["config"]["distill_teacher"] == str(teacher) and record["config"]["grid_sampler"] == "lcm"
     assert record["run"]["global_step"] * record["run"]["images_per_step"] == 24  # half the teacher's 48 images
+    assert (record["config"]["snr_gamma"], record["config"]["learning_rate"]) == (5.0, 1e-5)  # the bench's recipe
     scheduler = json.loads((student / "scheduler" / "scheduler_config.json").read_text())
     assert scheduler["_class_name"] == "LCMScheduler" and scheduler["original_inference_steps"] == 50
     assert scheduler["prediction_type"] == "epsilon" and scheduler["num_train_timesteps"] == 1000

@@ -528,3 +528,11 @@ def test_the_default_sampler_is_the_one_the_training_run_chose(tiny_pipeline, tm
     assert (request.sampler, request.steps) == ("unipc", 7)
     other = sampling_request(parser.parse_args(["--sampler", "ddim"]), str(trained))
     assert (other.sampler, other.steps) == ("ddim", 100)
+
+
+def test_a_grid_takes_its_column_count_or_is_as_square_as_the_count_allows():
+    from pipeline.sample import image_grid
+
+    images = np.zeros((32, 4, 4, 1), dtype=np.float32)
+    assert image_grid(images).size == (6 * 6 + 2, 6 * 6 + 2)  # 6 columns, 6 rows (the last one part full)
+    assert image_grid(images, columns=8).size == (8 * 6 + 2, 4 * 6 + 2)  # 4 rows of 8, 2-pixel gaps
