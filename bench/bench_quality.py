@@ -306,8 +306,10 @@ def judge(data: dict, seed: int = 0) -> tuple[Classifier, float]:
     from safetensors.torch import load_file, save_file
 
     committed = REPO / "bench" / "results" / "judge-fashion-mnist-60000.safetensors"
-    path = WORK / f"judge-{len(data['train'])}{f'-seed-{seed}' if seed else ''}.safetensors"
-    path = committed if len(data["train"]) == 60_000 and not seed else path
+    if len(data["train"]) == 60_000 and not seed:
+        path = committed
+    else:
+        path = WORK / f"judge-{len(data['train'])}{f'-seed-{seed}' if seed else ''}.safetensors"
     if path.is_file():
         network = Classifier()
         network.load_state_dict(load_file(path))

@@ -61,9 +61,14 @@ class DataSource:
 
     @classmethod
     def from_config(cls, config: TrainingConfig) -> "DataSource":
-        names = "train_data_dir dataset_name dataset_config_name split image_column cache_dir max_train_samples seed"
-        names += " strict_data preprocessing_num_workers"  # the config's names of this class's fields, in order
-        return cls(*(getattr(config, name) for name in names.split()))
+        same_names = ("train_data_dir", "dataset_name", "dataset_config_name", "split", "image_column", "cache_dir")
+        return cls(
+            **{name: getattr(config, name) for name in same_names},
+            max_images=config.max_train_samples,
+            seed=config.seed,
+            strict=config.strict_data,
+            num_workers=config.preprocessing_num_workers,
+        )
 
     @property
     def name(self) -> str:
@@ -84,8 +89,14 @@ class Preprocessing:
     @classmethod
     def from_config(cls, config: TrainingConfig) -> "Preprocessing":
         min_size = config.resolution // 2 if config.min_image_size is None else config.min_image_size
-        sizes = (config.resolution, config.image_channels, config.intermediate_resolution)
-        return cls(*sizes, config.center_crop, min_size, config.max_image_bytes)
+        return cls(
+            resolution=config.resolution,
+            channels=config.image_channels,
+            intermediate_resolution=config.intermediate_resolution,
+            center_crop=config.center_crop,
+            min_image_size=min_size,
+            max_image_bytes=config.max_image_bytes,
+        )
 
 
 @dataclass

@@ -23,6 +23,7 @@ import urllib.error
 import urllib.request
 import warnings
 import zipfile
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional
@@ -287,11 +288,11 @@ def frechet_distance(
     for name, value in (("mean", mu1), ("covariance", sigma1), ("mean", mu2), ("covariance", sigma2)):
         if not np.isfinite(value).all():
             raise EvalError(f"statistics: the {name} holds NaN or infinite values")
-    # `blas_threads` limits the BLAS pool (None: all cores). One thread was tried against oversubscription by
-    # another job or the training process's own OpenMP pool: on the 2-core Xeon, natively and capped at AVX2, it
-    # was 0-30% slower than all threads, idle, after torch work and loaded alike (bench/bench_frechet.py), so the
-    # default is all threads.
-    with threadpool_limits(limits=blas_threads, user_api="blas"):
+    # `blas_threads` limits the BLAS pool (None: all cores, no thread-pool lookup). One thread was tried against
+    # oversubscription by another job or the training process's own OpenMP pool: on the 2-core Xeon, natively and
+    # capped at AVX2, it was 0-30% slower than all threads, idle, after torch work and loaded alike
+    # (bench/bench_frechet.py), so the default is all threads.
+    with threadpool_limits(limits=blas_threads, user_api="blas") if blas_threads else nullcontext():
         factor = _psd_factor(sigma1)
         middle = factor.T @ sigma2 @ factor
         eigenvalues = np.linalg.eigvalsh((middle + middle.T) / 2)
