@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import yaml
 from common import REPO, flops_per_image, machine
-from judge import Classifier, accuracy, features, train_classifier
+from judge import Classifier, ResidualClassifier, accuracy, features, train_classifier
 
 from pipeline import evaluate as ev
 from pipeline.config import TIMESTEP_SPACINGS, TrainingConfig
@@ -192,6 +192,28 @@ ROWS = {
     "c32-48": {**T300, "block_out_channels": [32, 48, 96]},
     "small-vz-lr4e-3": {**VPRED_ZEROSNR, "block_out_channels": [16, 32, 64], "learning_rate": 4e-3},
     "w40-vz": {**VPRED_ZEROSNR, "block_out_channels": [16, 40, 80]},
+    # (h) the data as it is: Fashion-MNIST is not mirror-symmetric (toes point left), so a flip teaches mirrored
+    # garments; then, without the flip, which timesteps are trained (EDM's log-normal density), EDM2's learned
+    # uncertainty weighting, v-prediction, and steps against batch at half the images (25,600)
+    "noflip": {**T300, "ddpm_num_steps": 1000, "random_flip": False},
+    "noflip-lognormal": {**T300, "ddpm_num_steps": 1000, "random_flip": False, "timestep_density": "lognormal"},
+    "noflip-learned": {**T300, "ddpm_num_steps": 1000, "random_flip": False, "loss_weighting": "learned"},
+    "noflip-vpred": {**T300, "ddpm_num_steps": 1000, "random_flip": False, "prediction_type": "v_prediction"},
+    "noflip-vpred-lognormal": {
+        **T300,
+        "ddpm_num_steps": 1000,
+        "random_flip": False,
+        "prediction_type": "v_prediction",
+        "timestep_density": "lognormal",
+    },  # fmt: skip
+    "noflip-b32": {
+        **T300,
+        "ddpm_num_steps": 1000,
+        "random_flip": False,
+        "train_batch_size": 32,
+        "max_train_steps": 800,
+    },  # fmt: skip
+    "noflip-s400": {**T300, "ddpm_num_steps": 1000, "random_flip": False, "max_train_steps": 400},
 }
 
 # Sampler cells: name-steps; "full" is the whole chain (T steps)
@@ -236,9 +258,10 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
 
 
-def load_data() -> dict:
-    """Training images (and labels) to train on, and test images (and labels) to score against."""
-    if (FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file():
+def load_data(embedded: bool = False) -> dict:
+    """Training images (and labels) to train on, and test images (and labels) to score against; `embedded`: the
+    repository's 6,000-image subset as the training images."""
+    if not embedded and (FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file():
         train = read_idx(FASHION_MNIST / "train-images-idx3-ubyte.gz")[..., None]
         train_labels = read_idx(FASHION_MNIST / "train-labels-idx1-ubyte.gz")
         test = read_idx(FASHION_MNIST / "t10k-images-idx3-ubyte.gz")[..., None]
@@ -259,6 +282,8 @@ def load_data() -> dict:
         ..., None
     ]
     labels = np.asarray(table["label"])
+    if embedded:
+        return {"name": "Fashion-MNIST, embedded subset (6,000)", "train": pixels, "train_labels": labels}
     print(
         "dataset-fashion-mnist is not installed: training on the embedded 6,000-image subset and scoring against it "
         "(no held-out split; `apt-get install dataset-fashion-mnist` for the real test split)",
@@ -297,26 +322,30 @@ def training_parquet(data: dict) -> Path:
     return path
 
 
-def judge(data: dict, seed: int = 0) -> tuple[Classifier, float]:
-    """The classifier and its test accuracy. The one for the full training split is committed (bench/results/), since
-    training it again on another CPU gives other weights, and so another feature space whose scores do not compare
-    (2026-12-01: 90.7% test accuracy against 91.1% for the one of the earlier tables); others are trained once (seeded)
-    and kept in the work folder. A `seed` other than 0 gives a second judge (trained once, kept in the work folder),
-    to see whether a ranking holds in another feature space."""
+JUDGES = {  # key in the results: (network, which training images it learns from, its committed weights)
+    "cls": (Classifier, slice(None), "judge-fashion-mnist-60000.safetensors"),
+    "res": (ResidualClassifier, slice(30_000, None), "judge-res-fashion-mnist-30000-60000.safetensors"),
+}
+
+
+def judge(data: dict, name: str) -> tuple[torch.nn.Module, float]:
+    """Judge `name` of JUDGES and its test accuracy. On the full training split its weights are committed
+    (bench/results/), since training it again on another CPU gives other weights, and so another feature space whose
+    scores do not compare (2026-12-01: 90.7% test accuracy against 91.1% for the one of the earlier tables); on the
+    embedded subset it is trained once (seeded) and kept in the work folder."""
     from safetensors.torch import load_file, save_file
 
-    committed = REPO / "bench" / "results" / "judge-fashion-mnist-60000.safetensors"
-    if len(data["train"]) == 60_000 and not seed:
-        path = committed
-    else:
-        path = WORK / f"judge-{len(data['train'])}{f'-seed-{seed}' if seed else ''}.safetensors"
+    network_class, images, filename = JUDGES[name]
+    full = len(data["train"]) == 60_000
+    path = REPO / "bench" / "results" / filename if full else WORK / f"judge-{name}-{len(data['train'])}.safetensors"
+    network = network_class()
     if path.is_file():
-        network = Classifier()
         network.load_state_dict(load_file(path))
-        network.eval()
     else:
-        network = train_classifier(data["train"], data["train_labels"], seed=seed)
+        images = images if full else slice(None)
+        network = train_classifier(data["train"][images], data["train_labels"][images], network=network)
         save_file(network.state_dict(), path)
+    network.eval()
     return network, accuracy(network, data["test"], data["test_labels"])
 
 
@@ -324,17 +353,18 @@ def judge(data: dict, seed: int = 0) -> tuple[Classifier, float]:
 # Rows: train, then sample and score
 
 
-def train_row(name: str, budget: str, parquet: Path) -> Path:
-    """Train (or resume) one row with train_ddpm.py in its own process; returns its output folder."""
-    folder = WORK / budget / name
+def train_row(name: str, regime: str, source: str, train_seed: int = 0) -> Path:
+    """Train (or resume) one row with train_ddpm.py in its own process, on `source` (a --dataset_name); returns its
+    output folder. The budget is the regime's (its first word), unless the row sets its own steps."""
+    folder = WORK / regime / (name + (f"-seed-{train_seed}" if train_seed else ""))
     output_dir = folder / "run"
     if (output_dir / "model_index.json").is_file():
         return output_dir
-    values = {**COMMON, **ROWS[name]}
-    steps = values.get("max_train_steps") or BUDGETS[budget] // values["train_batch_size"]
+    values = {**COMMON, **ROWS[name], "seed": train_seed}
+    steps = values.get("max_train_steps") or BUDGETS[regime.split("-")[0]] // values["train_batch_size"]
     values = {
         **values,
-        "dataset_name": str(parquet),
+        "dataset_name": source,
         "max_train_steps": steps,
         "num_epochs": None,
         "checkpointing_steps": max(1, steps // 4),
@@ -345,7 +375,8 @@ def train_row(name: str, budget: str, parquet: Path) -> Path:
     command = [sys.executable, "train_ddpm.py", "--config", str(folder / "config.yaml")]
     if (output_dir / "checkpoints").is_dir():
         command += ["--resume_from_checkpoint", "latest"]
-    print(f"[{budget}/{name}] training {steps} steps of {values['train_batch_size']}: {' '.join(command)}", flush=True)
+    print(f"[{regime}/{folder.name}] training {steps} steps of {values['train_batch_size']}: {' '.join(command)}",
+          flush=True)  # fmt: skip
     with open(folder / "train.log", "a") as log:
         subprocess.run(command, cwd=REPO, check=True, stdout=log, stderr=subprocess.STDOUT)
     return output_dir
@@ -361,14 +392,14 @@ def parse_sampler(cell: str, num_train_timesteps: int) -> tuple[str, int, Option
     return name, num_train_timesteps if steps == "full" else int(steps), spacing
 
 
-def score(
-    images: np.ndarray, network: Classifier, reference: tuple, reference_features: np.ndarray, inception=None
-) -> dict:
-    sample_features = features(network, images)
-    result = {
-        "fd_cls": round(ev.frechet_distance(*ev.statistics(sample_features), *reference), 3),
-        "kid_cls": round(ev.kernel_inception_distance(sample_features, reference_features, seed=0), 5),
-    }
+def score(images: np.ndarray, judges: dict, inception=None) -> dict:
+    """fd_<judge> and kid_<judge> for every judge (network, reference statistics, reference features) of `judges`,
+    on the same images; fid with clean-fid's Inception when given."""
+    result = {}
+    for name, (network, reference, reference_features) in judges.items():
+        sample_features = features(network, images)
+        result[f"fd_{name}"] = round(ev.frechet_distance(*ev.statistics(sample_features), *reference), 3)
+        result[f"kid_{name}"] = round(ev.kernel_inception_distance(sample_features, reference_features, seed=0), 5)
     if inception is not None:
         extractor, reference_inception = inception
         inception_features = ev.extract_features(images, extractor, "clean")
@@ -445,7 +476,8 @@ def print_tables(results: dict) -> None:
             {cell for row in rows.values() for cell in row.get("samplers", {})}, key=lambda c: (c.split("-")[0], c)
         )
         print(
-            f"\nbudget {budget} ({BUDGETS[budget]:,} training images); FD-cls (floor {results['floor']['fd_cls']:.2f})"
+            f"\n{budget} ({BUDGETS[budget.split('-')[0]]:,} training images); FD-cls (floor "
+            f"{results['floor']['fd_cls']:.2f})"
         )
         print(f"{'row':<16}{'train s':>8}" + "".join(f"{cell:>16}" for cell in cells))
         for name, row in rows.items():
@@ -470,7 +502,7 @@ def markdown(results: dict) -> str:
         }
         scored = {name: scores for name, scores in scored.items() if scores}
         overall = min(min(scores.values()) for scores in scored.values())
-        lines += [f"\n**{budget} budget: {BUDGETS[budget]:,} training images** (FD-cls, lower is better; floor "
+        lines += [f"\n**{budget}: {BUDGETS[budget.split('-')[0]]:,} training images** (FD-cls, lower is better; floor "
                   f"{results['floor']['fd_cls']:.2f})\n"]  # fmt: skip
         lines += ["| recipe | " + " | ".join(cells) + " | best | x best recipe | cheapest within 10% of its best |"]
         lines += ["| --- | " + " | ".join("---:" for _ in cells) + " | --- | ---: | --- |"]
@@ -497,9 +529,42 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def two_judges(results: dict, cell: str = "sde-dpmsolver++-20-trailing") -> str:
+    """The table of the decisions: per regime and recipe, FD-cls and FD-res of `cell` for each training seed and
+    sampling seed, and their means; a recipe's spread is the range of its scores."""
+    lines = []
+    for regime, rows in results["rows"].items():
+        recipes: dict = {}
+        for key, row in rows.items():
+            name = key.split(" (")[0]
+            for sampled, scores in row.get("samplers", {}).items():
+                if sampled.split(" (")[0] == cell and "fd_res" in scores:
+                    recipes.setdefault(name, []).append((key, sampled, scores, row))
+        if not recipes:
+            continue
+        floor = results.get("floors", {}).get(regime, results["floor"])
+        lines += [f"\n**{regime}** ({cell}, {results['num_samples']:,} samples; floors FD-cls {floor['fd_cls']:.1f}, "
+                  f"FD-res {floor['fd_res']:.1f})\n"]  # fmt: skip
+        lines += ["| recipe | training images | train s | FD-cls (each run) | FD-res (each run) | FD-cls mean | "
+                  "FD-res mean |", "| --- | ---: | ---: | --- | --- | ---: | ---: |"]  # fmt: skip
+        for name, cells in recipes.items():
+            a, b = [c[2]["fd_cls"] for c in cells], [c[2]["fd_res"] for c in cells]
+            images, seconds = cells[0][3].get("images", 0), cells[0][3].get("train_seconds", 0)
+            lines += [f"| {name} | {images:,} | {seconds:.0f} | {', '.join(f'{v:.1f}' for v in a)} | "
+                      f"{', '.join(f'{v:.1f}' for v in b)} | {np.mean(a):.1f} | {np.mean(b):.1f} |"]  # fmt: skip
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="short")
+    parser.add_argument(
+        "--data",
+        choices=("full", "subset"),
+        default="full",
+        help="full: the 60,000-image training split; subset: the embedded 6,000 the quickstart trains on (8.5 "
+        "epochs at the short budget, as the quickstart), results under '<budget>-subset'.",
+    )
     parser.add_argument("--rows", nargs="*", default=list(ROWS), help="Row names (default: all).")
     parser.add_argument(
         "--samplers",
@@ -516,11 +581,11 @@ def main() -> None:
         "over seeds is the bench's noise.",
     )
     parser.add_argument(
-        "--judge_seed",
+        "--train_seed",
         type=int,
         default=0,
-        help="Score with a second judge trained with this seed; cells are recorded as '<cell> (judge N)' and its "
-        "accuracy and floor under 'judges': whether a ranking holds across judges.",
+        help="Training seed (data order, draws, initial weights); other than 0 the row is recorded as "
+        "'<row> (train seed N)', trained in its own folder.",
     )
     parser.add_argument(
         "--stock_pipeline", nargs="*", default=[], help="Cells to also run through the stock DDPMPipeline."
@@ -536,6 +601,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.markdown:
         print(markdown(load_results()))
+        print(two_judges(load_results()))
         return
     if args.list:
         for name, recipe in ROWS.items():
@@ -549,51 +615,60 @@ def main() -> None:
     WORK.mkdir(parents=True, exist_ok=True)
 
     data = load_data()
-    network, accuracy = judge(data, args.judge_seed)
-    reference_features = features(network, data["test"])
-    reference = ev.statistics(reference_features)
+    judges, accuracies = {}, {}
+    for name in JUDGES:
+        network, accuracies[name] = judge(data, name)
+        reference_features = features(network, data["test"])
+        judges[name] = (network, ev.statistics(reference_features), reference_features)
+    regime = args.budget if args.data == "full" else f"{args.budget}-subset"
+    if args.data == "full":
+        source, pool = str(training_parquet(data)), data["train"]
+    else:
+        source, pool = "data/fashion_mnist", load_data(embedded=True)["train"]
     rng = np.random.default_rng(0)
-    real = data["train"][rng.choice(len(data["train"]), args.num_samples, replace=False)]
+    real = pool[rng.choice(len(pool), args.num_samples, replace=False)]
     inception = None
     if args.inception_weights:
         extractor = ev.build_inception("clean", ev.find_weights("clean", args.inception_weights))
         inception = (extractor, ev.extract_features(data["test"], extractor, "clean"))
     results = load_results()
-    floor = score(real, network, reference, reference_features, inception)
-    if args.judge_seed:
-        judged = {"judge_test_accuracy": round(accuracy, 4), "floor": floor}
-        results.setdefault("judges", {})[str(args.judge_seed)] = judged
-    else:
-        results.update(
-            {
-                "data": data["name"],
-                "reference": data["reference"],
-                "judge": "FD-cls: Frechet distance in a Fashion-MNIST classifier's "
-                "128-d hidden layer; KID in the same space",
-                "judge_test_accuracy": round(accuracy, 4),
-                "num_samples": args.num_samples,
-                "floor": {**floor, "what": f"{args.num_samples} real training images"},
-                "machine": machine(),
-                "common": COMMON,
-                "budgets": BUDGETS,
-                "recipes": ROWS,
-            }
-        )
+    floor = {**score(real, judges, inception), "what": f"{args.num_samples} real images of the training source"}
+    results.update(
+        {
+            "data": data["name"],
+            "reference": data["reference"],
+            "judge": "FD-cls: Frechet distance in a Fashion-MNIST classifier's 128-d hidden layer (bench/judge.py, "
+            "judge A); FD-res: the same in a residual network's 128-d average pool, trained on the second half "
+            "of the split (judge B); KID in the same spaces",
+            "judge_test_accuracy": round(accuracies["cls"], 4),
+            "judge_res_test_accuracy": round(accuracies["res"], 4),
+            "num_samples": args.num_samples,
+            "machine": machine(),
+            "common": COMMON,
+            "budgets": BUDGETS,
+            "recipes": ROWS,
+        }
+    )
+    results.setdefault("floors", {})[regime] = floor
+    if args.data == "full":
+        results["floor"] = floor
     save_results(results)
     print(
-        f"data: {data['name']}; judge test accuracy {accuracy:.1%}; floor FD-cls {floor['fd_cls']:.2f}",
+        f"data: {data['name']}; training on {source}; judges' test accuracy {accuracies}; floors FD-cls "
+        f"{floor['fd_cls']:.2f}, FD-res {floor['fd_res']:.2f}",
         flush=True,
     )
 
-    parquet = training_parquet(data)
     for name in args.rows:
-        row = results["rows"].setdefault(args.budget, {}).setdefault(name, {"samplers": {}})
-        output_dir = train_row(name, args.budget, parquet)
+        row_key = name + (f" (train seed {args.train_seed})" if args.train_seed else "")
+        row = results["rows"].setdefault(regime, {}).setdefault(row_key, {"samplers": {}})
+        output_dir = train_row(name, regime, source, args.train_seed)
         record = json.loads((output_dir / "training_config.json").read_text())["run"]
         recipe = {**COMMON, **ROWS[name], "output_dir": str(output_dir), "logger": "none"}
         recipe.pop("max_train_steps", None)
         row.update(
             train_seconds=record["train_seconds"],
+            wall_seconds=record["wall_seconds"],
             images=record["global_step"] * record["images_per_step"],
             skipped_steps=record["skipped_steps"],
             unet_parameters=record["unet_parameters"],
@@ -601,18 +676,14 @@ def main() -> None:
         )
         row["train_tflop"] = round(row["gflop_per_image"] * row["images"] / 1e3, 1)
         for cell in args.samplers:
-            key = (
-                cell
-                + (f" (seed {args.seed})" if args.seed else "")
-                + (f" (judge {args.judge_seed})" if args.judge_seed else "")
-            )
+            key = cell + (f" (seed {args.seed})" if args.seed else "")
             if key in row["samplers"]:
                 continue
             images, timing = sample_cell(output_dir, cell, args.num_samples, seed=args.seed)
-            row["samplers"][key] = {**score(images, network, reference, reference_features, inception), **timing}
+            row["samplers"][key] = {**score(images, judges, inception), **timing}
+            scores = row["samplers"][key]
             print(
-                f"[{args.budget}/{name}] {key:<16} FD-cls {row['samplers'][key]['fd_cls']:8.2f}  KID "
-                f"{row['samplers'][key]['kid_cls']:.4f}"
+                f"[{regime}/{row_key}] {key:<16} FD-cls {scores['fd_cls']:8.2f}  FD-res {scores['fd_res']:8.2f}"
                 f"  ({timing['model_evaluations_per_image']:g} evaluations/image, {timing['sample_seconds']} s)",
                 flush=True,
             )
@@ -620,25 +691,21 @@ def main() -> None:
         for cell in args.stock_pipeline:
             key = f"{cell} (stock DDPMPipeline)"
             if key not in row["samplers"]:
-                row["samplers"][key] = score(
-                    stock_pipeline_cell(output_dir, cell, args.num_samples), network, reference, reference_features
-                )
-                print(f"[{args.budget}/{name}] {key:<36} FD-cls {row['samplers'][key]['fd_cls']:8.2f}", flush=True)
+                row["samplers"][key] = score(stock_pipeline_cell(output_dir, cell, args.num_samples), judges)
+                print(f"[{regime}/{row_key}] {key:<36} FD-cls {row['samplers'][key]['fd_cls']:8.2f}", flush=True)
                 save_results(results)
         if args.other_emas:
             for folder in sorted(output_dir.glob("ema-*")):
                 key = f"{args.samplers[0]} ({folder.name})"
                 if key not in row["samplers"]:
                     images, timing = sample_cell(output_dir, args.samplers[0], args.num_samples, folder.name)
-                    row["samplers"][key] = {
-                        **score(images, network, reference, reference_features, inception),
-                        **timing,
-                    }
-                    print(f"[{args.budget}/{name}] {key:<36} FD-cls {row['samplers'][key]['fd_cls']:8.2f}", flush=True)
+                    row["samplers"][key] = {**score(images, judges, inception), **timing}
+                    print(f"[{regime}/{row_key}] {key:<36} FD-cls {row['samplers'][key]['fd_cls']:8.2f}", flush=True)
                     save_results(results)
     results["date"] = time.strftime("%Y-%m-%d")
     save_results(results)
     print_tables(results)
+    print(two_judges(results))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@
       unet/                      the trained weights, a diffusers folder: UNet2DModel.from_pretrained(...)
       unet_ema/, unet_ema-<d>/   each EMA, the same way (unet_ema: --ema_max_decay; then --ema_extra_decays)
       optimizer.safetensors      the optimizer's state tensors; optimizer.json the rest (param groups)
+      loss_weights.safetensors   the learned uncertainty weighting's log-variances (--loss_weighting learned only)
       rng_state_<process>.json   Python, NumPy and torch (CPU and CUDA) generators of each process
       stream_state_<process>.json  a streamed source's position (--streaming only)
       training_config.json       the run's config and record
@@ -41,6 +42,7 @@ from .record import COUNTERS, RECORD_NAME, RunRecord, read_record, write_record
 CHECKPOINT_PREFIX = "checkpoint-"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"  # diffusers' file name in a model folder
 STATE_FILE = "training_state.json"
+LOSS_WEIGHTS_FILE = "loss_weights.safetensors"
 # Settings whose change a resume applies to the optimizer and LR schedule (the others are read at each step).
 SCHEDULE_FIELDS = (
     "learning_rate",
@@ -101,6 +103,16 @@ def find_resume_checkpoint(config: TrainingConfig) -> Optional[Path]:
         path = checkpoints_dir / path
     if not (path / STATE_FILE).is_file():
         raise ConfigError(f"resume_from_checkpoint: {path} is not a complete checkpoint folder")
+    step = read_json(path / STATE_FILE, CheckpointError).get("global_step")  # checked whole when it is loaded
+    newer = [
+        checkpoint.name for checkpoint in checkpoints if isinstance(step, int) and checkpoint_step(checkpoint) > step
+    ]
+    if newer and not config.overwrite_output_dir:
+        raise ConfigError(
+            f"resume_from_checkpoint: {config.output_dir} holds checkpoints newer than {path.name} "
+            f"({', '.join(newer)}), which resuming from it would overwrite; pass --resume_from_checkpoint latest, or "
+            "--overwrite_output_dir to replace them"
+        )
     return path
 
 
@@ -347,6 +359,9 @@ def save_checkpoint(accelerator, parts, record: RunRecord, stream_state: Optiona
                     save_unet_folder(model, partial / ema_folder_name(index, decay), ema.averages[index])
                 tensors, rest = _optimizer_files(parts.optimizer)
                 save_file(tensors, partial / "optimizer.safetensors")
+                if parts.uncertainty is not None:
+                    weights = {name: tensor.detach().cpu() for name, tensor in parts.uncertainty.state_dict().items()}
+                    save_file(weights, partial / LOSS_WEIGHTS_FILE)
                 write_json(partial / "optimizer.json", rest)
                 write_record(partial / RECORD_NAME, config, record)
                 files = {
@@ -443,6 +458,8 @@ def load_checkpoint(checkpoint: Path, accelerator, parts, stream=None) -> dict:
     optimizer_state = _optimizer_state_dict(
         parts.optimizer, checkpoint / "optimizer.safetensors", checkpoint / "optimizer.json"
     )
+    if parts.uncertainty is not None:
+        loss_weights = _read_tensors(checkpoint / LOSS_WEIGHTS_FILE, parts.uncertainty.state_dict())
     try:
         saved_schedule = {
             key: value for key, value in (state.get("lr_scheduler") or {}).items() if key != "lr_lambdas"
@@ -476,6 +493,8 @@ def load_checkpoint(checkpoint: Path, accelerator, parts, stream=None) -> dict:
 
     # 2. restore
     model.load_state_dict(weights)
+    if parts.uncertainty is not None:
+        parts.uncertainty.load_state_dict(loss_weights)
     if ema is not None:
         ema.load_state(state["ema"], [{name: stored[name] for name in names} for stored in averages])
     parts.optimizer.load_state_dict(optimizer_state)

@@ -31,6 +31,7 @@ SAMPLERS = ("ddpm", "ddim", "dpmsolver++", "sde-dpmsolver++", "unipc", "lcm")
 LOGGERS = ("tensorboard", "wandb", "comet_ml", "mlflow", "aim", "clearml", "dvclive", "swanlab", "trackio", "none")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
+TIMESTEP_DENSITIES = ("uniform", "lognormal")
 FID_MODES = ("clean", "legacy_pytorch")  # clean-fid's resizing modes
 PRECISIONS = ("auto", "no", "fp16", "bf16")
 MAX_SEED = 2**32 - 1
@@ -86,7 +87,9 @@ class TrainingConfig:
     strict_data: bool = option(False, "Stop on the first unusable file instead of skipping it.")
     max_image_bytes: int = option(64 * 2**20, "Skip larger files unread.", gt=0, le=2**32, same=True)
     preprocessing_num_workers: Optional[int] = option(None, "Decoding processes; default: every core.", ge=1, le=1024)
-    random_flip: bool = option(True, "Random horizontal flip, per batch, on the device.", same=True)
+    random_flip: bool = option(
+        False, "Random horizontal flip (for mirror-symmetric data such as faces; not Fashion-MNIST).", same=True
+    )
     streaming: bool = option(
         False, "Stream --dataset_name, decoding on the fly: for data larger than the disk.", same=True
     )
@@ -122,6 +125,27 @@ class TrainingConfig:
     loss_type: str = option("l2", "l1 or l2 (mean squared error).", choices=("l1", "l2"))
     snr_gamma: Optional[float] = option(
         None, "Min-SNR-gamma loss weighting (Hang et al. 2023); 5 is the paper's. none: uniform.", gt=0, le=10**6
+    )
+    timestep_density: str = option(
+        "uniform",
+        "Training timesteps: uniform, or lognormal (EDM: log sigma ~ N(mean, std), sigma^2 = (1 - a) / a).",
+        choices=TIMESTEP_DENSITIES,
+        same=True,
+    )
+    timestep_lognormal_mean: float = option(-1.2, "lognormal: EDM's P_mean.", ge=-10, le=10, same=True)
+    timestep_lognormal_std: float = option(1.2, "lognormal: EDM's P_std.", gt=0, le=10, same=True)
+    timestep_uniform_share: float = option(
+        0.1,
+        "lognormal: the share of images drawn uniformly (the top steps samplers start from).",
+        ge=0,
+        le=1,
+        same=True,
+    )
+    loss_weighting: str = option(
+        "none",
+        "learned: EDM2's uncertainty weighting, loss / exp(u(t)) + u(t), u trained with the UNet, never exported.",
+        choices=("none", "learned"),
+        same=True,
     )
     rescale_betas_zero_snr: bool = option(
         False, "Zero terminal SNR (Lin et al. 2024): needs v_prediction or sample, and trailing spacing.", same=True

@@ -58,6 +58,21 @@ def diffusion_loss(
     return (errors.mean(dim=tuple(range(1, errors.ndim))) * weights).mean()
 
 
+class UncertaintyWeights(torch.nn.Module):
+    """EDM2's learned uncertainty weighting (Karras et al. 2024, eq. 21): loss(t) / exp(u(t)) + u(t), with u one
+    log-variance per bin of timesteps, trained with the UNet. The minimum over u is u(t) = log E[loss | t], so the
+    weighting evens out every noise level's share of the gradient as the losses change. Training only: a checkpoint
+    holds it, the export does not."""
+
+    def __init__(self, num_train_timesteps: int, bins: int = 50):
+        super().__init__()
+        self.num_train_timesteps, self.bins = num_train_timesteps, min(bins, num_train_timesteps)
+        self.logvars = torch.nn.Parameter(torch.zeros(self.bins))
+
+    def forward(self, timesteps: torch.Tensor) -> torch.Tensor:
+        return self.logvars[timesteps * self.bins // self.num_train_timesteps]  # (B,) -> (B,)
+
+
 def random_flip(
     images: torch.Tensor, generator: Optional[torch.Generator] = None, flip: Optional[torch.Tensor] = None
 ) -> torch.Tensor:
@@ -72,24 +87,46 @@ def to_model_range(images: torch.Tensor) -> torch.Tensor:
     return images.float() / 127.5 - 1.0
 
 
+def lognormal_timesteps(alphas_cumprod: torch.Tensor, log_sigmas: torch.Tensor) -> torch.Tensor:
+    """The discrete timesteps nearest (in log sigma, sigma = sqrt((1 - a) / a), a = alpha_bar_t) to the noise levels
+    `log_sigmas`: EDM's training density ln(sigma) ~ N(P_mean, P_std^2) (Karras et al. 2022, section 5) on a DDPM's
+    timesteps. A level beyond either end takes that end's timestep."""
+    alphas = alphas_cumprod.double().clamp(min=1e-300)
+    table = 0.5 * (torch.log1p(-alphas.clamp(max=1 - 1e-16)) - torch.log(alphas))  # increasing in t
+    boundaries = (table[1:] + table[:-1]) / 2
+    return torch.searchsorted(boundaries.to(log_sigmas.device), log_sigmas.double().contiguous())
+
+
 def step_draws(
-    config: TrainingConfig, micro_batch_index: int, process_index: int, num_processes: int, device
+    config: TrainingConfig,
+    micro_batch_index: int,
+    process_index: int,
+    num_processes: int,
+    device,
+    alphas_cumprod: Optional[torch.Tensor] = None,
 ) -> tuple:
     """Flips, timesteps and noise of this process's share of global micro-batch `micro_batch_index`.
 
     They come from a generator seeded by the micro-batch index alone and are drawn for the whole
     global batch, then sliced: a pure function of the step, whatever the process count, so a resumed
-    run and an N-process run draw exactly what an uninterrupted single-process run draws.
+    run and an N-process run draw exactly what an uninterrupted single-process run draws. With
+    timestep_density lognormal (which needs the schedule's `alphas_cumprod`), two more draws follow the
+    uniform ones: a noise level for each image and whether it keeps its uniform timestep instead
+    (timestep_uniform_share), so the uniform draws, and the noise, stay what they are.
     """
     seed = int(np.random.SeedSequence([config.seed, micro_batch_index]).generate_state(1, dtype=np.uint64)[0] >> 1)
     generator = torch.Generator(device=device).manual_seed(seed)
-    size, batch = config.resolution, config.train_batch_size
-    total = batch * num_processes
-    share = slice(process_index * batch, (process_index + 1) * batch)
-    flip = torch.rand(total, generator=generator, device=device)[share] < 0.5
-    timesteps = torch.randint(0, config.ddpm_num_steps, (total,), generator=generator, device=device)[share]
-    noise = torch.randn((total, config.image_channels, size, size), generator=generator, device=device)[share]
-    return flip, timesteps, noise
+    size, total = config.resolution, config.train_batch_size * num_processes
+    flip = torch.rand(total, generator=generator, device=device) < 0.5
+    timesteps = torch.randint(0, config.ddpm_num_steps, (total,), generator=generator, device=device)
+    noise = torch.randn((total, config.image_channels, size, size), generator=generator, device=device)
+    if config.timestep_density == "lognormal":
+        normal = torch.randn(total, generator=generator, device=device)
+        uniform = torch.rand(total, generator=generator, device=device) < config.timestep_uniform_share
+        log_sigmas = config.timestep_lognormal_mean + config.timestep_lognormal_std * normal
+        timesteps = torch.where(uniform, timesteps, lognormal_timesteps(alphas_cumprod, log_sigmas))
+    share = slice(process_index * config.train_batch_size, (process_index + 1) * config.train_batch_size)
+    return flip[share], timesteps[share], noise[share]
 
 
 def step_loss(
@@ -102,15 +139,18 @@ def step_loss(
     process_index: int = 0,
     num_processes: int = 1,
     teacher=None,
+    uncertainty: Optional[UncertaintyWeights] = None,
 ) -> torch.Tensor:
     """The loss of one micro-batch: (B, C, H, W) uint8 images -> flipped, scaled, noised, predicted, compared (for a
-    distillation, the consistency loss below)."""
+    distillation, the consistency loss below); with `uncertainty` (loss_weighting learned), EDM2's weighting of it."""
     if config.distill_teacher is not None:
         return consistency_loss(
             unet, teacher, noise_scheduler, config, batch,
             micro_batch_index=micro_batch_index, process_index=process_index, num_processes=num_processes,
         )  # fmt: skip
-    flip, timesteps, noise = step_draws(config, micro_batch_index, process_index, num_processes, batch.device)
+    flip, timesteps, noise = step_draws(
+        config, micro_batch_index, process_index, num_processes, batch.device, noise_scheduler.alphas_cumprod
+    )
     if config.random_flip:
         batch = random_flip(batch, flip=flip)
     clean_images = to_model_range(batch)
@@ -120,7 +160,11 @@ def step_loss(
     weights = None
     if config.snr_gamma is not None:
         weights = min_snr_weights(compute_snr(noise_scheduler, timesteps), config.snr_gamma, config.prediction_type)
-    return diffusion_loss(model_output, target, config.loss_type, weights)
+    if uncertainty is None:
+        return diffusion_loss(model_output, target, config.loss_type, weights)
+    logvars = uncertainty(timesteps)
+    weights = torch.exp(-logvars) * (1 if weights is None else weights)
+    return diffusion_loss(model_output, target, config.loss_type, weights) + logvars.mean()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,7 +205,9 @@ def consistency_loss(
     teacher reaches with one DDIM step from x_t (distill_target teacher) or which is the same noise on the image
     (distill_target data); at the last point the target is the teacher's x0 (or the image). The draws are step_draws'
     (the timestep picks the grid point), so a resumed distillation draws what an uninterrupted one does."""
-    flip, timesteps, noise = step_draws(config, micro_batch_index, process_index, num_processes, batch.device)
+    flip, timesteps, noise = step_draws(
+        config, micro_batch_index, process_index, num_processes, batch.device, noise_scheduler.alphas_cumprod
+    )
     clean_images = to_model_range(random_flip(batch, flip=flip) if config.random_flip else batch)
     k = config.ddpm_num_steps // config.distill_grid_steps
     t = (timesteps * config.distill_grid_steps // config.ddpm_num_steps + 1) * k - 1  # a point of the grid

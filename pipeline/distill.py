@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Optional
 
 from .errors import ConfigError, exit_on_error
+from .model import saved_schedule
 from .record import RECORD_NAME, read_record
 
 
@@ -67,8 +68,8 @@ def distill_arguments(teacher: str, output_dir: str, steps: int, flags: list[str
         images = saved.run.global_step * saved.run.images_per_step  # half the teacher's training images
         values["max_train_steps"] = max(1, images // 2 // saved.config.global_batch_size(1))
         preset = ["--config", str(folder / RECORD_NAME)]
-    else:  # a teacher without its training record (from the Hub): its UNet config is the architecture
-        values.update(model_config_name_or_path=str(folder / "unet"), max_train_steps=400)
+    else:  # a teacher without its training record (from the Hub): its UNet and scheduler configs say what it is
+        values.update(model_config_name_or_path=str(folder / "unet"), max_train_steps=400, **saved_schedule(folder))
         preset = []
     arguments = [*preset, "--num_epochs", "none"]
     for name, value in values.items():

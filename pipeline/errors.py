@@ -40,13 +40,16 @@ class HubError(PipelineError, RuntimeError):
     """A model card or an upload that cannot be made."""
 
 
+DIVERGED_EXIT = 3  # a run that diverged: stopped, or finished with problems (pipeline/train.py, run_problems)
+
+
 class TrainingStopped(PipelineError, RuntimeError):
     """The run stopped early on purpose: a signal (checkpointed) or divergence; exits with `exit_code`."""
 
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
         self.exit_code = exit_code
-        self.prefix = "error: " if exit_code == 3 else ""  # a signal is not an error
+        self.prefix = "error: " if exit_code == DIVERGED_EXIT else ""  # a signal is not an error
 
 
 @contextmanager

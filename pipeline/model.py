@@ -211,11 +211,41 @@ def check_model_folder(folder: Path, error: type = SampleError) -> None:
             raise error(f"{Path(folder) / name}: malformed ({problem})") from None
 
 
+# A scheduler config's keys that define the forward process -> the TrainingConfig fields that set them
+SCHEDULE_KEYS = {
+    "num_train_timesteps": "ddpm_num_steps",
+    "beta_schedule": "ddpm_beta_schedule",
+    "beta_start": "ddpm_beta_start",
+    "beta_end": "ddpm_beta_end",
+    "prediction_type": "prediction_type",
+    "rescale_betas_zero_snr": "rescale_betas_zero_snr",
+}
+
+
+def saved_schedule(folder: Path) -> dict:
+    """The training options of the noise schedule that a pipeline folder's scheduler_config.json defines (any of this
+    project's samplers: every one holds the forward process's keys), checked as the options are."""
+    path = Path(folder) / "scheduler" / "scheduler_config.json"
+    saved = read_json(path, ConfigError)
+    if saved.get("trained_betas") is not None:
+        raise ConfigError(f"distill_teacher: {path} gives trained_betas, which this pipeline cannot train with")
+    missing = [key for key in SCHEDULE_KEYS if key not in saved]
+    if missing:
+        raise ConfigError(f"distill_teacher: {path} does not say {', '.join(missing)}")
+    _check_keys(saved, SCHEDULE_KEYS, ConfigError, str(path))
+    return {name: check_type(name, saved[key]) for key, name in SCHEDULE_KEYS.items()}
+
+
 def load_teacher(config: TrainingConfig) -> UNet2DModel:
     """A distillation's teacher UNet (the EMA weights its pipeline exports), frozen, checked before anything is
     trained: a stock DDPMPipeline folder whose configs pass check_model_folder, for the resolution, channels and
     architecture of the run."""
-    folder = Path(config.distill_teacher)
+    folder, output_dir = Path(config.distill_teacher).resolve(), Path(config.output_dir).resolve()
+    if folder == output_dir or folder in output_dir.parents or output_dir in folder.parents:
+        raise ConfigError(
+            f"output_dir: {config.output_dir} would write into the teacher's folder {config.distill_teacher}; give "
+            "the student a folder of its own"
+        )
     index = read_json(folder / "model_index.json", ConfigError) if (folder / "model_index.json").is_file() else {}
     if index.get("_class_name") != "DDPMPipeline":
         found = f"its model_index.json names {index.get('_class_name')!r}" if index else "it holds no model_index.json"
@@ -231,6 +261,15 @@ def load_teacher(config: TrainingConfig) -> UNet2DModel:
         raise ConfigError(
             f"distill_teacher: it makes {unet_config.get('in_channels')}-channel images, the run "
             f"{config.image_channels}-channel ones"
+        )
+    differing = {name: value for name, value in saved_schedule(folder).items() if getattr(config, name) != value}
+    if differing:
+        details = ", ".join(
+            f"{name} {value!r} (the run: {getattr(config, name)!r})" for name, value in differing.items()
+        )
+        raise ConfigError(
+            f"distill_teacher: its scheduler_config.json says {details}; a student learns its teacher's noise "
+            "schedule (drop the flags that change it, or fix the teacher's training_config.json)"
         )
     teacher = UNet2DModel.from_pretrained(folder / "unet")
     own = build_unet(config).state_dict()

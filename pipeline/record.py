@@ -42,6 +42,7 @@ class RunRecord:
     images_per_step: int = 0  # the global batch: batch x processes x accumulation
     resumed_changes: list = field(default_factory=list)  # settings a resume changed: "learning_rate: 0.002 -> 0.5"
     finished: bool = False  # the export was written
+    problems: list = field(default_factory=list)  # why the export is not to be trusted (train.run_problems): exit 3
     # The counters, restored from a checkpoint's training_state.json on resume:
     global_step: int = 0  # optimizer steps done
     train_seconds: float = 0.0  # time in training steps (grids, FID and checkpoints left out), across resumes

@@ -47,9 +47,9 @@ from .checkpoint import (
 from .config import ConfigError, TrainingConfig
 from .data import DataError, DataSource, describe_prepared, open_source, prepare_training_images
 from .device import choose_precision, describe_device, device_facts, native_bf16
-from .diffusion import step_loss
+from .diffusion import UncertaintyWeights, step_loss
 from .ema import EMA, sampling_weights, unreached_decays
-from .errors import HubError, TrainingStopped
+from .errors import DIVERGED_EXIT, HubError, TrainingStopped
 from .evaluate import TrainingFid
 from .files import FolderLock, staged, write_json, write_text
 from .hub import describe_data_origin, hub_token, push_to_hub, write_card
@@ -92,6 +92,7 @@ class TrainingParts:
     ema: Optional[EMA]
     sampler: Any = None  # the scheduler the pipeline ships (model.export_scheduler); the grids sample with it too
     teacher: Optional[torch.nn.Module] = None  # a distillation's frozen teacher
+    uncertainty: Optional[UncertaintyWeights] = None  # loss_weighting learned: trained and checkpointed, not exported
 
 
 @dataclass
@@ -282,7 +283,11 @@ def build_training(config: TrainingConfig, accelerator: Accelerator, unet, total
         unet.load_state_dict(teacher.state_dict())
         teacher = teacher if config.distill_target == "teacher" else None
     unet = unet.to(accelerator.device)
-    optimizer = build_optimizer(config, unet.parameters(), accelerator.device)
+    uncertainty = None
+    if config.loss_weighting == "learned":
+        uncertainty = UncertaintyWeights(config.ddpm_num_steps).to(accelerator.device)
+    trained = [*unet.parameters(), *(uncertainty.parameters() if uncertainty is not None else [])]
+    optimizer = build_optimizer(config, trained, accelerator.device)
     lr_scheduler = build_lr_scheduler(config, optimizer, total_steps)
     ema = None
     if config.use_ema:
@@ -298,7 +303,9 @@ def build_training(config: TrainingConfig, accelerator: Accelerator, unet, total
     prepared, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
     model = accelerator.unwrap_model(prepared, keep_fp32_wrapper=False, keep_torch_compile=False)
     noise_scheduler, sampler = build_noise_scheduler(config), export_scheduler(config)
-    return TrainingParts(config, prepared, model, noise_scheduler, optimizer, lr_scheduler, ema, sampler, teacher)
+    return TrainingParts(
+        config, prepared, model, noise_scheduler, optimizer, lr_scheduler, ema, sampler, teacher, uncertainty
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -317,9 +324,15 @@ def optimizer_step(
         index = step * accumulation + micro_step
         with nullcontext() if micro_step == accumulation - 1 else accelerator.no_sync(unet):  # one all-reduce a step
             processes = {"process_index": accelerator.process_index, "num_processes": accelerator.num_processes}
-            loss = step_loss(unet, parts.noise_scheduler, config, batch, index, **processes, teacher=parts.teacher)
+            loss = step_loss(
+                unet, parts.noise_scheduler, config, batch, index, **processes,
+                teacher=parts.teacher, uncertainty=parts.uncertainty,
+            )  # fmt: skip
             accelerator.backward(loss / accumulation)
         losses += loss.detach()
+    if parts.uncertainty is not None and accelerator.num_processes > 1:  # DDP averages the UNet's gradients only
+        gradient = parts.uncertainty.logvars.grad
+        gradient.copy_(accelerator.reduce(gradient, reduction="mean"))
     grad_norm = accelerator.clip_grad_norm_(unet.parameters(), config.max_grad_norm or math.inf)
     # fp16: the grad scaler skips overflowing steps itself. Otherwise one host sync per step: gradients
     # are already averaged over processes, so every process takes the same decision.
@@ -546,12 +559,32 @@ def diverged(config: TrainingConfig, record: RunRecord, bad_steps_in_a_row: int)
         f"training diverged: {bad_steps_in_a_row} steps in a row (up to step {record.global_step}) had a non-finite "
         f"loss or gradient and were skipped; {last_good}. Resume from it with a lower --learning_rate "
         "(--resume_from_checkpoint PATH), or raise --max_bad_steps.",
-        exit_code=3,
+        exit_code=DIVERGED_EXIT,
     )
 
 
 # ---------------------------------------------------------------------------------------------
 # After the loop
+
+
+# A finished run has problems when it skipped more than this share of its steps (a healthy run skips none; fp16's
+# grad scaler skips are not counted) or its exported weights grew past this size (a trained UNet's are of order 1).
+MAX_SKIPPED_SHARE = 0.01
+MAX_WEIGHT = 1e4
+
+
+def run_problems(record: RunRecord, unet: torch.nn.Module) -> list[str]:
+    """Why the weights `unet` that `record`'s run exports are not to be trusted, if they are not: one line each."""
+    problems = []
+    if record.skipped_steps > MAX_SKIPPED_SHARE * record.global_step:
+        problems.append(
+            f"{record.skipped_steps} of {record.global_step} steps were skipped for a non-finite loss or gradient "
+            f"(more than {MAX_SKIPPED_SHARE:.0%})"
+        )
+    largest = max(parameter.detach().abs().max().item() for parameter in unet.parameters())
+    if not largest <= MAX_WEIGHT:
+        problems.append(f"the weights grew to {largest:.3g} (more than {MAX_WEIGHT:g}): the run diverged")
+    return problems
 
 
 def export_run(accelerator: Accelerator, parts: TrainingParts, record: RunRecord, started: float) -> None:
@@ -566,6 +599,12 @@ def export_run(accelerator: Accelerator, parts: TrainingParts, record: RunRecord
             parts.ema.copy_to(unet.parameters(), index)
             export_pipeline(unet, parts.sampler, output_dir / f"ema-{decay:g}")
         parts.ema.copy_to(unet.parameters(), 0)
+    record.problems = run_problems(record, unet)
+    advice = "train again with a lower --learning_rate"
+    if not all(torch.isfinite(parameter).all() for parameter in unet.parameters()):
+        raise TrainingStopped(
+            f"training diverged: {record.problems[-1]}; nothing was exported; {advice}", DIVERGED_EXIT
+        )
     export_pipeline(unet, parts.sampler, output_dir)
     grid_path = save_sample_grid(accelerator, parts, record.global_step, unet.eval())
     record.finished, record.wall_seconds = True, round(time.time() - started, 1)
@@ -574,6 +613,13 @@ def export_run(accelerator: Accelerator, parts: TrainingParts, record: RunRecord
     logger.info(
         f"Exported the DDPMPipeline to {output_dir} (sample grid: {grid_path}) in {time.time() - started:.0f} s"
     )
+    if record.problems:
+        raise TrainingStopped(
+            f"training diverged: {'; '.join(record.problems)}. The export is marked so in {RECORD_NAME} "
+            f"(run.problems) and its model card{', and was not pushed to the Hub' if config.push_to_hub else ''}; "
+            f"{advice}",
+            DIVERGED_EXIT,
+        )
     if config.push_to_hub:
         try:
             push_to_hub(output_dir, config.hub_model_id, config.hub_private_repo)
@@ -604,7 +650,8 @@ def describe_run(config: TrainingConfig, record: RunRecord, data: TrainingData) 
     return (
         f"Training a {size}-parameter UNet at {config.resolution}x{config.resolution} {channels} ({preset}) on "
         f"{images}: {record.total_steps:,} steps of {record.images_per_step} images{epochs}, {record.num_processes} "
-        f"process(es), mixed precision {record.mixed_precision}"
+        f"process(es), mixed precision {record.mixed_precision}, "
+        + ("random horizontal flips" if config.random_flip else "no flips (--random_flip true for symmetric data)")
     )
 
 

@@ -61,3 +61,15 @@ def test_export_refuses_non_finite_weights_and_keeps_the_previous_export(tmp_pat
     with pytest.raises(RuntimeError, match="refusing to export: parameter conv_in.weight"):
         export_pipeline(unet, scheduler, tmp_path)
     assert (tmp_path / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == before
+
+
+def test_resuming_an_older_checkpoint_never_overwrites_newer_ones_unasked(tmp_path):
+    """Probe: --resume_from_checkpoint checkpoint-2 used to overwrite a newer checkpoint-4 without a word."""
+    config = tiny(tmp_path, resume_from_checkpoint="checkpoint-2")
+    make_checkpoint(tmp_path, 2, config)
+    make_checkpoint(tmp_path, 4, config)
+    with pytest.raises(ConfigError, match=r"holds checkpoints newer than checkpoint-2 \(checkpoint-4\)"):
+        find_resume_checkpoint(config)
+    asked = tiny(tmp_path, resume_from_checkpoint="checkpoint-2", overwrite_output_dir=True)
+    assert find_resume_checkpoint(asked).name == "checkpoint-2"
+    assert find_resume_checkpoint(tiny(tmp_path, resume_from_checkpoint="checkpoint-4")).name == "checkpoint-4"

@@ -53,6 +53,7 @@ def test_the_own_images_preset_asks_for_the_data():
 
 def test_flags_override_the_preset():
     config = parse_config(["--config", "configs/report_sfhq64.yaml", "--learning_rate", "2e-4", "--no_random_flip"])
+    assert load_preset(REPO / "configs" / "report_sfhq64.yaml")["random_flip"] is True  # faces: symmetric
     assert config.learning_rate == 2e-4
     assert config.random_flip is False
     assert config.block_out_channels == [64, 128, 256, 512, 1024]  # the rest still comes from the preset
@@ -84,7 +85,7 @@ FLAG_VALUES = {
     "strict_data": (["true"], True),
     "max_image_bytes": (["1000"], 1000),
     "preprocessing_num_workers": (["3"], 3),
-    "random_flip": (["false"], False),
+    "random_flip": (["true"], True),
     "streaming": (["true"], True),
     "shuffle_buffer_size": (["64"], 64),
     "model_config_name_or_path": (["unet/config.json"], "unet/config.json"),
@@ -112,6 +113,11 @@ FLAG_VALUES = {
     "prediction_type": (["v_prediction"], "v_prediction"),
     "loss_type": (["l1"], "l1"),
     "snr_gamma": (["5"], 5.0),
+    "timestep_density": (["lognormal"], "lognormal"),
+    "timestep_lognormal_mean": (["-0.4"], -0.4),
+    "timestep_lognormal_std": (["1.0"], 1.0),
+    "timestep_uniform_share": (["0.2"], 0.2),
+    "loss_weighting": (["learned"], "learned"),
     "rescale_betas_zero_snr": (["true", "--prediction_type", "v_prediction"], True),
     "ddpm_timestep_spacing": (["linspace"], "linspace"),
     "distill_teacher": (["ddpm-quickstart"], "ddpm-quickstart"),

@@ -123,3 +123,39 @@ def test_what_cannot_be_distilled_is_refused_before_any_work(teacher, tmp_path):
     with pytest.raises(ConfigError, match="distill_teacher: its images are 16 px, the data's resolution is 32 px"):
         distill(teacher, tmp_path / "c", "--resolution", "32")
     assert not [path for path in tmp_path.iterdir() if path.name in ("a", "b", "c")]
+
+
+def test_a_student_never_writes_into_its_teachers_folder(teacher, tmp_path):
+    """Probe: --output_dir T with T the teacher (no checkpoints left) used to replace the teacher's UNet and record."""
+    import shutil
+
+    copy = tmp_path / "teacher"
+    shutil.copytree(teacher, copy, ignore=shutil.ignore_patterns("checkpoints"))
+    before = {path: path.read_bytes() for path in copy.rglob("*") if path.is_file()}
+    for output_dir in (copy, copy / "student"):
+        with pytest.raises(ConfigError, match="output_dir: .* would write into the teacher's folder"):
+            distill(copy, output_dir)
+    assert {path: path.read_bytes() for path in copy.rglob("*") if path.is_file()} == before
+
+
+def test_a_teacher_without_its_record_gets_its_own_schedule_and_a_record_that_disagrees_is_refused(teacher, tmp_path):
+    """Probe: a teacher without training_config.json used to get the quickstart's schedule, not its scheduler's."""
+    import shutil
+
+    from pipeline.arguments import parse_config
+
+    bare = tmp_path / "bare"
+    shutil.copytree(teacher, bare, ignore=shutil.ignore_patterns("checkpoints", "training_config.json"))
+    path = bare / "scheduler" / "scheduler_config.json"
+    path.write_text(
+        json.dumps({**json.loads(path.read_text()), "num_train_timesteps": 500, "beta_schedule": "linear"})
+    )
+    config = parse_config(distill_arguments(str(bare), str(tmp_path / "s"), 2, ["--logger", "none"]))
+    assert (config.ddpm_num_steps, config.ddpm_beta_schedule) == (500, "linear")
+
+    lying = tmp_path / "lying"
+    shutil.copytree(teacher, lying, ignore=shutil.ignore_patterns("checkpoints"))
+    shutil.copy(path, lying / "scheduler" / "scheduler_config.json")  # the record still says T = 1000, cosine
+    with pytest.raises(ConfigError, match="distill_teacher: its scheduler_config.json says ddpm_num_steps 500"):
+        distill(lying, tmp_path / "t")
+    assert not (tmp_path / "t").exists()

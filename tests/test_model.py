@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import numpy as np
@@ -7,7 +8,7 @@ from diffusers.training_utils import compute_snr
 
 from conftest import REPO
 from pipeline.arguments import parse_config
-from pipeline.config import ConfigError
+from pipeline.config import ConfigError, TrainingConfig
 from pipeline.diffusion import diffusion_loss, min_snr_weights, training_target
 from pipeline.model import build_noise_scheduler, build_unet, count_parameters
 from pipeline.optim import build_lr_scheduler, build_optimizer
@@ -214,3 +215,40 @@ def test_ema_max_decays_that_the_warmup_never_reaches_are_found():
     assert reached == pytest.approx(1 - 800**-0.75) and reached == ema_decay(800, 1.0, 1.0, 0.75)
     assert unreached == [0.999, 0.9995, 0.9999]  # bench row ema-lengths: these three scored the same
     assert unreached_decays([0.999, 0.9995], 78_125, 1.0, 0.75)[1] == []
+
+
+def test_lognormal_timesteps_are_the_nearest_in_log_sigma_and_leave_the_other_draws_alone():
+    """EDM's density mapped to discrete timesteps, against a float64 NumPy search; flips and noise unchanged."""
+    from pipeline.diffusion import lognormal_timesteps, step_draws
+
+    config = TrainingConfig(image_channels=1, train_batch_size=4096)
+    alphas = build_noise_scheduler(config).alphas_cumprod
+    log_sigmas = torch.linspace(-8, 8, 2001)
+    table = 0.5 * np.log((1 - alphas.double().numpy()) / alphas.double().numpy())
+    expected = np.abs(table[None, :] - log_sigmas.double().numpy()[:, None]).argmin(axis=1)
+    assert (lognormal_timesteps(alphas, log_sigmas).numpy() == expected).all()
+
+    uniform = step_draws(config, 7, 0, 1, "cpu", alphas)
+    lognormal = dataclasses.replace(config, timestep_density="lognormal", timestep_uniform_share=0.1)
+    flips, timesteps, noise = step_draws(lognormal, 7, 0, 1, "cpu", alphas)
+    assert torch.equal(flips, uniform[0]) and torch.equal(noise, uniform[2])
+    kept = (timesteps == uniform[1]).float().mean().item()
+    assert 0.1 <= kept < 0.2  # the uniform share, plus chance agreement
+    median = torch.tensor(table)[timesteps].median().item()
+    assert abs(median - (-1.2)) < 0.15  # EDM's P_mean, within the uniform share's pull
+
+
+def test_learned_uncertainty_weighting_is_minimised_at_the_log_of_each_bins_loss():
+    """EDM2's loss / exp(u) + u: its gradient in u vanishes where u = log(loss) for each bin of timesteps."""
+    from pipeline.diffusion import UncertaintyWeights
+
+    weights = UncertaintyWeights(1000, bins=10)
+    timesteps = torch.arange(0, 1000, 50)  # two per bin
+    losses = torch.rand(20) + 0.5
+    per_bin = losses.view(10, 2).mean(1)
+    with torch.no_grad():
+        weights.logvars.copy_(per_bin.log())
+    logvars = weights(timesteps)
+    (losses / logvars.exp() + logvars).mean().backward()
+    assert weights.logvars.grad.abs().max() < 1e-6
+    assert torch.equal(weights(torch.tensor([0, 99, 100, 999])), weights.logvars[[0, 0, 1, 9]])

@@ -21,12 +21,15 @@ from safetensors.torch import load_file
 
 from conftest import REPO, TINY, launch_two_processes
 from pipeline.config import TrainingConfig
-from pipeline.train import TrainingStopped, train
+from pipeline.record import RunRecord
+from pipeline.train import TrainingStopped, run_problems, train
 
 
 # Long enough that a signal sent after the first checkpoint lands well before the end.
 LONG = {
     **TINY,
+    "timestep_density": "lognormal",  # so exact resume covers its draws and the learned weighting's state
+    "loss_weighting": "learned",
     "max_train_steps": 48,
     "checkpointing_steps": 16,
     "checkpoints_total_limit": 3,
@@ -224,6 +227,28 @@ def test_divergence_skips_bad_steps_then_stops_naming_the_last_good_checkpoint(t
     assert not (output_dir / "model_index.json").exists()
 
 
+def test_a_finished_run_that_skipped_steps_or_whose_weights_blew_up_is_marked_and_exits_3(tmp_path):
+    """Probe: lr 1e30 with max_bad_steps above the streak used to finish with rc 0, finished: true, a silent card."""
+    AcceleratorState._reset_state(reset_partial_state=True)
+    output_dir = tmp_path / "out"
+    values = {**TINY, "output_dir": str(output_dir), "learning_rate": 1e30, "lr_scheduler": "constant",
+              "lr_warmup_steps": 0, "mixed_precision": "no", "max_bad_steps": 100, "max_train_steps": 4,
+              "save_images_steps": 0, "checkpointing_steps": 0, "logger": "none"}  # fmt: skip
+    with pytest.raises(TrainingStopped) as stopped:
+        train(TrainingConfig(**values))
+    AcceleratorState._reset_state(reset_partial_state=True)
+    assert stopped.value.exit_code == 3 and "training diverged: " in str(stopped.value)
+    run = json.loads((output_dir / "training_config.json").read_text())["run"]
+    assert run["problems"] and any("steps were skipped" in problem for problem in run["problems"])
+    assert "Warning: this run did not train properly" in (output_dir / "README.md").read_text()
+
+    healthy = run_problems(RunRecord(global_step=100, skipped_steps=1), torch.nn.Linear(2, 2))
+    assert healthy == []  # 1% of the steps is the documented limit
+    grown = torch.nn.Linear(2, 2)
+    torch.nn.init.constant_(grown.weight, 1e5)
+    assert "the weights grew to 1e+05" in run_problems(RunRecord(global_step=100), grown)[0]
+
+
 def test_divergence_exits_with_a_message_from_the_command_line(tmp_path):
     config_file = tmp_path / "diverge.yaml"
     config_file.write_text(
@@ -260,6 +285,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     Different images or draws would move nearly every element by ~lr x steps = 6e-3 instead.
     """
     common = {**TINY, "mixed_precision": "no", "save_images_steps": 0, "checkpointing_steps": 6}
+    common.update(timestep_density="lognormal", loss_weighting="learned")  # their draws and gradients, shared too
     (tmp_path / "two.yaml").write_text(yaml.safe_dump({**common, "train_batch_size": 4}))
     (tmp_path / "one.yaml").write_text(yaml.safe_dump({**common, "train_batch_size": 8}))
     result = launch_two_processes(tmp_path / "two.yaml", tmp_path / "two")
