@@ -116,11 +116,12 @@ def find_resume_checkpoint(config: TrainingConfig) -> Optional[Path]:
     return path
 
 
-def check_resume_compatible(config: TrainingConfig, checkpoint: Path) -> list[str]:
+def check_resume_compatible(config: TrainingConfig, checkpoint: Path, data: Optional[dict] = None) -> list[str]:
     """What resuming `checkpoint` with `config` changes, one line per setting. Settings that must match (the data
     and its preprocessing, the model, the diffusion process, the draws: option(same=True)) are refused with
-    both values; the others are applied from the resumed step on (see load_checkpoint) and listed here."""
-    saved = read_record(checkpoint / RECORD_NAME).config
+    both values; the others are applied from the resumed step on (see load_checkpoint) and listed here, and so is
+    a change of the images themselves (`data`: the run record's summary, with their count and fingerprint)."""
+    saved, saved_run = read_record(checkpoint / RECORD_NAME)
     differing = {name: (getattr(saved, name), getattr(config, name)) for name in FIELDS}
     differing = {name: values for name, values in differing.items() if values[0] != values[1]}
     refused = [name for name in differing if FIELDS[name].metadata["same"]]
@@ -136,6 +137,13 @@ def check_resume_compatible(config: TrainingConfig, checkpoint: Path) -> list[st
                 ": the LR schedule is rebuilt and continues from the resumed step" if name in SCHEDULE_FIELDS else ""
             )
             changes.append(f"{name}: {before!r} in the checkpoint, {now!r} now{effect}")
+    images = [(summary.get("images_kept"), summary.get("fingerprint")) for summary in (saved_run.data, data or {})]
+    (before, before_print), (now, now_print) = images
+    if data is not None and (before != now or None not in (before_print, now_print) and before_print != now_print):
+        changes.append(
+            f"data: {before} images (fingerprint {before_print}) in the checkpoint, {now} ({now_print}) now: the "
+            "batches from the resumed step on are drawn from the new images"
+        )
     return changes
 
 

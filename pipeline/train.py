@@ -11,6 +11,7 @@
 """
 
 import dataclasses
+import hashlib
 import importlib.util
 import json
 import logging
@@ -28,6 +29,7 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any, Optional, Union
 
+import numpy as np
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.logging import get_logger
@@ -271,6 +273,7 @@ def load_training_data(config: TrainingConfig, accelerator: Accelerator) -> Trai
         num_processes=accelerator.num_processes,
     )
     summary = {key: prepared.summary[key] for key in ("source", "images_found", "images_kept", "files_skipped")}
+    summary["fingerprint"] = hashlib.sha256(memoryview(np.ascontiguousarray(prepared.pixels))).hexdigest()[:16]
     return TrainingData(batches, batches.num_images, prepared.summary["channels"], summary)
 
 
@@ -717,7 +720,7 @@ def run_training(config: TrainingConfig, accelerator: Accelerator, resume_from, 
     started = time.time()
     data = load_training_data(config, accelerator)
     config = resolve_after_data(config, data, accelerator.num_processes)
-    changes = check_resume_compatible(config, resume_from) if resume_from is not None else []
+    changes = check_resume_compatible(config, resume_from, data.summary) if resume_from is not None else []
     total_steps = count_train_steps(config, data.num_images, accelerator.num_processes)
     unet = build_unet(config)
     parts = build_training(config, accelerator, unet, total_steps)

@@ -171,6 +171,34 @@ def test_a_resume_applies_and_reports_a_new_learning_rate_and_schedule(finished_
     assert record["config"]["learning_rate"] == 0.05
 
 
+def test_a_resume_reports_changed_images_by_count_and_fingerprint(tmp_path):
+    """Probe: 32 images -> 64 in --train_data_dir between a run and its resume used to go unreported."""
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+
+    def add(count):
+        for _ in range(count):
+            pixels = rng.integers(0, 256, (16, 16), dtype=np.uint8)
+            Image.fromarray(pixels).save(images / f"{len(list(images.iterdir())):03d}.png")
+
+    add(32)
+    values = {**FP32, "dataset_name": None, "train_data_dir": str(images), "max_train_samples": None,
+              "output_dir": str(tmp_path / "out"), "max_train_steps": 3}  # fmt: skip
+    train(TrainingConfig(**values))
+    AcceleratorState._reset_state(reset_partial_state=True)
+    before = json.loads((tmp_path / "out" / "training_config.json").read_text())["run"]["data"]
+    assert before["images_kept"] == 32 and len(before["fingerprint"]) == 16
+    add(32)
+    train(TrainingConfig(**{**values, "max_train_steps": 6, "resume_from_checkpoint": "latest"}))
+    changes = json.loads((tmp_path / "out" / "training_config.json").read_text())["run"]["resumed_changes"]
+    data_changes = [change for change in changes if change.startswith("data: ")]
+    assert data_changes and data_changes[0].startswith(f"data: 32 images (fingerprint {before['fingerprint']}) in the")
+    assert " 64 (" in data_changes[0]
+
+
 def test_a_resume_that_changes_the_noise_schedule_is_refused_with_both_values(finished_run, tmp_path):
     output_dir, _ = copy_checkpoint(finished_run, tmp_path)
     refused = "cannot resume .*rescale_betas_zero_snr \\(False in the checkpoint, True now\\)"
