@@ -16,6 +16,7 @@ import socket
 import time
 import warnings
 from contextlib import contextmanager
+from fnmatch import fnmatch
 from pathlib import Path
 
 from .errors import ConfigError, PipelineError
@@ -58,6 +59,26 @@ def staged(path, folder: bool = False):
     except BaseException:
         remove(staging)
         raise
+
+
+FILE, ANYTHING = "file", "anything"  # layout entries: a regular file; a folder whose contents are all the writer's
+
+
+def foreign_entries(folder: Path, layout: dict) -> list[str]:
+    """The entries of `folder`, hidden ones included, that `layout` does not name, as paths relative to it. `layout`
+    maps name patterns (fnmatch) to FILE, ANYTHING, or the layout of a folder's own entries; staging names (".*.tmp")
+    are every writer's. A link is always foreign: nothing is ever read or removed through it."""
+    foreign = []
+    for path in sorted(Path(folder).iterdir()):
+        rule = next((rule for pattern, rule in layout.items() if fnmatch(path.name, pattern)), None)
+        if fnmatch(path.name, ".*.tmp") and not path.is_symlink():
+            continue
+        if isinstance(rule, dict) and path.is_dir() and not path.is_symlink():
+            foreign += [f"{path.name}/{name}" for name in foreign_entries(path, rule)]
+        elif path.is_symlink() or rule is None or isinstance(rule, dict) or (rule == FILE and not path.is_file()):
+            kind = " (a symbolic link)" if path.is_symlink() else "/" if path.is_dir() else ""
+            foreign.append(path.name + kind)
+    return foreign
 
 
 def write_text(path, text: str) -> None:

@@ -25,7 +25,6 @@ import time
 import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -53,7 +52,7 @@ from .diffusion import UncertaintyWeights, step_loss
 from .ema import EMA, sampling_weights, unreached_decays
 from .errors import DIVERGED_EXIT, HubError, TrainingStopped
 from .evaluate import TrainingFid
-from .files import FolderLock, staged, write_json, write_text
+from .files import ANYTHING, FILE, FolderLock, foreign_entries, remove, staged, write_json, write_text
 from .hub import describe_data_origin, hub_token, push_to_hub, write_card
 from .model import build_noise_scheduler, build_unet, count_parameters, describe_unet, export_scheduler, load_teacher
 from .optim import build_lr_scheduler, build_optimizer, count_train_steps
@@ -63,11 +62,18 @@ from .signals import StopRequest, StopRequested
 
 
 QUICKSTART_DATA = "data/fashion_mnist"
-# What a run writes into its output folder; a folder holding anything else is not a run's (check_folder_owner).
-RUN_FILES = (
-    f"model_index.json unet scheduler README.md {RECORD_NAME} checkpoints samples eval best-fid ema-* pipeline-*"
-)
-RUN_FILES = tuple(RUN_FILES.split())
+# What a run writes into its output folder (with its tracker's logging_dir): a folder holding anything else is not a
+# run's (check_folder_owner), and --overwrite_output_dir removes exactly these.
+PIPELINE_FOLDER = {
+    "model_index.json": FILE,
+    "unet": {"config.json": FILE, "diffusion_pytorch_model.safetensors": FILE},
+    "scheduler": {"scheduler_config.json": FILE},
+}
+RUN_LAYOUT = {
+    **PIPELINE_FOLDER, "README.md": FILE, RECORD_NAME: FILE, ".lock": FILE,
+    "checkpoints": {"checkpoint-*": ANYTHING}, "samples": {"step-*.png": FILE}, "eval": {"metrics.json": FILE},
+    "best-fid": {**PIPELINE_FOLDER, "fid.json": FILE}, "ema-*": PIPELINE_FOLDER, "pipeline-*": PIPELINE_FOLDER,
+}  # fmt: skip
 TRACKER_PACKAGES = {"tensorboard": "tensorboard", "comet_ml": "comet_ml", "trackio": "trackio"}  # --logger -> package
 logger = get_logger(__name__)  # accelerate's: the main process speaks
 Batches = Union[CachedBatches, StreamedBatches]
@@ -218,35 +224,38 @@ def check_output_dir(config: TrainingConfig, parameters: int) -> None:
 
 
 def check_folder_owner(config: TrainingConfig, resuming: bool) -> None:
-    """A run writes only into an empty folder or one whose files are all a run's own (recognised by its record, or a
-    checkpoint to resume); anything else is refused, naming what is there, unless --overwrite_output_dir."""
+    """A run writes only into an empty folder or one that holds nothing but a run's files (RUN_LAYOUT, hidden files
+    included); anything else is refused, naming it, whatever the flags. A new run over an earlier one (its export,
+    samples, metrics, checkpoints) needs --overwrite_output_dir, which removes exactly that run's files first, so that
+    no grid, metric or weights of the earlier run are ever shown as the new one's."""
     output_dir = Path(config.output_dir)
-    if (output_dir / "checkpoints").is_symlink():
-        raise ConfigError(
-            f"output_dir: {output_dir / 'checkpoints'} is a symbolic link; remove it or use another folder"
-        )
-    entries = sorted(path.name for path in output_dir.iterdir() if not path.name.startswith("."))
-    if not entries or config.overwrite_output_dir:
-        return
-    ours = [*RUN_FILES, Path(config.logging_dir).parts[0]]
+    layout = {**RUN_LAYOUT, Path(config.logging_dir).parts[0]: ANYTHING}
     if (output_dir / RECORD_NAME).is_file():
         try:
-            ours.append(Path(read_record(output_dir / RECORD_NAME).config.logging_dir).parts[0])
+            layout[Path(read_record(output_dir / RECORD_NAME).config.logging_dir).parts[0]] = ANYTHING
         except ConfigError:
-            ours = []  # not a record this version reads: the folder is not recognised as a run's
-    elif not resuming:
-        ours = []
-    foreign = [name for name in entries if not any(fnmatch(name, pattern) for pattern in ours)]
+            layout.pop(RECORD_NAME)  # not a record this version reads: not recognised as a run's
+    foreign = foreign_entries(output_dir, layout)
     if foreign:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
         raise ConfigError(
             f"output_dir: {output_dir} holds files that are not a run's of this pipeline ({shown}); choose an empty "
-            "or new --output_dir, or pass --overwrite_output_dir to write over them"
+            "or new --output_dir, or move them out (--overwrite_output_dir removes only a run's own files)"
         )
-    if (output_dir / "checkpoints").is_symlink():
+    earlier = [
+        path for path in sorted(output_dir.iterdir()) if path.name != ".lock" and not path.name.endswith(".tmp")
+    ]
+    if resuming or not earlier:
+        return
+    names = ", ".join(path.name for path in earlier)
+    if not config.overwrite_output_dir:
         raise ConfigError(
-            f"output_dir: {output_dir / 'checkpoints'} is a symbolic link; remove it or use another folder"
+            f"output_dir: {output_dir} holds an earlier run ({names}); pass --resume_from_checkpoint latest to "
+            "continue it, --overwrite_output_dir to replace it, or choose another --output_dir"
         )
+    logger.warning(f"--overwrite_output_dir: removing the earlier run in {output_dir} ({names})")
+    for path in earlier:
+        remove(path)
 
 
 def load_training_data(config: TrainingConfig, accelerator: Accelerator) -> TrainingData:
@@ -682,7 +691,7 @@ def train(config: TrainingConfig) -> Path:
     if config.push_to_hub and not hub_token():
         raise ConfigError("push_to_hub: no Hugging Face token; set HF_TOKEN or run `hf auth login` before training")
     accelerator, precision = setup_accelerator(config)
-    main, checkpoints = accelerator.is_main_process, Path(config.output_dir) / "checkpoints"
+    main = accelerator.is_main_process
     if main:
         with torch.device("meta"):  # only counted, never allocated
             check_output_dir(config, count_parameters(build_unet(config)))
@@ -691,9 +700,6 @@ def train(config: TrainingConfig) -> Path:
     with FolderLock(config.output_dir) if main else nullcontext():  # one run, resume or export per folder
         if main:
             check_folder_owner(config, resuming=resume_from is not None)
-            if config.overwrite_output_dir and resume_from is None and checkpoints.is_dir():
-                logger.warning(f"--overwrite_output_dir: deleting the checkpoints of an earlier run in {checkpoints}")
-                shutil.rmtree(checkpoints)
         accelerator.wait_for_everyone()
         fid_tracker = TrainingFid(config, accelerator.device) if config.fid_steps and main else None
         device = describe_device(precision["device"])

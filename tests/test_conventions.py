@@ -235,8 +235,10 @@ def test_overwrite_output_dir_starts_afresh_where_checkpoints_exist(tmp_path):
     with pytest.raises(ConfigError, match="already holds checkpoints"):
         train(tiny(tmp_path, checkpointing_steps=3))
     AcceleratorState._reset_state(reset_partial_state=True)
+    (first / "samples" / "step-999.png").write_bytes(b"a grid of the earlier run")
     train(tiny(tmp_path, checkpointing_steps=0, overwrite_output_dir=True))
     assert not (first / "checkpoints").exists()
+    assert sorted(path.name for path in (first / "samples").iterdir()) == ["step-6.png"]  # the new run's alone
 
 
 # ---------------------------------------------------------------------------------------------

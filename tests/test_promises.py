@@ -90,13 +90,54 @@ def test_a_folder_of_someone_elses_files_is_refused_and_left_as_it_was(tmp_path)
     assert {path: path.read_text() for path in folder.rglob("*") if path.is_file()} == before
 
 
-def test_a_finished_run_of_ours_can_be_trained_over_but_a_foreign_file_in_it_stops_it(finished_run, tmp_path):
+def test_a_finished_run_is_replaced_only_when_asked_and_then_whole(finished_run, tmp_path):
+    """Probe: training over a finished run used to keep its samples/ and eval/metrics.json, which the new card then
+    showed as its own (and a kill mid-run left the old weights beside the new record)."""
     folder = tmp_path / "ours"
     shutil.copytree(finished_run, folder, ignore=shutil.ignore_patterns("checkpoints"))
-    (folder / "my_notes.txt").write_text("mine\n")
-    with pytest.raises(ConfigError, match="my_notes.txt"):
-        train(TrainingConfig(**{**FP32, "output_dir": str(folder), "max_train_steps": 1, "checkpointing_steps": 0}))
-    assert (folder / "my_notes.txt").read_text() == "mine\n"
+    (folder / "samples" / "step-999.png").write_bytes((folder / "samples" / "step-6.png").read_bytes())
+    (folder / "eval").mkdir()
+    (folder / "eval" / "metrics.json").write_text('{"results": []}')
+    before = {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+    values = {**FP32, "output_dir": str(folder), "max_train_steps": 1, "checkpointing_steps": 0}
+    with pytest.raises(ConfigError, match="holds an earlier run .*--overwrite_output_dir to replace it"):
+        train(TrainingConfig(**values))
+    assert {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()} == before
+    AcceleratorState._reset_state(reset_partial_state=True)
+    train(TrainingConfig(**{**values, "overwrite_output_dir": True}))
+    assert sorted(path.name for path in (folder / "samples").iterdir()) == ["step-1.png"]
+    assert not (folder / "eval").exists()
+    assert json.loads((folder / "training_config.json").read_text())["run"]["global_step"] == 1
+
+
+@pytest.mark.parametrize(
+    "foreign",
+    ["my_notes.txt", ".env", "checkpoints/my_best_model.ckpt", "unet/notes.txt", "samples/favourite.png", "logs2/x"],
+)
+def test_a_file_the_pipeline_never_writes_stops_every_run_even_with_overwrite(finished_run, tmp_path, foreign):
+    """Probe: --overwrite_output_dir used to delete a user's checkpoints/my_best_model.ckpt, unet/notes.txt and
+    README.md, and a folder of only dot-files counted as empty."""
+    folder = tmp_path / "ours"
+    shutil.copytree(finished_run, folder)
+    (folder / foreign).parent.mkdir(parents=True, exist_ok=True)
+    (folder / foreign).write_text("mine\n")
+    before = {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+    for asked in ({"overwrite_output_dir": True}, {"resume_from_checkpoint": "latest"}):
+        values = {**FP32, "output_dir": str(folder), "max_train_steps": 8, **asked}
+        with pytest.raises(ConfigError, match=f"not a run's of this pipeline \\({foreign.split('/')[0]}"):
+            train(TrainingConfig(**values))
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()} == before
+
+
+def test_only_dot_files_or_the_repository_itself_are_not_an_empty_folder(tmp_path):
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / ".bashrc").write_text("# mine\n")
+    for folder in (tmp_path / "home", REPO):
+        with pytest.raises(ConfigError, match="not a run's of this pipeline"):
+            train(TrainingConfig(**{**FP32, "output_dir": str(folder), "overwrite_output_dir": True}))
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert (tmp_path / "home" / ".bashrc").read_text() == "# mine\n"
 
 
 def test_a_folder_in_use_is_refused_and_a_stale_lock_is_reported_and_taken_over(tmp_path):
@@ -148,7 +189,7 @@ def test_checkpoints_as_a_link_with_overwrite_is_refused_and_nothing_outside_is_
     folder = tmp_path / "out"
     folder.mkdir()
     (folder / "checkpoints").symlink_to(elsewhere, target_is_directory=True)
-    with pytest.raises(ConfigError, match="checkpoints is a symbolic link"):
+    with pytest.raises(ConfigError, match=r"not a run's of this pipeline \(checkpoints \(a symbolic link\)\)"):
         train(TrainingConfig(**{**FP32, "output_dir": str(folder), "overwrite_output_dir": True}))
     assert (elsewhere / "precious.txt").read_text() == "keep\n"
 
