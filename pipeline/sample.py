@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from .config import MAX_TIMESTEPS, SAMPLERS, TIMESTEP_SPACINGS
 from .device import sampling_dtype
 from .errors import SampleError, exit_on_error
-from .files import read_json, write_json
+from .files import FILE, foreign_entries, read_json, staged, write_json
 from .model import check_model_folder, make_sampler
 from .record import RECORD_NAME, read_record
 
@@ -334,14 +334,33 @@ def sample_images(model: str, request: SamplingRequest) -> tuple[np.ndarray, dic
     return to_uint8(images), info
 
 
+SAMPLES_LAYOUT = {"[0-9][0-9][0-9][0-9][0-9][0-9]*.png": FILE, "grid.png": FILE, "samples.json": FILE}
+
+
+def check_samples_folder(output_dir: Path) -> None:
+    """Before any sampling: `output_dir` is new, empty, or a folder of this command's samples (which the new ones
+    replace whole); another model's folder or a user's files are refused, naming what is there."""
+    if output_dir.exists() and (not output_dir.is_dir() or output_dir.is_symlink()):
+        raise SampleError(f"output_dir: {output_dir} exists and is not a folder")
+    foreign = foreign_entries(output_dir, SAMPLES_LAYOUT) if output_dir.is_dir() else []
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise SampleError(
+            f"output_dir: {output_dir} holds files that are not samples of this command ({shown}); choose an empty or "
+            "new folder"
+        )
+
+
 def write_samples(pixels: np.ndarray, info: dict, output_dir: Path, grid_images: int = 64) -> None:
-    """Numbered PNGs, grid.png and samples.json: the folder `pipeline.evaluate fid --samples` reads."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    for index, image in enumerate(pixels):
-        Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(output_dir / f"{index:06d}.png")
-    if grid_images:
-        image_grid(pixels[:grid_images].astype(np.float32) / 255).save(output_dir / "grid.png")
-    write_json(output_dir / "samples.json", info)
+    """Numbered PNGs, grid.png and samples.json: the folder `pipeline.evaluate fid --samples` reads. Written in a
+    staging folder and swapped in whole, so a kill leaves the earlier samples (or none), never a mix."""
+    check_samples_folder(output_dir)
+    with staged(output_dir, folder=True) as staging:
+        for index, image in enumerate(pixels):
+            Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(staging / f"{index:06d}.png")
+        if grid_images:
+            image_grid(pixels[:grid_images].astype(np.float32) / 255).save(staging / "grid.png")
+        write_json(staging / "samples.json", info)
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -356,12 +375,13 @@ def main(argv: Optional[list[str]] = None) -> None:
     add_sampling_arguments(parser)
     args = parser.parse_args(argv)
     with exit_on_error():
+        check_samples_folder(Path(args.output_dir))
         request = sampling_request(args, args.model)
         batches = math.ceil(request.num_images / request.batch_size)
         print(f"Sampling {request.num_images:,} images: {batches:,} batches of up to {request.batch_size}, "
               f"{request.steps} {request.sampler} steps each", file=sys.stderr)  # fmt: skip
         pixels, info = sample_images(args.model, request)
-    write_samples(pixels, info, Path(args.output_dir), args.grid_images)
+        write_samples(pixels, info, Path(args.output_dir), args.grid_images)
     print(
         f"{info['num_images']} images in {info['seconds']} s ({info['images_per_second']} images/s, "
         f"{info['model_evaluations_per_image']:g} model evaluations each) -> {args.output_dir}"

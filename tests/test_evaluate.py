@@ -536,3 +536,21 @@ def test_a_grid_takes_its_column_count_or_is_as_square_as_the_count_allows():
     images = np.zeros((32, 4, 4, 1), dtype=np.float32)
     assert image_grid(images).size == (6 * 6 + 2, 6 * 6 + 2)  # 6 columns, 6 rows (the last one part full)
     assert image_grid(images, columns=8).size == (8 * 6 + 2, 4 * 6 + 2)  # 4 rows of 8, 2-pixel gaps
+
+
+def test_samples_replace_a_samples_folder_whole_and_never_write_into_another_folder(tiny_pipeline, tmp_path, capsys):
+    """Probe: a re-sample wrote PNGs in place (a kill left a mix that `evaluate fid --samples` scored as one), and
+    into another model's folder."""
+    from pipeline.sample import main
+
+    common = ["--model", str(tiny_pipeline), "--sampler", "ddpm", "--steps", "2", "--device", "cpu"]
+    main([*common, "--num_images", "5", "--output_dir", str(tmp_path / "s")])
+    main([*common, "--num_images", "3", "--output_dir", str(tmp_path / "s")])
+    assert sorted(path.name for path in (tmp_path / "s").iterdir()) == [
+        "000000.png", "000001.png", "000002.png", "grid.png", "samples.json"
+    ]  # fmt: skip
+    before = {path: path.read_bytes() for path in tiny_pipeline.rglob("*") if path.is_file()}
+    with pytest.raises(SystemExit) as stopped:
+        main([*common, "--num_images", "2", "--output_dir", str(tiny_pipeline)])
+    assert stopped.value.code == 2 and "not samples of this command (model_index.json" in capsys.readouterr().err
+    assert {path: path.read_bytes() for path in tiny_pipeline.rglob("*") if path.is_file()} == before
