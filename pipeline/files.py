@@ -8,6 +8,7 @@ file. Temporary names start with "." and end with ".tmp", so listings of checkpo
 upload skip them. Every JSON file is read through `read_json`, which bounds its size and depth.
 """
 
+import fcntl
 import glob
 import json
 import os
@@ -111,53 +112,65 @@ def read_json(path, error: type = PipelineError, max_bytes: int = MAX_JSON_BYTES
 
 
 class FolderLock:
-    """`<folder>/.lock` while a run, a resume or an export works in `folder`: another one is refused, naming the
-    holder (pid, host, since when). A lock whose process has ended on this host is stale: it is reported and taken
-    over. The lock file starts with ".", so uploads and listings skip it."""
+    """`<folder>/.lock` while a run, a resume or an export works in `folder`: an OS lock (flock) on it, which the
+    kernel releases when its process ends however it ends, so there is no stale lock and no takeover race. Another
+    one is refused, naming the holder (pid, host, since when) that the file holds. The lock file starts with ".", so
+    uploads and listings skip it."""
 
     def __init__(self, folder):
         self.path = Path(folder) / ".lock"
-        self.held, self.created = False, False
+        self.descriptor, self.created = None, False
 
     def _holder(self) -> dict:
         try:
-            return json.loads(self.path.read_text(encoding="utf-8"))
+            holder = json.loads(self.path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return {}
+        return holder if isinstance(holder, dict) else {}
 
     def __enter__(self):
         self.created = not self.path.parent.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
+        while self.descriptor is None:
+            descriptor = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
             try:
-                descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(descriptor)
                 holder = self._holder()
-                if holder.get("host") == socket.gethostname() and not _alive(holder.get("pid")):
-                    warnings.warn(
-                        f"{self.path}: a stale lock of process {holder.get('pid')} (ended) since "
-                        f"{holder.get('since', '?')}; taking it over"
-                    )
-                    self.path.unlink(missing_ok=True)
-                    continue
                 raise ConfigError(
                     f"output_dir: {self.path.parent} is in use by process {holder.get('pid', '?')} on "
                     f"{holder.get('host', '?')} since {holder.get('since', '?')} ({self.path}); wait for it to "
-                    "finish or choose another --output_dir (if that process is gone, delete the lock file)"
+                    "finish or choose another --output_dir"
                 ) from None
-            with os.fdopen(descriptor, "w") as file:
-                since = time.strftime("%Y-%m-%d %H:%M:%S")
-                json.dump({"pid": os.getpid(), "host": socket.gethostname(), "since": since}, file)
-            self.held = True
-            return self
-        raise ConfigError(f"output_dir: cannot take the lock {self.path}")
+            try:  # the file may have been removed by a holder releasing it meanwhile: lock the current one
+                current = os.stat(self.path).st_ino == os.fstat(descriptor).st_ino
+            except FileNotFoundError:
+                current = False
+            if current:
+                self.descriptor = descriptor
+            else:
+                os.close(descriptor)
+        left = self._holder()
+        if left or os.fstat(self.descriptor).st_size:
+            warnings.warn(
+                f"{self.path}: left by process {left.get('pid', '?')} since {left.get('since', '?')}, which no "
+                "longer holds it; taking it over"
+            )
+        since = time.strftime("%Y-%m-%d %H:%M:%S")
+        os.ftruncate(self.descriptor, 0)
+        os.write(
+            self.descriptor, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": since}).encode()
+        )
+        return self
 
     def __exit__(self, *exc):
-        if self.held and self._holder().get("pid") == os.getpid():
-            self.path.unlink(missing_ok=True)
+        if self.descriptor is not None:
+            self.path.unlink(missing_ok=True)  # while still held: a waiter then locks a new file
+            os.close(self.descriptor)
+            self.descriptor = None
             if self.created and not any(self.path.parent.iterdir()):  # a run that stopped before writing anything
                 self.path.parent.rmdir()
-        self.held = False
 
 
 def _alive(pid) -> bool:

@@ -140,20 +140,36 @@ def test_only_dot_files_or_the_repository_itself_are_not_an_empty_folder(tmp_pat
     assert (tmp_path / "home" / ".bashrc").read_text() == "# mine\n"
 
 
-def test_a_folder_in_use_is_refused_and_a_stale_lock_is_reported_and_taken_over(tmp_path):
+HOLD_LOCK = """
+import fcntl, json, os, socket, sys, time
+descriptor = os.open(sys.argv[1], os.O_CREAT | os.O_RDWR, 0o644)
+fcntl.flock(descriptor, fcntl.LOCK_EX)
+holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": "2026-12-01 10:00"}
+os.write(descriptor, json.dumps(holder).encode())
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("left_behind", ['{"pid": "1", "host": "x"}', "42", "not json"])
+def test_a_folder_in_use_is_refused_and_a_lock_its_holder_left_is_taken_over(tmp_path, left_behind):
+    """Probes: a .lock holding 42 (a traceback), a pid that is a string (taken over from a live process), and two
+    processes that both found a stale lock (both held it): the kernel's lock decides, the file only names."""
     folder = tmp_path / "busy"
     folder.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(folder / ".lock")], stdout=subprocess.PIPE, text=True
+    )
     try:
-        lock = {"pid": holder.pid, "host": os.uname().nodename, "since": "2026-12-01 10:00:00"}
-        (folder / ".lock").write_text(json.dumps(lock))
-        with pytest.raises(ConfigError, match=f"is in use by process {holder.pid} on .* since 2026-12-01 10:00:00"):
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ConfigError, match=f"is in use by process {holder.pid} on .* since 2026-12-01 10:00"):
             train(TrainingConfig(**{**FP32, "output_dir": str(folder)}))
         assert json.loads((folder / ".lock").read_text())["pid"] == holder.pid  # the holder's lock is untouched
     finally:
         holder.kill()
         holder.wait()
-    with pytest.warns(UserWarning, match=f"stale lock of process {holder.pid}"):
+    (folder / ".lock").write_text(left_behind)  # its process gone, whatever the file says
+    with pytest.warns(UserWarning, match="which no longer holds it; taking it over"):
         train(TrainingConfig(**{**FP32, "output_dir": str(folder), "max_train_steps": 2, "checkpointing_steps": 0}))
     assert (folder / "model_index.json").is_file() and not (folder / ".lock").exists()
 
