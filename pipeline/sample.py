@@ -36,7 +36,8 @@ def image_generators(seed: int, start: int, count: int, device="cpu") -> list[to
 
     On the CPU (the default) an image is also the same on every machine; generators on a GPU save the
     per-step copy of the noise, but draw other numbers (CUDA's Philox, not the CPU's Mersenne twister)."""
-    states = np.random.SeedSequence(seed).spawn(start + count)[start:]
+    # the children SeedSequence(seed).spawn(n) would give, made directly: linear in the images, whatever `start`
+    states = [np.random.SeedSequence(seed, spawn_key=(index,)) for index in range(start, start + count)]
     seeds = [int(state.generate_state(1, dtype=np.uint64)[0] >> 1) for state in states]
     return [torch.Generator(device=device).manual_seed(value) for value in seeds]
 

@@ -74,6 +74,7 @@ RUN_LAYOUT = {
     "checkpoints": {"checkpoint-*": ANYTHING}, "samples": {"step-*.png": FILE}, "eval": {"metrics.json": FILE},
     "best-fid": {**PIPELINE_FOLDER, "fid.json": FILE}, "ema-*": PIPELINE_FOLDER, "pipeline-*": PIPELINE_FOLDER,
 }  # fmt: skip
+MAX_PARAMETERS = 10**10  # every field is bounded alone; their product is bounded here, before anything is allocated
 TRACKER_PACKAGES = {"tensorboard": "tensorboard", "comet_ml": "comet_ml", "trackio": "trackio"}  # --logger -> package
 logger = get_logger(__name__)  # accelerate's: the main process speaks
 Batches = Union[CachedBatches, StreamedBatches]
@@ -694,7 +695,13 @@ def train(config: TrainingConfig) -> Path:
     main = accelerator.is_main_process
     if main:
         with torch.device("meta"):  # only counted, never allocated
-            check_output_dir(config, count_parameters(build_unet(config)))
+            parameters = count_parameters(build_unet(config))
+        if parameters > MAX_PARAMETERS:
+            raise ConfigError(
+                f"block_out_channels: this UNet has {parameters:,} parameters, more than the {MAX_PARAMETERS:,} a run "
+                "here takes (the largest image diffusion UNets have about 2.6 billion)"
+            )
+        check_output_dir(config, parameters)
         if config.distill_teacher is not None:
             load_teacher(config)  # a teacher that cannot be distilled stops the run here
     with FolderLock(config.output_dir) if main else nullcontext():  # one run, resume or export per folder

@@ -554,3 +554,16 @@ def test_samples_replace_a_samples_folder_whole_and_never_write_into_another_fol
         main([*common, "--num_images", "2", "--output_dir", str(tiny_pipeline)])
     assert stopped.value.code == 2 and "not samples of this command (model_index.json" in capsys.readouterr().err
     assert {path: path.read_bytes() for path in tiny_pipeline.rglob("*") if path.is_file()} == before
+
+
+def test_image_generators_are_the_spawned_streams_and_cost_nothing_for_a_late_start():
+    """Probe: each batch used to re-spawn start + count streams (quadratic in the image count)."""
+    import time
+
+    from pipeline.sample import image_generators
+
+    spawned = [int(s.generate_state(1, dtype=np.uint64)[0] >> 1) for s in np.random.SeedSequence(5).spawn(12)[4:]]
+    assert [g.initial_seed() for g in image_generators(5, 4, 8)] == spawned
+    started = time.perf_counter()
+    image_generators(5, 10**9, 4)  # a batch a billion images in
+    assert time.perf_counter() - started < 1.0

@@ -377,6 +377,17 @@ def test_sizes_are_bounded_before_any_work(flags, message):
         parse_config(flags)
 
 
+def test_a_unet_bounded_per_field_is_bounded_in_total_before_anything_is_allocated(tmp_path):
+    """Probe: every field within its bounds, 503 billion parameters in all, used to pass."""
+    channels = ["--block_out_channels", "8192", "8192", "8192", "8192", "8192", "8192", "8192", "8192"]
+    blocks = ["--down_block_types", *["DownBlock2D"] * 8, "--up_block_types", *["UpBlock2D"] * 8]
+    config = parse_config([*channels, *blocks, "--layers_per_block", "16", "--resolution", "256",
+                           "--output_dir", str(tmp_path / "huge")])  # fmt: skip
+    with pytest.raises(ConfigError, match="block_out_channels: this UNet has [0-9,]+ parameters, more than the"):
+        train(config)
+    assert not (tmp_path / "huge").exists()
+
+
 def test_sampling_a_billion_images_is_refused_at_once(finished_run, tmp_path, capsys):
     with pytest.raises(SystemExit):
         sample_main(["--model", str(finished_run), "--output_dir", str(tmp_path / "s"), "--num_images", "1000000000"])
