@@ -381,11 +381,25 @@ def save_reference(path: Path, features: np.ndarray, meta: dict) -> None:
         np.savez(file, mu=mu, sigma=sigma, features=features.astype(np.float32), meta=json.dumps(meta))
 
 
+MAX_NPZ_BYTES = 2**32  # 4 GiB: 10^6 reference images' 2048 float32 features is 8 GiB; 10^5 (ten times FID's 50k) fits
+MAX_DEFLATE_RATIO = 20  # float features deflate by about 1.1x; a member that inflates by more is mostly padding
+
+
 def check_npz_sizes(path: Path) -> None:
-    """Each array of an .npz holds no more data than its member's size: a header that claims more (10^9 x 2048
-    features) would make NumPy allocate it before noticing. Raises ValueError."""
+    """Each array of an .npz holds no more data than its member's size, a compressed member inflates by at most
+    MAX_DEFLATE_RATIO, and all of them together hold at most MAX_NPZ_BYTES: a header or a zip entry that claims more
+    (10^9 x 2048 features, or 2 GiB of zeros in 2 MB) would make NumPy allocate it before noticing. Raises
+    ValueError."""
     with zipfile.ZipFile(path) as archive:
+        total = sum(info.file_size for info in archive.infolist())
+        if total > MAX_NPZ_BYTES:
+            raise ValueError(f"its arrays hold {total:,} bytes, more than the {MAX_NPZ_BYTES:,} statistics may hold")
         for info in archive.infolist():
+            if info.file_size > MAX_DEFLATE_RATIO * info.compress_size + 2**20:
+                raise ValueError(
+                    f"{info.filename} inflates from {info.compress_size:,} to {info.file_size:,} bytes (more than "
+                    f"{MAX_DEFLATE_RATIO}x): not statistics this pipeline wrote"
+                )
             with archive.open(info) as member:
                 major, _ = np.lib.format.read_magic(member)
                 read_header = (

@@ -438,6 +438,18 @@ def test_a_statistics_file_whose_header_claims_a_billion_rows_is_refused_without
         ev.load_reference(path)
 
 
+def test_a_statistics_file_that_inflates_far_beyond_its_size_is_refused_before_inflating(tmp_path):
+    """Probe: a 2.3 MB .npz of deflated zeros inflated to 2.3 GiB, its declared sizes being honest."""
+    path = tmp_path / "reference.npz"
+    features = io.BytesIO()
+    np.save(features, np.zeros((2000, 2048), dtype=np.float32))  # 16 MB of zeros: a few KB deflated
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("features.npy", features.getvalue())
+    assert path.stat().st_size < 100_000
+    with pytest.raises(ev.EvalError, match="is not a statistics file .*inflates from [0-9,]+ to 16,384,128 bytes"):
+        ev.load_reference(path)
+
+
 # ---------------------------------------------------------------------------------------------
 # The smaller ones (item 15)
 
