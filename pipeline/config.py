@@ -461,9 +461,11 @@ def _check_optimisation(config: TrainingConfig) -> None:
 
 
 def _check_outputs(config: TrainingConfig) -> None:
-    if not config.logging_dir or Path(config.logging_dir).is_absolute() or ".." in Path(config.logging_dir).parts:
+    logging_parts = Path(config.logging_dir).parts
+    if not logging_parts or Path(config.logging_dir).is_absolute() or ".." in logging_parts:
         raise ConfigError(f"logging_dir: must be a folder inside --output_dir, got {config.logging_dir!r}")
-    if config.distill_grid_steps > config.ddpm_num_steps:
+    distilling = config.distill_teacher is not None or "lcm" in (config.grid_sampler, config.fid_sampler)
+    if distilling and config.distill_grid_steps > config.ddpm_num_steps:
         raise ConfigError(
             f"distill_grid_steps: {config.distill_grid_steps} is more than ddpm_num_steps={config.ddpm_num_steps}"
         )
@@ -497,6 +499,19 @@ def _check_outputs(config: TrainingConfig) -> None:
 # Presets
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load that refuses a key given twice in one mapping (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        keys = [self.construct_object(key, deep=deep) for key, _ in node.value]
+        for index, key in enumerate(keys):
+            if isinstance(key, str) and key in keys[:index]:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice", node.value[index][0].start_mark
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_preset(path) -> dict:
     """Read a YAML preset (or a run's training_config.json) into checked field values. Raises ConfigError naming the
     file or the field: missing, a folder, too large, not UTF-8, not YAML, too deeply nested, unknown keys, wrong types,
@@ -511,7 +526,7 @@ def load_preset(path) -> dict:
             f"config: {path} is {path.stat().st_size:,} bytes; a preset holds at most {MAX_PRESET_BYTES:,}"
         )
     try:
-        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
+        data = yaml.load(path.read_bytes().decode("utf-8"), Loader=UniqueKeyLoader)
     except UnicodeDecodeError as error:
         raise ConfigError(f"config: {path} is not UTF-8 text ({error})") from None
     except (yaml.YAMLError, ValueError) as error:  # ValueError: an integer past Python's digit limit

@@ -370,11 +370,20 @@ def test_a_model_folder_with_an_absurd_scheduler_config_is_refused_before_loadin
         (["--train_batch_size", "100000"], "train_batch_size: must lie in \\[1, 4096\\]"),
         (["--ddpm_num_steps", "1000000000"], "ddpm_num_steps: must lie in \\[1, 10000\\]"),
         (["--config", "configs"], "config: configs is a folder, not a preset file"),
+        (["--logging_dir", "."], "logging_dir: must be a folder inside --output_dir, got '.'"),
     ],
 )
 def test_sizes_are_bounded_before_any_work(flags, message):
     with pytest.raises(ConfigError, match=message):
         parse_config(flags)
+
+
+def test_a_distillation_field_never_refuses_a_plain_run():
+    """Probe: --ddpm_num_steps 40 was refused for a plain run by distill_grid_steps (50), which it never uses."""
+    assert parse_config(["--ddpm_num_steps", "40", "--grid_inference_steps", "20"]).ddpm_num_steps == 40
+    with pytest.raises(ConfigError, match="distill_grid_steps: 50 is more than ddpm_num_steps=40"):
+        parse_config(["--ddpm_num_steps", "40", "--distill_teacher", "t", "--grid_sampler", "lcm",
+                      "--grid_inference_steps", "4"])  # fmt: skip
 
 
 def test_a_unet_bounded_per_field_is_bounded_in_total_before_anything_is_allocated(tmp_path):
@@ -401,8 +410,9 @@ def test_sampling_a_billion_images_is_refused_at_once(finished_run, tmp_path, ca
         (b"a: " + b"[" * 50_000 + b"]" * 50_000, "not valid YAML"),
         (b"learning_rate: 0.001 # caf\xe9\n", "is not UTF-8 text"),
         (b"seed: " + b"9" * 5000 + b"\n", "not valid YAML"),
+        (b"seed: 1\nlearning_rate: 0.01\nseed: 2\n", "not valid YAML: the key 'seed' is given twice"),
     ],
-    ids=["huge", "nested", "not utf-8", "5000 digits"],
+    ids=["huge", "nested", "not utf-8", "5000 digits", "a key twice"],
 )
 def test_a_hostile_preset_is_one_error_and_fast(tmp_path, content, message):
     path = tmp_path / "preset.yaml"
