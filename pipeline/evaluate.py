@@ -468,10 +468,27 @@ def read_samples(folder: Path) -> tuple[np.ndarray, dict]:
     return images, info
 
 
-def append_metrics(path: Path, result: dict) -> None:
+def metrics_path(args: argparse.Namespace, model: str) -> Path:
+    """Where the `fid` command records: --output_dir, else the model folder's eval/, else ./eval."""
+    output = (
+        Path(args.output_dir) if args.output_dir else Path(model) / "eval" if Path(model).is_dir() else Path("eval")
+    )
+    return output / "metrics.json"
+
+
+def read_metrics(path: Path) -> list:
+    """The entries of an eval/metrics.json (none when there is no file), checked before any work is done."""
+    if not path.exists():
+        return []
+    results = read_json(path, EvalError).get("results")
+    if not isinstance(results, list) or not all(isinstance(entry, dict) for entry in results):
+        raise EvalError(f"{path}: 'results' must be a list of objects; move the file aside to start a new one")
+    return results
+
+
+def append_metrics(path: Path, result: dict, existing: list) -> None:
     """eval/metrics.json keeps one entry per (sampler, steps, images, seed, reference, mode); a rerun replaces it."""
     key_fields = "sampler steps eta solver_order num_samples seed reference mode feature_extractor".split()
-    existing = json.loads(path.read_text())["results"] if path.is_file() else []
     kept = [entry for entry in existing if any(entry.get(name) != result.get(name) for name in key_fields)]
     write_json(path, {"results": kept + [result]})
 
@@ -494,12 +511,15 @@ def evaluate(
         reference = {**reference, "statistics_file": Path(args.reference).name}
         check_reference(reference, f"reference: {args.reference}", args.mode, feature_name)
 
-    # The samples: generated here, or a folder from pipeline.sample; either way with what was run
+    # The samples: generated here, or a folder from pipeline.sample; either way with what was run. The metrics file
+    # they go to is read first, so a bad one stops the command before the work
     if args.samples is not None:
         images, info = read_samples(Path(args.samples))
+        existing = read_metrics(metrics_path(args, info["model"]))
     elif args.model is None:
         raise EvalError("model: pass --model (a saved pipeline) or --samples (a folder from pipeline.sample)")
     else:
+        existing = read_metrics(metrics_path(args, args.model))
         images, info = sample_images(args.model, request)
     model = info["model"]
     sample_features = extract_features(
@@ -532,10 +552,8 @@ def evaluate(
         "device": args.device,
         "wall_seconds": round(time.perf_counter() - started, 2),
     }
-    output = (
-        Path(args.output_dir) if args.output_dir else (Path(model) / "eval" if Path(model).is_dir() else Path("eval"))
-    )
-    append_metrics(output / "metrics.json", result)
+    output = metrics_path(args, model).parent
+    append_metrics(output / "metrics.json", result, existing)
     image_grid(images[:64].astype(np.float32) / 255).save(output / f"samples-{info['sampler']}-{info['steps']}.png")
     model_dir = output.parent
     if (

@@ -71,7 +71,8 @@ PIPELINE_FOLDER = {
 }
 RUN_LAYOUT = {
     **PIPELINE_FOLDER, "README.md": FILE, RECORD_NAME: FILE, ".lock": FILE,
-    "checkpoints": {"checkpoint-*": ANYTHING}, "samples": {"step-*.png": FILE}, "eval": {"metrics.json": FILE},
+    "checkpoints": {"checkpoint-*": ANYTHING}, "samples": {"step-*.png": FILE},
+    "eval": {"metrics.json": FILE, "samples-*.png": FILE},
     "best-fid": {**PIPELINE_FOLDER, "fid.json": FILE}, "ema-*": PIPELINE_FOLDER, "pipeline-*": PIPELINE_FOLDER,
 }  # fmt: skip
 MAX_PARAMETERS = 10**10  # every field is bounded alone; their product is bounded here, before anything is allocated

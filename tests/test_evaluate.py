@@ -552,7 +552,7 @@ def test_samples_replace_a_samples_folder_whole_and_never_write_into_another_fol
     before = {path: path.read_bytes() for path in tiny_pipeline.rglob("*") if path.is_file()}
     with pytest.raises(SystemExit) as stopped:
         main([*common, "--num_images", "2", "--output_dir", str(tiny_pipeline)])
-    assert stopped.value.code == 2 and "not samples of this command (model_index.json" in capsys.readouterr().err
+    assert stopped.value.code == 2 and "model_index.json, scheduler/, unet/)" in capsys.readouterr().err
     assert {path: path.read_bytes() for path in tiny_pipeline.rglob("*") if path.is_file()} == before
 
 
@@ -567,3 +567,18 @@ def test_image_generators_are_the_spawned_streams_and_cost_nothing_for_a_late_st
     started = time.perf_counter()
     image_generators(5, 10**9, 4)  # a batch a billion images in
     assert time.perf_counter() - started < 1.0
+
+
+def test_a_corrupt_metrics_file_stops_the_fid_command_before_any_sampling(tiny_pipeline, tmp_path, monkeypatch):
+    """Probe: a corrupt eval/metrics.json used to be read after the sampling and the features (a traceback)."""
+    from pipeline import sample
+
+    output = tmp_path / "eval"
+    output.mkdir()
+    (output / "metrics.json").write_text('{"results": 42}')
+    sampled = []
+    monkeypatch.setattr(ev, "sample_images", lambda *args: sampled.append(args) or sample.sample_images(*args))
+    args = ["--model", str(tiny_pipeline), "--reference_dataset", "data/fashion_mnist", "--output_dir", str(output)]
+    with pytest.raises(ev.EvalError, match="metrics.json: 'results' must be a list of objects"):
+        ev.evaluate(evaluate_args(*args), TinyFeatures(), FEATURES)
+    assert not sampled and (output / "metrics.json").read_text() == '{"results": 42}'
