@@ -543,8 +543,10 @@ def two_judges(results: dict, cell: str = "sde-dpmsolver++-20-trailing") -> str:
         if not recipes:
             continue
         floor = results.get("floors", {}).get(regime, results["floor"])
+        mirrored = floor.get("mirrored", {})
+        mirrored = f"; half mirrored: {mirrored['fd_cls']:.1f}, {mirrored['fd_res']:.2f}" if mirrored else ""
         lines += [f"\n**{regime}** ({cell}, {results['num_samples']:,} samples; floors FD-cls {floor['fd_cls']:.1f}, "
-                  f"FD-res {floor['fd_res']:.1f})\n"]  # fmt: skip
+                  f"FD-res {floor['fd_res']:.2f}{mirrored})\n"]  # fmt: skip
         lines += ["| recipe | training images | train s | FD-cls (each run) | FD-res (each run) | FD-cls mean | "
                   "FD-res mean |", "| --- | ---: | ---: | --- | --- | ---: | ---: |"]  # fmt: skip
         for name, cells in recipes.items():
@@ -633,6 +635,8 @@ def main() -> None:
         inception = (extractor, ev.extract_features(data["test"], extractor, "clean"))
     results = load_results()
     floor = {**score(real, judges, inception), "what": f"{args.num_samples} real images of the training source"}
+    mirrored = np.where(rng.random(len(real))[:, None, None, None] < 0.5, real[:, :, ::-1], real)
+    floor["mirrored"] = {**score(mirrored, judges), "what": "the same images, a random half mirrored left-right"}
     results.update(
         {
             "data": data["name"],
@@ -655,7 +659,8 @@ def main() -> None:
     save_results(results)
     print(
         f"data: {data['name']}; training on {source}; judges' test accuracy {accuracies}; floors FD-cls "
-        f"{floor['fd_cls']:.2f}, FD-res {floor['fd_res']:.2f}",
+        f"{floor['fd_cls']:.2f}, FD-res {floor['fd_res']:.2f}; half mirrored FD-cls "
+        f"{floor['mirrored']['fd_cls']:.2f}, FD-res {floor['mirrored']['fd_res']:.2f}",
         flush=True,
     )
 
