@@ -173,7 +173,7 @@ class TrainingConfig:
     )
 
     # ----- optimisation -----
-    train_batch_size: int = option(64, "Images per process per micro-batch.", ge=1, le=4096, same=True)
+    train_batch_size: int = option(32, "Images per process per micro-batch.", ge=1, le=4096, same=True)
     gradient_accumulation_steps: int = option(1, "Micro-batches per optimizer step.", ge=1, le=1024, same=True)
     num_epochs: Optional[int] = option(None, "Budget in epochs (or --max_train_steps).", ge=1, le=10**6)
     max_train_steps: Optional[int] = option(800, "Budget in optimizer steps (or --num_epochs).", ge=1, le=MAX_STEPS)
