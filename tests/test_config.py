@@ -352,4 +352,4 @@ def test_dry_run_on_the_report_preset_shows_the_mirrored_unet(tmp_path):
 def test_dry_run_on_the_quickstart_counts_the_embedded_images():
     result = run_cli("--dry_run", "--num_epochs", "2")
     assert result.returncode == 0, result.stderr
-    assert "training steps: 188 of 64 images on 6000 training images" in result.stdout  # ceil(2 * 6000 / 64)
+    assert "training steps: 375 of 32 images on 6000 training images" in result.stdout  # 2 * 6000 / 32
