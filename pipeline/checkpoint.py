@@ -103,10 +103,11 @@ def find_resume_checkpoint(config: TrainingConfig) -> Optional[Path]:
         path = checkpoints_dir / path
     if not (path / STATE_FILE).is_file():
         raise ConfigError(f"resume_from_checkpoint: {path} is not a complete checkpoint folder")
-    step = read_json(path / STATE_FILE, CheckpointError).get("global_step")  # checked whole when it is loaded
-    newer = [
-        checkpoint.name for checkpoint in checkpoints if isinstance(step, int) and checkpoint_step(checkpoint) > step
-    ]
+    named = path.name.startswith(CHECKPOINT_PREFIX) and path.name[len(CHECKPOINT_PREFIX) :].isdigit()
+    step = checkpoint_step(path) if named else read_json(path / STATE_FILE, CheckpointError).get("global_step")
+    # (the state is checked whole when it is loaded; here a step that is not one compares with nothing)
+    valid = isinstance(step, int) and not isinstance(step, bool) and step >= 0
+    newer = [checkpoint.name for checkpoint in checkpoints if valid and checkpoint_step(checkpoint) > step]
     if newer and not config.overwrite_output_dir:
         raise ConfigError(
             f"resume_from_checkpoint: {config.output_dir} holds checkpoints newer than {path.name} "
