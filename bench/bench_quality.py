@@ -647,13 +647,13 @@ def main() -> None:
             "judge_test_accuracy": round(accuracies["cls"], 4),
             "judge_res_test_accuracy": round(accuracies["res"], 4),
             "num_samples": args.num_samples,
-            "machine": machine(),
             "common": COMMON,
             "budgets": BUDGETS,
             "recipes": ROWS,
         }
     )
     results.setdefault("floors", {})[regime] = floor
+    results.setdefault("machines", {})[regime] = machine()  # each regime's rows name the machine they ran on
     if args.data == "full":
         results["floor"] = floor
     save_results(results)
