@@ -138,9 +138,11 @@ def check_resume_compatible(config: TrainingConfig, checkpoint: Path, data: Opti
                 ": the LR schedule is rebuilt and continues from the resumed step" if name in SCHEDULE_FIELDS else ""
             )
             changes.append(f"{name}: {before!r} in the checkpoint, {now!r} now{effect}")
-    images = [(summary.get("images_kept"), summary.get("fingerprint")) for summary in (saved_run.data, data or {})]
-    (before, before_print), (now, now_print) = images
-    if data is not None and (before != now or None not in (before_print, now_print) and before_print != now_print):
+    (before, before_print), (now, now_print) = [
+        (summary.get("images_kept"), summary.get("fingerprint")) for summary in (saved_run.data, data or {})
+    ]
+    fingerprints_differ = None not in (before_print, now_print) and before_print != now_print  # older records: none
+    if data is not None and (before != now or fingerprints_differ):
         changes.append(
             f"data: {before} images (fingerprint {before_print}) in the checkpoint, {now} ({now_print}) now: the "
             "batches from the resumed step on are drawn from the new images"

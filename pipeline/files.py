@@ -82,6 +82,14 @@ def foreign_entries(folder: Path, layout: dict) -> list[str]:
     return foreign
 
 
+def refuse_foreign(folder: Path, layout: dict, error: type, owner: str, advice: str) -> None:
+    """Raise `error` naming (the first five of) the entries of `folder` that `layout` does not name, if any."""
+    foreign = foreign_entries(folder, layout) if Path(folder).is_dir() else []
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise error(f"output_dir: {folder} holds files that are not {owner} ({shown}); {advice}")
+
+
 def write_text(path, text: str) -> None:
     with staged(path) as partial:
         partial.write_text(text, encoding="utf-8")

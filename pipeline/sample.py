@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from .config import MAX_TIMESTEPS, SAMPLERS, TIMESTEP_SPACINGS
 from .device import sampling_dtype
 from .errors import SampleError, exit_on_error
-from .files import FILE, foreign_entries, read_json, staged, write_json
+from .files import FILE, read_json, refuse_foreign, staged, write_json
 from .model import check_model_folder, make_sampler
 from .record import RECORD_NAME, read_record
 
@@ -343,13 +343,7 @@ def check_samples_folder(output_dir: Path) -> None:
     replace whole); another model's folder or a user's files are refused, naming what is there."""
     if output_dir.exists() and (not output_dir.is_dir() or output_dir.is_symlink()):
         raise SampleError(f"output_dir: {output_dir} exists and is not a folder")
-    foreign = foreign_entries(output_dir, SAMPLES_LAYOUT) if output_dir.is_dir() else []
-    if foreign:
-        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-        raise SampleError(
-            f"output_dir: {output_dir} holds files that are not samples of this command ({shown}); choose an empty or "
-            "new folder"
-        )
+    refuse_foreign(output_dir, SAMPLES_LAYOUT, SampleError, "samples of this command", "choose an empty or new folder")
 
 
 def write_samples(pixels: np.ndarray, info: dict, output_dir: Path, grid_images: int = 64) -> None:

@@ -52,7 +52,7 @@ from .diffusion import UncertaintyWeights, step_loss
 from .ema import EMA, sampling_weights, unreached_decays
 from .errors import DIVERGED_EXIT, HubError, TrainingStopped
 from .evaluate import TrainingFid
-from .files import ANYTHING, FILE, FolderLock, foreign_entries, remove, staged, write_json, write_text
+from .files import ANYTHING, FILE, FolderLock, refuse_foreign, remove, staged, write_json, write_text
 from .hub import describe_data_origin, hub_token, push_to_hub, write_card
 from .model import build_noise_scheduler, build_unet, count_parameters, describe_unet, export_scheduler, load_teacher
 from .optim import build_lr_scheduler, build_optimizer, count_train_steps
@@ -237,13 +237,8 @@ def check_folder_owner(config: TrainingConfig, resuming: bool) -> None:
             layout[Path(read_record(output_dir / RECORD_NAME).config.logging_dir).parts[0]] = ANYTHING
         except ConfigError:
             layout.pop(RECORD_NAME)  # not a record this version reads: not recognised as a run's
-    foreign = foreign_entries(output_dir, layout)
-    if foreign:
-        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-        raise ConfigError(
-            f"output_dir: {output_dir} holds files that are not a run's of this pipeline ({shown}); choose an empty "
-            "or new --output_dir, or move them out (--overwrite_output_dir removes only a run's own files)"
-        )
+    refuse_foreign(output_dir, layout, ConfigError, "a run's of this pipeline", "choose an empty or new --output_dir, "
+                   "or move them out (--overwrite_output_dir removes only a run's own files)")  # fmt: skip
     earlier = [
         path for path in sorted(output_dir.iterdir()) if path.name != ".lock" and not path.name.endswith(".tmp")
     ]
@@ -369,7 +364,11 @@ def export_pipeline(unet, noise_scheduler, folder: Path) -> None:
     whole. Other files in the folder (checkpoints, samples) stay. Refuses non-finite weights, writing nothing."""
     for name, parameter in unet.named_parameters():
         if not torch.isfinite(parameter).all():
-            raise RuntimeError(f"refusing to export: parameter {name} holds NaN or infinite values")
+            raise TrainingStopped(
+                f"training diverged: refusing to export: parameter {name} holds NaN or infinite values; nothing was "
+                f"written to {folder}; train again with a lower --learning_rate",
+                DIVERGED_EXIT,
+            )
     for name, part in (("unet", unet), ("scheduler", noise_scheduler)):
         with staged(Path(folder) / name, folder=True) as staging:
             part.save_pretrained(staging, **({"safe_serialization": True} if name == "unet" else {}))
@@ -614,12 +613,7 @@ def export_run(accelerator: Accelerator, parts: TrainingParts, record: RunRecord
             export_pipeline(unet, parts.sampler, output_dir / f"ema-{decay:g}")
         parts.ema.copy_to(unet.parameters(), 0)
     record.problems = run_problems(record, unet)
-    advice = "train again with a lower --learning_rate"
-    if not all(torch.isfinite(parameter).all() for parameter in unet.parameters()):
-        raise TrainingStopped(
-            f"training diverged: {record.problems[-1]}; nothing was exported; {advice}", DIVERGED_EXIT
-        )
-    export_pipeline(unet, parts.sampler, output_dir)
+    export_pipeline(unet, parts.sampler, output_dir)  # refuses non-finite weights: a diverged run, exit 3
     grid_path = save_sample_grid(accelerator, parts, record.global_step, unet.eval())
     record.finished, record.wall_seconds = True, round(time.time() - started, 1)
     write_record(output_dir / RECORD_NAME, config, record)
@@ -631,7 +625,7 @@ def export_run(accelerator: Accelerator, parts: TrainingParts, record: RunRecord
         raise TrainingStopped(
             f"training diverged: {'; '.join(record.problems)}. The export is marked so in {RECORD_NAME} "
             f"(run.problems) and its model card{', and was not pushed to the Hub' if config.push_to_hub else ''}; "
-            f"{advice}",
+            "train again with a lower --learning_rate",
             DIVERGED_EXIT,
         )
     if config.push_to_hub:
