@@ -22,6 +22,12 @@ it measured):
     its defaults and with its best flags (bf16, --dataloader_num_workers = cores), ours end to end
     (the decode included): images/s, mean GPU utilisation (nvidia-smi), wall time.
  5. The data for a multi-GPU estimate: gradient bytes all-reduced per step and the step time.
+ 6. What `--mixed_precision auto` picks there, the quickstart's main job (`accelerate launch
+    train_ddpm.py`, as a user runs it) end to end, and a few-step student's sampling (128 images,
+    LCMScheduler at 4 steps, the quickstart's UNet: a student has its teacher's architecture).
+
+A device lease is short, so the parts run in order of value under `--budget_seconds`: a part whose
+estimated cost no longer fits is recorded as skipped, not started.
 """
 
 import argparse
@@ -37,6 +43,7 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -115,7 +122,7 @@ def step_lever(name: str, lever: str, steps: int, peak: float, smoke: bool) -> d
         config = dataclasses.replace(config, train_batch_size=8)
     if not config.allow_tf32:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    accelerator = setup_accelerator(config)
+    accelerator, _ = setup_accelerator(config)
     device = accelerator.device.type
     if device == "cuda":
         torch.cuda.empty_cache()
@@ -177,7 +184,7 @@ def break_even(rows: list[dict]) -> None:
 # 2. The real loop, eager and compiled
 
 
-def real_loop(name: str, mode: str, steps: int, folder: Path, smoke: bool) -> dict:
+def real_loop(name: str, mode: str, steps: int, folder: Path, smoke: bool, peak: Optional[float]) -> dict:
     from accelerate.state import AcceleratorState
 
     from pipeline.train import train
@@ -210,7 +217,7 @@ def real_loop(name: str, mode: str, steps: int, folder: Path, smoke: bool) -> di
     windows = logged_scalars(output_dir / "logs", "images_per_second")[1:]  # the first holds compilation
     losses = [round(value, 5) for value in logged_scalars(output_dir / "logs", "loss")]
     shutil.rmtree(output_dir.parent, ignore_errors=True)
-    return {
+    row = {
         "preset": name,
         "mode": mode,
         "steps": steps,
@@ -218,55 +225,111 @@ def real_loop(name: str, mode: str, steps: int, folder: Path, smoke: bool) -> di
         "losses": losses,
         "images_per_second_median_window": round(statistics.median(windows), 1) if windows else None,
     }
+    if peak and windows:
+        flops = flops_per_image(dataclasses.replace(config, torch_compile=False))
+        row["mfu_vs_measured_matmul"] = round(flops * row["images_per_second_median_window"] / 1e12 / peak, 3)
+    return row
 
 
 # ---------------------------------------------------------------------------------------------
 # 3. Sampling on the device
 
 
-def sampling(name: str, smoke: bool, device: str) -> list[dict]:
-    config = config_for(name, smoke)
+def sampling_rows(unet, scheduler, name, compiled, samplers, count, smoke, device, rows) -> None:
+    """One row per sampler and noise source, appended to `rows` as each is measured."""
+    model = torch.compile(unet, mode="reduce-overhead") if compiled else unet  # config, device: delegated
+    for sampler_name, steps in samplers:
+        steps = min(steps, 5) if smoke else steps
+        options = {"original_inference_steps": 50 if not smoke else 10} if sampler_name == "lcm" else {}
+        images = {}
+        for on_device in (False, True):
+            with torch.autocast(device, dtype=torch.bfloat16):
+                sampler = make_sampler(sampler_name, scheduler.config, **options)
+                generate(model, sampler, count, 2, seed=1, noise_on_device=on_device)  # warm-up (and compilation)
+                synchronize(device)
+                started = time.perf_counter()
+                sampler = make_sampler(sampler_name, scheduler.config, **options)
+                images[on_device] = generate(model, sampler, count, steps, seed=0, noise_on_device=on_device)
+                synchronize(device)
+            seconds = time.perf_counter() - started
+            rows.append(
+                {
+                    "preset": name,
+                    "sampler": sampler_name,
+                    "steps": steps,
+                    "images": count,
+                    "compiled": compiled,
+                    "noise_on_device": on_device,
+                    "seconds": round(seconds, 3),
+                }
+            )
+        # the two noise sources give other images of the same quality; on the CPU they are the same numbers
+        rows[-1]["mean_abs_difference_to_cpu_noise"] = round(float(np.abs(images[True] - images[False]).mean()), 4)
+
+
+def sampling(name: str, smoke: bool, device: str, samplers: tuple, compiled: bool) -> list[dict]:
+    """128 images (8 with --smoke) per sampler and step count, noise from CPU or device generators, the UNet eager
+    or compiled with CUDA graphs (reduce-overhead); bf16 autocast, random weights (they do not change the time)."""
+    if name == "quickstart":  # the student of the quickstart has its teacher's UNet
+        from pipeline.config import TrainingConfig
+
+        config = TrainingConfig(output_dir=tempfile.mkdtemp(), **({"ddpm_num_steps": 20} if smoke else {}))
+    else:
+        config = config_for(name, smoke)
     unet = build_unet(config).to(device).eval()
     scheduler = build_noise_scheduler(config)
     count = 8 if smoke else 128
     rows = []
-    for compiled in (False, True) if device == "cuda" else (False,):
-        model = torch.compile(unet, mode="reduce-overhead") if compiled else unet  # config, device: delegated
-        for sampler_name, steps in (
-            ("ddpm", config.ddpm_num_steps if not smoke else 10),
-            ("dpmsolver++", 20 if not smoke else 5),
-        ):
-            images = {}
-            for on_device in (False, True):
-                sampler = make_sampler(sampler_name, scheduler.config)
-                with torch.autocast(device, dtype=torch.bfloat16):
-                    generate(model, sampler, count, 2, seed=1, noise_on_device=on_device)  # warm-up (and compilation)
-                    synchronize(device)
-                    started = time.perf_counter()
-                    images[on_device] = generate(
-                        model,
-                        make_sampler(sampler_name, scheduler.config),
-                        count,
-                        steps,
-                        seed=0,
-                        noise_on_device=on_device,
-                    )
-                    synchronize(device)
-                seconds = time.perf_counter() - started
-                rows.append(
-                    {
-                        "preset": name,
-                        "sampler": sampler_name,
-                        "steps": steps,
-                        "images": count,
-                        "compiled": compiled,
-                        "noise_on_device": on_device,
-                        "seconds": round(seconds, 3),
-                    }
-                )
-            # the two noise sources give other images of the same quality; on the CPU they are the same numbers
-            rows[-1]["mean_abs_difference_to_cpu_noise"] = round(float(np.abs(images[True] - images[False]).mean()), 4)
+    try:
+        sampling_rows(unet, scheduler, name, compiled, samplers, count, smoke, device, rows)
+    except Exception as error:  # the rows measured so far stay
+        traceback.print_exc()
+        rows.append({"preset": name, "compiled": compiled, "error": f"{type(error).__name__}: {error}"})
     return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. What a user gets: the precision auto picks, the quickstart's main job
+
+
+def precision(device: str) -> dict:
+    from pipeline.device import choose_precision, device_facts
+
+    facts = device_facts(device)
+    chosen, why = choose_precision("auto", facts)
+    return {"facts": facts, "auto_picks": chosen, "why": why}
+
+
+def quickstart_job(smoke: bool) -> dict:
+    """`accelerate launch train_ddpm.py` from the repository root, as the README's main job runs it."""
+    output_dir = Path(tempfile.mkdtemp()) / "ddpm-quickstart"
+    tiny = ["--max_train_steps", "2", "--num_grid_images", "4", "--grid_inference_steps", "2", "--cpu_threads", "2"]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        *(["--cpu"] if smoke else []),
+        "train_ddpm.py",
+        "--output_dir",
+        str(output_dir),
+        *(tiny if smoke else []),
+    ]
+    result, wall, utilisation = run_measured(command)
+    if result.returncode != 0:
+        return {"error": result.stderr[-2000:], "returncode": result.returncode}
+    run = json.loads((output_dir / "training_config.json").read_text())["run"]
+    shutil.rmtree(output_dir.parent, ignore_errors=True)
+    return {
+        "run": "accelerate launch train_ddpm.py (the quickstart)",
+        "wall_seconds": round(wall, 1),
+        "train_seconds": run["train_seconds"],
+        "run_wall_seconds": run["wall_seconds"],
+        "images_per_second": run["images_per_second"],
+        "mixed_precision": run["mixed_precision"],
+        "precision_reason": run["precision_reason"],
+        "gpu_utilisation_percent": utilisation.mean,
+        "log_head": [line for line in result.stderr.splitlines() if line.strip() and "%|" not in line][:12],
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -410,9 +473,9 @@ def ours_run(folder: Path, batch: int, steps: int, smoke: bool) -> dict:
     }
 
 
-def side_by_side(script: Path, smoke: bool) -> list[dict]:
+def side_by_side(script: Path, count: int, smoke: bool) -> list[dict]:
     folder = Path(tempfile.mkdtemp()) / "sfhq"
-    count, batch, resolution = (16, 4, 16) if smoke else (2000, 128, 64)
+    count, batch, resolution = (16, 4, 16) if smoke else (count, 128, 64)
     write_sfhq_like(folder, count)
     unet_folder = Path(tempfile.mkdtemp()) / "unet"
     unet_folder.mkdir()
@@ -430,12 +493,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="gpu_efficiency.json")
     parser.add_argument("--steps", type=int, default=30, help="Timed steps per lever.")
-    parser.add_argument("--loop_steps", type=int, default=300, help="Steps of each real loop (part 2).")
-    parser.add_argument(
-        "--compile_mode", default="max-autotune-no-cudagraphs", help="The mode of the compiled real loop."
-    )
+    parser.add_argument("--loop_steps", type=int, default=150, help="Steps of each real loop (part 2).")
+    parser.add_argument("--compile_mode", default="default", help="The mode of the compiled real loop.")
     parser.add_argument("--example_script", help="diffusers' train_unconditional.py (part 4 is skipped without it).")
-    parser.add_argument("--parts", nargs="*", default=["levers", "loop", "sampling", "example"])
+    parser.add_argument("--example_images", type=int, default=768, help="SFHQ-shaped JPEGs for part 4.")
+    parser.add_argument(
+        "--parts",
+        nargs="*",
+        default=["sampling", "quickstart", "example", "sampling-compiled", "loop", "levers"],
+        help="In this order.",
+    )
+    parser.add_argument(
+        "--budget_seconds", type=float, default=480, help="Parts whose estimated cost no longer fits are skipped."
+    )
     parser.add_argument(
         "--smoke", action="store_true", help="Toy sizes on the CPU: checks the script, measures nothing."
     )
@@ -443,6 +513,7 @@ def main() -> None:
     device = "cpu" if args.smoke else "cuda"
     if device == "cuda" and not torch.cuda.is_available():
         sys.exit("error: no CUDA GPU; use --smoke to check the script on the CPU")
+    began = time.perf_counter()
     result = {
         "command": " ".join(sys.argv),
         "device": torch.cuda.get_device_name() if device == "cuda" else platform.machine(),
@@ -451,42 +522,64 @@ def main() -> None:
     }
     out = Path(args.out)
 
-    def part(key, function, *arguments):
-        started = time.perf_counter()
-        try:
-            value = function(*arguments)
-        except Exception as error:  # one failed part must not hide the others
-            traceback.print_exc()
-            value = {"error": f"{type(error).__name__}: {error}"}
-        print(f"[{time.perf_counter() - started:6.1f} s] {key}: {json.dumps(value)}", flush=True)
+    def part(key, cost, function, *arguments):
+        """Run one part if its estimated cost (seconds on an H200) fits the budget; record its result or error."""
+        left = args.budget_seconds - (time.perf_counter() - began)
+        if cost > left and not args.smoke:
+            value = {"skipped": f"estimated {cost} s, {left:.0f} s of the budget left", "arguments": repr(arguments)}
+        else:
+            started = time.perf_counter()
+            try:
+                value = function(*arguments)
+            except Exception as error:  # one failed part must not hide the others
+                traceback.print_exc()
+                value = {"error": f"{type(error).__name__}: {error}"}
+            print(f"[{time.perf_counter() - began:6.1f} s] {key} ({time.perf_counter() - started:.1f} s)", flush=True)
+        print(f"  {json.dumps(value)}", flush=True)
         result.setdefault(key, []).append(value)
         out.write_text(json.dumps(result, indent=2) + "\n")
         return value
 
-    peak = part("ceilings", ceilings).get("matmul_bf16_tflops", DATASHEET_BF16_TFLOPS) if device == "cuda" else None
+    part("precision", 0, precision, device)
+    peak = None
+    if device == "cuda":
+        peak = part("ceilings", 10, ceilings).get("matmul_bf16_tflops", DATASHEET_BF16_TFLOPS)
     steps = 2 if args.smoke else args.steps
-    if "levers" in args.parts:
-        levers = ["eager", "tf32-off", "fused-adamw-off", "channels-last", "batch-256"]
-        levers += (
-            [] if args.smoke else ["compile-default", "compile-max-autotune-no-cudagraphs", "compile-reduce-overhead"]
-        )
-        for name in ("report", "improved"):
-            for lever in levers:
-                part("levers", step_lever, name, lever, steps, peak, args.smoke)
-        break_even([row for row in result["levers"] if "error" not in row])
-    if "loop" in args.parts:
-        folder = write_image_folder(64 if args.smoke else 512)
-        loop_steps = 4 if args.smoke else args.loop_steps
-        for name in ("report", "improved"):
-            for mode in ("eager", *([] if args.smoke else [args.compile_mode])):
-                part("loop", real_loop, name, mode, loop_steps, folder, args.smoke)
-    if "sampling" in args.parts:
-        part("sampling", sampling, "report", args.smoke, device)
-    if "example" in args.parts and args.example_script:
-        part("example", side_by_side, Path(args.example_script), args.smoke)
+    for name in args.parts:
+        if name.startswith("sampling"):  # targets: the report's chain < 3 s, DPM-Solver++ 20 < 0.2 s; the student at 4
+            compiled = name == "sampling-compiled"
+            if compiled and args.smoke:
+                continue  # compiling on a CPU takes minutes
+            report, student = (("ddpm", 300), ("dpmsolver++", 20)), (("lcm", 4), ("sde-dpmsolver++", 20))
+            part("sampling", 120 if compiled else 40, sampling, "report", args.smoke, device, report, compiled)
+            part("sampling", 60 if compiled else 15, sampling, "quickstart", args.smoke, device, student, compiled)
+        elif name == "quickstart":
+            part("quickstart", 60, quickstart_job, args.smoke)
+        elif name == "example" and args.example_script:
+            part("example", 150, side_by_side, Path(args.example_script), args.example_images, args.smoke)
+        elif name == "loop":
+            folder = write_image_folder(64 if args.smoke else 512)
+            loop_steps = 4 if args.smoke else args.loop_steps
+            for preset, mode, cost in (
+                ("report", "eager", 40),
+                ("report", args.compile_mode, 100),
+                ("improved", "eager", 50),
+                ("improved", args.compile_mode, 130),
+            ):
+                if mode == "eager" or not args.smoke:
+                    part("loop", cost, real_loop, preset, mode, loop_steps, folder, args.smoke, peak)
+        elif name == "levers":
+            levers = [("eager", 25), ("batch-256", 25), ("fused-adamw-off", 25), ("channels-last", 25)]
+            if not args.smoke:
+                levers += [("compile-reduce-overhead", 90), ("compile-max-autotune-no-cudagraphs", 200)]
+            for preset in ("report", "improved"):
+                for lever, cost in levers:
+                    part("levers", cost, step_lever, preset, lever, steps, peak, args.smoke)
+            break_even([row for row in result.get("levers", []) if "images_per_second" in row])
     config = config_for("report", args.smoke)
     gradient_bytes = 4 * count_parameters(build_unet(config))
     result["multi_gpu"] = {"gradient_bytes_all_reduced_per_step": gradient_bytes}
+    result["seconds"] = round(time.perf_counter() - began, 1)
     out.write_text(json.dumps(result, indent=2) + "\n")
 
 
