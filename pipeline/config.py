@@ -122,7 +122,11 @@ class TrainingConfig:
     ddpm_variance_type: str = option("fixed_small", "Posterior variance.", choices=VARIANCE_TYPES, same=True)
     ddpm_clip_sample: bool = option(True, "Clip the predicted x0 to [-1, 1] in every sampler.", same=True)
     prediction_type: str = option("epsilon", "What the UNet predicts.", choices=PREDICTION_TYPES, same=True)
-    loss_type: str = option("l2", "l1 or l2 (mean squared error).", choices=("l1", "l2"))
+    loss_type: str = option(
+        "l2",
+        "l1, l2 (mean squared error) or pseudo_huber (iCT's distance, per image).",
+        choices=("l1", "l2", "pseudo_huber"),
+    )
     snr_gamma: Optional[float] = option(
         None, "Min-SNR-gamma loss weighting (Hang et al. 2023); 5 is the paper's. none: uniform.", gt=0, le=10**6
     )
@@ -170,6 +174,12 @@ class TrainingConfig:
     )
     distill_target: str = option(
         "teacher", "teacher: a DDIM step of it; data: the image's own noise.", choices=("teacher", "data"), same=True
+    )
+    distill_reparam_steps: int = option(
+        0,
+        "The first steps of a distillation train the student as a plain diffusion model in its own prediction_type "
+        "(a v student of an epsilon teacher learns v), then the consistency loss.",
+        ge=0,
     )
 
     # ----- optimisation -----

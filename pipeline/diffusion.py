@@ -44,18 +44,26 @@ def min_snr_weights(snr: torch.Tensor, gamma: float, prediction_type: str) -> to
     raise ValueError(f"unknown prediction_type {prediction_type!r}")
 
 
+# iCT's pseudo-Huber constant (Song & Dhariwal 2023: c = 0.00054 sqrt(d)), per pixel: the loss is theirs / sqrt(d)
+PSEUDO_HUBER_C = 0.00054
+
+
 def diffusion_loss(
     model_output: torch.Tensor, target: torch.Tensor, loss_type: str, weights: Optional[torch.Tensor] = None
 ) -> torch.Tensor:
-    """Mean L1 or L2 error, in float32 whatever the autocast precision; with `weights` (one per image), the
-    mean over images of each image's mean error times its weight."""
+    """Mean L1 or L2 error, or the pseudo-Huber distance of each image (sqrt(mean squared error + c^2) - c), in
+    float32 whatever the autocast precision; with `weights` (one per image), the mean over images of each image's
+    error times its weight."""
     model_output, target = model_output.float(), target.float()
-    if loss_type not in ("l1", "l2"):
+    if loss_type not in ("l1", "l2", "pseudo_huber"):
         raise ValueError(f"unknown loss_type {loss_type!r}")
-    if weights is None:
+    if weights is None and loss_type != "pseudo_huber":
         return F.l1_loss(model_output, target) if loss_type == "l1" else F.mse_loss(model_output, target)
     errors = (model_output - target).abs() if loss_type == "l1" else (model_output - target) ** 2
-    return (errors.mean(dim=tuple(range(1, errors.ndim))) * weights).mean()
+    errors = errors.mean(dim=tuple(range(1, errors.ndim)))
+    if loss_type == "pseudo_huber":
+        errors = (errors + PSEUDO_HUBER_C**2).sqrt() - PSEUDO_HUBER_C
+    return (errors * (1 if weights is None else weights)).mean()
 
 
 class UncertaintyWeights(torch.nn.Module):
@@ -142,8 +150,9 @@ def step_loss(
     uncertainty: Optional[UncertaintyWeights] = None,
 ) -> torch.Tensor:
     """The loss of one micro-batch: (B, C, H, W) uint8 images -> flipped, scaled, noised, predicted, compared (for a
-    distillation, the consistency loss below); with `uncertainty` (loss_weighting learned), EDM2's weighting of it."""
-    if config.distill_teacher is not None:
+    distillation past its re-parameterisation steps, the consistency loss below); with `uncertainty` (loss_weighting
+    learned), EDM2's weighting of it."""
+    if config.distill_teacher is not None and micro_batch_index >= reparameterisation_micro_batches(config):
         return consistency_loss(
             unet, teacher, noise_scheduler, config, batch,
             micro_batch_index=micro_batch_index, process_index=process_index, num_processes=num_processes,
@@ -171,17 +180,40 @@ def step_loss(
 # Consistency distillation in DDPM time (Song et al. 2023; Luo et al. 2023, LCM), for LCMScheduler
 
 
-def predicted_x0_and_noise(scheduler, model_output: torch.Tensor, sample: torch.Tensor, timesteps: torch.Tensor):
-    """The clean image and the noise that a model output implies at `timesteps`, for the scheduler's prediction type:
-    x_t = sqrt(a) x0 + sqrt(1 - a) eps, v = sqrt(a) eps - sqrt(1 - a) x0 (a = alpha_bar_t)."""
-    alpha = scheduler.alphas_cumprod.to(sample.device)[timesteps].float().view(-1, 1, 1, 1)
+def reparameterisation_micro_batches(config: TrainingConfig) -> int:
+    """The micro-batches of a distillation's first phase, plain diffusion in the student's own prediction type (a v
+    student of an epsilon teacher learns what v is there before the consistency loss starts; ECT's stage 0)."""
+    return config.distill_reparam_steps * config.gradient_accumulation_steps
+
+
+def predicted_x0_and_noise(
+    alphas_cumprod: torch.Tensor,
+    prediction_type: str,
+    model_output: torch.Tensor,
+    sample: torch.Tensor,
+    timesteps: torch.Tensor,
+    clip_range: Optional[float] = None,
+):
+    """The clean image and the noise that a model output implies at `timesteps` (x_t = sqrt(a) x0 + sqrt(1 - a) eps,
+    v = sqrt(a) eps - sqrt(1 - a) x0, a = alpha_bar_t); with `clip_range` x0 is clipped first and the noise is the
+    one that the clipped x0 implies, as diffusers' DDIM step does."""
+    alpha = alphas_cumprod.to(sample.device)[timesteps].float().view(-1, 1, 1, 1)
     a, b = alpha.sqrt(), (1 - alpha).sqrt()
-    prediction_type = scheduler.config.prediction_type
     if prediction_type == "v_prediction":
-        return a * sample - b * model_output, b * sample + a * model_output
-    if prediction_type == "epsilon":
-        return (sample - b * model_output) / a, model_output
-    return model_output, (sample - a * model_output) / b.clamp(min=1e-6)
+        x0 = a * sample - b * model_output
+    elif prediction_type == "epsilon":
+        x0 = (sample - b * model_output) / a
+    else:
+        x0 = model_output
+    if clip_range is not None:
+        x0 = x0.clamp(-clip_range, clip_range)
+    return x0, (sample - a * x0) / b.clamp(min=1e-6)
+
+
+def clip_range(scheduler) -> Optional[float]:
+    """How far the model's samplers clip x0 (its DDPMScheduler's clip_sample; LCMScheduler's thresholding at
+    sample_max_value 1 clips the same, model.x0_clipping), or None."""
+    return scheduler.config.clip_sample_range if scheduler.config.clip_sample else None
 
 
 def boundary_scalings(timesteps: torch.Tensor, timestep_scaling: float = 10.0, sigma_data: float = 0.5):
@@ -192,7 +224,11 @@ def boundary_scalings(timesteps: torch.Tensor, timestep_scaling: float = 10.0, s
 
 
 def consistency_function(unet, scheduler, sample: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-    x0, _ = predicted_x0_and_noise(scheduler, unet(sample, timesteps).sample.float(), sample, timesteps)
+    """LCMScheduler's `denoised` for the UNet's output: x0 in the scheduler's prediction type, clipped as it clips."""
+    output = unet(sample, timesteps).sample.float()
+    x0, _ = predicted_x0_and_noise(
+        scheduler.alphas_cumprod, scheduler.config.prediction_type, output, sample, timesteps, clip_range(scheduler)
+    )
     c_skip, c_out = boundary_scalings(timesteps)
     return c_skip * sample + c_out * x0
 
@@ -202,9 +238,11 @@ def consistency_loss(
 ):
     """One micro-batch of consistency distillation on LCMScheduler's grid t_n = n k - 1 (k = T / N): the student's
     f(x_t, t) is pulled toward its own f (no gradient) at the grid point one step nearer the data, x_s, which the
-    teacher reaches with one DDIM step from x_t (distill_target teacher) or which is the same noise on the image
-    (distill_target data); at the last point the target is the teacher's x0 (or the image). The draws are step_draws'
-    (the timestep picks the grid point), so a resumed distillation draws what an uninterrupted one does."""
+    teacher (model.Teacher: its UNet and its own prediction type) reaches with one DDIM step from x_t, its x0
+    clipped as its samplers clip it (distill_target teacher), or which is the same noise on the image (distill_target
+    data); at the last point the target is the teacher's x0 (or the image). The consistency error is weighted
+    uniformly, as CM and LCM weight it (--snr_gamma: min(SNR, gamma) on it). The draws are step_draws' (the timestep
+    picks the grid point), so a resumed distillation draws what an uninterrupted one does."""
     flip, timesteps, noise = step_draws(
         config, micro_batch_index, process_index, num_processes, batch.device, noise_scheduler.alphas_cumprod
     )
@@ -216,7 +254,11 @@ def consistency_loss(
     at_data = (s < 0).view(-1, 1, 1, 1)
     with torch.no_grad():
         if config.distill_target == "teacher":
-            x0, eps = predicted_x0_and_noise(noise_scheduler, teacher(noisy_images, t).sample.float(), noisy_images, t)
+            output = teacher.unet(noisy_images, t).sample.float()
+            x0, eps = predicted_x0_and_noise(
+                noise_scheduler.alphas_cumprod, teacher.prediction_type, output, noisy_images, t,
+                clip_range(noise_scheduler),
+            )  # fmt: skip
             alpha = noise_scheduler.alphas_cumprod.to(x0.device)[s.clamp(min=0)].float().view(-1, 1, 1, 1)
             earlier = torch.where(at_data, x0, alpha.sqrt() * x0 + (1 - alpha).sqrt() * eps)  # one DDIM step
         else:
@@ -225,8 +267,5 @@ def consistency_loss(
             )
         target = torch.where(at_data, earlier, consistency_function(unet, noise_scheduler, earlier, s.clamp(min=0)))
     prediction = consistency_function(unet, noise_scheduler, noisy_images, t)
-    # --snr_gamma: the x0 error weighted by min(SNR, gamma), as min-SNR weights it. An epsilon teacher's x0 at high
-    # noise is its noise error times sqrt((1 - a) / a) (190 at t = 299 of a cosine T = 300): unweighted, those steps
-    # swamp the loss (bench/README.md, distillation).
     weights = torch.clamp(compute_snr(noise_scheduler, t), max=config.snr_gamma) if config.snr_gamma else None
     return diffusion_loss(prediction, target, config.loss_type, weights)

@@ -29,8 +29,11 @@ from .record import RECORD_NAME, read_record
 RECIPE = {
     "distill_target": "teacher",
     "distill_grid_steps": 50,
-    "snr_gamma": 5.0,  # an epsilon teacher's x0 at high noise is its noise error times up to 1/sqrt(alpha_bar)
-    "learning_rate": 1e-5,  # FD-cls at 4 steps: 98 at 1e-5, 100 at 3e-5, 111 at 1e-4, 143 at 1e-3 (bench/README.md)
+    # a v student whatever the teacher predicts: an epsilon student's x0 at t = T - 1 is its noise error times
+    # 1 / sqrt(alpha_bar) (about 20,000 for the quickstart's cosine T = 1000), so its first step carries no image
+    "prediction_type": "v_prediction",
+    "snr_gamma": None,  # the consistency error weighted uniformly, as CM and LCM weight it
+    "learning_rate": 1e-5,
     "lr_scheduler": "constant_with_warmup",
     "lr_warmup_steps": 20,
     "ema_max_decay": 0.99,
@@ -42,6 +45,9 @@ RECIPE = {
     "resume_from_checkpoint": None,
     "overwrite_output_dir": False,
 }
+
+
+REPARAMETERISATION_SHARE = 4  # the first quarter of the budget: plain v diffusion from the teacher's weights
 
 
 def teacher_folder(teacher: str) -> Path:
@@ -69,8 +75,13 @@ def distill_arguments(teacher: str, output_dir: str, steps: int, flags: list[str
         values["max_train_steps"] = max(1, images // 2 // saved.config.global_batch_size(1))
         preset = ["--config", str(folder / RECORD_NAME)]
     else:  # a teacher without its training record (from the Hub): its UNet and scheduler configs say what it is
-        values.update(model_config_name_or_path=str(folder / "unet"), max_train_steps=400, **saved_schedule(folder))
+        schedule = {name: value for name, value in saved_schedule(folder).items() if name != "prediction_type"}
+        values.update(model_config_name_or_path=str(folder / "unet"), max_train_steps=400, **schedule)
         preset = []
+    given = argparse.ArgumentParser(add_help=False)
+    given.add_argument("--max_train_steps", type=int)
+    budget = given.parse_known_args(flags)[0].max_train_steps or values["max_train_steps"]
+    values["distill_reparam_steps"] = budget // REPARAMETERISATION_SHARE  # unless the flags set it too
     arguments = [*preset, "--num_epochs", "none"]
     for name, value in values.items():
         arguments += [f"--{name}", "none" if value is None else str(value)]

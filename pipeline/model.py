@@ -2,6 +2,7 @@
 
 import inspect
 from pathlib import Path
+from typing import NamedTuple
 
 from diffusers import (
     DDIMScheduler,
@@ -236,10 +237,15 @@ def saved_schedule(folder: Path) -> dict:
     return {name: check_type(name, saved[key]) for key, name in SCHEDULE_KEYS.items()}
 
 
-def load_teacher(config: TrainingConfig) -> UNet2DModel:
+class Teacher(NamedTuple):
+    unet: UNet2DModel  # frozen
+    prediction_type: str  # its own, from its scheduler config: a student may predict another (v of an epsilon teacher)
+
+
+def load_teacher(config: TrainingConfig) -> Teacher:
     """A distillation's teacher UNet (the EMA weights its pipeline exports), frozen, checked before anything is
-    trained: a stock DDPMPipeline folder whose configs pass check_model_folder, for the resolution, channels and
-    architecture of the run."""
+    trained: a stock DDPMPipeline folder whose configs pass check_model_folder, for the resolution, channels,
+    architecture and noise schedule of the run (all but the prediction type, which the student chooses)."""
     folder, output_dir = Path(config.distill_teacher).resolve(), Path(config.output_dir).resolve()
     if folder == output_dir or folder in output_dir.parents or output_dir in folder.parents:
         raise ConfigError(
@@ -262,7 +268,9 @@ def load_teacher(config: TrainingConfig) -> UNet2DModel:
             f"distill_teacher: it makes {unet_config.get('in_channels')}-channel images, the run "
             f"{config.image_channels}-channel ones"
         )
-    differing = {name: value for name, value in saved_schedule(folder).items() if getattr(config, name) != value}
+    schedule = saved_schedule(folder)
+    prediction_type = schedule.pop("prediction_type")
+    differing = {name: value for name, value in schedule.items() if getattr(config, name) != value}
     if differing:
         details = ", ".join(
             f"{name} {value!r} (the run: {getattr(config, name)!r})" for name, value in differing.items()
@@ -277,7 +285,7 @@ def load_teacher(config: TrainingConfig) -> UNet2DModel:
         name: tuple(value.shape) for name, value in own.items()
     }:
         raise ConfigError(f"distill_teacher: {folder / 'unet'} is not the UNet the run's architecture options build")
-    return teacher.eval().requires_grad_(False)
+    return Teacher(teacher.eval().requires_grad_(False), prediction_type)
 
 
 def count_parameters(model) -> int:

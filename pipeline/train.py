@@ -54,7 +54,15 @@ from .errors import DIVERGED_EXIT, HubError, TrainingStopped
 from .evaluate import TrainingFid
 from .files import ANYTHING, FILE, FolderLock, refuse_foreign, remove, staged, write_json, write_text
 from .hub import describe_data_origin, hub_token, push_to_hub, write_card
-from .model import build_noise_scheduler, build_unet, count_parameters, describe_unet, export_scheduler, load_teacher
+from .model import (
+    Teacher,
+    build_noise_scheduler,
+    build_unet,
+    count_parameters,
+    describe_unet,
+    export_scheduler,
+    load_teacher,
+)
 from .optim import build_lr_scheduler, build_optimizer, count_train_steps
 from .record import RECORD_NAME, RunRecord, read_record, write_record
 from .sample import SamplingRequest, image_grid, sample_unet
@@ -101,7 +109,7 @@ class TrainingParts:
     lr_scheduler: Any
     ema: Optional[EMA]
     sampler: Any = None  # the scheduler the pipeline ships (model.export_scheduler); the grids sample with it too
-    teacher: Optional[torch.nn.Module] = None  # a distillation's frozen teacher
+    teacher: Optional[Teacher] = None  # a distillation's frozen teacher and its prediction type
     uncertainty: Optional[UncertaintyWeights] = None  # loss_weighting learned: trained and checkpointed, not exported
 
 
@@ -288,9 +296,10 @@ def build_training(config: TrainingConfig, accelerator: Accelerator, unet, total
     distillation the UNet starts from the teacher's weights, and the teacher is loaded frozen."""
     teacher = None
     if config.distill_teacher is not None:
-        teacher = load_teacher(config).to(accelerator.device)
-        unet.load_state_dict(teacher.state_dict())
-        teacher = teacher if config.distill_target == "teacher" else None
+        teacher = load_teacher(config)
+        unet.load_state_dict(teacher.unet.state_dict())
+        on_device = teacher._replace(unet=teacher.unet.to(accelerator.device))
+        teacher = on_device if config.distill_target == "teacher" else None
     unet = unet.to(accelerator.device)
     uncertainty = None
     if config.loss_weighting == "learned":

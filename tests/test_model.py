@@ -103,6 +103,12 @@ def test_losses():
     assert diffusion_loss(output, target, "l1").item() == pytest.approx(1.5)
     assert diffusion_loss(output, target, "l2").item() == pytest.approx(2.5)
     assert diffusion_loss(output, target, "l2").dtype == torch.float32
+    # iCT's pseudo-Huber distance per image (over sqrt(d)): sqrt(mean squared error + c^2) - c, then the mean
+    pair = torch.tensor([[1.0, -2.0], [0.0, 0.0]]), torch.zeros(2, 2)
+    expected = ((math.sqrt(2.5 + 0.00054**2) - 0.00054) + 0.0) / 2
+    assert diffusion_loss(*pair, "pseudo_huber").item() == pytest.approx(expected)
+    weighted = diffusion_loss(*pair, "pseudo_huber", torch.tensor([2.0, 1.0])).item()
+    assert weighted == pytest.approx(2 * expected)
 
 
 @pytest.mark.parametrize("schedule", ["linear", "squaredcos_cap_v2"])
@@ -252,3 +258,66 @@ def test_learned_uncertainty_weighting_is_minimised_at_the_log_of_each_bins_loss
     (losses / logvars.exp() + logvars).mean().backward()
     assert weights.logvars.grad.abs().max() < 1e-6
     assert torch.equal(weights(torch.tensor([0, 99, 100, 999])), weights.logvars[[0, 0, 1, 9]])
+
+
+@pytest.mark.parametrize("clip_sample", [True, False])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_the_consistency_function_is_what_lcmscheduler_denoises_to(prediction_type, clip_sample):
+    """Training and sampling agree: consistency_function(x, t) equals LCMScheduler.step(...).denoised at every step
+    of a 4-step sample, for each prediction type, with the x0 clipping the export's LCMScheduler gets."""
+    from pipeline.diffusion import consistency_function, predicted_x0_and_noise
+    from pipeline.model import make_sampler
+
+    config = TrainingConfig(
+        output_dir="unused", resolution=8, image_channels=1, block_out_channels=[8, 16], norm_num_groups=4,
+        down_block_types=["DownBlock2D", "DownBlock2D"], up_block_types=["UpBlock2D", "UpBlock2D"],
+        prediction_type=prediction_type, ddpm_clip_sample=clip_sample,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    unet, scheduler = build_unet(config).eval(), build_noise_scheduler(config)
+    sampler = make_sampler("lcm", scheduler.config, original_inference_steps=50)
+    sampler.set_timesteps(4)
+    sample = torch.randn(3, 1, 8, 8) * 3  # far from the data range, so that the clipping acts
+    clipping_acted = False
+    with torch.no_grad():
+        for timestep in sampler.timesteps:
+            output = unet(sample, timestep).sample
+            step = sampler.step(output, timestep, sample, generator=torch.manual_seed(1))
+            timesteps = timestep.repeat(3)
+            torch.testing.assert_close(
+                consistency_function(unet, scheduler, sample, timesteps), step.denoised, rtol=1e-5, atol=1e-5
+            )
+            x0, _ = predicted_x0_and_noise(scheduler.alphas_cumprod, prediction_type, output, sample, timesteps)
+            clipping_acted |= bool(x0.abs().max() > 1)
+            sample = step.prev_sample
+    assert clipping_acted or prediction_type == "sample"  # an untrained UNet's "sample" output stays small
+
+
+def test_a_distillation_trains_plain_diffusion_first_then_the_consistency_loss():
+    """The re-parameterisation phase: for its steps a v student of an epsilon teacher gets the plain v loss (the same
+    draws as a training run's), then the consistency loss, whose teacher reads its own (epsilon) outputs."""
+    from pipeline.diffusion import consistency_loss, step_loss
+    from pipeline.model import Teacher
+
+    values = dict(
+        output_dir="unused", resolution=8, image_channels=1, block_out_channels=[8, 16], norm_num_groups=4,
+        down_block_types=["DownBlock2D", "DownBlock2D"], up_block_types=["UpBlock2D", "UpBlock2D"],
+        prediction_type="v_prediction", ddpm_num_steps=100, distill_grid_steps=10, train_batch_size=4,
+    )  # fmt: skip
+    plain = TrainingConfig(**values)
+    student = TrainingConfig(**values, distill_teacher="teacher", distill_reparam_steps=2)
+    torch.manual_seed(0)
+    unet, scheduler = build_unet(plain), build_noise_scheduler(plain)
+    teacher = Teacher(build_unet(plain).requires_grad_(False), "epsilon")
+    batch = torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8)
+    for index in (0, 1):
+        assert torch.equal(
+            step_loss(unet, scheduler, student, batch, index, teacher=teacher),
+            step_loss(unet, scheduler, plain, batch, index),
+        )
+    options = {"micro_batch_index": 2, "process_index": 0, "num_processes": 1}
+    consistency = consistency_loss(unet, teacher, scheduler, student, batch, **options)
+    assert torch.equal(step_loss(unet, scheduler, student, batch, 2, teacher=teacher), consistency)
+    assert not torch.equal(consistency, step_loss(unet, scheduler, plain, batch, 2))
+    as_v = consistency_loss(unet, teacher._replace(prediction_type="v_prediction"), scheduler, student, batch, **options)
+    assert not torch.equal(consistency, as_v)  # the teacher's outputs are read as what it predicts
