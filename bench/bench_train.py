@@ -47,10 +47,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dataclasses import replace  # noqa: E402
 
 from bench_data import example_dataloader, write_sfhq_like  # noqa: E402
+from common import flops_per_image  # noqa: E402
 
 from pipeline.arguments import load_preset  # noqa: E402
 from pipeline.config import TrainingConfig  # noqa: E402
-from pipeline.diffusion import step_loss  # noqa: E402
 from pipeline.model import build_noise_scheduler, build_unet  # noqa: E402
 
 
@@ -104,21 +104,6 @@ def peaks(size: int = 2048) -> dict:
             2 * 32 * 128 * 32 * 32 * 128 * 9 * 5 / (time.perf_counter() - started) / 1e12, 3
         )
     return result
-
-
-def flops_per_image(config: TrainingConfig) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    unet, scheduler = build_unet(config), build_noise_scheduler(config)
-    batch = torch.randint(
-        0,
-        256,
-        (config.train_batch_size, config.image_channels, config.resolution, config.resolution),
-        dtype=torch.uint8,
-    )
-    with FlopCounterMode(display=False) as counter:
-        step_loss(unet, scheduler, config, batch, 0).backward()
-    return counter.get_total_flops() / config.train_batch_size
 
 
 # ---------------------------------------------------------------------------------------------

@@ -32,10 +32,12 @@ import torch
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import flops_per_image  # noqa: E402, F401  (gpu_efficiency imports it from here too)
 
 from pipeline.arguments import load_preset  # noqa: E402
 from pipeline.config import TrainingConfig  # noqa: E402
-from pipeline.diffusion import step_loss  # noqa: E402
 from pipeline.model import build_noise_scheduler, build_unet, count_parameters  # noqa: E402
 from pipeline.sample import generate, make_sampler  # noqa: E402
 
@@ -82,21 +84,6 @@ def preset_config(name: str, **overrides) -> TrainingConfig:
     values = load_preset(str(PRESETS[name]))
     values.update({"mixed_precision": "bf16", "output_dir": tempfile.mkdtemp(), **overrides})
     return TrainingConfig(**values)
-
-
-def flops_per_image(config: TrainingConfig) -> float:
-    """Forward + backward FLOPs of one training micro-batch, per image (matmuls and convolutions)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    unet = build_unet(config).cuda()
-    scheduler = build_noise_scheduler(config)
-    batch = torch.randint(
-        0, 256, (config.train_batch_size, config.image_channels, 64, 64), dtype=torch.uint8, device="cuda"
-    )
-    with FlopCounterMode(display=False) as counter, torch.autocast("cuda", dtype=torch.bfloat16):
-        step_loss(unet, scheduler, config, batch, 0).backward()
-    del unet
-    return counter.get_total_flops() / config.train_batch_size
 
 
 def train_step_benchmark(name: str, compile_model: bool, channels_last: bool, steps: int, peak: float) -> dict:

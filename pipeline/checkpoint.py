@@ -432,6 +432,12 @@ def read_training_state(checkpoint: Path) -> dict:
         isinstance(best_fid, dict) and isinstance(best_fid.get("fid"), (int, float)) and math.isfinite(best_fid["fid"])
     ):
         raise CheckpointError(f"{path}: best_fid must be null or an object with a numeric 'fid', got {best_fid!r}")
+    losses = state.get("losses")
+    if losses is not None and not (
+        isinstance(losses, dict)
+        and all(isinstance(losses.get(key), (int, float)) and math.isfinite(losses[key]) for key in ("lowest", "last"))
+    ):
+        raise CheckpointError(f"{path}: losses must be null or hold finite 'lowest' and 'last', got {losses!r}")
     for name in ("lr_scheduler", "ema", "grad_scaler"):
         if state.get(name) is not None and not isinstance(state.get(name), dict):
             raise CheckpointError(f"{path}: {name} must be an object, got {state.get(name)!r}")

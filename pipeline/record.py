@@ -18,7 +18,7 @@ from .files import read_json, write_json
 
 
 RECORD_NAME = "training_config.json"
-COUNTERS = ("global_step", "train_seconds", "skipped_steps", "best_fid")  # what a checkpoint restores
+COUNTERS = ("global_step", "train_seconds", "skipped_steps", "best_fid", "losses")  # what a checkpoint restores
 
 
 @dataclass
@@ -49,6 +49,7 @@ class RunRecord:
     wall_seconds: Optional[float] = None  # the last command's wall time, start to export
     skipped_steps: int = 0  # steps skipped for a non-finite loss or gradient
     best_fid: Optional[dict] = None  # {"step", "fid", "ema_decay"} of the best FID during training so far
+    losses: Optional[dict] = None  # {"lowest", "last"} of the logged windows' mean losses (train.run_problems)
 
 
 class SavedRun(NamedTuple):

@@ -48,7 +48,7 @@ from .checkpoint import (
 from .config import ConfigError, TrainingConfig
 from .data import DataError, DataSource, describe_prepared, open_source, prepare_training_images
 from .device import choose_precision, describe_device, device_facts, native_bf16
-from .diffusion import UncertaintyWeights, step_loss
+from .diffusion import PSEUDO_HUBER_C, UncertaintyWeights, step_loss
 from .ema import EMA, sampling_weights, unreached_decays
 from .errors import DIVERGED_EXIT, HubError, TrainingStopped
 from .evaluate import TrainingFid
@@ -489,6 +489,9 @@ class LogWindow:
         loss = accelerator.reduce(self.loss_sum, reduction="mean").item() / self.losses if self.losses else math.nan
         self.speeds.append(self.steps * record.images_per_step / seconds)
         record.train_seconds = round(record.train_seconds + seconds, 1)
+        if math.isfinite(loss):
+            lowest = min(loss, record.losses["lowest"]) if record.losses else loss
+            record.losses = {"lowest": round(lowest, 6), "last": round(loss, 6)}
         self.reset()
         return loss
 
@@ -595,9 +598,26 @@ MAX_SKIPPED_SHARE = 0.01
 MAX_WEIGHT = 1e4
 
 
-def run_problems(record: RunRecord, unet: torch.nn.Module) -> list[str]:
+def zero_output_loss(config: TrainingConfig) -> Optional[float]:
+    """The loss of a UNet that outputs zero, where the target alone fixes it: an epsilon target (unit Gaussian noise)
+    weighted uniformly (E|eps| = sqrt(2 / pi) for L1, E[eps^2] = 1 for L2); None for other targets and weightings."""
+    if config.prediction_type != "epsilon" or config.snr_gamma or config.loss_weighting != "none":
+        return None
+    if config.distill_teacher is not None:
+        return None
+    return {"l1": math.sqrt(2 / math.pi), "l2": 1.0, "pseudo_huber": 1.0 - PSEUDO_HUBER_C}[config.loss_type]
+
+
+def run_problems(record: RunRecord, unet: torch.nn.Module, config: TrainingConfig) -> list[str]:
     """Why the weights `unet` that `record`'s run exports are not to be trusted, if they are not: one line each."""
     problems = []
+    zero, losses = zero_output_loss(config), record.losses
+    if zero and losses and losses["lowest"] < 0.8 * zero and abs(losses["last"] / zero - 1) < 0.01:
+        problems.append(
+            f"the loss fell to {losses['lowest']:.4f}, then rose to {losses['last']:.4f}: the loss of a "
+            f"UNet that outputs zero ({zero:.4f}), so the model collapsed; lower the learning rate, or add a warmup "
+            "(--lr_warmup_steps) or gradient clipping (--max_grad_norm)"
+        )
     if record.skipped_steps > MAX_SKIPPED_SHARE * record.global_step:
         problems.append(
             f"{record.skipped_steps} of {record.global_step} steps were skipped for a non-finite loss or gradient "
@@ -621,7 +641,7 @@ def export_run(accelerator: Accelerator, parts: TrainingParts, record: RunRecord
             parts.ema.copy_to(unet.parameters(), index)
             export_pipeline(unet, parts.sampler, output_dir / f"ema-{decay:g}")
         parts.ema.copy_to(unet.parameters(), 0)
-    record.problems = run_problems(record, unet)
+    record.problems = run_problems(record, unet, config)
     export_pipeline(unet, parts.sampler, output_dir)  # refuses non-finite weights: a diverged run, exit 3
     grid_path = save_sample_grid(accelerator, parts, record.global_step, unet.eval())
     record.finished, record.wall_seconds = True, round(time.time() - started, 1)

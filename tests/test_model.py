@@ -299,11 +299,12 @@ def test_a_distillation_trains_plain_diffusion_first_then_the_consistency_loss()
     from pipeline.diffusion import consistency_loss, step_loss
     from pipeline.model import Teacher
 
-    values = dict(
-        output_dir="unused", resolution=8, image_channels=1, block_out_channels=[8, 16], norm_num_groups=4,
-        down_block_types=["DownBlock2D", "DownBlock2D"], up_block_types=["UpBlock2D", "UpBlock2D"],
-        prediction_type="v_prediction", ddpm_num_steps=100, distill_grid_steps=10, train_batch_size=4,
-    )  # fmt: skip
+    values = {
+        "output_dir": "unused", "resolution": 8, "image_channels": 1, "block_out_channels": [8, 16],
+        "norm_num_groups": 4, "down_block_types": ["DownBlock2D", "DownBlock2D"],
+        "up_block_types": ["UpBlock2D", "UpBlock2D"], "prediction_type": "v_prediction", "ddpm_num_steps": 100,
+        "distill_grid_steps": 10, "train_batch_size": 4,
+    }  # fmt: skip
     plain = TrainingConfig(**values)
     student = TrainingConfig(**values, distill_teacher="teacher", distill_reparam_steps=2)
     torch.manual_seed(0)
@@ -319,5 +320,5 @@ def test_a_distillation_trains_plain_diffusion_first_then_the_consistency_loss()
     consistency = consistency_loss(unet, teacher, scheduler, student, batch, **options)
     assert torch.equal(step_loss(unet, scheduler, student, batch, 2, teacher=teacher), consistency)
     assert not torch.equal(consistency, step_loss(unet, scheduler, plain, batch, 2))
-    as_v = consistency_loss(unet, teacher._replace(prediction_type="v_prediction"), scheduler, student, batch, **options)
-    assert not torch.equal(consistency, as_v)  # the teacher's outputs are read as what it predicts
+    as_v = teacher._replace(prediction_type="v_prediction")  # the teacher's outputs are read as what it predicts
+    assert not torch.equal(consistency, consistency_loss(unet, as_v, scheduler, student, batch, **options))

@@ -5,7 +5,9 @@ appears, or while a checkpoint is being written. Resumed runs are compared weigh
 an uninterrupted run of the same configuration.
 """
 
+import dataclasses
 import json
+import math
 import os
 import signal
 import subprocess
@@ -242,11 +244,32 @@ def test_a_finished_run_that_skipped_steps_or_whose_weights_blew_up_is_marked_an
     assert run["problems"] and any("steps were skipped" in problem for problem in run["problems"])
     assert "Warning: this run did not train properly" in (output_dir / "README.md").read_text()
 
-    healthy = run_problems(RunRecord(global_step=100, skipped_steps=1), torch.nn.Linear(2, 2))
+    config = TrainingConfig(**values)
+    healthy = run_problems(RunRecord(global_step=100, skipped_steps=1), torch.nn.Linear(2, 2), config)
     assert healthy == []  # 1% of the steps is the documented limit
     grown = torch.nn.Linear(2, 2)
     torch.nn.init.constant_(grown.weight, 1e5)
-    assert "the weights grew to 1e+05" in run_problems(RunRecord(global_step=100), grown)[0]
+    assert "the weights grew to 1e+05" in run_problems(RunRecord(global_step=100), grown, config)[0]
+
+
+@pytest.mark.parametrize("loss_type", ["l1", "l2"])
+def test_a_run_whose_loss_went_back_to_a_zero_outputs_is_marked_collapsed(loss_type):
+    """Seen on an H200 (bench/README.md, GPU efficiency): the report preset's L1 loss fell to 0.60 and then sat at
+    0.798 = sqrt(2 / pi), the L1 loss of a UNet that outputs zero for its unit-Gaussian epsilon target."""
+    zero = {"l1": math.sqrt(2 / math.pi), "l2": 1.0}[loss_type]
+    config = TrainingConfig(output_dir="unused", loss_type=loss_type)
+    weights = torch.nn.Linear(2, 2)
+
+    def problems(lowest, last, **changes):
+        record = RunRecord(global_step=150, losses={"lowest": lowest, "last": last})
+        return run_problems(record, weights, dataclasses.replace(config, **changes))
+
+    collapsed = problems(0.75 * zero, 1.0004 * zero)
+    assert len(collapsed) == 1 and "outputs zero" in collapsed[0] and "--lr_warmup_steps" in collapsed[0]
+    assert problems(0.75 * zero, 0.9 * zero) == []  # still learning, or plateaued below the constant
+    assert problems(0.95 * zero, zero) == []  # never left the start: a short run, not a collapse
+    assert problems(0.75 * zero, zero, prediction_type="v_prediction") == []  # v's zero loss depends on the data
+    assert problems(0.75 * zero, zero, snr_gamma=5.0) == []
 
 
 def test_divergence_exits_with_a_message_from_the_command_line(tmp_path):
