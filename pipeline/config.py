@@ -188,7 +188,7 @@ class TrainingConfig:
     num_epochs: Optional[int] = option(None, "Budget in epochs (or --max_train_steps).", ge=1, le=10**6)
     max_train_steps: Optional[int] = option(800, "Budget in optimizer steps (or --num_epochs).", ge=1, le=MAX_STEPS)
     optimizer: str = option("adamw", choices=("adam", "adamw"), same=True)
-    learning_rate: float = option(2e-3, "Peak learning rate.", gt=0)
+    learning_rate: float = option(2e-3, "Peak learning rate.", gt=0, le=1e30)  # the optimizers compute in fp32
     lr_scheduler: str = option("cosine_with_min_lr", choices=LR_SCHEDULERS)
     lr_warmup_steps: int = option(50, "Linear warmup, in optimizer steps.", ge=0, le=MAX_STEPS)
     min_learning_rate: float = option(1e-5, "Floor of cosine_with_min_lr.", ge=0, le=1)

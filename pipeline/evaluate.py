@@ -463,9 +463,19 @@ def read_samples(folder: Path) -> tuple[np.ndarray, dict]:
     files = sorted(folder.glob("[0-9]*.png"))
     if len(files) != info["num_images"]:
         raise EvalError(f"samples: {folder} holds {len(files)} numbered PNGs, samples.json says {info['num_images']}")
-    pixels = [np.asarray(Image.open(file)) for file in files]
-    images = np.stack([pixel[..., None] if pixel.ndim == 2 else pixel for pixel in pixels])
-    return images, info
+    pixels = []
+    for file in files:
+        try:
+            with Image.open(file) as image:
+                pixel = np.asarray(image)
+        except (OSError, Image.DecompressionBombError) as error:  # not an image, truncated, or a bomb
+            raise EvalError(f"samples: {file} is not a readable image ({error})") from None
+        pixels.append(pixel[..., None] if pixel.ndim == 2 else pixel)
+        if pixels[-1].shape != pixels[0].shape or pixels[-1].dtype != np.uint8:
+            raise EvalError(
+                f"samples: {file} is {pixels[-1].shape} {pixels[-1].dtype}, {files[0].name} {pixels[0].shape} uint8"
+            )
+    return np.stack(pixels), info
 
 
 def metrics_path(args: argparse.Namespace, model: str) -> Path:

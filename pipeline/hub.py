@@ -21,6 +21,7 @@ from typing import Optional
 from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData, get_token
 from huggingface_hub.errors import HfHubHTTPError
 
+from .config import HUB_ID
 from .errors import HubError, exit_on_error
 from .files import read_json, write_text
 from .record import RECORD_NAME, read_record
@@ -326,6 +327,12 @@ def push_to_hub(
     output_dir = Path(output_dir)
     if not (output_dir / "model_index.json").is_file():
         raise HubError(f"{output_dir} holds no exported pipeline (model_index.json); train or export first")
+    name = repo_id or output_dir.resolve().name
+    if not HUB_ID.fullmatch(name):
+        raise HubError(
+            f"hub_model_id: must be 'name' or 'user/name' (letters, digits, '-', '_', '.'), got {name!r}"
+            + ("" if repo_id else " (the folder's name); pass --hub_model_id")
+        )
     token = hub_token()
     if not token:
         raise HubError(
@@ -334,7 +341,6 @@ def push_to_hub(
     from httpx2 import HTTPError  # huggingface_hub's HTTP client
 
     api = api or HfApi()
-    name = repo_id or output_dir.resolve().name
     has_record = (output_dir / RECORD_NAME).is_file()
     step = read_record(output_dir / RECORD_NAME).run.global_step if has_record else None
     files = files_to_upload(output_dir, include)

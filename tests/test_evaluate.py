@@ -582,3 +582,21 @@ def test_a_corrupt_metrics_file_stops_the_fid_command_before_any_sampling(tiny_p
     with pytest.raises(ev.EvalError, match="metrics.json: 'results' must be a list of objects"):
         ev.evaluate(evaluate_args(*args), TinyFeatures(), FEATURES)
     assert not sampled and (output / "metrics.json").read_text() == '{"results": 42}'
+
+
+def test_a_samples_folder_with_a_file_that_is_not_its_image_is_refused_by_name(tmp_path):
+    """Probe: a numbered PNG that was not an image (or another size) was a PIL or NumPy traceback."""
+    folder = tmp_path / "samples"
+    folder.mkdir()
+    info = {"model": "m", "sampler": "ddpm", "steps": 2, "num_images": 2}
+    (folder / "samples.json").write_text(json.dumps(info))
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(folder / "00000.png")
+    (folder / "00001.png").write_text("not a png")
+    with pytest.raises(ev.EvalError, match="samples: .*00001.png is not a readable image"):
+        ev.read_samples(folder)
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(folder / "00001.png")
+    with pytest.raises(ev.EvalError, match="samples: .*00001.png is \\(16, 16, 1\\) uint8, 00000.png \\(8, 8, 1\\)"):
+        ev.read_samples(folder)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(folder / "00001.png")
+    images, read = ev.read_samples(folder)
+    assert images.shape == (2, 8, 8, 1) and read == info

@@ -230,6 +230,14 @@ def test_push_without_a_token_stops_before_any_call(trained, no_token):
     assert api.calls == []
 
 
+def test_an_invalid_repository_id_stops_before_any_call(trained, token):
+    """Probe: `push --hub_model_id 'bad id!!'` was huggingface_hub's HFValidationError traceback."""
+    api = RecordingApi()
+    with pytest.raises(hub.HubError, match="hub_model_id: must be 'name' or 'user/name' .*got 'bad id!!'"):
+        hub.push_to_hub(trained, "bad id!!", api=api)
+    assert api.calls == []
+
+
 def test_failed_upload_leaves_the_local_folder_intact(trained, token):
     hub.write_card(trained, "someone/else")  # the push renders a different card: the local one must not change
     before = folder_digest(trained)

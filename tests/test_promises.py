@@ -371,6 +371,8 @@ def test_a_model_folder_with_an_absurd_scheduler_config_is_refused_before_loadin
         (["--ddpm_num_steps", "1000000000"], "ddpm_num_steps: must lie in \\[1, 10000\\]"),
         (["--config", "configs"], "config: configs is a folder, not a preset file"),
         (["--logging_dir", "."], "logging_dir: must be a folder inside --output_dir, got '.'"),
+        # was a traceback from Adam's fp32 step ("value cannot be converted to type float without overflow")
+        (["--learning_rate", "1e308"], "learning_rate: must lie in \\(0, 1e\\+30\\]"),
     ],
 )
 def test_sizes_are_bounded_before_any_work(flags, message):
