@@ -12,7 +12,7 @@ its own process, on the teacher's training images, with the distillation budget 
 training images) and one recipe change against the default. Every model gets a cell per sampler and step count,
 with the quality bench's two judges (FD-cls and FD-res against the 10,000 test images, 1,000 samples, seed 0; the
 floor is printed), its model evaluations per image and the distillation's cost against the teacher's training.
-A grid side by side (teacher at 20 steps, student at 4, 2 and 1) goes to docs/distill-samples.png.
+A grid side by side (teacher at 20 steps, student at 4, 2 and 1) goes to docs/distill-samples-<teacher>.png.
 """
 
 import argparse
@@ -44,12 +44,13 @@ STUDENTS = {
         "1e-4",
     ],  # fmt: skip
     "cd-50-minsnr-lr1e-5": ["--prediction_type", "epsilon", "--distill_reparam_steps", "0", "--snr_gamma", "5"],
-    # since 2026-12-04: a v student, a quarter of the budget re-parameterising it, uniform weights (the default)
-    "v": [],
-    "v-lr1e-4": ["--learning_rate", "1e-4"],
+    # since 2026-12-04: a v student, a quarter of the budget re-parameterising it, uniform weights; lr 1e-4 the default
+    "v": ["--learning_rate", "1e-5"],
+    "v-lr1e-4": [],
+    "v-lr1e-3": ["--learning_rate", "1e-3"],
     "v-noreparam": ["--distill_reparam_steps", "0"],
-    "v-huber": ["--loss_type", "pseudo_huber", "--learning_rate", "1e-4"],
-    "ct-v": ["--distill_target", "data", "--learning_rate", "1e-4"],
+    "v-huber": ["--loss_type", "pseudo_huber"],
+    "ct-v": ["--distill_target", "data"],
 }
 # the teacher's samplers: its shipped SDE sampler, and the deterministic ones that distillation follows (its ODE)
 TEACHER_CELLS = ["sde-dpmsolver++-20-trailing", "sde-dpmsolver++-4-trailing", "dpmsolver++-20-trailing", "lcm-4",

@@ -79,7 +79,7 @@ def test_a_tiny_teacher_distils_into_a_student_that_stock_diffusers_samples_in_2
     record = json.loads((student / "training_config.json").read_text())
     assert record["config"]["distill_teacher"] == str(teacher) and record["config"]["grid_sampler"] == "lcm"
     assert record["run"]["global_step"] * record["run"]["images_per_step"] == 24  # half the teacher's 48 images
-    assert (record["config"]["snr_gamma"], record["config"]["learning_rate"]) == (None, 1e-5)  # the bench's recipe
+    assert (record["config"]["snr_gamma"], record["config"]["learning_rate"]) == (None, 1e-4)  # the bench's recipe
     assert record["config"]["distill_reparam_steps"] == 3 // 4  # a quarter of the budget: none of 3 steps
     scheduler = json.loads((student / "scheduler" / "scheduler_config.json").read_text())
     assert scheduler["_class_name"] == "LCMScheduler" and scheduler["original_inference_steps"] == 50
