@@ -150,11 +150,12 @@ def main() -> None:
         parquet = quality.training_parquet(data)
         teacher, pool = quality.train_row(args.teacher_row, "short", parquet), data["train"]
     real = pool[np.random.default_rng(0).choice(len(pool), args.num_samples, replace=False)]
+    flags = {**results.get("students_flags", {}), **{name: STUDENTS[name] for name in args.students}}  # as run
     results.update(
         machine=machine(), data=data["name"], judge_test_accuracy={k: round(v, 4) for k, v in accuracies.items()},
         num_samples=args.num_samples, floor=quality.score(real, judges), teacher=results.get("teacher", {}),
         teacher_source=str(teacher), teacher_recipe=json.loads((teacher / "training_config.json").read_text())[
-            "config"], students_flags={name: STUDENTS[name] for name in args.students},
+            "config"], students_flags=flags,
     )  # fmt: skip
     print(f"floor {results['floor']}; teacher {teacher}", flush=True)
 
@@ -176,7 +177,8 @@ def main() -> None:
         if not trained:
             results["students"].setdefault(name, {})["wall_seconds"] = round(time.time() - started)
         scored(name, folder, args.cells, results["students"].setdefault(name, {}))
-    best = min(args.students, key=lambda name: results["students"][name]["cells"].get("lcm-4", {}).get("fd_cls", 1e9))
+    trained = [name for name in results["students"] if (student_dir(key, name) / "model_index.json").is_file()]
+    best = min(trained, key=lambda name: results["students"][name]["cells"].get("lcm-4", {}).get("fd_cls", 1e9))
     student = student_dir(key, best)
     side_by_side(
         {
