@@ -47,6 +47,7 @@ STUDENTS = {
     # since 2026-12-04: a v student, a quarter of the budget re-parameterising it, uniform weights; lr 1e-4 the default
     "v": ["--learning_rate", "1e-5"],
     "v-lr1e-4": [],
+    "v-lr1e-4-seed1": ["--seed", "1"],  # the default recipe, a second training seed
     "v-lr1e-3": ["--learning_rate", "1e-3"],
     "v-noreparam": ["--distill_reparam_steps", "0"],
     "v-huber": ["--loss_type", "pseudo_huber"],

@@ -33,8 +33,8 @@ RECIPE = {
     # 1 / sqrt(alpha_bar) (about 20,000 for the quickstart's cosine T = 1000), so its first step carries no image
     "prediction_type": "v_prediction",
     "snr_gamma": None,  # the consistency error weighted uniformly, as CM and LCM weight it
-    # FD-cls / FD-res at 4 steps (bench/README.md, 2026-12-04): 44.0 / 10.5 at 1e-4, 113.8 / 22.7 at 1e-5 (the
-    # re-parameterisation does not take: the 1-step sample stays noise), 1e-3 breaks (251 / 81 at 8 steps)
+    # FD-cls / FD-res at 4 steps (bench/README.md, 2026-12-04): 44.0 / 10.5 at 1e-4 (65.1 / 14.2 at another training
+    # seed), 113.8 / 22.7 at 1e-5 (the re-parameterisation does not take: the 1-step sample stays noise), 1e-3 breaks
     "learning_rate": 1e-4,
     "lr_scheduler": "constant_with_warmup",
     "lr_warmup_steps": 20,
