@@ -235,7 +235,7 @@ def real_loop(name: str, mode: str, steps: int, folder: Path, smoke: bool, peak:
 # 3. Sampling on the device
 
 
-def sampling_rows(unet, scheduler, name, compiled, samplers, count, smoke, device, rows) -> None:
+def sampling_rows(unet, scheduler, name, compiled, samplers, *, count, smoke, device, rows) -> None:
     """One row per sampler and noise source, appended to `rows` as each is measured."""
     model = torch.compile(unet, mode="reduce-overhead") if compiled else unet  # config, device: delegated
     for sampler_name, steps in samplers:
@@ -281,7 +281,7 @@ def sampling(name: str, smoke: bool, device: str, samplers: tuple, compiled: boo
     count = 8 if smoke else 128
     rows = []
     try:
-        sampling_rows(unet, scheduler, name, compiled, samplers, count, smoke, device, rows)
+        sampling_rows(unet, scheduler, name, compiled, samplers, count=count, smoke=smoke, device=device, rows=rows)
     except Exception as error:  # the rows measured so far stay
         traceback.print_exc()
         rows.append({"preset": name, "compiled": compiled, "error": f"{type(error).__name__}: {error}"})

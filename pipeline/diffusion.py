@@ -192,6 +192,7 @@ def predicted_x0_and_noise(
     model_output: torch.Tensor,
     sample: torch.Tensor,
     timesteps: torch.Tensor,
+    *,
     clip_range: Optional[float] = None,
 ):
     """The clean image and the noise that a model output implies at `timesteps` (x_t = sqrt(a) x0 + sqrt(1 - a) eps,
@@ -227,8 +228,9 @@ def consistency_function(unet, scheduler, sample: torch.Tensor, timesteps: torch
     """LCMScheduler's `denoised` for the UNet's output: x0 in the scheduler's prediction type, clipped as it clips."""
     output = unet(sample, timesteps).sample.float()
     x0, _ = predicted_x0_and_noise(
-        scheduler.alphas_cumprod, scheduler.config.prediction_type, output, sample, timesteps, clip_range(scheduler)
-    )
+        scheduler.alphas_cumprod, scheduler.config.prediction_type, output, sample, timesteps,
+        clip_range=clip_range(scheduler),
+    )  # fmt: skip
     c_skip, c_out = boundary_scalings(timesteps)
     return c_skip * sample + c_out * x0
 
@@ -257,7 +259,7 @@ def consistency_loss(
             output = teacher.unet(noisy_images, t).sample.float()
             x0, eps = predicted_x0_and_noise(
                 noise_scheduler.alphas_cumprod, teacher.prediction_type, output, noisy_images, t,
-                clip_range(noise_scheduler),
+                clip_range=clip_range(noise_scheduler),
             )  # fmt: skip
             alpha = noise_scheduler.alphas_cumprod.to(x0.device)[s.clamp(min=0)].float().view(-1, 1, 1, 1)
             earlier = torch.where(at_data, x0, alpha.sqrt() * x0 + (1 - alpha).sqrt() * eps)  # one DDIM step

@@ -601,9 +601,8 @@ MAX_WEIGHT = 1e4
 def zero_output_loss(config: TrainingConfig) -> Optional[float]:
     """The loss of a UNet that outputs zero, where the target alone fixes it: an epsilon target (unit Gaussian noise)
     weighted uniformly (E|eps| = sqrt(2 / pi) for L1, E[eps^2] = 1 for L2); None for other targets and weightings."""
-    if config.prediction_type != "epsilon" or config.snr_gamma or config.loss_weighting != "none":
-        return None
-    if config.distill_teacher is not None:
+    weighted = config.snr_gamma or config.loss_weighting != "none"
+    if config.prediction_type != "epsilon" or weighted or config.distill_teacher is not None:
         return None
     return {"l1": math.sqrt(2 / math.pi), "l2": 1.0, "pseudo_huber": 1.0 - PSEUDO_HUBER_C}[config.loss_type]
 
