@@ -157,6 +157,10 @@ def test_a_teacher_without_its_record_gets_its_own_schedule_and_a_record_that_di
     )
     config = parse_config(distill_arguments(str(bare), str(tmp_path / "s"), 2, ["--logger", "none"]))
     assert (config.ddpm_num_steps, config.ddpm_beta_schedule) == (500, "linear")
+    assert config.prediction_type == "v_prediction"  # the student's, not the epsilon teacher's
+    assert (config.max_train_steps, config.distill_reparam_steps) == (400, 100)  # a quarter of the budget
+    flags = ["--logger", "none", "--max_train_steps", "8"]  # a budget of the user's: a quarter of it
+    assert parse_config(distill_arguments(str(bare), str(tmp_path / "s"), 2, flags)).distill_reparam_steps == 2
 
     lying = tmp_path / "lying"
     shutil.copytree(teacher, lying, ignore=shutil.ignore_patterns("checkpoints"))
