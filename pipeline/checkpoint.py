@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save_file
 
 from .config import FIELDS, MAX_STEPS, ConfigError, TrainingConfig
 from .errors import CheckpointError
-from .files import read_json, staged, write_json
+from .files import read_json, staged, write_failure, write_json
 from .record import COUNTERS, RECORD_NAME, RunRecord, read_record, write_record
 
 
@@ -389,7 +389,7 @@ def save_checkpoint(accelerator, parts, record: RunRecord, stream_state: Optiona
                 write_json(partial / STATE_FILE, state)
         except (OSError, SafetensorError) as error:  # a full disk, a quota, a file size limit
             latest = list_checkpoints(checkpoints_dir)
-            reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+            reason = write_failure(error) or str(error)
             last = f"The last complete one is {latest[-1]}" if latest else "No complete checkpoint exists yet"
             raise CheckpointError(
                 f"{final}: cannot write the checkpoint of step {record.global_step} ({reason}); the partial "

@@ -30,7 +30,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .config import TrainingConfig
 from .errors import DataError, exit_on_error
-from .files import staged
+from .files import staged, write_failure
 
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -444,13 +444,23 @@ def cache_folder(source: DataSource, listed: SourceListing, preprocessing: Prepr
 def prepare_images(source: DataSource, preprocessing: Preprocessing) -> PreparedImages:
     """Decode `source` once into (N, H, W, C) uint8 with `preprocessing`, or read the cache of an earlier run."""
     started = time.perf_counter()
-    listed = open_source(source, preprocessing.max_image_bytes)
-    folder = cache_folder(source, listed, preprocessing)
-    if (folder / "summary.json").is_file() and (folder / "pixels.npy").is_file():
-        summary = json.loads((folder / "summary.json").read_text())
-        prepared = PreparedImages(np.load(folder / "pixels.npy", mmap_mode="r"), {**summary, "from_cache": True})
-    else:
-        prepared = _decode_source(source, listed, preprocessing, folder)
+    try:
+        listed = open_source(source, preprocessing.max_image_bytes)
+        folder = cache_folder(source, listed, preprocessing)
+        if (folder / "summary.json").is_file() and (folder / "pixels.npy").is_file():
+            summary = json.loads((folder / "summary.json").read_text())
+            prepared = PreparedImages(np.load(folder / "pixels.npy", mmap_mode="r"), {**summary, "from_cache": True})
+        else:
+            prepared = _decode_source(source, listed, preprocessing, folder)
+    except Exception as error:  # the datasets library's cache or ours could not be written
+        reason = write_failure(error)
+        if reason is None:
+            raise
+        root = source.cache_dir or datasets.config.HF_DATASETS_CACHE
+        raise DataError(
+            f"cache_dir: cannot write the data cache under {root} ({reason}); nothing half-written is kept: free "
+            "some space there, or pass --cache_dir on a disk with room"
+        ) from None
     prepared.summary.update(cache=str(folder), seconds=round(time.perf_counter() - started, 2))
     if source.strict and prepared.summary["files_skipped"]:
         raise DataError(

@@ -39,7 +39,7 @@ from .config import FID_MODES as MODES
 from .config import TrainingConfig
 from .data import DataSource, Preprocessing, describe_skipped, prepare_images
 from .errors import EvalError, exit_on_error
-from .files import read_json, staged, write_json
+from .files import FILE, read_json, refuse_foreign, staged, write_json
 from .record import RECORD_NAME, read_record
 from .sample import (
     SamplingRequest,
@@ -478,6 +478,25 @@ def read_samples(folder: Path) -> tuple[np.ndarray, dict]:
     return np.stack(pixels), info
 
 
+EVAL_LAYOUT = {"metrics.json": FILE, "samples-*.png": FILE}  # what the fid command writes into its folder
+
+
+def check_metrics_folder(output: Path, model: str) -> None:
+    """Before any work: the fid command writes only into a folder of its own (EVAL_LAYOUT), and inside a model's
+    folder only for that model (its card shows what that folder's eval/ holds)."""
+    refuse_foreign(output, EVAL_LAYOUT, EvalError, "metrics or grids of this command", "pass another --output_dir")
+    owner = next(
+        (folder for folder in output.resolve().parents if (folder / "model_index.json").is_file()
+         or (folder / RECORD_NAME).is_file()),
+        None,
+    )  # fmt: skip
+    if owner is not None and not (Path(model).is_dir() and Path(model).resolve() == owner):
+        raise EvalError(
+            f"output_dir: {output} is inside {owner}, the folder of another model than {model}, whose card and "
+            "metrics would then show this one's numbers; pass an --output_dir of its own"
+        )
+
+
 def metrics_path(args: argparse.Namespace, model: str) -> Path:
     """Where the `fid` command records: --output_dir, else the model folder's eval/, else ./eval."""
     output = (
@@ -498,7 +517,7 @@ def read_metrics(path: Path) -> list:
 
 def append_metrics(path: Path, result: dict, existing: list) -> None:
     """eval/metrics.json keeps one entry per (sampler, steps, images, seed, reference, mode); a rerun replaces it."""
-    key_fields = "sampler steps eta solver_order num_samples seed reference mode feature_extractor".split()
+    key_fields = "model sampler steps eta solver_order num_samples seed reference mode feature_extractor".split()
     kept = [entry for entry in existing if any(entry.get(name) != result.get(name) for name in key_fields)]
     write_json(path, {"results": kept + [result]})
 
@@ -525,10 +544,12 @@ def evaluate(
     # they go to is read first, so a bad one stops the command before the work
     if args.samples is not None:
         images, info = read_samples(Path(args.samples))
+        check_metrics_folder(metrics_path(args, info["model"]).parent, info["model"])
         existing = read_metrics(metrics_path(args, info["model"]))
     elif args.model is None:
         raise EvalError("model: pass --model (a saved pipeline) or --samples (a folder from pipeline.sample)")
     else:
+        check_metrics_folder(metrics_path(args, args.model).parent, args.model)
         existing = read_metrics(metrics_path(args, args.model))
         images, info = sample_images(args.model, request)
     model = info["model"]
@@ -547,6 +568,7 @@ def evaluate(
     fid = frechet_distance(*statistics(sample_features), *statistics(reference_features))
     kid = kernel_inception_distance(sample_features, reference_features, seed=args.seed)
     result = {
+        "model": Path(model).name if Path(model).is_dir() else model,  # a local path's name only: the file is pushed
         "fid": round(fid, 4),
         "kid": round(kid, 6),
         "num_samples": int(len(images)),
@@ -581,6 +603,13 @@ def make_reference(
     args: argparse.Namespace, feature_fn: Optional[FeatureFn] = None, feature_name: Optional[str] = None
 ) -> dict:
     """The `reference` command: encode a data source once and save its statistics."""
+    if Path(args.output).exists():
+        try:
+            load_reference(Path(args.output))
+        except EvalError:
+            raise EvalError(
+                f"output: {args.output} exists and is not reference statistics of this command; choose another path"
+            ) from None
     if feature_fn is None:
         feature_fn, feature_name = inception_extractor(args.mode, args.inception_weights, args.device)
     if args.model is not None:

@@ -8,6 +8,7 @@ file. Temporary names start with "." and end with ".tmp", so listings of checkpo
 upload skip them. Every JSON file is read through `read_json`, which bounds its size and depth.
 """
 
+import errno
 import fcntl
 import glob
 import json
@@ -24,6 +25,19 @@ from .errors import ConfigError, PipelineError
 
 
 MAX_JSON_BYTES = 16 * 2**20  # the largest JSON file the pipeline writes is an optimizer's param groups
+FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)  # a full disk, a quota, a file size limit, read-only
+
+
+def write_failure(error: BaseException):
+    """Why a write failed, when `error` or what raised it is a full disk, a quota, a file size limit or a read-only
+    file system (safetensors' Rust writer reports these as text: "... (os error 28)"); else None."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in FULL:
+            return error.strerror
+        if type(error).__name__ == "SafetensorError" and "os error" in str(error):
+            return str(error).split("I/O error: ")[-1]
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def staging_name(path: Path) -> Path:

@@ -50,9 +50,9 @@ from .data import DataError, DataSource, describe_prepared, open_source, prepare
 from .device import choose_precision, describe_device, device_facts, native_bf16
 from .diffusion import PSEUDO_HUBER_C, UncertaintyWeights, step_loss
 from .ema import EMA, sampling_weights, unreached_decays
-from .errors import DIVERGED_EXIT, HubError, TrainingStopped
-from .evaluate import TrainingFid
-from .files import ANYTHING, FILE, FolderLock, refuse_foreign, remove, staged, write_json, write_text
+from .errors import DIVERGED_EXIT, HubError, PipelineError, TrainingStopped
+from .evaluate import EVAL_LAYOUT, TrainingFid
+from .files import ANYTHING, FILE, FolderLock, refuse_foreign, remove, staged, write_failure, write_json, write_text
 from .hub import describe_data_origin, hub_token, push_to_hub, write_card
 from .model import (
     Teacher,
@@ -80,7 +80,7 @@ PIPELINE_FOLDER = {
 RUN_LAYOUT = {
     **PIPELINE_FOLDER, "README.md": FILE, RECORD_NAME: FILE, ".lock": FILE,
     "checkpoints": {"checkpoint-*": ANYTHING}, "samples": {"step-*.png": FILE},
-    "eval": {"metrics.json": FILE, "samples-*.png": FILE},
+    "eval": EVAL_LAYOUT,
     "best-fid": {**PIPELINE_FOLDER, "fid.json": FILE}, "ema-*": PIPELINE_FOLDER, "pipeline-*": PIPELINE_FOLDER,
 }  # fmt: skip
 MAX_PARAMETERS = 10**10  # every field is bounded alone; their product is bounded here, before anything is allocated
@@ -635,17 +635,36 @@ def export_run(accelerator: Accelerator, parts: TrainingParts, record: RunRecord
     unet = build_unet(config)  # a copy to hold the averages, so the trained weights stay as they are
     unet.load_state_dict(parts.model.state_dict())
     unet.to(accelerator.device)
-    if parts.ema is not None:
-        for index, decay in list(enumerate(parts.ema.max_decays))[1:]:
-            parts.ema.copy_to(unet.parameters(), index)
-            export_pipeline(unet, parts.sampler, output_dir / f"ema-{decay:g}")
-        parts.ema.copy_to(unet.parameters(), 0)
-    record.problems = run_problems(record, unet, config)
-    export_pipeline(unet, parts.sampler, output_dir)  # refuses non-finite weights: a diverged run, exit 3
-    grid_path = save_sample_grid(accelerator, parts, record.global_step, unet.eval())
-    record.finished, record.wall_seconds = True, round(time.time() - started, 1)
-    write_record(output_dir / RECORD_NAME, config, record)
-    write_card(output_dir, config.hub_model_id)
+    try:
+        if parts.ema is not None:
+            for index, decay in list(enumerate(parts.ema.max_decays))[1:]:
+                parts.ema.copy_to(unet.parameters(), index)
+                export_pipeline(unet, parts.sampler, output_dir / f"ema-{decay:g}")
+            parts.ema.copy_to(unet.parameters(), 0)
+        record.problems = run_problems(record, unet, config)
+        export_pipeline(unet, parts.sampler, output_dir)  # refuses non-finite weights: a diverged run, exit 3
+        grid_path = save_sample_grid(accelerator, parts, record.global_step, unet.eval())
+        record.finished, record.wall_seconds = True, round(time.time() - started, 1)
+        write_record(output_dir / RECORD_NAME, config, record)
+        write_card(output_dir, config.hub_model_id)
+    except Exception as error:
+        reason = write_failure(error)
+        if reason is None:
+            raise
+        latest = list_checkpoints(output_dir / "checkpoints")
+        state = (
+            "the pipeline was written, its sample grid, record or card not"
+            if (output_dir / "model_index.json").is_file()
+            else "each part is written whole or not at all and model_index.json (written last) is missing, so the "
+            "folder does not load as a pipeline"
+        )
+        again = (
+            f"the trained weights are in {latest[-1]}: free some space and run the same command with "
+            "--resume_from_checkpoint latest to export them"
+            if latest and checkpoint_step(latest[-1]) == record.global_step
+            else "no checkpoint holds the last step's weights: free some space and train again"
+        )
+        raise PipelineError(f"{output_dir}: cannot write the export ({reason}); {state}; {again}") from None
     logger.info(
         f"Exported the DDPMPipeline to {output_dir} (sample grid: {grid_path}) in {time.time() - started:.0f} s"
     )

@@ -600,3 +600,30 @@ def test_a_samples_folder_with_a_file_that_is_not_its_image_is_refused_by_name(t
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(folder / "00001.png")
     images, read = ev.read_samples(folder)
     assert images.shape == (2, 8, 8, 1) and read == info
+
+
+def test_the_fid_and_reference_commands_write_only_what_they_own(tiny_pipeline, tmp_path, monkeypatch):
+    """Probes: `fid --output_dir <another model>/eval` put this model's FID into that model's metrics and card, a
+    user's file in --output_dir could be replaced, and `reference --output` replaced any file. Each is refused
+    before any sampling or encoding, leaving the files as they were."""
+    sampled = []
+    monkeypatch.setattr(ev, "sample_images", lambda *args: sampled.append(args))
+    other = tmp_path / "other"
+    (other / "eval").mkdir(parents=True)
+    (other / "model_index.json").write_text("{}")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    common = ["--model", str(tiny_pipeline), "--reference_dataset", "data/fashion_mnist", "--output_dir"]
+    with pytest.raises(ev.EvalError, match=f"is inside {other.resolve()}, the folder of another model than"):
+        ev.evaluate(evaluate_args(*common, str(other / "eval")), TinyFeatures(), FEATURES)
+    with pytest.raises(ev.EvalError, match=r"holds files that are not metrics or grids of this command \(notes.txt\)"):
+        ev.evaluate(evaluate_args(*common, str(mine)), TinyFeatures(), FEATURES)
+    assert not sampled and list((other / "eval").iterdir()) == [] and (mine / "notes.txt").read_text() == "mine"
+    reference = ev.parse_args(
+        ["reference", "--reference_dataset", "data/fashion_mnist", "--resolution", "16", "--channels", "1",
+         "--output", str(mine / "notes.txt")]
+    )  # fmt: skip
+    with pytest.raises(ev.EvalError, match="notes.txt exists and is not reference statistics of this command"):
+        ev.make_reference(reference, feature_fn=TinyFeatures(), feature_name=FEATURES)
+    assert (mine / "notes.txt").read_text() == "mine"

@@ -241,6 +241,41 @@ def test_a_tampered_checkpoint_from_the_command_line_is_one_error_line(finished_
     assert "Traceback" not in result.stderr
 
 
+def _train_with_file_size_limit(config: Path, limit: int, *flags: str) -> subprocess.CompletedProcess:
+    """train_ddpm.py under a file size limit (RLIMIT_FSIZE): a write past it fails as a full disk or a quota would."""
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    command = [sys.executable, "train_ddpm.py", "--config", str(config), *flags]
+    return subprocess.run(
+        command, cwd=REPO, capture_output=True, text=True, timeout=300, preexec_fn=limit_file_size
+    )  # fmt: skip
+
+
+def test_a_write_failure_at_export_or_in_the_data_cache_is_an_error_that_says_what_to_do(tmp_path):
+    """The export's weights (194 KB) past a 100 KB limit: exit 2, no traceback, no model_index.json (so nothing
+    loads as a pipeline), and the way out; then a data cache that cannot be written: exit 2, naming the cache."""
+    values = {**TINY, "logger": "none", "save_images_steps": 0, "checkpointing_steps": 0}
+    prepare_training_images(TrainingConfig(**values))  # decoded first: only the export should hit the limit
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(values))
+    result = _train_with_file_size_limit(tmp_path / "tiny.yaml", 100_000, "--output_dir", str(tmp_path / "out"))
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {tmp_path / 'out'}: cannot write the export (File too large"), last
+    assert "no checkpoint holds the last step's weights" in last and "Traceback" not in result.stderr
+    assert not (tmp_path / "out" / "model_index.json").exists()
+
+    result = _train_with_file_size_limit(
+        tmp_path / "tiny.yaml", 100_000, "--output_dir", str(tmp_path / "out2"), "--cache_dir", str(tmp_path / "c")
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: cache_dir: cannot write the data cache under {tmp_path / 'c'} (File too large")
+    assert "Traceback" not in result.stderr and not list((tmp_path / "c").rglob("pixels.npy"))
+
+
 def test_a_failed_checkpoint_write_removes_the_partial_folder_and_says_so(tmp_path):
     """A real write failure: the file size limit (RLIMIT_FSIZE, as a quota or a full disk would) lets the weights
     (194 KB) through and stops the optimizer state (392 KB)."""
@@ -250,25 +285,7 @@ def test_a_failed_checkpoint_write_removes_the_partial_folder_and_says_so(tmp_pa
     )  # decode the data first: only the checkpoint should hit the limit
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(values))
 
-    def limit_file_size():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing
-        resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, 300_000))
-
-    result = subprocess.run(
-        [
-            sys.executable,
-            "train_ddpm.py",
-            "--config",
-            str(tmp_path / "tiny.yaml"),
-            "--output_dir",
-            str(tmp_path / "out"),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        preexec_fn=limit_file_size,
-    )
+    result = _train_with_file_size_limit(tmp_path / "tiny.yaml", 300_000, "--output_dir", str(tmp_path / "out"))
     assert result.returncode == 2, result.stderr[-2000:]
     assert re.search(
         r"cannot write the checkpoint of step 3 \(.*File too large.*\); the partial checkpoint was removed",
