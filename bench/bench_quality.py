@@ -69,7 +69,7 @@ COMMON = {
     "freq_shift": 0,
     "train_batch_size": BATCH,
     "gradient_accumulation_steps": 1,
-    "mixed_precision": "bf16",
+    "mixed_precision": "auto",  # what a user runs: bf16 where the CPU computes it natively, else fp32
     "seed": 0,
     "random_flip": True,
     "logger": "tensorboard",
@@ -214,6 +214,22 @@ ROWS = {
         "train_batch_size": 32,
         "max_train_steps": 800,
     },  # fmt: skip
+    "noflip-b32-learned": {
+        **T300,
+        "ddpm_num_steps": 1000,
+        "random_flip": False,
+        "train_batch_size": 32,
+        "max_train_steps": 800,
+        "loss_weighting": "learned",
+    },  # fmt: skip
+    "noflip-b32-fp32": {
+        **T300,
+        "ddpm_num_steps": 1000,
+        "random_flip": False,
+        "train_batch_size": 32,
+        "max_train_steps": 800,
+        "mixed_precision": "no",
+    },  # the quickstart's recipe trained in fp32 (its first rows were bf16), beside rows trained on an fp32 CPU
     "noflip-s400": {**T300, "ddpm_num_steps": 1000, "random_flip": False, "max_train_steps": 400},
 }
 
@@ -657,7 +673,8 @@ def main() -> None:
         }
     )
     results.setdefault("floors", {})[regime] = floor
-    results.setdefault("machines", {})[regime] = machine()  # each regime's rows name the machine they ran on
+    results.setdefault("machines", {}).setdefault(regime, machine())  # the regime's first machine; a row trained
+    # on another one names its own
     if args.data == "full":
         results["floor"] = floor
     save_results(results)
@@ -671,6 +688,11 @@ def main() -> None:
     for name in args.rows:
         row_key = name + (f" (train seed {args.train_seed})" if args.train_seed else "")
         row = results["rows"].setdefault(regime, {}).setdefault(row_key, {"samplers": {}})
+        wanted = [cell + (f" (seed {args.seed})" if args.seed else "") for cell in args.samplers]
+        wanted += [f"{cell} (stock DDPMPipeline)" for cell in args.stock_pipeline]
+        if all(key in row["samplers"] for key in wanted) and not args.other_emas:
+            print(f"[{regime}/{row_key}] every cell asked for is recorded; not retrained", flush=True)
+            continue  # a row recorded from weights that are gone is not retrained under its old scores
         output_dir = train_row(name, regime, source, args.train_seed)
         record = json.loads((output_dir / "training_config.json").read_text())["run"]
         recipe = {**COMMON, **ROWS[name], "output_dir": str(output_dir), "logger": "none"}
@@ -684,6 +706,9 @@ def main() -> None:
             gflop_per_image=round(flops_per_image(TrainingConfig(**recipe)) / 1e9, 4),
         )
         row["train_tflop"] = round(row["gflop_per_image"] * row["images"] / 1e3, 1)
+        trained_on = machine()
+        if trained_on["description"] != results["machines"][regime]["description"] or "machine" in row:
+            row.setdefault("machine", {**trained_on, "mixed_precision": record["mixed_precision"]})
         for cell in args.samplers:
             key = cell + (f" (seed {args.seed})" if args.seed else "")
             if key in row["samplers"]:
