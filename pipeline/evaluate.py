@@ -159,7 +159,7 @@ def _clean_fid_loads(state: dict):
 
 
 def build_inception(mode: str, weights: Path, device: str = "cpu") -> FeatureFn:
-    """clean-fid's Inception feature extractor for `mode`, loaded from `weights`, checked on one image."""
+    """clean-fid's Inception feature extractor for `mode`, loaded from `weights`, checked on two images."""
     from cleanfid.features import build_feature_extractor
 
     try:
@@ -176,8 +176,9 @@ def build_inception(mode: str, weights: Path, device: str = "cpu") -> FeatureFn:
         else:
             with _clean_fid_loads(load_legacy_weights(weights)):
                 extract = build_feature_extractor(mode, torch.device(device), use_dataparallel=False)
+        ramp = torch.linspace(0, 255, 299, device=device).expand(3, 299, 299)
         with torch.no_grad():
-            probe = extract(torch.zeros(1, 3, 299, 299, device=device))
+            probe = extract(torch.stack([torch.zeros_like(ramp), ramp]))  # a black image and a horizontal ramp
     except EvalError:
         raise
     except Exception as error:  # torch.jit raises many types for a bad file
@@ -185,18 +186,24 @@ def build_inception(mode: str, weights: Path, device: str = "cpu") -> FeatureFn:
             f"inception_weights: {weights} is not a usable {INCEPTION_FILES[mode]} ({type(error).__name__}: "
             f"{str(error).splitlines()[0] if str(error) else ''}); delete it and download {INCEPTION_URLS[mode]} again"
         ) from None
-    if tuple(probe.shape) != (1, FEATURE_DIM):
+    if tuple(probe.shape) != (2, FEATURE_DIM):
         raise EvalError(
             f"inception_weights: {weights} gives features of shape {tuple(probe.shape[1:])}, not ({FEATURE_DIM},)"
+        )
+    if not bool(torch.isfinite(probe).all() & (probe >= 0).all()):  # Inception's pool3 averages ReLU outputs
+        raise EvalError(
+            f"inception_weights: {weights} gives negative or non-finite features, which Inception's pool3 (an "
+            f"average of ReLU outputs) cannot: it is not {INCEPTION_FILES[mode]}; download {INCEPTION_URLS[mode]}"
         )
     return extract
 
 
 def inception_extractor(mode: str, weights: Optional[str] = None, device: str = "cpu") -> tuple[FeatureFn, str]:
-    """clean-fid's Inception for `mode` and the name results record it under."""
-    return build_inception(
-        mode, find_weights(mode, weights), device
-    ), f"clean-fid Inception-V3 ({INCEPTION_FILES[mode]})"
+    """clean-fid's Inception for `mode` and the name results record it under, which names the weights file by its
+    SHA-256: features (and references) of two different files never compare as the same extractor's."""
+    path = find_weights(mode, weights)
+    extract = build_inception(mode, path, device)
+    return extract, f"clean-fid Inception-V3 ({INCEPTION_FILES[mode]}, SHA-256 {file_sha256(path)[:16]})"
 
 
 # ---------------------------------------------------------------------------------------------

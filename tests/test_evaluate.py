@@ -627,3 +627,44 @@ def test_the_fid_and_reference_commands_write_only_what_they_own(tiny_pipeline, 
     with pytest.raises(ev.EvalError, match="notes.txt exists and is not reference statistics of this command"):
         ev.make_reference(reference, feature_fn=TinyFeatures(), feature_name=FEATURES)
     assert (mine / "notes.txt").read_text() == "mine"
+
+
+def _scripted_inception(path, offset: float):
+    """A TorchScript file with the interface clean-fid's InceptionV3W loads (`layers`, 2048 features): each feature a
+    pixel mean of the normalised image plus `offset`. Not Inception: the checks below must tell."""
+
+    class Layers(torch.nn.Module):
+        def __init__(self, offset: float):
+            super().__init__()
+            self.offset = offset
+
+        def forward(self, x):
+            return torch.nn.functional.adaptive_avg_pool2d(x, 1).flatten(1).repeat(1, 683)[:, :2048] + self.offset
+
+    class Network(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = Layers(offset)
+
+        def forward(self, x, return_features: bool = False):
+            return self.layers(x)
+
+    torch.jit.script(Network()).save(str(path))
+    return path
+
+
+def test_a_clean_mode_file_that_is_not_inception_is_refused_and_every_file_is_named_by_its_digest(tmp_path):
+    """Probe: any TorchScript file with 2048 outputs was recorded as clean-fid's Inception. One whose features are
+    negative (Inception's pool3 averages ReLU outputs) is refused; the name a result records carries the file's
+    SHA-256, so statistics of two different files never pass as the same extractor's."""
+    negative = _scripted_inception(tmp_path / "negative.pt", 0.0)  # the black image gives -1
+    with pytest.raises(ev.EvalError, match="gives negative or non-finite features.*it is not inception-2015-12-05.pt"):
+        ev.build_inception("clean", negative)
+    names = []
+    for offset in (2.0, 3.0):
+        _, name = ev.inception_extractor("clean", str(_scripted_inception(tmp_path / f"{offset}.pt", offset)))
+        names.append(name)
+    digest = ev.file_sha256(tmp_path / "2.0.pt")[:16]
+    assert names[0] == f"clean-fid Inception-V3 (inception-2015-12-05.pt, SHA-256 {digest})" and names[1] != names[0]
+    with pytest.raises(ev.EvalError, match="this evaluation uses"):
+        ev.check_reference({"mode": "clean", "feature_extractor": names[0]}, "reference", "clean", names[1])
