@@ -165,24 +165,30 @@ def launcher_mixed_precision() -> Optional[str]:
     return None
 
 
-def parse_config(argv: Optional[list[str]] = None) -> TrainingConfig:
-    """Resolve the configuration from `--config`, flags and the launcher. Raises ConfigError."""
-    from .hub import use_token
-
-    argv, token = translate_example_flags(list(sys.argv[1:] if argv is None else argv))
-    if token is not None:
-        use_token(token)
+def given_flags(argv: list[str]) -> tuple[dict, Optional[str]]:
+    """The fields the command line `argv` sets (with --config, if given, under "config"), and the --hub_token."""
+    argv, token = translate_example_flags(list(argv))
     flags, unknown = build_parser().parse_known_args(argv)
     if unknown:
         names = [arg for arg in unknown if arg.startswith("-")] or unknown
         raise ConfigError(f"{names[0].lstrip('-').split('=')[0]}: unknown option {' '.join(unknown)!r}; see --help")
-    given = {name: value for name, value in vars(flags).items() if name != "config"}
-    values = load_preset(flags.config) if flags.config else {}
-    if flags.config:
-        values["preset"] = flags.config
+    return vars(flags), token
+
+
+def parse_config(argv: Optional[list[str]] = None, recipe: Optional[dict] = None) -> TrainingConfig:
+    """Resolve the configuration from `--config`, a command's own `recipe` (pipeline.distill's: over the preset,
+    under the flags), the flags and the launcher. Raises ConfigError."""
+    from .hub import use_token
+
+    given, token = given_flags(sys.argv[1:] if argv is None else argv)
+    if token is not None:
+        use_token(token)
+    preset = given.pop("config", None)
+    values = {**load_preset(preset), "preset": preset} if preset else {}
     from_launcher = launcher_mixed_precision() if "mixed_precision" not in given else None
     if from_launcher is not None:
         values["mixed_precision"] = from_launcher
-    values.update(given)
-    settle_pairs(values, set(given))
+    for layer in (recipe or {}, given):
+        values.update(layer)
+        settle_pairs(values, set(layer))
     return TrainingConfig(**values)

@@ -16,13 +16,16 @@ Any training flag replaces the recipe below or the teacher's (`--max_train_steps
 """
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Optional
 
+from .arguments import given_flags, parse_config
 from .errors import ConfigError, exit_on_error
 from .model import saved_schedule
 from .record import RECORD_NAME, read_record
+from .train import train
 
 
 # The distillation recipe on top of the teacher's, chosen with bench/bench_distill.py (bench/README.md)
@@ -66,8 +69,8 @@ def teacher_folder(teacher: str) -> Path:
         ) from None
 
 
-def distill_arguments(teacher: str, output_dir: str, steps: int, flags: list[str]) -> list[str]:
-    """The training command line of a distillation: the teacher's recipe, this module's, then the user's flags."""
+def distill_config(teacher: str, output_dir: str, steps: int, flags: list[str]):
+    """The training configuration of a distillation: the teacher's recipe, this module's, then the user's flags."""
     folder = teacher_folder(teacher)
     values = {**RECIPE, "distill_teacher": str(folder), "output_dir": output_dir, "grid_inference_steps": steps}
     values["fid_inference_steps"] = steps
@@ -80,20 +83,14 @@ def distill_arguments(teacher: str, output_dir: str, steps: int, flags: list[str
         schedule = {name: value for name, value in saved_schedule(folder).items() if name != "prediction_type"}
         values.update(model_config_name_or_path=str(folder / "unet"), max_train_steps=400, **schedule)
         preset = []
-    given = argparse.ArgumentParser(add_help=False)
-    given.add_argument("--max_train_steps", type=int)
-    budget = given.parse_known_args(flags)[0].max_train_steps or values["max_train_steps"]
-    values["distill_reparam_steps"] = budget // REPARAMETERISATION_SHARE  # unless the flags set it too
-    arguments = [*preset, "--num_epochs", "none"]
-    for name, value in values.items():
-        arguments += [f"--{name}", "none" if value is None else str(value)]
-    return arguments + flags
+    config = parse_config([*preset, *flags], recipe=values)
+    if "distill_reparam_steps" in given_flags(flags)[0]:
+        return config
+    budget = config.max_train_steps or values["max_train_steps"]
+    return dataclasses.replace(config, distill_reparam_steps=budget // REPARAMETERISATION_SHARE)
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    from .arguments import parse_config  # the training command line; only commands read it
-    from .train import train
-
     parser = argparse.ArgumentParser(prog="python -m pipeline.distill", description=__doc__.split("\n\n")[0])
     parser.add_argument("--teacher", required=True, help="A training output folder, a saved DDPMPipeline or a Hub id.")
     parser.add_argument("--output_dir", required=True, help="Where the student, its checkpoints and grids go.")
@@ -102,7 +99,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     )
     args, flags = parser.parse_known_args(argv)
     with exit_on_error():
-        train(parse_config(distill_arguments(args.teacher, args.output_dir, args.steps, flags)))
+        train(distill_config(args.teacher, args.output_dir, args.steps, flags))
 
 
 if __name__ == "__main__":

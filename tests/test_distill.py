@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from conftest import TINY
 from pipeline.config import ConfigError, TrainingConfig
-from pipeline.distill import distill_arguments
+from pipeline.distill import distill_config
 from pipeline.train import train
 
 
@@ -37,10 +37,7 @@ def teacher(tmp_path_factory):
 
 
 def distill(teacher, output_dir, *flags, steps=2):
-    from pipeline.arguments import parse_config
-
-    arguments = distill_arguments(str(teacher), str(output_dir), steps, ["--logger", "none", *flags])
-    return train(parse_config(arguments))
+    return train(distill_config(str(teacher), str(output_dir), steps, ["--logger", "none", *flags]))
 
 
 STOCK = """
@@ -147,20 +144,24 @@ def test_a_teacher_without_its_record_gets_its_own_schedule_and_a_record_that_di
     """Probe: a teacher without training_config.json used to get the quickstart's schedule, not its scheduler's."""
     import shutil
 
-    from pipeline.arguments import parse_config
-
     bare = tmp_path / "bare"
     shutil.copytree(teacher, bare, ignore=shutil.ignore_patterns("checkpoints", "training_config.json"))
     path = bare / "scheduler" / "scheduler_config.json"
     path.write_text(
         json.dumps({**json.loads(path.read_text()), "num_train_timesteps": 500, "beta_schedule": "linear"})
     )
-    config = parse_config(distill_arguments(str(bare), str(tmp_path / "s"), 2, ["--logger", "none"]))
+    config = distill_config(str(bare), str(tmp_path / "s"), 2, ["--logger", "none"])
     assert (config.ddpm_num_steps, config.ddpm_beta_schedule) == (500, "linear")
     assert config.prediction_type == "v_prediction"  # the student's, not the epsilon teacher's
     assert (config.max_train_steps, config.distill_reparam_steps) == (400, 100)  # a quarter of the budget
     flags = ["--logger", "none", "--max_train_steps", "8"]  # a budget of the user's: a quarter of it
-    assert parse_config(distill_arguments(str(bare), str(tmp_path / "s"), 2, flags)).distill_reparam_steps == 2
+    assert distill_config(str(bare), str(tmp_path / "s"), 2, flags).distill_reparam_steps == 2
+    assert (
+        distill_config(
+            str(bare), str(tmp_path / "s"), 2, [*flags, "--distill_reparam_steps", "3"]
+        ).distill_reparam_steps
+        == 3
+    )
 
     lying = tmp_path / "lying"
     shutil.copytree(teacher, lying, ignore=shutil.ignore_patterns("checkpoints"))
