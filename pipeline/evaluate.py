@@ -119,17 +119,21 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def unusable_weights(path: Path, mode: str, error: Exception) -> EvalError:
+    first = str(error).splitlines()[0] if str(error) else ""
+    return EvalError(
+        f"inception_weights: {path} is not a usable {INCEPTION_FILES[mode]} ({type(error).__name__}: {first}); delete "
+        f"it and download {INCEPTION_URLS[mode]} again"
+    )
+
+
 def load_legacy_weights(path: Path) -> dict:
     """pytorch-fid's Inception state dict, read without running code from the file: `torch.load(weights_only=True)`
     accepts tensors and containers only. A file that loads but is not the published one gets a warning."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # UnpicklingError for code or unknown classes, RuntimeError/EOFError for a damaged file
-        raise EvalError(
-            f"inception_weights: {path} is not a usable {INCEPTION_FILES['legacy_pytorch']} ({type(error).__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else ''}); delete it and download "
-            f"{INCEPTION_URLS['legacy_pytorch']} again"
-        ) from None
+        raise unusable_weights(path, "legacy_pytorch", error) from None
     if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
         raise EvalError(
             f"inception_weights: {path} holds no state dict of tensors; download {INCEPTION_URLS['legacy_pytorch']} "
@@ -182,10 +186,7 @@ def build_inception(mode: str, weights: Path, device: str = "cpu") -> FeatureFn:
     except EvalError:
         raise
     except Exception as error:  # torch.jit raises many types for a bad file
-        raise EvalError(
-            f"inception_weights: {weights} is not a usable {INCEPTION_FILES[mode]} ({type(error).__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else ''}); delete it and download {INCEPTION_URLS[mode]} again"
-        ) from None
+        raise unusable_weights(weights, mode, error) from None
     if tuple(probe.shape) != (2, FEATURE_DIM):
         raise EvalError(
             f"inception_weights: {weights} gives features of shape {tuple(probe.shape[1:])}, not ({FEATURE_DIM},)"
