@@ -230,6 +230,22 @@ ROWS = {
         "max_train_steps": 800,
         "mixed_precision": "no",
     },  # the quickstart's recipe trained in fp32 (its first rows were bf16), beside rows trained on an fp32 CPU
+    # at the quickstart's budget (800 x 32): its learning rate retuned, and v-prediction
+    **{
+        f"noflip-b32-{name}": {
+            **T300,
+            "ddpm_num_steps": 1000,
+            "random_flip": False,
+            "train_batch_size": 32,
+            "max_train_steps": 800,
+            **change,
+        }
+        for name, change in {
+            "lr1e-3": {"learning_rate": 1e-3},
+            "lr4e-3": {"learning_rate": 4e-3},
+            "vpred": {"prediction_type": "v_prediction"},
+        }.items()
+    },
     "noflip-s400": {**T300, "ddpm_num_steps": 1000, "random_flip": False, "max_train_steps": 400},
 }
 
