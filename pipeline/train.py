@@ -291,12 +291,13 @@ def load_training_data(config: TrainingConfig, accelerator: Accelerator) -> Trai
     return TrainingData(batches, batches.num_images, prepared.summary["channels"], summary)
 
 
-def build_training(config: TrainingConfig, accelerator: Accelerator, unet, total_steps: int) -> TrainingParts:
+def build_training(
+    config: TrainingConfig, accelerator: Accelerator, unet, total_steps: int, teacher: Optional[Teacher] = None
+) -> TrainingParts:
     """The UNet on the device, its noise scheduler, optimizer, LR schedule and EMA, prepared by Accelerate; for a
-    distillation the UNet starts from the teacher's weights, and the teacher is loaded frozen."""
-    teacher = None
+    distillation the UNet starts from the teacher's weights, and the teacher (`teacher`, else loaded) is frozen."""
     if config.distill_teacher is not None:
-        teacher = load_teacher(config)
+        teacher = teacher or load_teacher(config)
         unet.load_state_dict(teacher.unet.state_dict())
         on_device = teacher._replace(unet=teacher.unet.to(accelerator.device))
         teacher = on_device if config.distill_target == "teacher" else None
@@ -745,8 +746,8 @@ def train(config: TrainingConfig) -> Path:
                 "here takes (the largest image diffusion UNets have about 2.6 billion)"
             )
         check_output_dir(config, parameters)
-        if config.distill_teacher is not None:
-            load_teacher(config)  # a teacher that cannot be distilled stops the run here
+    # a teacher that cannot be distilled stops the run here, before the folder is touched; loaded once
+    teacher = load_teacher(config) if main and config.distill_teacher is not None else None
     with FolderLock(config.output_dir) if main else nullcontext():  # one run, resume or export per folder
         if main:
             check_folder_owner(config, resuming=resume_from is not None)
@@ -765,13 +766,15 @@ def train(config: TrainingConfig) -> Path:
                 "images start from `--config configs/images64.yaml` (see the README, 'Your own images')"
             )
         try:
-            run_training(config, accelerator, resume_from, precision, fid_tracker)
+            run_training(config, accelerator, resume_from, precision, fid_tracker, teacher=teacher)
         finally:
             accelerator.end_training()
     return Path(config.output_dir)
 
 
-def run_training(config: TrainingConfig, accelerator: Accelerator, resume_from, precision: dict, fid_tracker) -> None:
+def run_training(
+    config: TrainingConfig, accelerator: Accelerator, resume_from, precision: dict, fid_tracker, *, teacher=None
+) -> None:
     """Data, model, the checkpoint to continue, the loop and the export, in the folder `train` has made ready."""
     started = time.time()
     data = load_training_data(config, accelerator)
@@ -779,7 +782,7 @@ def run_training(config: TrainingConfig, accelerator: Accelerator, resume_from, 
     changes = check_resume_compatible(config, resume_from, data.summary) if resume_from is not None else []
     total_steps = count_train_steps(config, data.num_images, accelerator.num_processes)
     unet = build_unet(config)
-    parts = build_training(config, accelerator, unet, total_steps)
+    parts = build_training(config, accelerator, unet, total_steps, teacher)
     record = RunRecord(
         **describe_environment(accelerator), **precision, num_train_images=data.num_images, data=data.summary,
         **describe_data_origin(config), unet_parameters=count_parameters(unet), total_steps=total_steps,
