@@ -108,6 +108,7 @@ VPRED_ZEROSNR = {
     "rescale_betas_zero_snr": True,
     "ddpm_timestep_spacing": "trailing",
 }
+NOFLIP_B32 = {**T300, "ddpm_num_steps": 1000, "random_flip": False, "train_batch_size": 32, "max_train_steps": 800}
 ROWS = {
     # (a) examples/unconditional_image_generation/train_unconditional.py with its defaults (batch and budget as every
     # row)
@@ -207,40 +208,14 @@ ROWS = {
         "prediction_type": "v_prediction",
         "timestep_density": "lognormal",
     },  # fmt: skip
-    "noflip-b32": {
-        **T300,
-        "ddpm_num_steps": 1000,
-        "random_flip": False,
-        "train_batch_size": 32,
-        "max_train_steps": 800,
-    },  # fmt: skip
-    "noflip-b32-learned": {
-        **T300,
-        "ddpm_num_steps": 1000,
-        "random_flip": False,
-        "train_batch_size": 32,
-        "max_train_steps": 800,
-        "loss_weighting": "learned",
-    },  # fmt: skip
-    "noflip-b32-fp32": {
-        **T300,
-        "ddpm_num_steps": 1000,
-        "random_flip": False,
-        "train_batch_size": 32,
-        "max_train_steps": 800,
-        "mixed_precision": "no",
-    },  # the quickstart's recipe trained in fp32 (its first rows were bf16), beside rows trained on an fp32 CPU
-    # at the quickstart's budget (800 x 32): its learning rate retuned, and v-prediction
+    "noflip-b32": NOFLIP_B32,
+    # at the quickstart's budget (800 x 32): fp32 training (the first rows were bf16, beside rows of an fp32 CPU),
+    # EDM2's learned weighting, the learning rate retuned, v-prediction
     **{
-        f"noflip-b32-{name}": {
-            **T300,
-            "ddpm_num_steps": 1000,
-            "random_flip": False,
-            "train_batch_size": 32,
-            "max_train_steps": 800,
-            **change,
-        }
+        f"noflip-b32-{name}": {**NOFLIP_B32, **change}
         for name, change in {
+            "learned": {"loss_weighting": "learned"},
+            "fp32": {"mixed_precision": "no"},
             "lr1e-3": {"learning_rate": 1e-3},
             "lr4e-3": {"learning_rate": 4e-3},
             "vpred": {"prediction_type": "v_prediction"},
@@ -723,7 +698,7 @@ def main() -> None:
         )
         row["train_tflop"] = round(row["gflop_per_image"] * row["images"] / 1e3, 1)
         trained_on = machine()
-        if trained_on["description"] != results["machines"][regime]["description"] or "machine" in row:
+        if trained_on["description"] != results["machines"][regime]["description"]:
             row.setdefault("machine", {**trained_on, "mixed_precision": record["mixed_precision"]})
         for cell in args.samplers:
             key = cell + (f" (seed {args.seed})" if args.seed else "")

@@ -552,15 +552,14 @@ def evaluate(
     # they go to is read first, so a bad one stops the command before the work
     if args.samples is not None:
         images, info = read_samples(Path(args.samples))
-        check_metrics_folder(metrics_path(args, info["model"]).parent, info["model"])
-        existing = read_metrics(metrics_path(args, info["model"]))
     elif args.model is None:
         raise EvalError("model: pass --model (a saved pipeline) or --samples (a folder from pipeline.sample)")
-    else:
-        check_metrics_folder(metrics_path(args, args.model).parent, args.model)
-        existing = read_metrics(metrics_path(args, args.model))
+    model = info["model"] if args.samples is not None else args.model
+    path = metrics_path(args, model)
+    check_metrics_folder(path.parent, model)
+    existing = read_metrics(path)
+    if args.samples is None:
         images, info = sample_images(args.model, request)
-    model = info["model"]
     sample_features = extract_features(
         images, feature_fn, args.mode, batch_size=args.feature_batch_size, device=args.device,
         description="sample features",
@@ -592,8 +591,8 @@ def evaluate(
         "device": args.device,
         "wall_seconds": round(time.perf_counter() - started, 2),
     }
-    output = metrics_path(args, model).parent
-    append_metrics(output / "metrics.json", result, existing)
+    output = path.parent
+    append_metrics(path, result, existing)
     image_grid(images[:64].astype(np.float32) / 255).save(output / f"samples-{info['sampler']}-{info['steps']}.png")
     model_dir = output.parent
     if (

@@ -21,6 +21,8 @@ from contextlib import contextmanager
 from fnmatch import fnmatch
 from pathlib import Path
 
+from safetensors import SafetensorError
+
 from .errors import ConfigError, PipelineError
 
 
@@ -34,7 +36,7 @@ def write_failure(error: BaseException):
     while error is not None:
         if isinstance(error, OSError) and error.errno in FULL:
             return error.strerror
-        if type(error).__name__ == "SafetensorError" and "os error" in str(error):
+        if isinstance(error, SafetensorError) and "os error" in str(error):
             return str(error).split("I/O error: ")[-1]
         error = error.__cause__ or error.__context__
     return None
