@@ -722,7 +722,7 @@ def slow_cpu_note(config: TrainingConfig, facts: dict) -> Optional[str]:
     if not quickstart or facts["type"] != "cpu" or native_bf16(facts):
         return None
     return (
-        "note: this CPU has no native bf16, so the quickstart trains in fp32: on 2 AVX2 cores about 9 minutes "
+        "note: this CPU has no native bf16, so the quickstart trains in fp32: on 2 AVX2 cores 7-9 minutes "
         "(measured on a Zen 3 EPYC; 14 with other work on the machine), against 5-7 on 2 with AVX-512 (README, "
         "Quickstart); `--config configs/quickstart_fast.yaml` trains a smaller UNet in about half of that, at lower "
         "quality"
