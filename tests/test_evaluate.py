@@ -668,3 +668,14 @@ def test_a_clean_mode_file_that_is_not_inception_is_refused_and_every_file_is_na
     assert names[0] == f"clean-fid Inception-V3 (inception-2015-12-05.pt, SHA-256 {digest})" and names[1] != names[0]
     with pytest.raises(ev.EvalError, match="this evaluation uses"):
         ev.check_reference({"mode": "clean", "feature_extractor": names[0]}, "reference", "clean", names[1])
+
+
+def test_metrics_of_two_models_in_one_folder_are_kept_apart_and_a_rerun_replaces_its_own(tmp_path):
+    """Probe: entries were keyed without the model, so a second model's FID with the same sampler replaced the
+    first model's in a shared ./eval/metrics.json."""
+    path = tmp_path / "metrics.json"
+    entry = {"sampler": "ddpm", "steps": 20, "num_samples": 40, "seed": 0, "reference": {}, "mode": "clean"}
+    ev.append_metrics(path, {**entry, "model": "user/a", "fid": 1.0}, [])
+    ev.append_metrics(path, {**entry, "model": "user/b", "fid": 2.0}, ev.read_metrics(path))
+    ev.append_metrics(path, {**entry, "model": "user/a", "fid": 3.0}, ev.read_metrics(path))
+    assert [(e["model"], e["fid"]) for e in ev.read_metrics(path)] == [("user/b", 2.0), ("user/a", 3.0)]
