@@ -5,11 +5,14 @@
       unet_ema/, unet_ema-<d>/   each EMA, the same way (unet_ema: --ema_max_decay; then --ema_extra_decays)
       optimizer.safetensors      the optimizer's state tensors; optimizer.json the rest (param groups)
       loss_weights.safetensors   the learned uncertainty weighting's log-variances (--loss_weighting learned only)
-      rng_state_<process>.json   Python, NumPy and torch (CPU and CUDA) generators of each process
       stream_state_<process>.json  a streamed source's position (--streaming only)
       training_config.json       the run's config and record
-      training_state.json        the record's counters, LR schedule, grad scaler, EMA counters, and the size of
-                                 every other file; its presence marks a complete checkpoint
+      training_state.json        the record's counters, grad scaler, EMA counters, and the size of every other
+                                 file; its presence marks a complete checkpoint
+
+No generator state and no LR schedule is saved: every draw of a step (flips, timesteps, noise, dropout) comes
+from generators seeded by (seed, micro-batch, process), and the learning rate is a function of the step, so
+both are rebuilt from the config at the resumed step.
 
 Nothing here is a pickle, so loading a checkpoint from anywhere cannot run code. Every file is checked
 whole before anything is restored, against what this version writes: JSON size and depth, keys, types and
@@ -19,15 +22,12 @@ The folder is staged (pipeline/files.py) by the main process; a write that fails
 partial folder and says so.
 """
 
-import base64
 import math
-import random
 import shutil
 import warnings
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
 from accelerate.utils import gather_object
 from safetensors import SafetensorError
@@ -151,7 +151,7 @@ def check_resume_compatible(config: TrainingConfig, checkpoint: Path, data: Opti
 
 
 # ---------------------------------------------------------------------------------------------
-# Pieces: tensors, generators, optimizer state
+# Pieces: tensors, optimizer state
 
 
 def _read_tensors(path: Path, expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -190,79 +190,6 @@ def save_unet_folder(unet, folder: Path, parameters: Optional[list] = None) -> N
     unet.save_config(folder)
     tensors = {name: tensor.detach().contiguous() for name, tensor in tensors.items()}
     save_file(tensors, folder / WEIGHTS_NAME, metadata={"format": "pt"})
-
-
-def _encode_bytes(tensor: torch.Tensor) -> str:
-    return base64.b64encode(tensor.cpu().numpy().tobytes()).decode("ascii")
-
-
-def _decode_bytes(text: str, size: int) -> torch.Tensor:
-    data = base64.b64decode(text, validate=True)
-    if len(data) != size:
-        raise ValueError(f"a generator state of {len(data)} bytes, expected {size}")
-    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
-
-
-def rng_state() -> dict:
-    """This process's random generators as JSON: Python, NumPy, torch CPU and (when present) CUDA."""
-    version, internal, gauss = random.getstate()
-    name, keys, position, has_gauss, cached = np.random.get_state()
-    state = {
-        "python": {"version": version, "state": list(internal), "gauss": gauss},
-        "numpy": {"name": name, "keys": keys.tolist(), "position": position, "has_gauss": has_gauss},
-        "torch": _encode_bytes(torch.get_rng_state()),
-    }
-    state["numpy"]["cached_gaussian"] = cached
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = [_encode_bytes(generator) for generator in torch.cuda.get_rng_state_all()]
-    return state
-
-
-def _words(values, count: int) -> tuple:
-    """`count` integers in [0, 2^32): a Mersenne twister's state words."""
-    if not isinstance(values, list) or len(values) != count:
-        raise ValueError(f"expected {count} state words")
-    if not all(isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**32 for value in values):
-        raise ValueError("state words must be integers in [0, 2^32)")
-    return tuple(values)
-
-
-def parse_rng_state(state: dict):
-    """`rng_state()` checked and decoded, ready for `set_rng_state`; raises ValueError, TypeError or KeyError when
-    it is malformed (a state word out of range, a cut generator, a cached Gaussian that is not a number)."""
-    python, numpy_state = state["python"], state["numpy"]
-    gauss, cached = python["gauss"], numpy_state["cached_gaussian"]
-    if not (gauss is None or isinstance(gauss, float)) or not isinstance(cached, float):
-        raise TypeError("cached Gaussians must be numbers")
-    if numpy_state["name"] != "MT19937" or numpy_state["has_gauss"] not in (0, 1):
-        raise ValueError("not a MT19937 state")
-    position = numpy_state["position"]
-    if isinstance(position, bool) or not isinstance(position, int) or not 0 <= position <= 624:
-        raise ValueError("the NumPy position must lie in [0, 624]")
-    python_words = _words(python["state"], 625)
-    if python["version"] != 3 or python_words[-1] > 624:
-        raise ValueError("not a Python version-3 generator state")
-    numpy_words = np.asarray(_words(numpy_state["keys"], 624), dtype=np.uint32)
-    torch_state = _decode_bytes(state["torch"], torch.get_rng_state().numel())
-    cuda = state.get("cuda") if torch.cuda.is_available() and torch.cuda.is_initialized() else None
-    if cuda is not None:
-        cuda = [_decode_bytes(text, len(own)) for text, own in zip(cuda, torch.cuda.get_rng_state_all(), strict=True)]
-    return (
-        (3, python_words, gauss),
-        ("MT19937", numpy_words, position, numpy_state["has_gauss"], cached),
-        torch_state,
-        cuda,
-    )
-
-
-def set_rng_state(parsed) -> None:
-    """Restore the generators of `parse_rng_state`."""
-    python, numpy_state, torch_state, cuda = parsed
-    random.setstate(python)
-    np.random.set_state(numpy_state)
-    torch.set_rng_state(torch_state)
-    if cuda:
-        torch.cuda.set_rng_state_all(cuda)
 
 
 def _optimizer_files(optimizer) -> tuple[dict, dict]:
@@ -351,17 +278,16 @@ def _optimizer_state_dict(optimizer, tensors_path: Path, rest_path: Path) -> dic
 
 def save_checkpoint(accelerator, parts, record: RunRecord, stream_state: Optional[dict] = None) -> Path:
     """Write checkpoint-<step> of `parts` (pipeline.train.TrainingParts) at `record.global_step`, staged, by the main
-    process (the other processes' generators and stream positions are gathered to it); prune old ones past
+    process (the other processes' stream positions are gathered to it); prune old ones past
     --checkpoints_total_limit."""
     config, ema = parts.config, parts.ema
     checkpoints_dir = Path(config.output_dir) / "checkpoints"
     final = checkpoints_dir / f"{CHECKPOINT_PREFIX}{record.global_step}"
-    states = gather_object([(rng_state(), stream_state)])
+    streams = gather_object([stream_state])
     if accelerator.is_main_process:
         try:
             with staged(final, folder=True) as partial:
-                for index, (generators, stream) in enumerate(states):
-                    write_json(partial / f"rng_state_{index}.json", generators)
+                for index, stream in enumerate(streams):
                     if stream is not None:
                         write_json(partial / f"stream_state_{index}.json", stream)
                 model = accelerator.unwrap_model(parts.unet, keep_fp32_wrapper=False, keep_torch_compile=False)
@@ -380,8 +306,6 @@ def save_checkpoint(accelerator, parts, record: RunRecord, stream_state: Optiona
                 }
                 state = {name: getattr(record, name) for name in COUNTERS}
                 state.update(
-                    num_processes=accelerator.num_processes,
-                    lr_scheduler=parts.lr_scheduler.state_dict(),
                     grad_scaler=accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
                     ema=ema.state() if ema is not None else None,
                     files={name: size for name, size in files.items() if (partial / name).is_file()},
@@ -421,7 +345,6 @@ def read_training_state(checkpoint: Path) -> dict:
     _count(path, state, "global_step", int)
     _count(path, state, "skipped_steps", int)
     _count(path, state, "train_seconds", (int, float), maximum=1e12)
-    _count(path, {"num_processes": state.get("num_processes", 1)}, "num_processes", int, maximum=1 << 20)
     if checkpoint.name.startswith(CHECKPOINT_PREFIX) and checkpoint.name[len(CHECKPOINT_PREFIX) :].isdigit():
         if state["global_step"] != checkpoint_step(checkpoint):
             raise CheckpointError(
@@ -438,7 +361,7 @@ def read_training_state(checkpoint: Path) -> dict:
         and all(isinstance(losses.get(key), (int, float)) and math.isfinite(losses[key]) for key in ("lowest", "last"))
     ):
         raise CheckpointError(f"{path}: losses must be null or hold finite 'lowest' and 'last', got {losses!r}")
-    for name in ("lr_scheduler", "ema", "grad_scaler"):
+    for name in ("ema", "grad_scaler"):
         if state.get(name) is not None and not isinstance(state.get(name), dict):
             raise CheckpointError(f"{path}: {name} must be an object, got {state.get(name)!r}")
     files = state.get("files")
@@ -458,7 +381,7 @@ def read_training_state(checkpoint: Path) -> dict:
 
 
 def load_checkpoint(checkpoint: Path, accelerator, parts, stream=None) -> dict:
-    """Restore `parts` (pipeline.train.TrainingParts), the generators and the stream position from `checkpoint`, every
+    """Restore `parts` (pipeline.train.TrainingParts) and the stream position from `checkpoint`, every
     file checked before anything changes; the settings of `parts.config` that differ from the checkpoint's are applied
     (see check_resume_compatible). Returns the record's counters. Raises CheckpointError naming the bad file."""
     state = read_training_state(checkpoint)
@@ -478,28 +401,12 @@ def load_checkpoint(checkpoint: Path, accelerator, parts, stream=None) -> dict:
     if parts.uncertainty is not None:
         loss_weights = _read_tensors(checkpoint / LOSS_WEIGHTS_FILE, parts.uncertainty.state_dict())
     try:
-        saved_schedule = {
-            key: value for key, value in (state.get("lr_scheduler") or {}).items() if key != "lr_lambdas"
-        }
-        template = {key: value for key, value in parts.lr_scheduler.state_dict().items() if key != "lr_lambdas"}
-        _like(template, saved_schedule, "lr_scheduler")  # (lr_lambdas: the schedule is rebuilt, never loaded)
-        if saved_schedule["last_epoch"] != state["global_step"]:
-            raise ValueError(f"lr_scheduler.last_epoch: {saved_schedule['last_epoch']}, not the step")
-        if saved_schedule["base_lrs"] != [group.get("initial_lr") for group in optimizer_state["param_groups"]]:
-            raise ValueError("lr_scheduler.base_lrs: not the optimizer's initial learning rates")
         if accelerator.scaler is not None and state.get("grad_scaler") is not None:
             _like(accelerator.scaler.state_dict(), state["grad_scaler"], "grad_scaler")
         if ema is not None:
             ema.check_state(state.get("ema"), [{name: stored[name] for name in names} for stored in averages])
     except (ValueError, TypeError, KeyError) as error:
         raise CheckpointError(f"{state_path}: malformed state ({error})") from None
-    rng_path = checkpoint / f"rng_state_{index}.json"
-    generators = None
-    if index < state.get("num_processes", 1):
-        try:
-            generators = parse_rng_state(read_json(rng_path, CheckpointError))
-        except (KeyError, ValueError, TypeError) as error:
-            raise CheckpointError(f"{rng_path}: malformed generator state ({type(error).__name__}: {error})") from None
     stream_path = checkpoint / f"stream_state_{index}.json"
     if stream is not None:
         stream_state = read_json(stream_path, CheckpointError)
@@ -518,28 +425,8 @@ def load_checkpoint(checkpoint: Path, accelerator, parts, stream=None) -> dict:
     for group in parts.optimizer.param_groups:  # the settings of this run; unchanged ones are the same values
         group.update(betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_epsilon,
                      weight_decay=config.adam_weight_decay, initial_lr=config.learning_rate)  # fmt: skip
-    position_lr_schedule(getattr(parts.lr_scheduler, "scheduler", parts.lr_scheduler), state["global_step"])
     if accelerator.scaler is not None and state.get("grad_scaler") is not None:
         accelerator.scaler.load_state_dict(state["grad_scaler"])
-    if generators is not None:
-        set_rng_state(generators)
-    else:
-        warnings.warn(
-            f"{checkpoint} was written by {state.get('num_processes')} process(es): process {index} starts its "
-            "dropout generator from the seed, so dropout draws differ from an uninterrupted run"
-        )
     if stream is not None:
         stream.load_state(stream_state)
     return {name: state.get(name) for name in COUNTERS}
-
-
-def position_lr_schedule(lr_scheduler, step: int) -> None:
-    """Put a LambdaLR (every schedule here is one) at optimizer step `step`: lr = base lr x lambda(step), as its own
-    step() computes it. The schedule is a pure function of the step, so a resume rebuilds it from the run's config
-    (a changed learning rate, schedule or budget applies from the resumed step on) instead of loading it."""
-    lr_scheduler.base_lrs = [group["initial_lr"] for group in lr_scheduler.optimizer.param_groups]
-    lr_scheduler.last_epoch, lr_scheduler._step_count = step, step + 1
-    rates = [base * schedule(step) for base, schedule in zip(lr_scheduler.base_lrs, lr_scheduler.lr_lambdas)]
-    for group, rate in zip(lr_scheduler.optimizer.param_groups, rates):
-        group["lr"] = rate
-    lr_scheduler._last_lr = rates

@@ -105,6 +105,14 @@ def lognormal_timesteps(alphas_cumprod: torch.Tensor, log_sigmas: torch.Tensor) 
     return torch.searchsorted(boundaries.to(log_sigmas.device), log_sigmas.double().contiguous())
 
 
+def draw_seed(seed: int, micro_batch_index: int, *spawn_key: int) -> int:
+    """A generator seed that is a pure function of the run's seed, the global micro-batch and `spawn_key` (the step's
+    draws use none; dropout, drawn from torch's global generator, uses (1, process)): what makes a resume exact
+    without any generator state in the checkpoint."""
+    sequence = np.random.SeedSequence([seed, micro_batch_index], spawn_key=spawn_key)
+    return int(sequence.generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
 def step_draws(
     config: TrainingConfig,
     micro_batch_index: int,
@@ -122,8 +130,7 @@ def step_draws(
     uniform ones: a noise level for each image and whether it keeps its uniform timestep instead
     (timestep_uniform_share), so the uniform draws, and the noise, stay what they are.
     """
-    seed = int(np.random.SeedSequence([config.seed, micro_batch_index]).generate_state(1, dtype=np.uint64)[0] >> 1)
-    generator = torch.Generator(device=device).manual_seed(seed)
+    generator = torch.Generator(device=device).manual_seed(draw_seed(config.seed, micro_batch_index))
     size, total = config.resolution, config.train_batch_size * num_processes
     flip = torch.rand(total, generator=generator, device=device) < 0.5
     timesteps = torch.randint(0, config.ddpm_num_steps, (total,), generator=generator, device=device)

@@ -1,7 +1,7 @@
 """The optimizer, the learning-rate schedule and the step budget."""
 
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from diffusers.optimization import get_scheduler
@@ -32,12 +32,17 @@ def build_optimizer(
     )
 
 
-def build_lr_scheduler(config: TrainingConfig, optimizer, total_steps: int):
-    """diffusers' schedules, and `cosine_with_min_lr` (a cosine down to --min_learning_rate) from transformers."""
+def lr_schedule(config: TrainingConfig, optimizer, total_steps: int) -> Callable[[int], float]:
+    """The learning rate of optimizer step `step` (from 0): a pure function of the step (EDM2's and nanoGPT's shape),
+    set before each step, so a resume rebuilds it from the config and a checkpoint holds no schedule. The shapes are
+    diffusers' schedules, and `cosine_with_min_lr` (a cosine down to --min_learning_rate) from transformers."""
     if config.lr_scheduler == "cosine_with_min_lr":
-        return get_cosine_with_min_lr_schedule_with_warmup(
+        shape = get_cosine_with_min_lr_schedule_with_warmup(
             optimizer, config.lr_warmup_steps, total_steps, min_lr=config.min_learning_rate
         )
-    return get_scheduler(
-        config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps, num_training_steps=total_steps
-    )
+    else:
+        shape = get_scheduler(
+            config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps, num_training_steps=total_steps
+        )
+    factor = shape.lr_lambdas[0]  # every schedule here is a LambdaLR: lr = base lr x factor(step)
+    return lambda step: config.learning_rate * factor(step)

@@ -26,7 +26,7 @@ import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import torch
@@ -48,7 +48,7 @@ from .checkpoint import (
 from .config import ConfigError, TrainingConfig
 from .data import DataError, DataSource, describe_prepared, open_source, prepare_training_images
 from .device import choose_precision, describe_device, device_facts, native_bf16
-from .diffusion import PSEUDO_HUBER_C, UncertaintyWeights, step_loss
+from .diffusion import PSEUDO_HUBER_C, UncertaintyWeights, draw_seed, step_loss
 from .ema import EMA, sampling_weights, unreached_decays
 from .errors import DIVERGED_EXIT, HubError, PipelineError, TrainingStopped
 from .evaluate import EVAL_LAYOUT, TrainingFid
@@ -63,7 +63,7 @@ from .model import (
     export_scheduler,
     load_teacher,
 )
-from .optim import build_lr_scheduler, build_optimizer, count_train_steps
+from .optim import build_optimizer, count_train_steps, lr_schedule
 from .record import RECORD_NAME, RunRecord, read_record, write_record
 from .sample import SamplingRequest, image_grid, sample_unet
 from .signals import StopRequest, StopRequested
@@ -106,7 +106,7 @@ class TrainingParts:
     model: torch.nn.Module  # the same UNet unwrapped, once: what grids, FID, checkpoints and exports read
     noise_scheduler: DDPMScheduler  # the forward process
     optimizer: torch.optim.Optimizer
-    lr_scheduler: Any
+    lr_schedule: Callable[[int], float]  # the learning rate of each optimizer step (optim.lr_schedule)
     ema: Optional[EMA]
     sampler: Any = None  # the scheduler the pipeline ships (model.export_scheduler); the grids sample with it too
     teacher: Optional[Teacher] = None  # a distillation's frozen teacher and its prediction type
@@ -186,12 +186,11 @@ def setup_accelerator(config: TrainingConfig) -> tuple[Accelerator, dict]:
         project_config=ProjectConfiguration(
             project_dir=str(output_dir), logging_dir=str(output_dir / config.logging_dir)
         ),
-        step_scheduler_with_optimizer=False,  # the LR schedule counts optimizer steps, whatever the process count
         dynamo_plugin=TorchDynamoPlugin(
             backend="inductor" if config.torch_compile else "no", mode=config.torch_compile_mode
         ),
     )
-    set_seed(config.seed, device_specific=True)  # dropout and sampling; the training draws come from step_draws
+    set_seed(config.seed)  # the UNet's initial weights; every draw of a step is seeded by the step (draw_seed)
     if accelerator.device.type == "cuda" and config.allow_tf32:
         torch.backends.cuda.matmul.allow_tf32 = True  # the fp32 parts (and fp32 runs such as the report preset)
         torch.backends.cudnn.allow_tf32 = True
@@ -294,7 +293,7 @@ def load_training_data(config: TrainingConfig, accelerator: Accelerator) -> Trai
 def build_training(
     config: TrainingConfig, accelerator: Accelerator, unet, total_steps: int, teacher: Optional[Teacher] = None
 ) -> TrainingParts:
-    """The UNet on the device, its noise scheduler, optimizer, LR schedule and EMA, prepared by Accelerate; for a
+    """The UNet on the device, its noise scheduler, optimizer (prepared by Accelerate), LR schedule and EMA; for a
     distillation the UNet starts from the teacher's weights, and the teacher (`teacher`, else loaded) is frozen."""
     if config.distill_teacher is not None:
         teacher = teacher or load_teacher(config)
@@ -307,7 +306,7 @@ def build_training(
         uncertainty = UncertaintyWeights(config.ddpm_num_steps).to(accelerator.device)
     trained = [*unet.parameters(), *(uncertainty.parameters() if uncertainty is not None else [])]
     optimizer = build_optimizer(config, trained, accelerator.device)
-    lr_scheduler = build_lr_scheduler(config, optimizer, total_steps)
+    schedule = lr_schedule(config, optimizer, total_steps)
     ema = None
     if config.use_ema:
         decays = [config.ema_max_decay, *config.ema_extra_decays]
@@ -319,11 +318,11 @@ def build_training(
                 f" averages with max decay {', '.join(f'{decay:g}' for decay in unreached)} will be identical; choose "
                 "max decays below it, or train longer"
             )
-    prepared, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+    prepared, optimizer = accelerator.prepare(unet, optimizer)
     model = accelerator.unwrap_model(prepared, keep_fp32_wrapper=False, keep_torch_compile=False)
     noise_scheduler, sampler = build_noise_scheduler(config), export_scheduler(config)
     return TrainingParts(
-        config, prepared, model, noise_scheduler, optimizer, lr_scheduler, ema, sampler, teacher, uncertainty
+        config, prepared, model, noise_scheduler, optimizer, schedule, ema, sampler, teacher, uncertainty
     )
 
 
@@ -335,12 +334,15 @@ def optimizer_step(
     accelerator: Accelerator, parts: TrainingParts, micro_batches: list[torch.Tensor], step: int
 ) -> StepOutcome:
     """Optimizer step `step` (from 0): forward and backward over the micro-batches, gradient clipping, then the
-    optimizer and EMA updates, or neither when the loss or the gradient is not finite; the LR schedule advances."""
+    optimizer and EMA updates at the step's learning rate, or neither when the loss or the gradient is not finite."""
     config, unet = parts.config, parts.unet
+    for group in parts.optimizer.param_groups:
+        group["lr"] = parts.lr_schedule(step)
     accumulation = len(micro_batches)
     losses = torch.zeros((), device=accelerator.device)
     for micro_step, batch in enumerate(micro_batches):
         index = step * accumulation + micro_step
+        torch.manual_seed(draw_seed(config.seed, index, 1, accelerator.process_index))  # dropout
         with nullcontext() if micro_step == accumulation - 1 else accelerator.no_sync(unet):  # one all-reduce a step
             processes = {"process_index": accelerator.process_index, "num_processes": accelerator.num_processes}
             loss = step_loss(
@@ -360,7 +362,6 @@ def optimizer_step(
         parts.optimizer.step()
         if parts.ema is not None:
             parts.ema.update(unet.parameters())
-    parts.lr_scheduler.step()
     parts.optimizer.zero_grad(set_to_none=True)
     return StepOutcome(losses / accumulation, grad_norm, applied)
 
@@ -524,7 +525,7 @@ def training_loop(accelerator, parts: TrainingParts, batches: Batches, record: R
 
             # log
             if step % config.logging_steps == 0 or is_last:
-                logs = {"loss": window.close(accelerator, record), "lr": parts.lr_scheduler.get_last_lr()[0]}
+                logs = {"loss": window.close(accelerator, record), "lr": parts.optimizer.param_groups[0]["lr"]}
                 logs.update(images_per_second=window.speeds[-1], skipped_steps=record.skipped_steps)
                 if parts.ema is not None:
                     logs["ema_decay"] = parts.ema.current_decays()[0]

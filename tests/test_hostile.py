@@ -166,11 +166,6 @@ def _scramble(path: Path):  # same size, so only the parser can tell
     path.write_bytes(bytes(reversed(path.read_bytes())))
 
 
-def _bad_generators(checkpoint: Path):  # valid JSON of the recorded size, wrong content
-    path = checkpoint / "rng_state_0.json"
-    path.write_text(json.dumps({"python": 1, "torch": "x"}).ljust(path.stat().st_size))
-
-
 TAMPERINGS = {
     "negative step": (
         lambda c: _set_state(c, global_step=-5),
@@ -198,7 +193,6 @@ TAMPERINGS = {
         "unet_ema/diffusion_pytorch_model.safetensors: not a readable safetensors file",
     ),
     "missing optimizer": (lambda c: (c / "optimizer.safetensors").unlink(), "optimizer.safetensors: missing"),
-    "bad generator state": (_bad_generators, "rng_state_0.json: malformed generator state"),
     "file outside": (lambda c: _set_state(c, files={"../../../etc/passwd": 1}), "names a file outside the checkpoint"),
 }
 

@@ -11,7 +11,7 @@ from pipeline.arguments import parse_config
 from pipeline.config import ConfigError, TrainingConfig
 from pipeline.diffusion import diffusion_loss, min_snr_weights, training_target
 from pipeline.model import build_noise_scheduler, build_unet, count_parameters
-from pipeline.optim import build_lr_scheduler, build_optimizer
+from pipeline.optim import build_optimizer, lr_schedule
 
 
 PRESETS = sorted((REPO / "configs").glob("*.yaml"))
@@ -197,12 +197,7 @@ def test_cosine_with_min_lr_schedule():
     """transformers' cosine with a floor, as the optimizer sees it: a linear warmup from 0, then a half cosine."""
     config = parse_config(["--learning_rate", "1e-3", "--min_learning_rate", "1e-5", "--lr_warmup_steps", "10"])
     optimizer = build_optimizer(config, [torch.nn.Parameter(torch.zeros(1))])
-    scheduler = build_lr_scheduler(config, optimizer, total_steps=110)
-    values = []
-    for _ in range(111):
-        values.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
+    values = [lr_schedule(config, optimizer, total_steps=110)(step) for step in range(111)]
 
     def cosine(step):
         return 1e-5 + (1e-3 - 1e-5) * 0.5 * (1 + math.cos(math.pi * (step - 10) / 100))

@@ -153,6 +153,6 @@ def test_two_processes_on_cpu_train_as_one_group(tmp_path):
     run = json.loads((tmp_path / "out" / "training_config.json").read_text())["run"]
     assert run["num_processes"] == 2 and run["images_per_step"] == 16  # the batch is per process
     checkpoint = tmp_path / "out" / "checkpoints" / "checkpoint-6"
-    assert (checkpoint / "rng_state_0.json").is_file() and (checkpoint / "rng_state_1.json").is_file()
+    assert (checkpoint / "training_state.json").is_file() and not list(checkpoint.glob("rng_state*"))  # reseeded
     assert result.stdout.count("Exported the DDPMPipeline") == 1  # only the main process exports
-    assert unet_weights(tmp_path / "out")
+    assert all(torch.isfinite(tensor).all() for tensor in unet_weights(tmp_path / "out").values())
