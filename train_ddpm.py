@@ -7,16 +7,8 @@
 Every option: python train_ddpm.py --help. The options live in pipeline/config.py.
 """
 
-from pipeline.arguments import parse_config
-from pipeline.errors import exit_on_error
-from pipeline.train import dry_run, train
-
-
-def main(argv=None) -> None:
-    with exit_on_error():
-        config = parse_config(argv)
-        dry_run(config) if config.dry_run else train(config)
+from pipeline.commands import train_main
 
 
 if __name__ == "__main__":
-    main()
+    train_main()

@@ -34,7 +34,7 @@ import numpy as np
 import scipy.linalg
 from common import RESULTS, machine
 
-from pipeline.evaluate import frechet_distance
+from pipeline.metrics import frechet_distance
 
 
 LOAD = """

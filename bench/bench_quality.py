@@ -42,7 +42,7 @@ import yaml
 from common import REPO, flops_per_image, machine
 from judge import Classifier, ResidualClassifier, accuracy, features, train_classifier
 
-from pipeline import evaluate as ev
+from pipeline import metrics
 from pipeline.config import TIMESTEP_SPACINGS, TrainingConfig
 from pipeline.device import sampling_dtype
 from pipeline.sample import CountingUNet, SamplingRequest, load_pipeline, sample_unet, to_uint8
@@ -406,13 +406,18 @@ def score(images: np.ndarray, judges: dict, inception=None) -> dict:
     result = {}
     for name, (network, reference, reference_features) in judges.items():
         sample_features = features(network, images)
-        result[f"fd_{name}"] = round(ev.frechet_distance(*ev.statistics(sample_features), *reference), 3)
-        result[f"kid_{name}"] = round(ev.kernel_inception_distance(sample_features, reference_features, seed=0), 5)
+        result[f"fd_{name}"] = round(metrics.frechet_distance(*metrics.statistics(sample_features), *reference), 3)
+        result[f"kid_{name}"] = round(
+            metrics.kernel_inception_distance(sample_features, reference_features, seed=0), 5
+        )
     if inception is not None:
         extractor, reference_inception = inception
-        inception_features = ev.extract_features(images, extractor, "clean")
+        inception_features = metrics.extract_features(images, extractor, "clean")
         result["fid"] = round(
-            ev.frechet_distance(*ev.statistics(inception_features), *ev.statistics(reference_inception)), 3
+            metrics.frechet_distance(
+                *metrics.statistics(inception_features), *metrics.statistics(reference_inception)
+            ),
+            3,
         )
     return result
 
@@ -632,7 +637,7 @@ def main() -> None:
     for name in JUDGES:
         network, accuracies[name] = judge(data, name)
         reference_features = features(network, data["test"])
-        judges[name] = (network, ev.statistics(reference_features), reference_features)
+        judges[name] = (network, metrics.statistics(reference_features), reference_features)
     regime = args.budget if args.data == "full" else f"{args.budget}-subset"
     if args.data == "full":
         source, pool = str(training_parquet(data)), data["train"]
@@ -642,8 +647,8 @@ def main() -> None:
     real = pool[rng.choice(len(pool), args.num_samples, replace=False)]
     inception = None
     if args.inception_weights:
-        extractor = ev.build_inception("clean", ev.find_weights("clean", args.inception_weights))
-        inception = (extractor, ev.extract_features(data["test"], extractor, "clean"))
+        extractor = inception.build_inception("clean", inception.find_weights("clean", args.inception_weights))
+        inception = (extractor, metrics.extract_features(data["test"], extractor, "clean"))
     results = load_results()
     floor = {**score(real, judges, inception), "what": f"{args.num_samples} real images of the training source"}
     mirrored = np.where(rng.random(len(real))[:, None, None, None] < 0.5, real[:, :, ::-1], real)

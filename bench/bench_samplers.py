@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import judge  # noqa: E402
 
-from pipeline import evaluate as ev  # noqa: E402
+from pipeline import inception, metrics  # noqa: E402
 from pipeline.sample import CountingUNet, generate, load_pipeline, make_sampler, to_uint8  # noqa: E402
 
 
@@ -64,11 +64,11 @@ def main():
 
     pixels, labels = load_fashion_mnist(Path(args.data))
     if args.inception_weights:
-        extractor = ev.build_inception("clean", ev.find_weights("clean", args.inception_weights))
+        extractor = inception.build_inception("clean", inception.find_weights("clean", args.inception_weights))
         measure, held_out_accuracy = "FID (clean-fid, Inception)", None
 
         def encode(images):
-            return ev.extract_features(images, extractor, "clean")
+            return metrics.extract_features(images, extractor, "clean")
     else:
         started = time.perf_counter()
         order = np.random.default_rng(0).permutation(len(pixels))  # 1,000 held out to report the accuracy
@@ -82,10 +82,10 @@ def main():
         def encode(images):
             return judge.features(network, images)
 
-    reference = ev.statistics(encode(pixels))
+    reference = metrics.statistics(encode(pixels))
     rng = np.random.default_rng(0)
     real_subset = pixels[rng.choice(len(pixels), args.num_images, replace=False)]
-    floor = ev.frechet_distance(*ev.statistics(encode(real_subset)), *reference)
+    floor = metrics.frechet_distance(*metrics.statistics(encode(real_subset)), *reference)
     print(
         f"{measure}: {args.num_images} training images against all {len(pixels)}: {floor:.3f} (the floor at this "
         "sample count)"
@@ -113,7 +113,7 @@ def main():
                     eta=options.get("eta", 0.0),
                 )
             seconds = time.perf_counter() - started
-            quality = ev.frechet_distance(*ev.statistics(encode(to_uint8(images))), *reference)
+            quality = metrics.frechet_distance(*metrics.statistics(encode(to_uint8(images))), *reference)
             row = {
                 "sampler": label,
                 "steps": steps,

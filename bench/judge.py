@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline import evaluate as ev  # noqa: E402
+from pipeline import metrics  # noqa: E402
 
 
 class Classifier(torch.nn.Module):
@@ -114,7 +114,7 @@ def accuracy(network: torch.nn.Module, pixels: np.ndarray, labels: np.ndarray) -
 
 def features(network: torch.nn.Module, images: np.ndarray) -> np.ndarray:
     """(N, 128) float64 hidden-layer features of uint8 (N, 28, 28, 1) images, in chunks of 1000."""
-    ev.check_images(images)
+    metrics.check_images(images)
     with torch.no_grad():
         chunks = [
             network.body(batch.permute(0, 3, 1, 2).float() / 255) for batch in torch.from_numpy(images).split(1000)

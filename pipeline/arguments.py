@@ -23,8 +23,11 @@ from pathlib import Path
 from typing import Optional
 
 import yaml
+from accelerate.commands.config.config_args import default_config_file
+from accelerate.commands.launch import launch_command_parser
 
 from .config import FIELDS, TYPES, ConfigError, TrainingConfig, load_preset, settle_pairs
+from .hub import use_token
 
 
 # The diffusers example's flag -> ours, same meaning
@@ -149,9 +152,6 @@ def launcher_mixed_precision() -> Optional[str]:
     arguments = _accelerate_launch_arguments() if value is not None else None
     if arguments is None:  # not launched, or the launcher cannot be seen: a value other than its default was asked for
         return value if value != "no" else None
-    from accelerate.commands.config.config_args import default_config_file
-    from accelerate.commands.launch import launch_command_parser
-
     launched, _ = launch_command_parser().parse_known_args(arguments)
     if launched.mixed_precision is not None:
         return launched.mixed_precision
@@ -178,8 +178,6 @@ def given_flags(argv: list[str]) -> tuple[dict, Optional[str]]:
 def parse_config(argv: Optional[list[str]] = None, recipe: Optional[dict] = None) -> TrainingConfig:
     """Resolve the configuration from `--config`, a command's own `recipe` (pipeline.distill's: over the preset,
     under the flags), the flags and the launcher. Raises ConfigError."""
-    from .hub import use_token
-
     given, token = given_flags(sys.argv[1:] if argv is None else argv)
     if token is not None:
         use_token(token)

@@ -14,6 +14,7 @@ from typing import Optional
 import datasets
 import numpy as np
 import torch
+from datasets.distributed import split_dataset_by_node
 
 from .config import TrainingConfig
 from .data import (
@@ -99,8 +100,6 @@ class StreamedBatches:
     num_images = None  # a stream has no known length
 
     def __init__(self, config: TrainingConfig, process_index: int = 0, num_processes: int = 1, device="cpu"):
-        from datasets.distributed import split_dataset_by_node
-
         source = DataSource.from_config(config)
         stream = load_dataset_source(source, streaming=True)
         if stream.features is None:

@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .config import TrainingConfig
-from .errors import DataError, exit_on_error
+from .errors import DataError
 from .files import staged, write_failure
 
 
@@ -577,26 +577,7 @@ def describe_prepared(summary: dict) -> str:
     return text + (f"; {describe_skipped(summary)}" if summary["files_skipped"] else "")
 
 
-# ---------------------------------------------------------------------------------------------
-# Command line: python -m pipeline.data prepare [training flags]
-
-
-def main(argv: Optional[list[str]] = None) -> None:
-    from .arguments import parse_config  # the training command line; only commands read it
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] != "prepare":
-        print(
-            "usage: python -m pipeline.data prepare [--config PRESET] [training flags, e.g. --train_data_dir DIR]",
-            file=sys.stderr,
-        )
-        sys.exit(2)
-    with exit_on_error():
-        prepared = prepare_training_images(parse_config(argv[1:]))
-    print(describe_prepared(prepared.summary))
-    if not prepared.summary["from_cache"]:
-        print(f"Cache: {prepared.summary['cache']}")
-
-
 if __name__ == "__main__":
-    main()
+    from pipeline.commands import data_main  # the command line lives in pipeline/commands.py
+
+    data_main()

@@ -15,17 +15,13 @@ the teacher's EMA weights and learns the consistency function of its sampling OD
 Any training flag replaces the recipe below or the teacher's (`--max_train_steps`, `--learning_rate`, ...).
 """
 
-import argparse
-import dataclasses
-import sys
 from pathlib import Path
-from typing import Optional
 
-from .arguments import given_flags, parse_config
-from .errors import ConfigError, exit_on_error
+from diffusers import DDPMPipeline
+
+from .errors import ConfigError
 from .model import saved_schedule
 from .record import RECORD_NAME, read_record
-from .train import train
 
 
 # The distillation recipe on top of the teacher's, chosen with bench/bench_distill.py (bench/README.md)
@@ -59,8 +55,6 @@ def teacher_folder(teacher: str) -> Path:
     """A local folder of the teacher: as given, or a Hub id fetched into the Hugging Face cache."""
     if Path(teacher).exists():
         return Path(teacher)
-    from diffusers import DDPMPipeline
-
     try:
         return Path(DDPMPipeline.download(teacher))
     except (OSError, ValueError) as error:
@@ -69,38 +63,23 @@ def teacher_folder(teacher: str) -> Path:
         ) from None
 
 
-def distill_config(teacher: str, output_dir: str, steps: int, flags: list[str]):
-    """The training configuration of a distillation: the teacher's recipe, this module's, then the user's flags."""
-    folder = teacher_folder(teacher)
+def recipe(folder: Path, output_dir: str, steps: int) -> tuple[list[str], dict]:
+    """The preset flags (the teacher's training record, when it has one) and the values this recipe sets over them,
+    for pipeline.commands.distill_config, which puts the user's flags on top."""
     values = {**RECIPE, "distill_teacher": str(folder), "output_dir": output_dir, "grid_inference_steps": steps}
     values["fid_inference_steps"] = steps
     if (folder / RECORD_NAME).is_file():
         saved = read_record(folder / RECORD_NAME)
         images = saved.run.global_step * saved.run.images_per_step  # half the teacher's training images
         values["max_train_steps"] = max(1, images // 2 // saved.config.global_batch_size(1))
-        preset = ["--config", str(folder / RECORD_NAME)]
-    else:  # a teacher without its training record (from the Hub): its UNet and scheduler configs say what it is
-        schedule = {name: value for name, value in saved_schedule(folder).items() if name != "prediction_type"}
-        values.update(model_config_name_or_path=str(folder / "unet"), max_train_steps=400, **schedule)
-        preset = []
-    config = parse_config([*preset, *flags], recipe=values)
-    if "distill_reparam_steps" in given_flags(flags)[0]:
-        return config
-    budget = config.max_train_steps or values["max_train_steps"]
-    return dataclasses.replace(config, distill_reparam_steps=budget // REPARAMETERISATION_SHARE)
-
-
-def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.distill", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--teacher", required=True, help="A training output folder, a saved DDPMPipeline or a Hub id.")
-    parser.add_argument("--output_dir", required=True, help="Where the student, its checkpoints and grids go.")
-    parser.add_argument(
-        "--steps", type=int, default=4, help="Sampler steps the student is distilled for (grids, card)."
-    )
-    args, flags = parser.parse_known_args(argv)
-    with exit_on_error():
-        train(distill_config(args.teacher, args.output_dir, args.steps, flags))
+        return ["--config", str(folder / RECORD_NAME)], values
+    # a teacher without its training record (from the Hub): its UNet and scheduler configs say what it is
+    schedule = {name: value for name, value in saved_schedule(folder).items() if name != "prediction_type"}
+    values.update(model_config_name_or_path=str(folder / "unet"), max_train_steps=400, **schedule)
+    return [], values
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    from pipeline.commands import distill_main  # the command line lives in pipeline/commands.py
+
+    distill_main()

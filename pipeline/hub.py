@@ -10,19 +10,19 @@ grids. It names no path of the training machine. The upload sends what a user of
 asked for with --include.
 """
 
-import argparse
 import dataclasses
 import os
 import stat
-import sys
 from pathlib import Path
 from typing import Optional
 
+from httpx2 import HTTPError  # huggingface_hub's HTTP client
 from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData, get_token
 from huggingface_hub.errors import HfHubHTTPError
+from huggingface_hub.utils import filter_repo_objects
 
 from .config import HUB_ID
-from .errors import HubError, exit_on_error
+from .errors import HubError
 from .files import read_json, write_text
 from .record import RECORD_NAME, read_record
 
@@ -256,7 +256,7 @@ def write_card(output_dir: Path, repo_id: Optional[str] = None) -> Path:
 # The upload
 
 
-def _regular_files(output_dir: Path) -> tuple[list[str], list[str]]:
+def regular_files(output_dir: Path) -> tuple[list[str], list[str]]:
     """Relative paths of the regular files under `output_dir`, and what was left out and why: symbolic links (to
     files or folders, which could point anywhere), hard links (a second name of a file that may live outside),
     anything that is not a regular file (FIFOs, devices, sockets), names starting with "." (.git, .env, staging
@@ -295,9 +295,7 @@ def _regular_files(output_dir: Path) -> tuple[list[str], list[str]]:
 def files_to_upload(output_dir: Path, include: tuple[str, ...] = ()) -> list[str]:
     """Exactly the files the upload sends: regular files inside the folder (no links, no dot-files) that match
     the upload patterns (`fnmatch`, as huggingface_hub matches them) or `include`."""
-    from huggingface_hub.utils import filter_repo_objects
-
-    files, _ = _regular_files(Path(output_dir))
+    files, _ = regular_files(Path(output_dir))
     return list(filter_repo_objects(files, allow_patterns=UPLOAD_PATTERNS + list(include)))
 
 
@@ -338,8 +336,6 @@ def push_to_hub(
         raise HubError(
             "no Hugging Face token: set HF_TOKEN or run `hf auth login`, then push again; nothing was uploaded"
         )
-    from httpx2 import HTTPError  # huggingface_hub's HTTP client
-
     api = api or HfApi()
     has_record = (output_dir / RECORD_NAME).is_file()
     step = read_record(output_dir / RECORD_NAME).run.global_step if has_record else None
@@ -380,35 +376,7 @@ def push_to_hub(
     return repo_id
 
 
-def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.hub", description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    card = commands.add_parser("card", help="Write the model card (README.md) of an output folder.")
-    card.add_argument("--output_dir", required=True)
-    card.add_argument("--hub_model_id", help="The repository id the card's usage example names.")
-    push = commands.add_parser("push", help="Upload an output folder's pipeline, card, samples and metrics.")
-    push.add_argument("--output_dir", required=True)
-    push.add_argument(
-        "--hub_model_id", help="'user/name' or 'name'; default: the folder's name, under the token's user."
-    )
-    push.add_argument("--private", action="store_true", help="Create the repository private.")
-    push.add_argument(
-        "--include", nargs="*", default=[], help="More patterns to upload, e.g. 'checkpoints/*' or 'logs/*'."
-    )
-    push.add_argument("--dry_run", action="store_true", help="List the files that would be uploaded; upload nothing.")
-    args = parser.parse_args(argv)
-    output_dir = Path(args.output_dir)
-    with exit_on_error():
-        if args.command == "card":
-            print(f"model card -> {write_card(output_dir, args.hub_model_id)}")
-        elif args.dry_run:
-            print("\n".join(files_to_upload(output_dir, tuple(args.include))))
-            _, left_out = _regular_files(output_dir)
-            if left_out:
-                print(f"never uploaded: {', '.join(left_out)}", file=sys.stderr)
-        else:
-            push_to_hub(output_dir, args.hub_model_id, args.private, tuple(args.include))
-
-
 if __name__ == "__main__":
-    main()
+    from pipeline.commands import hub_main  # the command line lives in pipeline/commands.py
+
+    hub_main()

@@ -4,12 +4,10 @@
 numbered PNGs, a grid and `samples.json` (what was run, how long it took) into a folder.
 """
 
-import argparse
 import inspect
 import math
-import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -19,9 +17,8 @@ from diffusers import DDIMScheduler, DDPMPipeline
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .config import MAX_TIMESTEPS, SAMPLERS, TIMESTEP_SPACINGS
 from .device import sampling_dtype
-from .errors import SampleError, exit_on_error
+from .errors import SampleError
 from .files import FILE, read_json, refuse_foreign, staged, write_json
 from .model import check_model_folder, make_sampler
 from .record import RECORD_NAME, read_record
@@ -105,7 +102,8 @@ def generate(
 @dataclass
 class SamplingRequest:
     """What to sample and how: one request type for `pipeline.sample`, `pipeline.evaluate fid`, the
-    training grids and FID during training. Invalid values raise SampleError naming the field."""
+    training grids and FID during training. Its values are checked where they come from: the command line
+    (pipeline.commands) or the config's fields."""
 
     sampler: str = "ddpm"
     steps: int = 100  # sampler steps (model evaluations per image for every sampler here)
@@ -120,26 +118,7 @@ class SamplingRequest:
     noise_on_device: bool = False  # generators on the device: no per-step copies, other numbers than the CPU's
 
     def __post_init__(self):
-        if self.sampler not in SAMPLERS:
-            raise SampleError(f"sampler: unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
-        for name, limit in (("steps", MAX_TIMESTEPS), ("num_images", MAX_IMAGES), ("batch_size", 4096)):
-            if not 1 <= getattr(self, name) <= limit:
-                raise SampleError(f"{name}: must be at least 1 and at most {limit:,}, got {getattr(self, name)}")
-        if self.eta < 0:
-            raise SampleError(f"eta: must be >= 0, got {self.eta}")
-        if self.eta and self.sampler != "ddim":
-            raise SampleError("eta: applies to the ddim sampler only")
-        if self.solver_order not in (2, 3):
-            raise SampleError(f"solver_order: DPM-Solver++ runs at order 2 or 3, not {self.solver_order}")
-        if self.timestep_spacing is not None and self.timestep_spacing not in TIMESTEP_SPACINGS:
-            raise SampleError(
-                f"timestep_spacing: choose one of {', '.join(TIMESTEP_SPACINGS)}, not {self.timestep_spacing!r}"
-            )
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise SampleError(f"device: {self.device} asked for, but this machine has no CUDA GPU; use --device cpu")
-        if self.dtype not in (*DTYPES, "auto"):
-            raise SampleError(f"dtype: choose one of auto, {', '.join(DTYPES)}, not {self.dtype!r}")
-        self.dtype = sampling_dtype(self.dtype, self.device)
+        self.dtype = sampling_dtype(self.dtype, self.device)  # auto -> what the device computes natively
 
     def check_steps(self, num_train_timesteps: int) -> None:
         if self.steps > num_train_timesteps:
@@ -154,51 +133,6 @@ class SamplingRequest:
             "eta": self.eta if self.sampler == "ddim" else None,
             "solver_order": self.solver_order if "dpmsolver++" in self.sampler else None,
         }
-
-
-SAMPLING_FIELDS = [item.name for item in fields(SamplingRequest)]
-
-
-def add_sampling_arguments(parser: argparse.ArgumentParser, num_images: int = 64, batch_size: int = 64) -> None:
-    """The sampling flags, shared by `pipeline.sample` and `pipeline.evaluate fid`."""
-    parser.add_argument("--num_images", type=int, default=num_images)
-    parser.add_argument("--batch_size", type=int, default=batch_size)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--sampler",
-        default=None,
-        choices=SAMPLERS,
-        help="Default: the sampler the model's training run used for its grids (its preset's, chosen by measurement "
-        "in bench/README.md), else ddpm.",
-    )
-    parser.add_argument(
-        "--steps",
-        type=int,
-        default=None,
-        help="Model evaluations per image; default: the default sampler's, else 100.",
-    )
-    parser.add_argument("--eta", type=float, default=0.0, help="DDIM only: 0 deterministic, 1 ancestral-like.")
-    parser.add_argument("--solver_order", type=int, default=2, choices=(2, 3), help="DPM-Solver++ only.")
-    parser.add_argument(
-        "--timestep_spacing",
-        default=None,
-        choices=TIMESTEP_SPACINGS,
-        help="How the sampler spaces its steps over the T training steps; default: the spacing saved with the model. "
-        "trailing starts every sampler at t = T - 1, where the initial noise belongs: few-step samplers need it.",
-    )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument(
-        "--dtype",
-        default="auto",
-        choices=("auto", *DTYPES),
-        help="The UNet's dtype. auto: bf16 where the device computes it natively (a GPU with bf16, a CPU with AMX or "
-        "AVX512-BF16), fp16 on other GPUs, else fp32; images then differ slightly between such machines.",
-    )
-    parser.add_argument(
-        "--noise_on_device",
-        action="store_true",
-        help="Draw the noise on --device (faster on a GPU; the images then differ from the CPU-drawn ones).",
-    )
 
 
 def default_sampler(model: Optional[str]) -> tuple[str, int]:
@@ -217,18 +151,6 @@ def default_sampler(model: Optional[str]) -> tuple[str, int]:
         if scheduler.get("_class_name") == "LCMScheduler":
             return "lcm", 4
     return "ddpm", 100
-
-
-def sampling_request(args: argparse.Namespace, model: Optional[str] = None) -> SamplingRequest:
-    """The request that the flags of `add_sampling_arguments` describe; a sampler or steps not given are the
-    model's default (see default_sampler)."""
-    values = {name: getattr(args, name) for name in SAMPLING_FIELDS}
-    sampler, steps = default_sampler(model)
-    if values["sampler"] is None:
-        values["sampler"] = sampler
-    if values["steps"] is None:
-        values["steps"] = steps if values["sampler"] == sampler else 100
-    return SamplingRequest(**values)
 
 
 def sample_unet(unet, scheduler_config: dict, request: SamplingRequest, progress: bool = False) -> np.ndarray:
@@ -358,30 +280,7 @@ def write_samples(pixels: np.ndarray, info: dict, output_dir: Path, grid_images:
         write_json(staging / "samples.json", info)
 
 
-def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.sample", description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--model", required=True, help="Training output folder (or any saved DDPMPipeline) or a Hub id."
-    )
-    parser.add_argument("--output_dir", required=True, help="Folder for the PNGs, grid.png and samples.json.")
-    parser.add_argument(
-        "--grid_images", type=int, default=64, help="How many of the images go into grid.png (0: no grid)."
-    )
-    add_sampling_arguments(parser)
-    args = parser.parse_args(argv)
-    with exit_on_error():
-        check_samples_folder(Path(args.output_dir))
-        request = sampling_request(args, args.model)
-        batches = math.ceil(request.num_images / request.batch_size)
-        print(f"Sampling {request.num_images:,} images: {batches:,} batches of up to {request.batch_size}, "
-              f"{request.steps} {request.sampler} steps each", file=sys.stderr)  # fmt: skip
-        pixels, info = sample_images(args.model, request)
-        write_samples(pixels, info, Path(args.output_dir), args.grid_images)
-    print(
-        f"{info['num_images']} images in {info['seconds']} s ({info['images_per_second']} images/s, "
-        f"{info['model_evaluations_per_image']:g} model evaluations each) -> {args.output_dir}"
-    )
-
-
 if __name__ == "__main__":
-    main()
+    from pipeline.commands import sample_main  # the command line lives in pipeline/commands.py
+
+    sample_main()

@@ -12,6 +12,7 @@
 
 import dataclasses
 import hashlib
+import importlib.metadata
 import importlib.util
 import json
 import logging
@@ -51,9 +52,10 @@ from .device import choose_precision, describe_device, device_facts, native_bf16
 from .diffusion import PSEUDO_HUBER_C, UncertaintyWeights, draw_seed, step_loss
 from .ema import EMA, sampling_weights, unreached_decays
 from .errors import DIVERGED_EXIT, HubError, PipelineError, TrainingStopped
-from .evaluate import EVAL_LAYOUT, TrainingFid
+from .evaluate import EVAL_LAYOUT
 from .files import ANYTHING, FILE, FolderLock, refuse_foreign, remove, staged, write_failure, write_json, write_text
 from .hub import describe_data_origin, hub_token, push_to_hub, write_card
+from .metrics import TrainingFid
 from .model import (
     Teacher,
     build_noise_scheduler,
@@ -392,7 +394,7 @@ def log_images(accelerator: Accelerator, images, step: int) -> None:
         if tracker.name == "tensorboard":
             tracker.log_images({"samples": images}, step=step, dataformats="NHWC")
         elif tracker.name == "wandb":
-            import wandb
+            import wandb  # an optional tracker: imported only where it is used
 
             tracker.log({"samples": [wandb.Image(image) for image in images]}, step=step)
 
@@ -814,10 +816,6 @@ def run_training(
 
 def describe_environment(accelerator: Accelerator) -> dict:
     """The hardware, processes, threads and versions a run records."""
-    import accelerate
-    import datasets
-    import diffusers
-
     if accelerator.device.type == "cuda":
         hardware = f"{accelerator.num_processes} x {torch.cuda.get_device_name(accelerator.device)}"
     else:
@@ -826,9 +824,7 @@ def describe_environment(accelerator: Accelerator) -> dict:
     versions = {
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "accelerate": accelerate.__version__,
-        "datasets": datasets.__version__,
+        **{package: importlib.metadata.version(package) for package in ("diffusers", "accelerate", "datasets")},
     }
     return {
         "hardware": hardware,

@@ -10,8 +10,8 @@ from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 
 from conftest import TINY
+from pipeline.commands import distill_config
 from pipeline.config import ConfigError, TrainingConfig
-from pipeline.distill import distill_config
 from pipeline.train import train
 
 

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from conftest import TINY, TinyFeatures
+from pipeline import commands, inception, metrics
 from pipeline import evaluate as ev
 from pipeline.config import TrainingConfig
 from pipeline.data import prepare_training_images
@@ -58,7 +59,7 @@ def independent_fid(features1, features2):
 
 
 def features_of(images, mode="clean"):
-    return ev.extract_features(images, TinyFeatures(), mode, batch_size=32)
+    return metrics.extract_features(images, TinyFeatures(), mode, batch_size=32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -77,23 +78,25 @@ def test_frechet_distance_matches_scipy_sqrtm_on_random_spd_matrices(size):
         + np.trace(sigma2)
         - 2 * np.trace(scipy.linalg.sqrtm(sigma1 @ sigma2)).real
     )
-    assert ev.frechet_distance(mu1, sigma1, mu2, sigma2) == pytest.approx(expected, rel=1e-6)
+    assert metrics.frechet_distance(mu1, sigma1, mu2, sigma2) == pytest.approx(expected, rel=1e-6)
 
 
 def test_frechet_distance_of_rank_deficient_covariances_is_finite_and_symmetric():
     rng = np.random.default_rng(1)
     features1, features2 = rng.normal(size=(10, 64)), rng.normal(size=(10, 64)) + 0.5  # 10 samples, 64 dimensions
-    forward = ev.frechet_distance(*ev.statistics(features1), *ev.statistics(features2))
-    backward = ev.frechet_distance(*ev.statistics(features2), *ev.statistics(features1))
+    forward = metrics.frechet_distance(*metrics.statistics(features1), *metrics.statistics(features2))
+    backward = metrics.frechet_distance(*metrics.statistics(features2), *metrics.statistics(features1))
     assert np.isfinite(forward) and forward > 0
     assert forward == pytest.approx(backward, rel=1e-9)
     # the square roots of the null space's rounding noise (~1e-15) add up to ~1e-6 against a trace of ~64
-    assert ev.frechet_distance(*ev.statistics(features1), *ev.statistics(features1)) == pytest.approx(0, abs=1e-5)
+    assert metrics.frechet_distance(*metrics.statistics(features1), *metrics.statistics(features1)) == pytest.approx(
+        0, abs=1e-5
+    )
 
 
 def test_statistics_of_different_sizes_are_refused():
     with pytest.raises(ev.EvalError, match="different sizes"):
-        ev.frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+        metrics.frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -104,16 +107,16 @@ def test_fid_of_a_set_with_itself_is_zero_and_a_shifted_set_is_far(garments):
     pixels, brighter = garments
     real = features_of(pixels)
     assert real.dtype == np.float64 and real.shape == (80, 32)
-    assert ev.frechet_distance(*ev.statistics(real), *ev.statistics(real)) == pytest.approx(0, abs=1e-6)
-    halves = ev.frechet_distance(*ev.statistics(real[:40]), *ev.statistics(real[40:]))
-    shifted = ev.frechet_distance(*ev.statistics(real), *ev.statistics(features_of(brighter)))
+    assert metrics.frechet_distance(*metrics.statistics(real), *metrics.statistics(real)) == pytest.approx(0, abs=1e-6)
+    halves = metrics.frechet_distance(*metrics.statistics(real[:40]), *metrics.statistics(real[40:]))
+    shifted = metrics.frechet_distance(*metrics.statistics(real), *metrics.statistics(features_of(brighter)))
     assert shifted > 5 * halves > 0
 
 
 def test_fid_equals_an_independent_float64_computation_on_the_same_features(garments):
     pixels, brighter = garments
     real, bright = features_of(pixels), features_of(brighter)
-    ours = ev.frechet_distance(*ev.statistics(real), *ev.statistics(bright))
+    ours = metrics.frechet_distance(*metrics.statistics(real), *metrics.statistics(bright))
     assert ours == pytest.approx(independent_fid(real, bright), rel=1e-6)
 
 
@@ -138,7 +141,9 @@ def test_fid_equals_clean_fids_own_folder_computation(garments, tmp_path, mode):
         device=torch.device("cpu"),
         verbose=False,
     )
-    ours = ev.frechet_distance(*ev.statistics(features_of(pixels, mode)), *ev.statistics(features_of(brighter, mode)))
+    ours = metrics.frechet_distance(
+        *metrics.statistics(features_of(pixels, mode)), *metrics.statistics(features_of(brighter, mode))
+    )
     assert ours == pytest.approx(theirs, rel=1e-5)
 
 
@@ -157,9 +162,9 @@ def test_wrongly_laid_out_images_never_reach_the_extractor(garments):
 def test_kid_is_reproducible_and_orders_sets(garments):
     pixels, brighter = garments
     real, bright = features_of(pixels), features_of(brighter)
-    same = ev.kernel_inception_distance(real[:40], real[40:], seed=3)
-    assert same == ev.kernel_inception_distance(real[:40], real[40:], seed=3)
-    assert ev.kernel_inception_distance(real, bright, seed=3) > same + 1e-3
+    same = metrics.kernel_inception_distance(real[:40], real[40:], seed=3)
+    assert same == metrics.kernel_inception_distance(real[:40], real[40:], seed=3)
+    assert metrics.kernel_inception_distance(real, bright, seed=3) > same + 1e-3
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,7 +176,7 @@ def test_missing_weights_without_network_stop_with_a_message_naming_the_file(tmp
     torch.hub.set_dir(str(tmp_path / "hub"))
     try:
         with pytest.raises(ev.EvalError) as raised:
-            ev.find_weights("legacy_pytorch", url="http://127.0.0.1:9/pt_inception-2015-12-05-6726825d.pth")
+            inception.find_weights("legacy_pytorch", url="http://127.0.0.1:9/pt_inception-2015-12-05-6726825d.pth")
     finally:
         torch.hub.set_dir(previous)
     message = str(raised.value)
@@ -180,12 +185,12 @@ def test_missing_weights_without_network_stop_with_a_message_naming_the_file(tmp
     assert not list((tmp_path / "hub" / "checkpoints").iterdir())  # no partial file left behind
 
 
-@pytest.mark.parametrize("mode", ev.MODES)
+@pytest.mark.parametrize("mode", metrics.MODES)
 def test_corrupt_weights_are_refused_with_a_clear_message(tmp_path, mode):
     corrupt = tmp_path / "weights.bin"
     corrupt.write_bytes(np.random.default_rng(0).bytes(4096))
     with pytest.raises(ev.EvalError, match="is not a usable .*download .* again"):
-        ev.build_inception(mode, corrupt)
+        inception.build_inception(mode, corrupt)
 
 
 def run_module(*args, check=True):
@@ -251,12 +256,12 @@ def test_sample_command_writes_pngs_grid_and_record_and_is_seeded(tiny_pipeline,
     "argv, message",
     [
         (["--sampler", "ddpm", "--eta", "1"], "error: eta: applies to the ddim sampler only"),
-        (["--steps", "0"], "error: steps: must be at least 1"),
+        (["--steps", "0"], "error: argument --steps: must be at least 1"),
         (["--sampler", "euler"], "invalid choice"),
     ],
 )
 def test_sample_command_refuses_bad_options_before_loading_anything(tmp_path, capsys, argv, message):
-    from pipeline.sample import main
+    from pipeline.commands import sample_main as main
 
     with pytest.raises(SystemExit) as stopped:
         main(["--model", str(tmp_path / "nowhere"), "--output_dir", str(tmp_path / "out"), *argv])
@@ -265,7 +270,7 @@ def test_sample_command_refuses_bad_options_before_loading_anything(tmp_path, ca
 
 
 def test_sample_command_names_a_folder_that_is_not_a_pipeline(tmp_path, capsys):
-    from pipeline.sample import main
+    from pipeline.commands import sample_main as main
 
     with pytest.raises(SystemExit) as stopped:
         main(["--model", str(tmp_path), "--output_dir", str(tmp_path / "out")])
@@ -306,7 +311,7 @@ def test_every_sampler_runs_from_the_saved_scheduler(tiny_pipeline, sampler, ext
 
 
 def evaluate_args(*extra):
-    return ev.parse_args(
+    return commands.parse_evaluate_args(
         [
             "fid",
             "--device",
@@ -326,7 +331,7 @@ def evaluate_args(*extra):
 
 def test_evaluate_command_end_to_end_with_saved_reference_statistics(tiny_pipeline, tmp_path):
     stats = tmp_path / "reference.npz"
-    reference_args = ev.parse_args(
+    reference_args = commands.parse_evaluate_args(
         [
             "reference",
             "--model",
@@ -460,7 +465,8 @@ def test_the_stochastic_dpm_solver_runs_through_the_stock_ddpm_pipeline_with_the
 def test_timestep_spacing_overrides_the_saved_one_for_sampling_only(tiny_pipeline, tmp_path):
     """--timestep_spacing replaces the spacing the model saved (trailing starts the sampler at t = T - 1, leading
     below it); pipeline.sample records it, and a bad value is refused before anything is sampled."""
-    from pipeline.sample import SampleError, SamplingRequest, load_pipeline, main, make_sampler, sample_unet
+    from pipeline.commands import sample_main as main
+    from pipeline.sample import SamplingRequest, load_pipeline, make_sampler, sample_unet
 
     pipeline = load_pipeline(str(tiny_pipeline))
     saved = dict(pipeline.scheduler.config)
@@ -481,8 +487,9 @@ def test_timestep_spacing_overrides_the_saved_one_for_sampling_only(tiny_pipelin
         other_images, sample_unet(pipeline.unet, {**saved, "timestep_spacing": other}, request(None))
     )
     assert not np.array_equal(saved_images, other_images)
-    with pytest.raises(SampleError, match="timestep_spacing: choose one of leading, trailing, linspace"):
-        request("uniform")
+    with pytest.raises(SystemExit):  # argparse's choices: refused before anything is loaded
+        main(["--model", str(tiny_pipeline), "--output_dir", str(tmp_path / "bad"), "--timestep_spacing", "uniform"])
+    assert not (tmp_path / "bad").exists()
     main(["--model", str(tiny_pipeline), "--output_dir", str(tmp_path / "out"), "--num_images", "2", "--steps", "2",
           "--timestep_spacing", other])  # fmt: skip
     assert json.loads((tmp_path / "out" / "samples.json").read_text())["timestep_spacing"] == other
@@ -507,16 +514,14 @@ def test_noise_drawn_on_the_device_keeps_images_independent_of_the_batch_size(ti
 def test_the_default_sampler_is_the_one_the_training_run_chose(tiny_pipeline, tmp_path):
     """Without --sampler, pipeline.sample and pipeline.evaluate use the model's recorded grid sampler (its preset's,
     chosen by measurement); a folder without a training record falls back to the DDPM chain at 100 steps."""
+    from pipeline.commands import add_sampling_arguments, sampling_request
     from pipeline.record import RunRecord, write_record
-    from pipeline.sample import add_sampling_arguments, sampling_request
 
     parser = argparse.ArgumentParser()
     add_sampling_arguments(parser)
     args = parser.parse_args([])
-    assert (sampling_request(args, str(tiny_pipeline)).sampler, sampling_request(args, str(tiny_pipeline)).steps) == (
-        "ddpm",
-        100,
-    )
+    default = sampling_request(parser, args, str(tiny_pipeline))
+    assert (default.sampler, default.steps) == ("ddpm", 100)
     trained = tmp_path / "trained"
     shutil.copytree(tiny_pipeline, trained)
     write_record(
@@ -524,9 +529,9 @@ def test_the_default_sampler_is_the_one_the_training_run_chose(tiny_pipeline, tm
         TrainingConfig(**{**TINY, "grid_sampler": "unipc", "grid_inference_steps": 7}),
         RunRecord(),
     )
-    request = sampling_request(args, str(trained))
+    request = sampling_request(parser, args, str(trained))
     assert (request.sampler, request.steps) == ("unipc", 7)
-    other = sampling_request(parser.parse_args(["--sampler", "ddim"]), str(trained))
+    other = sampling_request(parser, parser.parse_args(["--sampler", "ddim"]), str(trained))
     assert (other.sampler, other.steps) == ("ddim", 100)
 
 
@@ -541,7 +546,7 @@ def test_a_grid_takes_its_column_count_or_is_as_square_as_the_count_allows():
 def test_samples_replace_a_samples_folder_whole_and_never_write_into_another_folder(tiny_pipeline, tmp_path, capsys):
     """Probe: a re-sample wrote PNGs in place (a kill left a mix that `evaluate fid --samples` scored as one), and
     into another model's folder."""
-    from pipeline.sample import main
+    from pipeline.commands import sample_main as main
 
     common = ["--model", str(tiny_pipeline), "--sampler", "ddpm", "--steps", "2", "--device", "cpu"]
     main([*common, "--num_images", "5", "--output_dir", str(tmp_path / "s")])
@@ -620,7 +625,7 @@ def test_the_fid_and_reference_commands_write_only_what_they_own(tiny_pipeline, 
     with pytest.raises(ev.EvalError, match=r"holds files that are not metrics or grids of this command \(notes.txt\)"):
         ev.evaluate(evaluate_args(*common, str(mine)), TinyFeatures(), FEATURES)
     assert not sampled and list((other / "eval").iterdir()) == [] and (mine / "notes.txt").read_text() == "mine"
-    reference = ev.parse_args(
+    reference = commands.parse_evaluate_args(
         ["reference", "--reference_dataset", "data/fashion_mnist", "--resolution", "16", "--channels", "1",
          "--output", str(mine / "notes.txt")]
     )  # fmt: skip
@@ -659,15 +664,15 @@ def test_a_clean_mode_file_that_is_not_inception_is_refused_and_every_file_is_na
     SHA-256, so statistics of two different files never pass as the same extractor's."""
     negative = _scripted_inception(tmp_path / "negative.pt", 0.0)  # the black image gives -1
     with pytest.raises(ev.EvalError, match="gives negative or non-finite features.*it is not inception-2015-12-05.pt"):
-        ev.build_inception("clean", negative)
+        inception.build_inception("clean", negative)
     names = []
     for offset in (2.0, 3.0):
-        _, name = ev.inception_extractor("clean", str(_scripted_inception(tmp_path / f"{offset}.pt", offset)))
+        _, name = inception.inception_extractor("clean", str(_scripted_inception(tmp_path / f"{offset}.pt", offset)))
         names.append(name)
-    digest = ev.file_sha256(tmp_path / "2.0.pt")[:16]
+    digest = inception.file_sha256(tmp_path / "2.0.pt")[:16]
     assert names[0] == f"clean-fid Inception-V3 (inception-2015-12-05.pt, SHA-256 {digest})" and names[1] != names[0]
     with pytest.raises(ev.EvalError, match="this evaluation uses"):
-        ev.check_reference({"mode": "clean", "feature_extractor": names[0]}, "reference", "clean", names[1])
+        metrics.check_reference({"mode": "clean", "feature_extractor": names[0]}, "reference", "clean", names[1])
 
 
 def test_metrics_of_two_models_in_one_folder_are_kept_apart_and_a_rerun_replaces_its_own(tmp_path):

@@ -30,6 +30,7 @@ from safetensors.torch import load_file
 
 from conftest import REPO, TINY
 from pipeline import evaluate as ev
+from pipeline import inception, metrics
 from pipeline.arguments import parse_config
 from pipeline.batches import MAX_UNUSABLE_ROWS_IN_A_ROW, StreamedBatches
 from pipeline.checkpoint import CheckpointError
@@ -130,10 +131,10 @@ def test_legacy_inception_weights_are_never_unpickled(tmp_path, where):
     previous = torch.hub.get_dir()
     torch.hub.set_dir(str(tmp_path / "hub"))
     try:
-        path = ev.default_weights_path("legacy_pytorch") if where == "default" else tmp_path / "weights.pth"
+        path = inception.default_weights_path("legacy_pytorch") if where == "default" else tmp_path / "weights.pth"
         plant(path, marker)
         with pytest.raises(ev.EvalError, match="is not a usable pt_inception-2015-12-05-6726825d.pth"):
-            ev.inception_extractor("legacy_pytorch", None if where == "default" else str(path))
+            inception.inception_extractor("legacy_pytorch", None if where == "default" else str(path))
     finally:
         torch.hub.set_dir(previous)
     assert not marker.exists()
@@ -146,7 +147,7 @@ def test_legacy_inception_weights_that_are_not_the_published_file_are_named(tmp_
         pytest.warns(UserWarning, match="is not the published pt_inception"),
         pytest.raises(ev.EvalError, match="not a usable"),
     ):
-        ev.build_inception("legacy_pytorch", path)
+        inception.build_inception("legacy_pytorch", path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -531,4 +532,4 @@ def test_reference_statistics_with_nan_or_one_row_are_refused(tmp_path, defect):
     path = tmp_path / "reference.npz"
     np.savez(path, mu=features.mean(0), sigma=np.eye(32), features=features, meta=json.dumps({"mode": "clean"}))
     with pytest.raises(ev.EvalError, match="NaN or infinite features" if defect == "NaN" else "at least 2 rows"):
-        ev.load_reference(path)
+        metrics.load_reference(path)

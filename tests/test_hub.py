@@ -19,8 +19,8 @@ from huggingface_hub import HfApi, ModelCard, RepoUrl
 from huggingface_hub.errors import HfHubHTTPError
 
 from conftest import REPO, TINY, TinyFeatures
+from pipeline import commands, hub
 from pipeline import evaluate as ev
-from pipeline import hub
 from pipeline.config import ConfigError, TrainingConfig
 from pipeline.train import train
 
@@ -39,7 +39,7 @@ def trained(tmp_path_factory):
         )
     )
     AcceleratorState._reset_state(reset_partial_state=True)
-    args = ev.parse_args(
+    args = commands.parse_evaluate_args(
         [
             "fid",
             "--model",

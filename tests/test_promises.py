@@ -19,11 +19,11 @@ from safetensors.torch import load_file, save_file
 
 from conftest import REPO, TINY
 from pipeline import evaluate as ev
-from pipeline import hub
+from pipeline import inception, metrics
 from pipeline.arguments import parse_config
+from pipeline.commands import hub_main, sample_main
 from pipeline.config import ConfigError, TrainingConfig
 from pipeline.errors import PipelineError
-from pipeline.sample import main as sample_main
 from pipeline.train import train
 
 
@@ -412,7 +412,7 @@ def test_a_unet_bounded_per_field_is_bounded_in_total_before_anything_is_allocat
 def test_sampling_a_billion_images_is_refused_at_once(finished_run, tmp_path, capsys):
     with pytest.raises(SystemExit):
         sample_main(["--model", str(finished_run), "--output_dir", str(tmp_path / "s"), "--num_images", "1000000000"])
-    assert "error: num_images: must be at least 1 and at most 1,000,000" in capsys.readouterr().err
+    assert "error: argument --num_images: must be at least 1 and at most 1,000,000" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -457,7 +457,7 @@ def test_a_statistics_file_whose_header_claims_a_billion_rows_is_refused_without
     with zipfile.ZipFile(path, "a") as archive:
         archive.writestr("features.npy", member.getvalue() + bytes(48))
     with pytest.raises(ev.EvalError, match="is not a statistics file .*claims"):
-        ev.load_reference(path)
+        metrics.load_reference(path)
 
 
 def test_a_statistics_file_that_inflates_far_beyond_its_size_is_refused_before_inflating(tmp_path):
@@ -469,7 +469,7 @@ def test_a_statistics_file_that_inflates_far_beyond_its_size_is_refused_before_i
         archive.writestr("features.npy", features.getvalue())
     assert path.stat().st_size < 100_000
     with pytest.raises(ev.EvalError, match="is not a statistics file .*inflates from [0-9,]+ to 16,384,128 bytes"):
-        ev.load_reference(path)
+        metrics.load_reference(path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -485,7 +485,7 @@ def test_the_push_listing_names_what_is_not_a_regular_file_and_sends_no_hard_lin
     (tmp_path / "secret.txt").write_text("outside\n")
     (folder / "samples").joinpath("hard.png").hardlink_to(tmp_path / "secret.txt")
     (folder / "samples" / "two\nlines.png").write_bytes(b"x")
-    hub.main(["push", "--output_dir", str(folder), "--dry_run"])
+    hub_main(["push", "--output_dir", str(folder), "--dry_run"])
     out, err = capsys.readouterr()
     assert "samples/pipe.png (not a regular file)" in err and "samples/hard.png (hard link)" in err
     assert "samples/two\\nlines.png (control characters in the name)" in err
@@ -501,7 +501,9 @@ def test_missing_inception_weights_offline_are_named_without_trying_a_download(t
     try:
         started = time.perf_counter()
         with pytest.raises(ev.EvalError, match="no download was tried.*--inception_weights"):
-            ev.find_weights("legacy_pytorch", url="http://10.255.255.1/never.pth")  # would hang for 30 s if tried
+            inception.find_weights(
+                "legacy_pytorch", url="http://10.255.255.1/never.pth"
+            )  # would hang for 30 s if tried
         assert time.perf_counter() - started < 5
     finally:
         torch.hub.set_dir(previous)

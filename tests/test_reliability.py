@@ -334,14 +334,18 @@ def test_fid_during_training_is_logged_and_keeps_the_best_weights(tmp_path, monk
     """--fid_steps with saved reference statistics, scoring each EMA length; the small test network stands in for
     Inception. The best (step, EMA) pair is exported."""
     from conftest import TinyFeatures
+    from pipeline import commands, metrics
     from pipeline import evaluate as ev
 
-    monkeypatch.setattr(
-        ev, "inception_extractor", lambda mode, weights=None, device="cpu": (TinyFeatures(), "tiny test network")
-    )
+    for module in (ev, metrics):  # the reference command's extractor and the training FID's
+        monkeypatch.setattr(
+            module,
+            "inception_extractor",
+            lambda mode, weights=None, device="cpu": (TinyFeatures(), "tiny test network"),
+        )
     stats = tmp_path / "reference.npz"
     ev.make_reference(
-        ev.parse_args(
+        commands.parse_evaluate_args(
             [
                 "reference",
                 "--resolution",
