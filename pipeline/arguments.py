@@ -26,7 +26,8 @@ import yaml
 from accelerate.commands.config.config_args import default_config_file
 from accelerate.commands.launch import launch_command_parser
 
-from .config import FIELDS, TYPES, ConfigError, TrainingConfig, load_preset, settle_pairs
+from .config import FIELDS, TYPES, TrainingConfig, load_preset, settle_pairs
+from .errors import PipelineError
 from .hub import use_token
 
 
@@ -171,13 +172,13 @@ def given_flags(argv: list[str]) -> tuple[dict, Optional[str]]:
     flags, unknown = build_parser().parse_known_args(argv)
     if unknown:
         names = [arg for arg in unknown if arg.startswith("-")] or unknown
-        raise ConfigError(f"{names[0].lstrip('-').split('=')[0]}: unknown option {' '.join(unknown)!r}; see --help")
+        raise PipelineError(f"{names[0].lstrip('-').split('=')[0]}: unknown option {' '.join(unknown)!r}; see --help")
     return vars(flags), token
 
 
 def parse_config(argv: Optional[list[str]] = None, recipe: Optional[dict] = None) -> TrainingConfig:
     """Resolve the configuration from `--config`, a command's own `recipe` (pipeline.distill's: over the preset,
-    under the flags), the flags and the launcher. Raises ConfigError."""
+    under the flags), the flags and the launcher. Raises PipelineError."""
     given, token = given_flags(sys.argv[1:] if argv is None else argv)
     if token is not None:
         use_token(token)

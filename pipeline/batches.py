@@ -26,7 +26,7 @@ from .data import (
     load_dataset_source,
     read_bytes,
 )
-from .errors import DataError
+from .errors import PipelineError
 
 
 # A streamed source whose rows fail this many times in a row holds no usable images: stop instead of reading it
@@ -103,7 +103,7 @@ class StreamedBatches:
         source = DataSource.from_config(config)
         stream = load_dataset_source(source, streaming=True)
         if stream.features is None:
-            raise DataError(
+            raise PipelineError(
                 f"dataset_name: {config.dataset_name!r} does not declare its features; pass --image_column"
             )
         self.column = find_image_column(stream.features, config.image_column)
@@ -131,8 +131,7 @@ class StreamedBatches:
             raise ValueError(f"epoch, examples_read and next_micro_batch must be non-negative integers, got {state}")
 
     def load_state(self, state: dict) -> None:
-        """Continue from `state()` (checked by check_state)."""
-        self.check_state(state)
+        """Continue from `state()`, checked first (check_state)."""
         self.epoch, self.examples_read, self.next_micro_batch = (
             state["epoch"],
             state["examples_read"],
@@ -156,7 +155,7 @@ class StreamedBatches:
                 read_this_epoch += 1
                 yield example[self.column]
             if read_this_epoch == 0:
-                raise DataError(f"dataset_name: the stream of this process holds no images (split {self.stream})")
+                raise PipelineError(f"dataset_name: the stream of this process holds no images (split {self.stream})")
             self.epoch, self.examples_read = self.epoch + 1, 0
 
     def _decode(self, entry: Optional[dict]):
@@ -190,7 +189,7 @@ class StreamedBatches:
                     unusable_in_a_row.clear()
             if unusable_in_a_row.total() >= MAX_UNUSABLE_ROWS_IN_A_ROW:
                 reasons = ", ".join(f"{reason} ({count})" for reason, count in unusable_in_a_row.most_common())
-                raise DataError(
+                raise PipelineError(
                     f"dataset_name: the last {unusable_in_a_row.total():,} rows of the stream held no usable image "
                     f"({reasons}); check --dataset_name, --split and --image_column"
                 )

@@ -17,7 +17,7 @@ both are rebuilt from the config at the resumed step.
 Nothing here is a pickle, so loading a checkpoint from anywhere cannot run code. Every file is checked
 whole before anything is restored, against what this version writes: JSON size and depth, keys, types and
 ranges; tensors' names, shapes and dtypes against the model and optimizer; weights finite. A bad file stops
-the resume with `CheckpointError("<file>: <what is wrong>")`, never a partial restore or a crash inside torch.
+the resume with `PipelineError("<file>: <what is wrong>")`, never a partial restore or a crash inside torch.
 The folder is staged (pipeline/files.py) by the main process; a write that fails (a full disk) leaves no
 partial folder and says so.
 """
@@ -33,8 +33,8 @@ from accelerate.utils import gather_object
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .config import FIELDS, MAX_STEPS, ConfigError, TrainingConfig
-from .errors import CheckpointError
+from .config import FIELDS, MAX_STEPS, TrainingConfig
+from .errors import PipelineError
 from .files import read_json, staged, write_failure, write_json
 from .record import COUNTERS, RECORD_NAME, RunRecord, read_record, write_record
 
@@ -77,7 +77,7 @@ def list_checkpoints(checkpoints_dir: Path) -> list[Path]:
 
 
 def find_resume_checkpoint(config: TrainingConfig) -> Optional[Path]:
-    """The checkpoint to resume from, or None for a fresh run. Raises ConfigError when that is ambiguous.
+    """The checkpoint to resume from, or None for a fresh run. Raises PipelineError when that is ambiguous.
 
     --resume_from_checkpoint takes "latest", a checkpoint folder, or a bare checkpoint name
     (`checkpoint-500`), which is looked for in <output_dir>/checkpoints as the diffusers example does.
@@ -87,7 +87,7 @@ def find_resume_checkpoint(config: TrainingConfig) -> Optional[Path]:
     checkpoints = list_checkpoints(checkpoints_dir)
     if config.resume_from_checkpoint is None:
         if checkpoints and not config.overwrite_output_dir:
-            raise ConfigError(
+            raise PipelineError(
                 f"resume_from_checkpoint: {config.output_dir} already holds checkpoints of an earlier run (newest: "
                 f"{checkpoints[-1].name}); pass --resume_from_checkpoint latest to continue it, or choose another "
                 "--output_dir"
@@ -102,14 +102,14 @@ def find_resume_checkpoint(config: TrainingConfig) -> Optional[Path]:
     if not path.exists() and len(path.parts) == 1 and (checkpoints_dir / path).exists():
         path = checkpoints_dir / path
     if not (path / STATE_FILE).is_file():
-        raise ConfigError(f"resume_from_checkpoint: {path} is not a complete checkpoint folder")
+        raise PipelineError(f"resume_from_checkpoint: {path} is not a complete checkpoint folder")
     named = path.name.startswith(CHECKPOINT_PREFIX) and path.name[len(CHECKPOINT_PREFIX) :].isdigit()
-    step = checkpoint_step(path) if named else read_json(path / STATE_FILE, CheckpointError).get("global_step")
+    step = checkpoint_step(path) if named else read_json(path / STATE_FILE).get("global_step")
     # (the state is checked whole when it is loaded; here a step that is not one compares with nothing)
     valid = isinstance(step, int) and not isinstance(step, bool) and step >= 0
     newer = [checkpoint.name for checkpoint in checkpoints if valid and checkpoint_step(checkpoint) > step]
     if newer and not config.overwrite_output_dir:
-        raise ConfigError(
+        raise PipelineError(
             f"resume_from_checkpoint: {config.output_dir} holds checkpoints newer than {path.name} "
             f"({', '.join(newer)}), which resuming from it would overwrite; pass --resume_from_checkpoint latest, or "
             "--overwrite_output_dir to replace them"
@@ -130,7 +130,7 @@ def check_resume_compatible(config: TrainingConfig, checkpoint: Path, data: Opti
         details = ", ".join(
             f"{name} ({differing[name][0]!r} in the checkpoint, {differing[name][1]!r} now)" for name in refused
         )
-        raise ConfigError(f"{refused[0]}: cannot resume {checkpoint}: {details}")
+        raise PipelineError(f"{refused[0]}: cannot resume {checkpoint}: {details}")
     changes = []
     for name, (before, now) in differing.items():
         if FIELDS[name].metadata["same"] is False:
@@ -157,22 +157,22 @@ def check_resume_compatible(config: TrainingConfig, checkpoint: Path, data: Opti
 def _read_tensors(path: Path, expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A safetensors file whose tensors have exactly the names, shapes and dtypes of `expected`, all finite."""
     if not path.is_file():
-        raise CheckpointError(f"{path}: missing")
+        raise PipelineError(f"{path}: missing")
     try:
         tensors = load_file(path)
     except (SafetensorError, OSError, ValueError) as error:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({error})") from None
+        raise PipelineError(f"{path}: not a readable safetensors file ({error})") from None
     if set(tensors) != set(expected):
         names = sorted(set(tensors) ^ set(expected))
-        raise CheckpointError(f"{path}: does not fit the model ({len(names)} tensor names differ, e.g. {names[0]!r})")
+        raise PipelineError(f"{path}: does not fit the model ({len(names)} tensor names differ, e.g. {names[0]!r})")
     for name, tensor in tensors.items():
         if tensor.shape != expected[name].shape or tensor.dtype != expected[name].dtype:
-            raise CheckpointError(
+            raise PipelineError(
                 f"{path}: does not fit the model (tensor {name!r} is {tensor.dtype} {tuple(tensor.shape)}, the "
                 f"model's {expected[name].dtype} {tuple(expected[name].shape)})"
             )
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise CheckpointError(f"{path}: tensor {name!r} holds NaN or infinite values")
+            raise PipelineError(f"{path}: tensor {name!r} holds NaN or infinite values")
     return tensors
 
 
@@ -237,7 +237,7 @@ def _like(template, value, where: str) -> None:
 def _optimizer_state_dict(optimizer, tensors_path: Path, rest_path: Path) -> dict:
     """The optimizer state a checkpoint holds, checked against `optimizer` (built by this run, not yet stepped):
     the same param groups (keys, types, parameter indices), state tensors of each parameter's shape."""
-    rest = read_json(rest_path, CheckpointError)
+    rest = read_json(rest_path)
     template = optimizer.state_dict()
     try:
         _like({"state": {}, "param_groups": template["param_groups"]}, {**rest, "state": {}}, "optimizer")
@@ -251,19 +251,17 @@ def _optimizer_state_dict(optimizer, tensors_path: Path, rest_path: Path) -> dic
         if not isinstance(rest["state"], dict):
             raise ValueError("optimizer.state: expected an object")
     except ValueError as error:
-        raise CheckpointError(f"{rest_path}: does not fit the optimizer ({error})") from None
+        raise PipelineError(f"{rest_path}: does not fit the optimizer ({error})") from None
     parameters = [parameter for group in optimizer.param_groups for parameter in group["params"]]
     expected = {}
     for index in rest["state"]:
         if not index.isdigit() or int(index) >= len(parameters):
-            raise CheckpointError(f"{rest_path}: state of parameter {index!r}, which the model does not have")
+            raise PipelineError(f"{rest_path}: state of parameter {index!r}, which the model does not have")
         shape = parameters[int(index)].shape
         expected.update({f"{index}.step": torch.zeros(()), f"{index}.exp_avg": torch.zeros(shape),
                          f"{index}.exp_avg_sq": torch.zeros(shape)})  # fmt: skip
         if rest["state"][index]:
-            raise CheckpointError(
-                f"{rest_path}: unexpected state of parameter {index}: {sorted(rest['state'][index])}"
-            )
+            raise PipelineError(f"{rest_path}: unexpected state of parameter {index}: {sorted(rest['state'][index])}")
     state = {int(index): {} for index in rest["state"]}
     for name, tensor in _read_tensors(tensors_path, expected).items():
         index, key = name.split(".", 1)
@@ -315,7 +313,7 @@ def save_checkpoint(accelerator, parts, record: RunRecord, stream_state: Optiona
             latest = list_checkpoints(checkpoints_dir)
             reason = write_failure(error) or str(error)
             last = f"The last complete one is {latest[-1]}" if latest else "No complete checkpoint exists yet"
-            raise CheckpointError(
+            raise PipelineError(
                 f"{final}: cannot write the checkpoint of step {record.global_step} ({reason}); the partial "
                 f"checkpoint was removed. {last}; free some space and resume with --resume_from_checkpoint latest."
             ) from None
@@ -330,51 +328,51 @@ def _count(path: Path, state: dict, name: str, kind, maximum=MAX_STEPS) -> None:
     value = state.get(name)
     finite = isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
     if isinstance(value, bool) or not isinstance(value, kind) or not finite or value < 0:
-        raise CheckpointError(
+        raise PipelineError(
             f"{path}: {name} must be a non-negative {'integer' if kind is int else 'number'}, got {value!r}"
         )
     if value > maximum:
-        raise CheckpointError(f"{path}: {name} must be at most {maximum:,}, got {value!r}")
+        raise PipelineError(f"{path}: {name} must be at most {maximum:,}, got {value!r}")
 
 
 def read_training_state(checkpoint: Path) -> dict:
     """training_state.json, checked: counters of the right type and range, every recorded file present at its
     recorded size and inside the checkpoint."""
     path = checkpoint / STATE_FILE
-    state = read_json(path, CheckpointError)
+    state = read_json(path)
     _count(path, state, "global_step", int)
     _count(path, state, "skipped_steps", int)
     _count(path, state, "train_seconds", (int, float), maximum=1e12)
     if checkpoint.name.startswith(CHECKPOINT_PREFIX) and checkpoint.name[len(CHECKPOINT_PREFIX) :].isdigit():
         if state["global_step"] != checkpoint_step(checkpoint):
-            raise CheckpointError(
+            raise PipelineError(
                 f"{path}: global_step {state['global_step']} does not match the folder name {checkpoint.name}"
             )
     best_fid = state.get("best_fid")
     if best_fid is not None and not (
         isinstance(best_fid, dict) and isinstance(best_fid.get("fid"), (int, float)) and math.isfinite(best_fid["fid"])
     ):
-        raise CheckpointError(f"{path}: best_fid must be null or an object with a numeric 'fid', got {best_fid!r}")
+        raise PipelineError(f"{path}: best_fid must be null or an object with a numeric 'fid', got {best_fid!r}")
     losses = state.get("losses")
     if losses is not None and not (
         isinstance(losses, dict)
         and all(isinstance(losses.get(key), (int, float)) and math.isfinite(losses[key]) for key in ("lowest", "last"))
     ):
-        raise CheckpointError(f"{path}: losses must be null or hold finite 'lowest' and 'last', got {losses!r}")
+        raise PipelineError(f"{path}: losses must be null or hold finite 'lowest' and 'last', got {losses!r}")
     for name in ("ema", "grad_scaler"):
         if state.get(name) is not None and not isinstance(state.get(name), dict):
-            raise CheckpointError(f"{path}: {name} must be an object, got {state.get(name)!r}")
+            raise PipelineError(f"{path}: {name} must be an object, got {state.get(name)!r}")
     files = state.get("files")
     if not isinstance(files, dict):
-        raise CheckpointError(f"{path}: no 'files' record (not written by this version of the pipeline?)")
+        raise PipelineError(f"{path}: no 'files' record (not written by this version of the pipeline?)")
     for name, size in files.items():
         file = checkpoint / name
         if not file.resolve().is_relative_to(checkpoint.resolve()):
-            raise CheckpointError(f"{path}: names a file outside the checkpoint: {name!r}")
+            raise PipelineError(f"{path}: names a file outside the checkpoint: {name!r}")
         if not file.is_file():
-            raise CheckpointError(f"{file}: missing")
+            raise PipelineError(f"{file}: missing")
         if file.stat().st_size != size:
-            raise CheckpointError(
+            raise PipelineError(
                 f"{file}: {file.stat().st_size} bytes, the checkpoint recorded {size} (truncated or changed since)"
             )
     return state
@@ -383,7 +381,7 @@ def read_training_state(checkpoint: Path) -> dict:
 def load_checkpoint(checkpoint: Path, accelerator, parts, stream=None) -> dict:
     """Restore `parts` (pipeline.train.TrainingParts) and the stream position from `checkpoint`, every
     file checked before anything changes; the settings of `parts.config` that differ from the checkpoint's are applied
-    (see check_resume_compatible). Returns the record's counters. Raises CheckpointError naming the bad file."""
+    (see check_resume_compatible). Returns the record's counters. Raises PipelineError naming the bad file."""
     state = read_training_state(checkpoint)
     state_path = checkpoint / STATE_FILE
     config, ema, index = parts.config, parts.ema, accelerator.process_index
@@ -404,16 +402,16 @@ def load_checkpoint(checkpoint: Path, accelerator, parts, stream=None) -> dict:
         if accelerator.scaler is not None and state.get("grad_scaler") is not None:
             _like(accelerator.scaler.state_dict(), state["grad_scaler"], "grad_scaler")
         if ema is not None:
-            ema.check_state(state.get("ema"), [{name: stored[name] for name in names} for stored in averages])
+            ema.check_state(state.get("ema"))
     except (ValueError, TypeError, KeyError) as error:
-        raise CheckpointError(f"{state_path}: malformed state ({error})") from None
+        raise PipelineError(f"{state_path}: malformed state ({error})") from None
     stream_path = checkpoint / f"stream_state_{index}.json"
     if stream is not None:
-        stream_state = read_json(stream_path, CheckpointError)
+        stream_state = read_json(stream_path)
         try:
             stream.check_state(stream_state)
         except ValueError as error:
-            raise CheckpointError(f"{stream_path}: malformed stream position ({error})") from None
+            raise PipelineError(f"{stream_path}: malformed stream position ({error})") from None
 
     # 2. restore
     model.load_state_dict(weights)

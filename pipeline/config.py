@@ -5,7 +5,7 @@ keeps the two equal). A field's checks are data on the field (`option(...)`: cho
 resume may change it); `validate` applies them to every field, then checks what relates fields to each other.
 A preset (YAML, or a run's training_config.json) is read by `load_preset`; the command line
 (pipeline/arguments.py) and `TrainingConfig(...)` in Python apply the same rules. Invalid values raise
-ConfigError naming the field, before any work.
+PipelineError naming the field, before any work.
 """
 
 import dataclasses
@@ -18,7 +18,7 @@ from typing import Literal, Optional
 
 import yaml
 
-from .errors import ConfigError
+from .errors import PipelineError
 
 
 DOWN_BLOCK_TYPES = ("DownBlock2D", "AttnDownBlock2D", "ResnetDownsampleBlock2D")
@@ -305,7 +305,7 @@ def settle_pairs(values: dict, given: set, preset: Optional[Path] = None) -> Non
     for first, second, message in EXCLUSIVE_PAIRS:
         chosen = [name for name in (first, second) if name in given and values.get(name) is not None]
         if len(chosen) == 2:
-            raise ConfigError(
+            raise PipelineError(
                 f"{first}: {preset} sets both {first} and {second}; a preset sets at most one" if preset else message
             )
         if chosen:
@@ -317,7 +317,7 @@ def settle_pairs(values: dict, given: set, preset: Optional[Path] = None) -> Non
 
 
 def _type_error(name, value, expected):
-    raise ConfigError(f"{name}: expected {expected}, got {value!r} ({type(value).__name__})")
+    raise PipelineError(f"{name}: expected {expected}, got {value!r} ({type(value).__name__})")
 
 
 def check_type(name: str, value, annotation=None):
@@ -328,7 +328,7 @@ def check_type(name: str, value, annotation=None):
     if origin is typing.Union:  # Optional[X]
         return None if value is None else check_type(name, value, next(arg for arg in args if arg is not type(None)))
     if value is None:
-        raise ConfigError(f"{name}: must not be null")
+        raise PipelineError(f"{name}: must not be null")
     if origin is list:
         if not isinstance(value, list):
             _type_error(name, value, "a list")
@@ -375,13 +375,13 @@ def check_field(name: str, value, checks: Optional[dict] = None) -> None:
         if item is None:
             continue
         if "choices" in checks and item not in checks["choices"]:
-            raise ConfigError(
+            raise PipelineError(
                 f"{name}: unknown value {item!r}; expected one of {', '.join(map(str, checks['choices']))}"
             )
         if isinstance(item, (int, float)) and not isinstance(item, bool):
             problem = _bound_error(checks, item)
             if problem:
-                raise ConfigError(f"{name}: {problem}, got {item}")
+                raise PipelineError(f"{name}: {problem}, got {item}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -389,7 +389,7 @@ def check_field(name: str, value, checks: Optional[dict] = None) -> None:
 
 
 def validate(config: TrainingConfig) -> None:
-    """Raise ConfigError for the first invalid field: each field's own checks, then the relations between fields."""
+    """Raise PipelineError for the first invalid field: each field's own checks, then the relations between fields."""
     for name in FIELDS:
         setattr(config, name, check_type(name, getattr(config, name)))
         check_field(name, getattr(config, name))
@@ -399,23 +399,23 @@ def validate(config: TrainingConfig) -> None:
 
 def _check_data(config: TrainingConfig) -> None:
     if config.train_data_dir is None and config.dataset_name is None:
-        raise ConfigError("dataset_name: set --dataset_name or --train_data_dir")
+        raise PipelineError("dataset_name: set --dataset_name or --train_data_dir")
     if config.streaming:
         if config.dataset_name is None:
-            raise ConfigError(
+            raise PipelineError(
                 "streaming: streams --dataset_name sources; a folder or zip on disk is decoded once into a much "
                 "smaller cache"
             )
         if config.num_epochs is not None:
-            raise ConfigError(
+            raise PipelineError(
                 "num_epochs: a streamed source has no known length; give the budget as --max_train_steps"
             )
         if config.max_train_samples is not None:
-            raise ConfigError(
+            raise PipelineError(
                 "max_train_samples: drawing a random subset needs the whole source; not available with --streaming"
             )
     if config.intermediate_resolution is not None and config.intermediate_resolution < config.resolution:
-        raise ConfigError(
+        raise PipelineError(
             f"intermediate_resolution: {config.intermediate_resolution} is below resolution {config.resolution}"
         )
 
@@ -423,22 +423,24 @@ def _check_data(config: TrainingConfig) -> None:
 def _check_model(config: TrainingConfig) -> None:
     levels = len(config.block_out_channels)
     if not 1 <= levels <= 8:
-        raise ConfigError(f"block_out_channels: needs 1 to 8 levels, got {levels}")
+        raise PipelineError(f"block_out_channels: needs 1 to 8 levels, got {levels}")
     for name in ("down_block_types", "up_block_types"):
         if len(getattr(config, name)) != levels:
-            raise ConfigError(f"{name}: has {len(getattr(config, name))} entries but block_out_channels has {levels}")
+            raise PipelineError(
+                f"{name}: has {len(getattr(config, name))} entries but block_out_channels has {levels}"
+            )
     for channels in config.block_out_channels:
         if channels % config.norm_num_groups:
-            raise ConfigError(
+            raise PipelineError(
                 f"block_out_channels: {channels} is not a multiple of norm_num_groups={config.norm_num_groups}"
             )
     uses_attention = config.add_attention or any("Attn" in t for t in config.down_block_types + config.up_block_types)
     if uses_attention and any(channels % config.attention_head_dim for channels in config.block_out_channels):
-        raise ConfigError(
+        raise PipelineError(
             f"attention_head_dim: {config.attention_head_dim} does not divide every block_out_channels entry"
         )
     if config.resolution % config.downsampling_factor:
-        raise ConfigError(
+        raise PipelineError(
             f"resolution: {config.resolution} is not divisible by the UNet's downsampling factor "
             f"{config.downsampling_factor} ({levels} levels halve it {levels - 1} times)"
         )
@@ -446,25 +448,25 @@ def _check_model(config: TrainingConfig) -> None:
 
 def _check_diffusion(config: TrainingConfig) -> None:
     if config.rescale_betas_zero_snr and config.prediction_type == "epsilon":
-        raise ConfigError(
+        raise PipelineError(
             "rescale_betas_zero_snr: at zero terminal SNR the last step's input is pure noise, so an epsilon "
             "prediction says nothing about the image: use --prediction_type v_prediction (or sample)"
         )
     if config.ddpm_beta_end <= config.ddpm_beta_start:
-        raise ConfigError(
+        raise PipelineError(
             f"ddpm_beta_end: must be greater than ddpm_beta_start ({config.ddpm_beta_end} <= {config.ddpm_beta_start})"
         )
 
 
 def _check_optimisation(config: TrainingConfig) -> None:
     if (config.num_epochs is None) == (config.max_train_steps is None):
-        raise ConfigError("max_train_steps: give the budget as exactly one of --num_epochs and --max_train_steps")
+        raise PipelineError("max_train_steps: give the budget as exactly one of --num_epochs and --max_train_steps")
     if config.lr_scheduler == "cosine_with_min_lr" and config.min_learning_rate >= config.learning_rate:
-        raise ConfigError(
+        raise PipelineError(
             f"min_learning_rate: must be below learning_rate ({config.min_learning_rate} >= {config.learning_rate})"
         )
     if len(set(config.ema_extra_decays + [config.ema_max_decay])) != len(config.ema_extra_decays) + 1:
-        raise ConfigError(
+        raise PipelineError(
             f"ema_extra_decays: must differ from each other and from ema_max_decay ({config.ema_max_decay}), got "
             f"{config.ema_extra_decays}"
         )
@@ -473,36 +475,38 @@ def _check_optimisation(config: TrainingConfig) -> None:
 def _check_outputs(config: TrainingConfig) -> None:
     logging_parts = Path(config.logging_dir).parts
     if not logging_parts or Path(config.logging_dir).is_absolute() or ".." in logging_parts:
-        raise ConfigError(f"logging_dir: must be a folder inside --output_dir, got {config.logging_dir!r}")
+        raise PipelineError(f"logging_dir: must be a folder inside --output_dir, got {config.logging_dir!r}")
     distilling = config.distill_teacher is not None or "lcm" in (config.grid_sampler, config.fid_sampler)
     if distilling and config.distill_grid_steps > config.ddpm_num_steps:
-        raise ConfigError(
+        raise PipelineError(
             f"distill_grid_steps: {config.distill_grid_steps} is more than ddpm_num_steps={config.ddpm_num_steps}"
         )
     for name, sampler in (("grid_inference_steps", config.grid_sampler), ("fid_inference_steps", config.fid_sampler)):
         if sampler == "lcm" and getattr(config, name) > config.distill_grid_steps:
-            raise ConfigError(
+            raise PipelineError(
                 f"{name}: {getattr(config, name)} steps, but the consistency sampler (lcm) gives at most "
                 f"distill_grid_steps={config.distill_grid_steps}"
             )
         if getattr(config, name) > config.ddpm_num_steps:
-            raise ConfigError(
+            raise PipelineError(
                 f"{name}: {getattr(config, name)} sampler steps, but the model has only "
                 f"ddpm_num_steps={config.ddpm_num_steps}"
             )
     if config.fid_steps and config.fid_reference is None:
-        raise ConfigError(
+        raise PipelineError(
             "fid_reference: --fid_steps needs reference statistics: make them with `python -m pipeline.evaluate "
             "reference`"
         )
     if not config.output_dir:
-        raise ConfigError("output_dir: must not be empty")
+        raise PipelineError("output_dir: must not be empty")
     for name in ("hub_model_id", "hub_dataset_id"):
         if getattr(config, name) is not None and not HUB_ID.fullmatch(getattr(config, name)):
             value = getattr(config, name)
-            raise ConfigError(f"{name}: must be 'name' or 'user/name' (letters, digits, '-', '_', '.'), got {value!r}")
+            raise PipelineError(
+                f"{name}: must be 'name' or 'user/name' (letters, digits, '-', '_', '.'), got {value!r}"
+            )
     if not config.hub_license:
-        raise ConfigError("hub_license: must not be empty (use 'other' and say more in the card)")
+        raise PipelineError("hub_license: must not be empty (use 'other' and say more in the card)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -523,34 +527,34 @@ class UniqueKeyLoader(yaml.SafeLoader):
 
 
 def load_preset(path) -> dict:
-    """Read a YAML preset (or a run's training_config.json) into checked field values. Raises ConfigError naming the
+    """Read a YAML preset (or a run's training_config.json) into checked field values. Raises PipelineError naming the
     file or the field: missing, a folder, too large, not UTF-8, not YAML, too deeply nested, unknown keys, wrong types,
     both of an exclusive pair."""
     path = Path(path)
     if path.is_dir():
-        raise ConfigError(f"config: {path} is a folder, not a preset file")
+        raise PipelineError(f"config: {path} is a folder, not a preset file")
     if not path.is_file():
-        raise ConfigError(f"config: no such file: {path}")
+        raise PipelineError(f"config: no such file: {path}")
     if path.stat().st_size > MAX_PRESET_BYTES:
-        raise ConfigError(
+        raise PipelineError(
             f"config: {path} is {path.stat().st_size:,} bytes; a preset holds at most {MAX_PRESET_BYTES:,}"
         )
     try:
         data = yaml.load(path.read_bytes().decode("utf-8"), Loader=UniqueKeyLoader)
     except UnicodeDecodeError as error:
-        raise ConfigError(f"config: {path} is not UTF-8 text ({error})") from None
+        raise PipelineError(f"config: {path} is not UTF-8 text ({error})") from None
     except (yaml.YAMLError, ValueError) as error:  # ValueError: an integer past Python's digit limit
-        raise ConfigError(f"config: {path} is not valid YAML: {error}") from None
+        raise PipelineError(f"config: {path} is not valid YAML: {error}") from None
     except RecursionError:
-        raise ConfigError(f"config: {path} is not valid YAML: nested too deeply") from None
+        raise PipelineError(f"config: {path} is not valid YAML: nested too deeply") from None
     data = data or {}
     if isinstance(data, dict) and set(data) == {"config", "run"}:  # training_config.json written by a run
         data = data["config"]
     if not isinstance(data, dict):
-        raise ConfigError(f"config: {path} must hold a mapping of option names to values")
+        raise PipelineError(f"config: {path} must hold a mapping of option names to values")
     for name in data:
         if name not in FIELDS:
-            raise ConfigError(f"{name}: unknown option in {path}")
+            raise PipelineError(f"{name}: unknown option in {path}")
     if data.get("image_channels") == "auto":
         data["image_channels"] = None
     values = {name: check_type(name, value) for name, value in data.items()}

@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .config import TrainingConfig
-from .errors import DataError
+from .errors import PipelineError
 from .files import staged, write_failure
 
 
@@ -170,7 +170,7 @@ def _folder_source(folder: Path, max_image_bytes: int) -> SourceListing:
             entries.append((relative, stat.st_size, stat.st_mtime_ns))
     if not images:
         others = f" ({len(ignored)} other files)" if ignored else ""
-        raise DataError(
+        raise PipelineError(
             f"train_data_dir: {folder} holds no image files{others}; expected {', '.join(sorted(IMAGE_EXTENSIONS))}"
         )
     identity = {
@@ -190,7 +190,7 @@ def _zip_source(archive: Path, max_image_bytes: int) -> SourceListing:
         with zipfile.ZipFile(archive) as opened:
             members = sorted((info for info in opened.infolist() if not info.is_dir()), key=lambda info: info.filename)
     except (zipfile.BadZipFile, OSError) as error:
-        raise DataError(f"train_data_dir: {archive} is not a readable zip archive ({error})") from None
+        raise PipelineError(f"train_data_dir: {archive} is not a readable zip archive ({error})") from None
     images, ignored = [], []
     for info in members:
         if Path(info.filename).suffix.lower() not in IMAGE_EXTENSIONS:
@@ -204,7 +204,7 @@ def _zip_source(archive: Path, max_image_bytes: int) -> SourceListing:
         else:
             images.append(info.filename)
     if not images:
-        raise DataError(
+        raise PipelineError(
             f"train_data_dir: the archive {archive} holds no usable image files ({len(members)} other files)"
         )
     stat = archive.stat()
@@ -228,7 +228,7 @@ def load_dataset_source(source: DataSource, streaming: bool = False):
             loaded = datasets.load_from_disk(name)
             if isinstance(loaded, datasets.DatasetDict):
                 if source.split not in loaded:
-                    raise DataError(f"split: {name} has no split {source.split!r}; it has {', '.join(loaded)}")
+                    raise PipelineError(f"split: {name} has no split {source.split!r}; it has {', '.join(loaded)}")
                 loaded = loaded[source.split]
             return loaded.to_iterable_dataset() if streaming else loaded
         if name.endswith(".parquet"):
@@ -239,10 +239,8 @@ def load_dataset_source(source: DataSource, streaming: bool = False):
             name, source.dataset_config_name, split=source.split, cache_dir=source.cache_dir, streaming=streaming
         )
     except (FileNotFoundError, ValueError, ConnectionError) as error:
-        if isinstance(error, DataError):
-            raise
         where = "a local path (relative to the current directory) nor a" if not Path(name).exists() else "a"
-        raise DataError(
+        raise PipelineError(
             f"dataset_name: cannot {verb} {name!r}, split {source.split!r}: it is neither {where} readable dataset "
             f"({type(error).__name__}: {error})"
         ) from None
@@ -252,29 +250,29 @@ def find_image_column(features: datasets.Features, image_column: Optional[str]) 
     """The configured image column, or the first `datasets.Image` feature."""
     if image_column is not None:
         if image_column not in features:
-            raise DataError(f"image_column: no column {image_column!r}; the dataset has {', '.join(features)}")
+            raise PipelineError(f"image_column: no column {image_column!r}; the dataset has {', '.join(features)}")
         if not isinstance(features[image_column], datasets.Image):
-            raise DataError(f"image_column: column {image_column!r} holds {features[image_column]}, not images")
+            raise PipelineError(f"image_column: column {image_column!r} holds {features[image_column]}, not images")
         return image_column
     for name, feature in features.items():
         if isinstance(feature, datasets.Image):
             return name
-    raise DataError(
+    raise PipelineError(
         f"image_column: the dataset has no Image feature (columns: {', '.join(features)}); pass --image_column"
     )
 
 
 def open_source(source: DataSource, max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> SourceListing:
-    """List the source without decoding anything. Raises DataError when it cannot be used."""
+    """List the source without decoding anything. Raises PipelineError when it cannot be used."""
     if source.train_data_dir is not None:
         path = Path(source.train_data_dir)
         if path.is_file() and path.suffix.lower() == ".zip":
             return _zip_source(path, max_image_bytes)
         if not path.is_dir():
-            raise DataError(f"train_data_dir: {path} is neither a folder of images nor a .zip archive")
+            raise PipelineError(f"train_data_dir: {path} is neither a folder of images nor a .zip archive")
         return _folder_source(path, max_image_bytes)
     if source.dataset_name is None:
-        raise DataError("dataset_name: give a folder, a zip archive or a datasets source")
+        raise PipelineError("dataset_name: give a folder, a zip archive or a datasets source")
 
     loaded = load_dataset_source(source)
     column = find_image_column(loaded.features, source.image_column)
@@ -457,13 +455,13 @@ def prepare_images(source: DataSource, preprocessing: Preprocessing) -> Prepared
         if reason is None:
             raise
         root = source.cache_dir or datasets.config.HF_DATASETS_CACHE
-        raise DataError(
+        raise PipelineError(
             f"cache_dir: cannot write the data cache under {root} ({reason}); nothing half-written is kept: free "
             "some space there, or pass --cache_dir on a disk with room"
         ) from None
     prepared.summary.update(cache=str(folder), seconds=round(time.perf_counter() - started, 2))
     if source.strict and prepared.summary["files_skipped"]:
-        raise DataError(
+        raise PipelineError(
             f"strict_data: {listed.description} has files that cannot be used; {describe_skipped(prepared.summary)}"
         )
     return prepared
@@ -529,7 +527,7 @@ def _decode_source(
             "colour_images": colour_images,
         }
         if len(pixels) == 0:
-            raise DataError(
+            raise PipelineError(
                 f"{listed.description}: none of its {len(table)} images could be used; {describe_skipped(summary)}"
             )
         np.save(staging / "pixels.npy", pixels)
@@ -545,7 +543,7 @@ def check_memory(count: int, size: int, channels: int) -> None:
     needed = count * size * size * channels
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if needed > total:
-        raise DataError(
+        raise PipelineError(
             f"resolution: {count:,} images at {size}x{size}x{channels} take {needed / 2**30:,.1f} GiB decoded, more "
             f"than this machine's {total / 2**30:,.1f} GiB of memory; lower --resolution or --max_train_samples, or "
             "stream the source (--streaming)"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from diffusers import DDPMPipeline
 
-from .errors import ConfigError
+from .errors import PipelineError
 from .model import saved_schedule
 from .record import RECORD_NAME, read_record
 
@@ -58,7 +58,7 @@ def teacher_folder(teacher: str) -> Path:
     try:
         return Path(DDPMPipeline.download(teacher))
     except (OSError, ValueError) as error:
-        raise ConfigError(
+        raise PipelineError(
             f"teacher: {teacher!r} is neither a folder nor a Hub model one can fetch ({error})"
         ) from None
 

@@ -64,21 +64,13 @@ class EMA:
             [weight for weight in weights for _ in parameters],
         )
 
-    def to(self, device) -> "EMA":
-        self.averages = [[average.to(device) for average in averages] for averages in self.averages]
-        return self
-
-    @torch.no_grad()
-    def copy_to(self, parameters: Iterable[torch.Tensor], index: int = 0) -> None:
-        """Write average `index` into `parameters` (in the order of the model's named_parameters)."""
-        torch._foreach_copy_(list(parameters), self.averages[index])
-
     @contextmanager
     def swapped_in(self, model: torch.nn.Module, index: int = 0):
         """`model` with average `index` in place of its weights, in eval mode, inside the block; as it was after."""
         parameters = list(model.parameters())
         trained = [parameter.detach().clone() for parameter in parameters]
-        self.copy_to(parameters, index)
+        with torch.no_grad():
+            torch._foreach_copy_(parameters, self.averages[index])
         try:
             with evaluating(model):
                 yield model
@@ -97,8 +89,9 @@ class EMA:
             "optimization_step": self.optimization_step,
         }
 
-    def check_state(self, state, averages: Sequence[dict[str, torch.Tensor]]) -> None:
-        """`state()` and one {parameter name: tensor} mapping per average fit this EMA; ValueError if not."""
+    def check_state(self, state) -> None:
+        """`state()` fits this EMA (the averages' tensors are checked against the model where they are read);
+        ValueError if not."""
         if not isinstance(state, dict):
             raise ValueError(f"ema: expected an object, got {state!r}")
         decays = state.get("max_decays")
@@ -107,17 +100,10 @@ class EMA:
         step = state.get("optimization_step")
         if not isinstance(step, int) or isinstance(step, bool) or not 0 <= step <= 10**9:
             raise ValueError(f"ema: optimization_step must be a non-negative integer, got {step!r}")
-        if len(averages) != len(self.averages):
-            raise ValueError(f"ema: holds {len(averages)} averages, this run tracks {len(self.averages)}")
-        for stored in averages:
-            for name, average in zip(self.names, self.averages[0]):
-                if name not in stored or stored[name].shape != average.shape:
-                    raise ValueError(f"ema: tensor {name!r} is missing or of another shape than the model's")
 
     @torch.no_grad()
     def load_state(self, state: dict, averages: Sequence[dict[str, torch.Tensor]]) -> None:
-        """Restore `state()` and one {parameter name: tensor} mapping per average (checked by check_state)."""
-        self.check_state(state, averages)
+        """Restore `state()` and one {parameter name: tensor} mapping per average, both checked first."""
         for own, stored in zip(self.averages, averages):
             torch._foreach_copy_(own, [stored[name].to(own[0].device) for name in self.names])
         self.optimization_step = state["optimization_step"]

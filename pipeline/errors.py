@@ -1,8 +1,9 @@
 """The one error type users see, and the one way a command reports it.
 
 Every problem a user can fix is a `PipelineError` whose message starts with the field or file concerned:
-`error: <field or file>: <what is wrong>` on stderr and exit status 2 (`exit_on_error`). The subclasses
-only say which stage refused; callers that do not care catch PipelineError.
+`error: <field or file>: <what is wrong>` on stderr and exit status 2 (`exit_on_error`), whichever stage refused
+(the config, the data, a checkpoint, sampling, evaluation, the Hub). `TrainingStopped` is the stop signal: a run
+that stopped on purpose (a signal, divergence) with its own exit status.
 """
 
 import sys
@@ -14,30 +15,6 @@ class PipelineError(Exception):
 
     exit_code = 2
     prefix = "error: "
-
-
-class ConfigError(PipelineError, ValueError):
-    """An invalid option value or preset."""
-
-
-class DataError(PipelineError, ValueError):
-    """The data source cannot give what the configuration asks for."""
-
-
-class CheckpointError(PipelineError):
-    """A checkpoint that cannot be written or resumed from."""
-
-
-class SampleError(PipelineError, ValueError):
-    """A sampling request or model folder that cannot be sampled."""
-
-
-class EvalError(PipelineError, ValueError):
-    """An evaluation that cannot run: weights, reference statistics, samples."""
-
-
-class HubError(PipelineError, RuntimeError):
-    """A model card or an upload that cannot be made."""
 
 
 DIVERGED_EXIT = 3  # a run that diverged: stopped, or finished with problems (pipeline/train.py, run_problems)

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from .data import DataSource, Preprocessing, describe_skipped, prepare_images
-from .errors import EvalError
+from .errors import PipelineError
 from .files import FILE, read_json, refuse_foreign, write_json
 from .hub import write_card
 from .inception import FeatureFn, inception_extractor
@@ -102,26 +102,28 @@ def encode_reference(
 def read_samples(folder: Path) -> tuple[np.ndarray, dict]:
     """A folder written by `python -m pipeline.sample`: its numbered PNGs as uint8 (N, H, W, C) and samples.json."""
     if not (folder / "samples.json").is_file():
-        raise EvalError(f"samples: {folder} has no samples.json; write it with `python -m pipeline.sample`")
-    info = read_json(folder / "samples.json", EvalError)
+        raise PipelineError(f"samples: {folder} has no samples.json; write it with `python -m pipeline.sample`")
+    info = read_json(folder / "samples.json")
     for key in ("model", "sampler", "steps", "num_images"):
         if key not in info:
-            raise EvalError(
+            raise PipelineError(
                 f"{folder / 'samples.json'}: has no {key!r}; write the folder with `python -m pipeline.sample`"
             )
     files = sorted(folder.glob("[0-9]*.png"))
     if len(files) != info["num_images"]:
-        raise EvalError(f"samples: {folder} holds {len(files)} numbered PNGs, samples.json says {info['num_images']}")
+        raise PipelineError(
+            f"samples: {folder} holds {len(files)} numbered PNGs, samples.json says {info['num_images']}"
+        )
     pixels = []
     for file in files:
         try:
             with Image.open(file) as image:
                 pixel = np.asarray(image)
         except (OSError, Image.DecompressionBombError) as error:  # not an image, truncated, or a bomb
-            raise EvalError(f"samples: {file} is not a readable image ({error})") from None
+            raise PipelineError(f"samples: {file} is not a readable image ({error})") from None
         pixels.append(pixel[..., None] if pixel.ndim == 2 else pixel)
         if pixels[-1].shape != pixels[0].shape or pixels[-1].dtype != np.uint8:
-            raise EvalError(
+            raise PipelineError(
                 f"samples: {file} is {pixels[-1].shape} {pixels[-1].dtype}, {files[0].name} {pixels[0].shape} uint8"
             )
     return np.stack(pixels), info
@@ -133,14 +135,14 @@ EVAL_LAYOUT = {"metrics.json": FILE, "samples-*.png": FILE}  # what the fid comm
 def check_metrics_folder(output: Path, model: str) -> None:
     """Before any work: the fid command writes only into a folder of its own (EVAL_LAYOUT), and inside a model's
     folder only for that model (its card shows what that folder's eval/ holds)."""
-    refuse_foreign(output, EVAL_LAYOUT, EvalError, "metrics or grids of this command", "pass another --output_dir")
+    refuse_foreign(output, EVAL_LAYOUT, "metrics or grids of this command", "pass another --output_dir")
     owner = next(
         (folder for folder in output.resolve().parents if (folder / "model_index.json").is_file()
          or (folder / RECORD_NAME).is_file()),
         None,
     )  # fmt: skip
     if owner is not None and not (Path(model).is_dir() and Path(model).resolve() == owner):
-        raise EvalError(
+        raise PipelineError(
             f"output_dir: {output} is inside {owner}, the folder of another model than {model}, whose card and "
             "metrics would then show this one's numbers; pass an --output_dir of its own"
         )
@@ -158,9 +160,9 @@ def read_metrics(path: Path) -> list:
     """The entries of an eval/metrics.json (none when there is no file), checked before any work is done."""
     if not path.exists():
         return []
-    results = read_json(path, EvalError).get("results")
+    results = read_json(path).get("results")
     if not isinstance(results, list) or not all(isinstance(entry, dict) for entry in results):
-        raise EvalError(f"{path}: 'results' must be a list of objects; move the file aside to start a new one")
+        raise PipelineError(f"{path}: 'results' must be a list of objects; move the file aside to start a new one")
     return results
 
 
@@ -247,8 +249,8 @@ def make_reference(
     if Path(args.output).exists():
         try:
             load_reference(Path(args.output))
-        except EvalError:
-            raise EvalError(
+        except PipelineError:
+            raise PipelineError(
                 f"output: {args.output} exists and is not reference statistics of this command; choose another path"
             ) from None
     if feature_fn is None:
@@ -257,7 +259,7 @@ def make_reference(
         model_dir = Path(args.model)
         unet_config = model_dir / "unet" / "config.json"
         if not unet_config.is_file():
-            raise EvalError(
+            raise PipelineError(
                 f"model: {unet_config} not found; pass a training output folder, or --resolution and --channels"
             )
         unet = json.loads(unet_config.read_text())

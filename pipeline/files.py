@@ -23,7 +23,7 @@ from pathlib import Path
 
 from safetensors import SafetensorError
 
-from .errors import ConfigError, PipelineError
+from .errors import PipelineError
 
 
 MAX_JSON_BYTES = 16 * 2**20  # the largest JSON file the pipeline writes is an optimizer's param groups
@@ -98,12 +98,54 @@ def foreign_entries(folder: Path, layout: dict) -> list[str]:
     return foreign
 
 
-def refuse_foreign(folder: Path, layout: dict, error: type, owner: str, advice: str) -> None:
-    """Raise `error` naming (the first five of) the entries of `folder` that `layout` does not name, if any."""
+def refuse_foreign(folder: Path, layout: dict, owner: str, advice: str) -> None:
+    """Raise PipelineError naming (the first five of) the entries of `folder` that `layout` does not name, if any."""
     foreign = foreign_entries(folder, layout) if Path(folder).is_dir() else []
     if foreign:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-        raise error(f"output_dir: {folder} holds files that are not {owner} ({shown}); {advice}")
+        raise PipelineError(f"output_dir: {folder} holds files that are not {owner} ({shown}); {advice}")
+
+
+def check_writable(folder: Path) -> Path:
+    """`folder` can be made and written (checked by making what is missing and a file in it, then removing them
+    again: nothing is left behind); returns its nearest existing ancestor (or itself)."""
+    missing = [parent for parent in (folder, *folder.parents) if not parent.exists()]
+    existing = folder.parents[len(missing) - 1] if missing else folder
+    if not existing.is_dir():
+        raise PipelineError(f"output_dir: {existing} exists and is not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test.{os.getpid()}.tmp"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise PipelineError(f"output_dir: cannot write to {folder} ({error.strerror or error})") from None
+    finally:
+        for parent in missing:
+            if parent.is_dir():
+                parent.rmdir()
+    return existing
+
+
+def claim_folder(folder: Path, layout: dict, *, overwrite: bool, resuming: bool) -> list[str]:
+    """A run writes only into an empty folder or one that holds nothing but a run's files (`layout`, hidden files
+    included); anything else is refused, naming it, whatever the flags. A new run over an earlier one (its export,
+    samples, metrics, checkpoints) needs `overwrite`, which removes exactly that run's files first, so that no grid,
+    metric or weights of the earlier run are ever shown as the new one's. Returns the names it removed."""
+    refuse_foreign(folder, layout, "a run's of this pipeline", "choose an empty or new --output_dir, or move them "
+                   "out (--overwrite_output_dir removes only a run's own files)")  # fmt: skip
+    earlier = [path for path in sorted(folder.iterdir()) if path.name != ".lock" and not path.name.endswith(".tmp")]
+    if resuming or not earlier:
+        return []
+    names = [path.name for path in earlier]
+    if not overwrite:
+        raise PipelineError(
+            f"output_dir: {folder} holds an earlier run ({', '.join(names)}); pass --resume_from_checkpoint latest to "
+            "continue it, --overwrite_output_dir to replace it, or choose another --output_dir"
+        )
+    for path in earlier:
+        remove(path)
+    return names
 
 
 def write_text(path, text: str) -> None:
@@ -115,23 +157,23 @@ def write_json(path, value) -> None:
     write_text(path, json.dumps(value, indent=2) + "\n")
 
 
-def read_json(path, error: type = PipelineError, max_bytes: int = MAX_JSON_BYTES) -> dict:
-    """A JSON object from `path`, or `error("<path>: <what is wrong>")`: missing, larger than `max_bytes`, not UTF-8,
-    not JSON (numbers too long included), nested too deeply, or not an object."""
+def read_json(path, max_bytes: int = MAX_JSON_BYTES) -> dict:
+    """A JSON object from `path`, or PipelineError("<path>: <what is wrong>"): missing, larger than `max_bytes`,
+    not UTF-8, not JSON (numbers too long included), nested too deeply, or not an object."""
     path = Path(path)
     if not path.is_file():
-        raise error(f"{path}: missing")
+        raise PipelineError(f"{path}: missing")
     size = path.stat().st_size
     if size > max_bytes:
-        raise error(f"{path}: {size:,} bytes, more than the {max_bytes:,} such a file may hold")
+        raise PipelineError(f"{path}: {size:,} bytes, more than the {max_bytes:,} such a file may hold")
     try:
         value = json.loads(path.read_bytes().decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as reason:  # JSONDecodeError, and integers past Python's digit limit
-        raise error(f"{path}: not valid JSON ({reason})") from None
+        raise PipelineError(f"{path}: not valid JSON ({reason})") from None
     except RecursionError:
-        raise error(f"{path}: not valid JSON (nested too deeply)") from None
+        raise PipelineError(f"{path}: not valid JSON (nested too deeply)") from None
     if not isinstance(value, dict):
-        raise error(f"{path}: expected a JSON object, got {type(value).__name__}")
+        raise PipelineError(f"{path}: expected a JSON object, got {type(value).__name__}")
     return value
 
 
@@ -162,7 +204,7 @@ class FolderLock:
             except BlockingIOError:
                 os.close(descriptor)
                 holder = self._holder()
-                raise ConfigError(
+                raise PipelineError(
                     f"output_dir: {self.path.parent} is in use by process {holder.get('pid', '?')} on "
                     f"{holder.get('host', '?')} since {holder.get('since', '?')} ({self.path}); wait for it to "
                     "finish or choose another --output_dir"

@@ -22,7 +22,7 @@ from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import filter_repo_objects
 
 from .config import HUB_ID
-from .errors import HubError
+from .errors import PipelineError
 from .files import read_json, write_text
 from .record import RECORD_NAME, read_record
 
@@ -122,7 +122,7 @@ def _reference_text(reference: dict) -> str:
 def _results(output_dir: Path) -> list[dict]:
     """eval/metrics.json's results, cheapest sampler first, with their sampler and reference as the card words them."""
     path = output_dir / "eval" / "metrics.json"
-    results = read_json(path, HubError).get("results", []) if path.is_file() else []
+    results = read_json(path).get("results", []) if path.is_file() else []
     results = [
         {**result, "sampler_text": _sampler_text(result), "reference_text": _reference_text(result["reference"])}
         for result in results
@@ -147,10 +147,10 @@ def card_context(output_dir: Path, repo_id: Optional[str] = None) -> dict:
     """Everything the template needs, read from the output folder: the run's `config`, its `run` record and the saved
     `scheduler` config as they are, and what the card says that they do not spell out."""
     if not (output_dir / RECORD_NAME).is_file():
-        raise HubError(f"{output_dir} has no {RECORD_NAME}: not a training output folder")
+        raise PipelineError(f"{output_dir} has no {RECORD_NAME}: not a training output folder")
     saved = read_record(output_dir / RECORD_NAME)
     config, run = saved.config.to_dict(), dataclasses.asdict(saved.run)
-    scheduler = read_json(output_dir / "scheduler" / "scheduler_config.json", HubError)
+    scheduler = read_json(output_dir / "scheduler" / "scheduler_config.json")
     repo_id = repo_id or config["hub_model_id"]
     data_name, data_hub_id = run["data_name"], run["hub_dataset_id"]
     if data_name is None:  # a record of an older version: judged from here
@@ -304,7 +304,7 @@ def _open_regular(path: Path):
     descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     if not stat.S_ISREG(os.fstat(descriptor).st_mode):
         os.close(descriptor)
-        raise HubError(f"{path} is no longer a regular file; nothing was uploaded")
+        raise PipelineError(f"{path} is no longer a regular file; nothing was uploaded")
     return os.fdopen(descriptor, "rb")
 
 
@@ -324,16 +324,16 @@ def push_to_hub(
     """
     output_dir = Path(output_dir)
     if not (output_dir / "model_index.json").is_file():
-        raise HubError(f"{output_dir} holds no exported pipeline (model_index.json); train or export first")
+        raise PipelineError(f"{output_dir} holds no exported pipeline (model_index.json); train or export first")
     name = repo_id or output_dir.resolve().name
     if not HUB_ID.fullmatch(name):
-        raise HubError(
+        raise PipelineError(
             f"hub_model_id: must be 'name' or 'user/name' (letters, digits, '-', '_', '.'), got {name!r}"
             + ("" if repo_id else " (the folder's name); pass --hub_model_id")
         )
     token = hub_token()
     if not token:
-        raise HubError(
+        raise PipelineError(
             "no Hugging Face token: set HF_TOKEN or run `hf auth login`, then push again; nothing was uploaded"
         )
     api = api or HfApi()
@@ -360,11 +360,11 @@ def push_to_hub(
             repo_type="model",
         )
     except HfHubHTTPError as error:
-        raise HubError(
+        raise PipelineError(
             f"the upload to {name} failed ({type(error).__name__}: {error}); the local folder is unchanged"
         ) from None
     except (OSError, HTTPError) as error:  # no network, DNS, TLS, time-outs
-        raise HubError(
+        raise PipelineError(
             f"the Hub cannot be reached ({type(error).__name__}: {error}); the local folder is unchanged"
         ) from None
     finally:

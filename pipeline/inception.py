@@ -17,7 +17,7 @@ from cleanfid import inception_pytorch
 from cleanfid.features import build_feature_extractor
 from cleanfid.inception_torchscript import InceptionV3W
 
-from .errors import EvalError
+from .errors import PipelineError
 from .files import staged
 
 
@@ -52,7 +52,7 @@ def find_weights(mode: str, weights: Optional[str] = None, url: Optional[str] = 
     if weights is not None:
         path = Path(weights)
         if not path.is_file():
-            raise EvalError(
+            raise PipelineError(
                 f"inception_weights: no file at {path} (mode {mode} needs {INCEPTION_FILES[mode]} from "
                 f"{INCEPTION_URLS[mode]})"
             )
@@ -68,7 +68,7 @@ def find_weights(mode: str, weights: Optional[str] = None, url: Optional[str] = 
             with urllib.request.urlopen(url, timeout=30) as response, open(partial, "wb") as file:
                 shutil.copyfileobj(response, file)
     except (urllib.error.URLError, OSError) as error:
-        raise EvalError(
+        raise PipelineError(
             f"the Inception weights for mode {mode!r} are not at {path} and could not be downloaded from {url} "
             f"({type(error).__name__}: {getattr(error, 'reason', error)}). On a machine with network, download that "
             f"file and either put it at {path} or pass --inception_weights PATH."
@@ -84,9 +84,9 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def unusable_weights(path: Path, mode: str, error: Exception) -> EvalError:
+def unusable_weights(path: Path, mode: str, error: Exception) -> PipelineError:
     first = str(error).splitlines()[0] if str(error) else ""
-    return EvalError(
+    return PipelineError(
         f"inception_weights: {path} is not a usable {INCEPTION_FILES[mode]} ({type(error).__name__}: {first}); delete "
         f"it and download {INCEPTION_URLS[mode]} again"
     )
@@ -100,7 +100,7 @@ def load_legacy_weights(path: Path) -> dict:
     except Exception as error:  # UnpicklingError for code or unknown classes, RuntimeError/EOFError for a damaged file
         raise unusable_weights(path, "legacy_pytorch", error) from None
     if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
-        raise EvalError(
+        raise PipelineError(
             f"inception_weights: {path} holds no state dict of tensors; download {INCEPTION_URLS['legacy_pytorch']} "
             "again"
         )
@@ -142,16 +142,16 @@ def build_inception(mode: str, weights: Path, device: str = "cpu") -> FeatureFn:
         ramp = torch.linspace(0, 255, 299, device=device).expand(3, 299, 299)
         with torch.no_grad():
             probe = extract(torch.stack([torch.zeros_like(ramp), ramp]))  # a black image and a horizontal ramp
-    except EvalError:
+    except PipelineError:
         raise
     except Exception as error:  # torch.jit raises many types for a bad file
         raise unusable_weights(weights, mode, error) from None
     if tuple(probe.shape) != (2, FEATURE_DIM):
-        raise EvalError(
+        raise PipelineError(
             f"inception_weights: {weights} gives features of shape {tuple(probe.shape[1:])}, not ({FEATURE_DIM},)"
         )
     if not bool(torch.isfinite(probe).all() & (probe >= 0).all()):  # Inception's pool3 averages ReLU outputs
-        raise EvalError(
+        raise PipelineError(
             f"inception_weights: {weights} gives negative or non-finite features, which Inception's pool3 (an "
             f"average of ReLU outputs) cannot: it is not {INCEPTION_FILES[mode]}; download {INCEPTION_URLS[mode]}"
         )

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from .config import FID_MODES as MODES
 from .config import TrainingConfig
-from .errors import EvalError
+from .errors import PipelineError
 from .files import staged
 from .inception import FeatureFn, inception_extractor
 from .sample import SamplingRequest, sample_unet, to_uint8
@@ -27,11 +27,13 @@ def check_images(images: np.ndarray, what: str = "images") -> None:
     """Only (N, H, W, C) uint8 with C = 1 or 3 may reach the feature extractor: a channel-first array
     or floats in [-1, 1] would give a plausible but wrong FID, so they are refused here."""
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
-        raise EvalError(f"{what}: expected a uint8 array (values 0-255), got {getattr(images, 'dtype', type(images))}")
+        raise PipelineError(
+            f"{what}: expected a uint8 array (values 0-255), got {getattr(images, 'dtype', type(images))}"
+        )
     if images.ndim != 4 or images.shape[-1] not in (1, 3):
-        raise EvalError(f"{what}: expected shape (N, H, W, C) with C = 1 or 3 (channel-last), got {images.shape}")
+        raise PipelineError(f"{what}: expected shape (N, H, W, C) with C = 1 or 3 (channel-last), got {images.shape}")
     if images.shape[0] < 2:
-        raise EvalError(f"{what}: at least 2 images are needed for a covariance, got {images.shape[0]}")
+        raise PipelineError(f"{what}: at least 2 images are needed for a covariance, got {images.shape[0]}")
 
 
 def inception_input(images: np.ndarray, mode: str) -> torch.Tensor:
@@ -57,7 +59,7 @@ def extract_features(
     """Features (N, D) in float64 of uint8 (N, H, W, C) images."""
     check_images(images, description)
     if mode not in MODES:
-        raise EvalError(f"mode: choose one of {', '.join(MODES)}, not {mode!r}")
+        raise PipelineError(f"mode: choose one of {', '.join(MODES)}, not {mode!r}")
     features = []
     for start in tqdm(range(0, len(images), batch_size), desc=description, unit="batch"):
         batch = inception_input(images[start : start + batch_size], mode).to(device)
@@ -78,7 +80,7 @@ def _psd_factor(matrix: np.ndarray) -> np.ndarray:
     work."""
     factor, pivots, rank, info = scipy.linalg.lapack.dpstrf(matrix, lower=1)
     if info < 0:
-        raise EvalError(f"covariance: LAPACK dpstrf rejected argument {-info}")
+        raise PipelineError(f"covariance: LAPACK dpstrf rejected argument {-info}")
     result = np.zeros((len(matrix), rank))
     result[pivots - 1] = np.tril(factor)[:, :rank]  # P^T A P = L L^T, so A = (P L)(P L)^T
     return result
@@ -99,13 +101,13 @@ def frechet_distance(
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (mu1.size, mu1.size):
-        raise EvalError(
+        raise PipelineError(
             f"statistics of different sizes: mean {mu1.shape} vs {mu2.shape}, covariance {sigma1.shape} vs "
             f"{sigma2.shape}"
         )
     for name, value in (("mean", mu1), ("covariance", sigma1), ("mean", mu2), ("covariance", sigma2)):
         if not np.isfinite(value).all():
-            raise EvalError(f"statistics: the {name} holds NaN or infinite values")
+            raise PipelineError(f"statistics: the {name} holds NaN or infinite values")
     # `blas_threads` limits the BLAS pool (None: all cores, no thread-pool lookup). One thread was tried against
     # oversubscription by another job or the training process's own OpenMP pool: on the 2-core Xeon, natively and
     # capped at AVX2, it was 0-30% slower than all threads, idle, after torch work and loaded alike
@@ -171,34 +173,34 @@ def check_reference(reference: dict, where, mode: str, extractor: str, resolutio
     """Reference statistics fit an evaluation: the same feature extractor, the same clean-fid mode, and (when
     known) the same image resolution."""
     if reference.get("mode") != mode or reference.get("feature_extractor") != extractor:
-        raise EvalError(
+        raise PipelineError(
             f"{where} holds {reference.get('feature_extractor')} features in mode {reference.get('mode')}, this "
             f"evaluation uses {extractor} in mode {mode}"
         )
     if resolution is not None and reference.get("resolution") not in (None, resolution):
-        raise EvalError(f"{where}: its images are {reference.get('resolution')} px, the model's {resolution} px")
+        raise PipelineError(f"{where}: its images are {reference.get('resolution')} px, the model's {resolution} px")
 
 
 def load_reference(path: Path) -> tuple[np.ndarray, dict]:
     """Features and description of statistics saved by `reference`, checked: at least 2 rows of finite numbers."""
     if not path.is_file():
-        raise EvalError(f"reference: no file at {path}")
+        raise PipelineError(f"reference: no file at {path}")
     try:
         check_npz_sizes(path)
         with np.load(path, allow_pickle=False) as stored:
             features, meta = stored["features"].astype(np.float64), json.loads(str(stored["meta"]))
     except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile, RecursionError) as error:
-        raise EvalError(
+        raise PipelineError(
             f"reference: {path} is not a statistics file written by `python -m pipeline.evaluate reference` ({error})"
         ) from None
     if features.ndim != 2 or len(features) < 2:
-        raise EvalError(
+        raise PipelineError(
             f"reference: {path} holds features of shape {features.shape}; at least 2 rows are needed for a covariance"
         )
     if not np.isfinite(features).all():
-        raise EvalError(f"reference: {path} holds NaN or infinite features; encode the reference again")
+        raise PipelineError(f"reference: {path} holds NaN or infinite features; encode the reference again")
     if not isinstance(meta, dict):
-        raise EvalError(f"reference: {path} has no description (meta); encode the reference again")
+        raise PipelineError(f"reference: {path} has no description (meta); encode the reference again")
     return features, meta
 
 

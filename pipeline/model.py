@@ -13,8 +13,8 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
-from .config import ConfigError, TrainingConfig, check_field, check_type
-from .errors import PipelineError, SampleError
+from .config import TrainingConfig, check_field, check_type
+from .errors import PipelineError
 from .files import read_json
 
 
@@ -42,19 +42,17 @@ def unet_config(config: TrainingConfig) -> dict:
         source = Path(config.model_config_name_or_path)
         try:
             if source.is_file():  # a config file of any name
-                architecture = read_json(source, ConfigError)
+                architecture = read_json(source)
             else:  # a model folder or a Hub id, as diffusers reads them
                 architecture = dict(UNet2DModel.load_config(config.model_config_name_or_path))
-            check_unet_config(architecture, ConfigError, "model_config_name_or_path")
-        except ConfigError:
-            raise
+            check_unet_config(architecture, "model_config_name_or_path")
         except (OSError, ValueError) as error:
-            raise ConfigError(
+            raise PipelineError(
                 "model_config_name_or_path: cannot read a UNet2DModel config from "
                 f"{config.model_config_name_or_path!r} ({type(error).__name__}: {str(error).splitlines()[0]})"
             ) from None
         if architecture.get("_class_name", "UNet2DModel") != "UNet2DModel":
-            raise ConfigError(
+            raise PipelineError(
                 f"model_config_name_or_path: holds a {architecture['_class_name']} config, not a UNet2DModel's"
             )
     return {**architecture, "sample_size": config.resolution, "in_channels": channels, "out_channels": channels}
@@ -66,7 +64,7 @@ def build_unet(config: TrainingConfig) -> UNet2DModel:
     try:
         return UNet2DModel.from_config(architecture)
     except (TypeError, ValueError) as error:  # a config file whose values UNet2DModel refuses
-        raise ConfigError(f"model_config_name_or_path: the UNet cannot be built ({error})") from None
+        raise PipelineError(f"model_config_name_or_path: the UNet cannot be built ({error})") from None
 
 
 def x0_clipping(clip_sample: bool) -> dict:
@@ -158,34 +156,34 @@ UNET_KEYS = {
 }
 
 
-def _check_keys(values: dict, keys: dict, error: type, where: str) -> None:
+def _check_keys(values: dict, keys: dict, where: str) -> None:
     for key, name in keys.items():
         if values.get(key) is not None:
             try:
                 check_field(name, check_type(name, values[key]))
-            except ConfigError as problem:
-                raise error(f"{where}: {key}{str(problem)[len(name) :]}") from None
+            except PipelineError as problem:
+                raise PipelineError(f"{where}: {key}{str(problem)[len(name) :]}") from None
 
 
-def check_unet_config(values: dict, error: type = SampleError, where: str = "unet/config.json") -> None:
+def check_unet_config(values: dict, where: str = "unet/config.json") -> None:
     """A UNet2DModel config is sane before anything is built: sizes within the training options' bounds, channels
     1-4 (or the 4 of a latent UNet), at most 8 levels."""
-    _check_keys(values, UNET_KEYS, error, where)
+    _check_keys(values, UNET_KEYS, where)
     for key in ("in_channels", "out_channels"):
         if values.get(key) is not None and values[key] not in (1, 2, 3, 4):
-            raise error(f"{where}: {key} must be 1 to 4, got {values[key]!r}")
+            raise PipelineError(f"{where}: {key} must be 1 to 4, got {values[key]!r}")
     if len(values.get("block_out_channels") or []) > 8:
-        raise error(f"{where}: block_out_channels: at most 8 levels, got {len(values['block_out_channels'])}")
+        raise PipelineError(f"{where}: block_out_channels: at most 8 levels, got {len(values['block_out_channels'])}")
 
 
-def check_scheduler_config(values: dict, error: type = SampleError, where: str = "scheduler_config.json") -> None:
+def check_scheduler_config(values: dict, where: str = "scheduler_config.json") -> None:
     """A noise scheduler's config is sane before anything is built: T in [1, 10,000], a known beta schedule and
     prediction type, betas in (0, 1) (also trained ones), increasing for the linear schedules."""
-    _check_keys(values, SCHEDULER_KEYS, error, where)
+    _check_keys(values, SCHEDULER_KEYS, where)
     if values.get("beta_schedule") in ("linear", "scaled_linear") and values.get("beta_end", 1) <= values.get(
         "beta_start", 0
     ):
-        raise error(
+        raise PipelineError(
             f"{where}: beta_end must be above beta_start, got {values.get('beta_end')} <= {values.get('beta_start')}"
         )
     trained = values.get("trained_betas")
@@ -194,10 +192,10 @@ def check_scheduler_config(values: dict, error: type = SampleError, where: str =
         or len(trained) != values.get("num_train_timesteps", len(trained))
         or not all(isinstance(beta, (int, float)) and not isinstance(beta, bool) and 0 < beta < 1 for beta in trained)
     ):
-        raise error(f"{where}: trained_betas must be num_train_timesteps numbers in (0, 1)")
+        raise PipelineError(f"{where}: trained_betas must be num_train_timesteps numbers in (0, 1)")
 
 
-def check_model_folder(folder: Path, error: type = SampleError) -> None:
+def check_model_folder(folder: Path) -> None:
     """A DDPMPipeline folder whose scheduler and UNet configs pass the checks above (each JSON file bounded in size
     and depth), so that nothing is built from an absurd config (a T of 10^9, negative betas, an unknown schedule)."""
     for name, check in (
@@ -205,11 +203,9 @@ def check_model_folder(folder: Path, error: type = SampleError) -> None:
         ("unet/config.json", check_unet_config),
     ):
         try:
-            check(read_json(Path(folder) / name, error), error, str(Path(folder) / name))
-        except PipelineError:
-            raise
+            check(read_json(Path(folder) / name), str(Path(folder) / name))
         except (TypeError, ValueError) as problem:
-            raise error(f"{Path(folder) / name}: malformed ({problem})") from None
+            raise PipelineError(f"{Path(folder) / name}: malformed ({problem})") from None
 
 
 # A scheduler config's keys that define the forward process -> the TrainingConfig fields that set them
@@ -227,13 +223,13 @@ def saved_schedule(folder: Path) -> dict:
     """The training options of the noise schedule that a pipeline folder's scheduler_config.json defines (any of this
     project's samplers: every one holds the forward process's keys), checked as the options are."""
     path = Path(folder) / "scheduler" / "scheduler_config.json"
-    saved = read_json(path, ConfigError)
+    saved = read_json(path)
     if saved.get("trained_betas") is not None:
-        raise ConfigError(f"distill_teacher: {path} gives trained_betas, which this pipeline cannot train with")
+        raise PipelineError(f"distill_teacher: {path} gives trained_betas, which this pipeline cannot train with")
     missing = [key for key in SCHEDULE_KEYS if key not in saved]
     if missing:
-        raise ConfigError(f"distill_teacher: {path} does not say {', '.join(missing)}")
-    _check_keys(saved, SCHEDULE_KEYS, ConfigError, str(path))
+        raise PipelineError(f"distill_teacher: {path} does not say {', '.join(missing)}")
+    _check_keys(saved, SCHEDULE_KEYS, str(path))
     return {name: check_type(name, saved[key]) for key, name in SCHEDULE_KEYS.items()}
 
 
@@ -248,23 +244,25 @@ def load_teacher(config: TrainingConfig) -> Teacher:
     architecture and noise schedule of the run (all but the prediction type, which the student chooses)."""
     folder, output_dir = Path(config.distill_teacher).resolve(), Path(config.output_dir).resolve()
     if folder == output_dir or folder in output_dir.parents or output_dir in folder.parents:
-        raise ConfigError(
+        raise PipelineError(
             f"output_dir: {config.output_dir} would write into the teacher's folder {config.distill_teacher}; give "
             "the student a folder of its own"
         )
-    index = read_json(folder / "model_index.json", ConfigError) if (folder / "model_index.json").is_file() else {}
+    index = read_json(folder / "model_index.json") if (folder / "model_index.json").is_file() else {}
     if index.get("_class_name") != "DDPMPipeline":
         found = f"its model_index.json names {index.get('_class_name')!r}" if index else "it holds no model_index.json"
-        raise ConfigError(f"distill_teacher: {folder} is not a DDPMPipeline ({found}); pass a training output folder")
-    check_model_folder(folder, ConfigError)
-    unet_config = read_json(folder / "unet" / "config.json", ConfigError)
+        raise PipelineError(
+            f"distill_teacher: {folder} is not a DDPMPipeline ({found}); pass a training output folder"
+        )
+    check_model_folder(folder)
+    unet_config = read_json(folder / "unet" / "config.json")
     if unet_config.get("sample_size") != config.resolution:
-        raise ConfigError(
+        raise PipelineError(
             f"distill_teacher: its images are {unet_config.get('sample_size')} px, the data's resolution is "
             f"{config.resolution} px; distil at the teacher's resolution (drop --resolution)"
         )
     if config.image_channels not in (None, unet_config.get("in_channels")):
-        raise ConfigError(
+        raise PipelineError(
             f"distill_teacher: it makes {unet_config.get('in_channels')}-channel images, the run "
             f"{config.image_channels}-channel ones"
         )
@@ -275,7 +273,7 @@ def load_teacher(config: TrainingConfig) -> Teacher:
         details = ", ".join(
             f"{name} {value!r} (the run: {getattr(config, name)!r})" for name, value in differing.items()
         )
-        raise ConfigError(
+        raise PipelineError(
             f"distill_teacher: its scheduler_config.json says {details}; a student learns its teacher's noise "
             "schedule (drop the flags that change it, or fix the teacher's training_config.json)"
         )
@@ -284,7 +282,7 @@ def load_teacher(config: TrainingConfig) -> Teacher:
     if {name: tuple(value.shape) for name, value in teacher.state_dict().items()} != {
         name: tuple(value.shape) for name, value in own.items()
     }:
-        raise ConfigError(f"distill_teacher: {folder / 'unet'} is not the UNet the run's architecture options build")
+        raise PipelineError(f"distill_teacher: {folder / 'unet'} is not the UNet the run's architecture options build")
     return Teacher(teacher.eval().requires_grad_(False), prediction_type)
 
 

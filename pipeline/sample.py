@@ -18,7 +18,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .device import sampling_dtype
-from .errors import SampleError
+from .errors import PipelineError
 from .files import FILE, read_json, refuse_foreign, staged, write_json
 from .model import check_model_folder, make_sampler
 from .record import RECORD_NAME, read_record
@@ -122,7 +122,7 @@ class SamplingRequest:
 
     def check_steps(self, num_train_timesteps: int) -> None:
         if self.steps > num_train_timesteps:
-            raise SampleError(
+            raise PipelineError(
                 f"steps: {self.steps} sampler steps, but the model was trained with T = {num_train_timesteps}"
             )
 
@@ -144,7 +144,7 @@ def default_sampler(model: Optional[str]) -> tuple[str, int]:
         return config.grid_sampler, config.grid_inference_steps
     shipped = folder / "scheduler" / "scheduler_config.json" if folder is not None else None
     if shipped is not None and shipped.is_file():
-        scheduler = read_json(shipped, SampleError)
+        scheduler = read_json(shipped)
         if scheduler.get("_class_name") == "DPMSolverMultistepScheduler":
             algorithm = scheduler.get("algorithm_type")
             return (algorithm if algorithm in ("dpmsolver++", "sde-dpmsolver++") else "dpmsolver++"), 20
@@ -197,16 +197,14 @@ def load_pipeline(model: str, device: str = "cpu", dtype: str = "fp32") -> DDPMP
     built (pipeline.model.check_model_folder), its UNet on `device` in `dtype`."""
     path = Path(model)
     if path.exists() and not (path / "model_index.json").is_file():
-        raise SampleError(f"model: {model} holds no model_index.json; pass a training output folder or a Hub id")
+        raise PipelineError(f"model: {model} holds no model_index.json; pass a training output folder or a Hub id")
     try:
         if not path.exists():
             path = Path(DDPMPipeline.download(model))
         check_model_folder(path)
         pipeline = DDPMPipeline.from_pretrained(path, dtype=DTYPES[sampling_dtype(dtype, device)])
-    except SampleError:
-        raise
     except (OSError, ValueError) as error:
-        raise SampleError(
+        raise PipelineError(
             f"model: cannot load a DDPMPipeline from {model!r} ({type(error).__name__}: {error})"
         ) from None
     pipeline.unet.to(device).eval()
@@ -264,8 +262,8 @@ def check_samples_folder(output_dir: Path) -> None:
     """Before any sampling: `output_dir` is new, empty, or a folder of this command's samples (which the new ones
     replace whole); another model's folder or a user's files are refused, naming what is there."""
     if output_dir.exists() and (not output_dir.is_dir() or output_dir.is_symlink()):
-        raise SampleError(f"output_dir: {output_dir} exists and is not a folder")
-    refuse_foreign(output_dir, SAMPLES_LAYOUT, SampleError, "samples of this command", "choose an empty or new folder")
+        raise PipelineError(f"output_dir: {output_dir} exists and is not a folder")
+    refuse_foreign(output_dir, SAMPLES_LAYOUT, "samples of this command", "choose an empty or new folder")
 
 
 def write_samples(pixels: np.ndarray, info: dict, output_dir: Path, grid_images: int = 64) -> None:

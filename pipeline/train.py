@@ -18,7 +18,6 @@ import json
 import logging
 import math
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -46,14 +45,24 @@ from .checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from .config import ConfigError, TrainingConfig
-from .data import DataError, DataSource, describe_prepared, open_source, prepare_training_images
+from .config import TrainingConfig
+from .data import DataSource, describe_prepared, open_source, prepare_training_images
 from .device import choose_precision, describe_device, device_facts, native_bf16
 from .diffusion import PSEUDO_HUBER_C, UncertaintyWeights, draw_seed, step_loss
 from .ema import EMA, sampling_weights, unreached_decays
-from .errors import DIVERGED_EXIT, HubError, PipelineError, TrainingStopped
+from .errors import DIVERGED_EXIT, PipelineError, TrainingStopped
 from .evaluate import EVAL_LAYOUT
-from .files import ANYTHING, FILE, FolderLock, refuse_foreign, remove, staged, write_failure, write_json, write_text
+from .files import (
+    ANYTHING,
+    FILE,
+    FolderLock,
+    check_writable,
+    claim_folder,
+    staged,
+    write_failure,
+    write_json,
+    write_text,
+)
 from .hub import describe_data_origin, hub_token, push_to_hub, write_card
 from .metrics import TrainingFid
 from .model import (
@@ -66,12 +75,11 @@ from .model import (
     load_teacher,
 )
 from .optim import build_optimizer, count_train_steps, lr_schedule
-from .record import RECORD_NAME, RunRecord, read_record, write_record
+from .record import RECORD_NAME, RunRecord, describe_environment, describe_run, read_record, start_notes, write_record
 from .sample import SamplingRequest, image_grid, sample_unet
 from .signals import StopRequest, StopRequested
 
 
-QUICKSTART_DATA = "data/fashion_mnist"
 # What a run writes into its output folder (with its tracker's logging_dir): a folder holding anything else is not a
 # run's (check_folder_owner), and --overwrite_output_dir removes exactly these.
 PIPELINE_FOLDER = {
@@ -172,7 +180,7 @@ def setup_accelerator(config: TrainingConfig) -> tuple[Accelerator, dict]:
     if config.logger != "none":
         package = TRACKER_PACKAGES.get(config.logger, config.logger)
         if importlib.util.find_spec(package) is None:
-            raise ConfigError(
+            raise PipelineError(
                 f"logger: {config.logger} is not installed (pip install {package}); or use --logger tensorboard"
             )
     on_gpu = torch.cuda.is_available() and not launched_on_cpus()
@@ -205,63 +213,33 @@ def setup_accelerator(config: TrainingConfig) -> tuple[Accelerator, dict]:
 
 
 def check_output_dir(config: TrainingConfig, parameters: int) -> None:
-    """Before any work: the output folder can be created and written, and has room for a checkpoint (or a warning).
-    Leaves nothing behind."""
-    output_dir = Path(config.output_dir)
-    missing = [folder for folder in (output_dir, *output_dir.parents) if not folder.exists()]
-    existing = output_dir.parents[len(missing) - 1] if missing else output_dir
-    if not existing.is_dir():
-        raise ConfigError(f"output_dir: {existing} exists and is not a folder")
-    try:  # create what is missing and a file in it, then remove them again
-        output_dir.mkdir(parents=True, exist_ok=True)
-        probe = output_dir / f".write-test.{os.getpid()}.tmp"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as error:
-        raise ConfigError(f"output_dir: cannot write to {output_dir} ({error.strerror or error})") from None
-    finally:
-        for folder in missing:
-            if folder.is_dir():
-                folder.rmdir()
+    """Before any work: the output folder can be made and written (files.check_writable), with room for a checkpoint
+    (or a warning)."""
+    existing = check_writable(Path(config.output_dir))
     # weights + two Adam moments + each EMA, fp32
     checkpoint_bytes = 4 * parameters * (3 + (1 + len(config.ema_extra_decays) if config.use_ema else 0))
     free = shutil.disk_usage(existing).free
     if config.checkpointing_steps and free < 2 * checkpoint_bytes:
         warnings.warn(
-            f"{output_dir} has {free / 2**20:,.0f} MiB free; one checkpoint takes about "
+            f"{config.output_dir} has {free / 2**20:,.0f} MiB free; one checkpoint takes about "
             f"{checkpoint_bytes / 2**20:,.0f} MiB (and --checkpoints_total_limit {config.checkpoints_total_limit} are "
             "kept)"
         )
 
 
 def check_folder_owner(config: TrainingConfig, resuming: bool) -> None:
-    """A run writes only into an empty folder or one that holds nothing but a run's files (RUN_LAYOUT, hidden files
-    included); anything else is refused, naming it, whatever the flags. A new run over an earlier one (its export,
-    samples, metrics, checkpoints) needs --overwrite_output_dir, which removes exactly that run's files first, so that
-    no grid, metric or weights of the earlier run are ever shown as the new one's."""
+    """The run's folder holds nothing but a run's files (RUN_LAYOUT, with the logging folders of this run and of the
+    run recorded there); a new run over an earlier one needs --overwrite_output_dir (files.claim_folder)."""
     output_dir = Path(config.output_dir)
     layout = {**RUN_LAYOUT, Path(config.logging_dir).parts[0]: ANYTHING}
     if (output_dir / RECORD_NAME).is_file():
         try:
             layout[Path(read_record(output_dir / RECORD_NAME).config.logging_dir).parts[0]] = ANYTHING
-        except ConfigError:
+        except PipelineError:
             layout.pop(RECORD_NAME)  # not a record this version reads: not recognised as a run's
-    refuse_foreign(output_dir, layout, ConfigError, "a run's of this pipeline", "choose an empty or new --output_dir, "
-                   "or move them out (--overwrite_output_dir removes only a run's own files)")  # fmt: skip
-    earlier = [
-        path for path in sorted(output_dir.iterdir()) if path.name != ".lock" and not path.name.endswith(".tmp")
-    ]
-    if resuming or not earlier:
-        return
-    names = ", ".join(path.name for path in earlier)
-    if not config.overwrite_output_dir:
-        raise ConfigError(
-            f"output_dir: {output_dir} holds an earlier run ({names}); pass --resume_from_checkpoint latest to "
-            "continue it, --overwrite_output_dir to replace it, or choose another --output_dir"
-        )
-    logger.warning(f"--overwrite_output_dir: removing the earlier run in {output_dir} ({names})")
-    for path in earlier:
-        remove(path)
+    removed = claim_folder(output_dir, layout, overwrite=config.overwrite_output_dir, resuming=resuming)
+    if removed:
+        logger.warning(f"--overwrite_output_dir: removed the earlier run in {output_dir} ({', '.join(removed)})")
 
 
 def load_training_data(config: TrainingConfig, accelerator: Accelerator) -> TrainingData:
@@ -275,7 +253,7 @@ def load_training_data(config: TrainingConfig, accelerator: Accelerator) -> Trai
     logger.info(describe_prepared(prepared.summary))
     global_micro_batch = config.train_batch_size * accelerator.num_processes
     if len(prepared.pixels) < global_micro_batch:
-        raise DataError(
+        raise PipelineError(
             f"train_batch_size: the data holds {len(prepared.pixels)} images, fewer than one global batch of "
             f"{global_micro_batch}"
         )
@@ -636,18 +614,14 @@ def export_run(accelerator: Accelerator, parts: TrainingParts, record: RunRecord
     """The main EMA (or the trained weights) as a stock DDPMPipeline in the output folder and each other EMA in
     ema-<decay>/, a last sample grid, the finished record and the model card; then the Hub push if asked."""
     config, output_dir = parts.config, Path(parts.config.output_dir)
-    unet = build_unet(config)  # a copy to hold the averages, so the trained weights stay as they are
-    unet.load_state_dict(parts.model.state_dict())
-    unet.to(accelerator.device)
     try:
-        if parts.ema is not None:
-            for index, decay in list(enumerate(parts.ema.max_decays))[1:]:
-                parts.ema.copy_to(unet.parameters(), index)
-                export_pipeline(unet, parts.sampler, output_dir / f"ema-{decay:g}")
-            parts.ema.copy_to(unet.parameters(), 0)
-        record.problems = run_problems(record, unet, config)
-        export_pipeline(unet, parts.sampler, output_dir)  # refuses non-finite weights: a diverged run, exit 3
-        grid_path = save_sample_grid(accelerator, parts, record.global_step, unet.eval())
+        for index, decay in list(enumerate(parts.ema.max_decays))[1:] if parts.ema is not None else []:
+            with sampling_weights(parts.model, parts.ema, index) as model:
+                export_pipeline(model, parts.sampler, output_dir / f"ema-{decay:g}")
+        with sampling_weights(parts.model, parts.ema) as model:  # the main EMA, swapped in and out again
+            record.problems = run_problems(record, model, config)
+            export_pipeline(model, parts.sampler, output_dir)  # refuses non-finite weights: a diverged run, exit 3
+            grid_path = save_sample_grid(accelerator, parts, record.global_step, model)
         record.finished, record.wall_seconds = True, round(time.time() - started, 1)
         write_record(output_dir / RECORD_NAME, config, record)
         write_card(output_dir, config.hub_model_id)
@@ -682,8 +656,10 @@ def export_run(accelerator: Accelerator, parts: TrainingParts, record: RunRecord
     if config.push_to_hub:
         try:
             push_to_hub(output_dir, config.hub_model_id, config.hub_private_repo)
-        except HubError as error:
-            raise HubError(f"{error}\nThe trained pipeline is kept; push it later with `python -m pipeline.hub push`.")
+        except PipelineError as error:
+            raise PipelineError(
+                f"{error}\nThe trained pipeline is kept; push it later with `python -m pipeline.hub push`."
+            )
 
 
 def resolve_after_data(config: TrainingConfig, data: TrainingData, num_processes: int) -> TrainingConfig:
@@ -698,38 +674,8 @@ def resolve_after_data(config: TrainingConfig, data: TrainingData, num_processes
     return dataclasses.replace(config, **changes)
 
 
-def describe_run(config: TrainingConfig, record: RunRecord, data: TrainingData) -> str:
-    """The start-of-run banner: what is trained, on what, for how long, how."""
-    parameters = record.unet_parameters
-    size = f"{parameters / 1e6:.1f}M" if parameters >= 1e6 else f"{parameters:,}"
-    images = f"{data.num_images:,} images" if data.num_images else "a stream of images"
-    epochs = f", {record.total_steps * record.images_per_step / data.num_images:.1f} epochs" if data.num_images else ""
-    channels = {1: "grayscale", 3: "RGB"}[config.image_channels]
-    preset = f"preset {config.preset}" if config.preset else "no preset: the quickstart's defaults"
-    return (
-        f"Training a {size}-parameter UNet at {config.resolution}x{config.resolution} {channels} ({preset}) on "
-        f"{images}: {record.total_steps:,} steps of {record.images_per_step} images{epochs}, {record.num_processes} "
-        f"process(es), mixed precision {record.mixed_precision}, "
-        + ("random horizontal flips" if config.random_flip else "no flips (--random_flip true for symmetric data)")
-    )
-
-
 # ---------------------------------------------------------------------------------------------
 # The run
-
-
-def slow_cpu_note(config: TrainingConfig, facts: dict) -> Optional[str]:
-    """What the quickstart run tells a user whose CPU has no native bf16 (so fp32, and the time it takes), or None."""
-    quickstart = config.preset is None or Path(config.preset).name == "quickstart.yaml"
-    quickstart = quickstart and config.train_data_dir is None and config.dataset_name == QUICKSTART_DATA
-    if not quickstart or facts["type"] != "cpu" or native_bf16(facts):
-        return None
-    return (
-        "note: this CPU has no native bf16, so the quickstart trains in fp32: on 2 AVX2 cores 7-9 minutes "
-        "(measured on a Zen 3 EPYC; 14 with other work on the machine), against 5-7 on 2 with AVX-512 (README, "
-        "Quickstart); `--config configs/quickstart_fast.yaml` trains a smaller UNet in about half of that, at lower "
-        "quality"
-    )
 
 
 def train(config: TrainingConfig) -> Path:
@@ -737,14 +683,14 @@ def train(config: TrainingConfig) -> Path:
     configure_logging(config.log_level)
     resume_from = find_resume_checkpoint(config)
     if config.push_to_hub and not hub_token():
-        raise ConfigError("push_to_hub: no Hugging Face token; set HF_TOKEN or run `hf auth login` before training")
+        raise PipelineError("push_to_hub: no Hugging Face token; set HF_TOKEN or run `hf auth login` before training")
     accelerator, precision = setup_accelerator(config)
     main = accelerator.is_main_process
     if main:
         with torch.device("meta"):  # only counted, never allocated
             parameters = count_parameters(build_unet(config))
         if parameters > MAX_PARAMETERS:
-            raise ConfigError(
+            raise PipelineError(
                 f"block_out_channels: this UNet has {parameters:,} parameters, more than the {MAX_PARAMETERS:,} a run "
                 "here takes (the largest image diffusion UNets have about 2.6 billion)"
             )
@@ -760,14 +706,8 @@ def train(config: TrainingConfig) -> Path:
         logger.info(
             f"Device: {device}; mixed precision {precision['mixed_precision']} ({precision['precision_reason']})"
         )
-        note = slow_cpu_note(config, precision["device"])
-        if note:
+        for note in start_notes(config, precision["device"]):
             logger.warning(note)
-        if config.preset is None and (config.train_data_dir is not None or config.dataset_name != QUICKSTART_DATA):
-            logger.warning(
-                "note: no --config, so the quickstart's defaults apply (28x28, a 2.5M-parameter UNet); for your own "
-                "images start from `--config configs/images64.yaml` (see the README, 'Your own images')"
-            )
         try:
             run_training(config, accelerator, resume_from, precision, fid_tracker, teacher=teacher)
         finally:
@@ -803,7 +743,7 @@ def run_training(
             for name, value in config.to_dict().items()
         }
         accelerator.init_trackers("train_ddpm", config=hparams)  # (TensorBoard's hparams take scalars and strings)
-    logger.info(describe_run(config, record, data))
+    logger.info(describe_run(config, record, data.num_images))
 
     speeds = training_loop(accelerator, parts, data.batches, record, fid_tracker)
     record.images_per_second = round(statistics.median(speeds), 1) if speeds else None
@@ -812,26 +752,6 @@ def run_training(
         record.data = {**record.data, "files_skipped": int(accelerator.reduce(skipped, reduction="sum").item())}
     if accelerator.is_main_process:
         export_run(accelerator, parts, record, started)
-
-
-def describe_environment(accelerator: Accelerator) -> dict:
-    """The hardware, processes, threads and versions a run records."""
-    if accelerator.device.type == "cuda":
-        hardware = f"{accelerator.num_processes} x {torch.cuda.get_device_name(accelerator.device)}"
-    else:
-        cpu = device_facts("cpu")
-        hardware = f"{accelerator.num_processes} process(es) on cpu ({cpu['name']}, {cpu['cores']} cores)"
-    versions = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        **{package: importlib.metadata.version(package) for package in ("diffusers", "accelerate", "datasets")},
-    }
-    return {
-        "hardware": hardware,
-        "num_processes": accelerator.num_processes,
-        "cpu_threads_per_process": torch.get_num_threads(),
-        "versions": versions,
-    }
 
 
 def dry_run(config: TrainingConfig) -> None:
@@ -848,7 +768,7 @@ def dry_run(config: TrainingConfig) -> None:
             else len(open_source(DataSource.from_config(config), config.max_image_bytes).table)
         )
         source_note = " (streamed: the length is not known ahead)" if config.streaming else ""
-    except DataError as error:
+    except PipelineError as error:
         num_images, source_note = None, f" (the data source is not readable yet: {error})"
     if config.max_train_samples is not None:
         num_images = min(num_images or config.max_train_samples, config.max_train_samples)

@@ -1,4 +1,5 @@
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -175,19 +176,55 @@ def sfhq_tree(tmp_path_factory):
     return root, archive
 
 
-def launch_two_processes(config_file: Path, output_dir: Path):
-    """`accelerate launch --multi_gpu --num_processes 2 train_ddpm.py`: on a CPU machine, one gloo group of two."""
-    import subprocess
+# `accelerate launch` as a user types it, from the repository root: one process with the repository's
+# accelerate_config.yaml, or two (`--multi_gpu` on a CPU machine: one gloo group of two processes).
+LAUNCH = [sys.executable, "-m", "accelerate.commands.launch"]
+ONE_PROCESS = ["--config_file", "accelerate_config.yaml"]
+TWO_PROCESSES = ["--multi_gpu", "--num_processes", "2"]
 
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        *"--multi_gpu --num_processes 2".split(),
-        "train_ddpm.py",
-        "--config",
-        str(config_file),
-        "--output_dir",
-        str(output_dir),
-    ]
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+
+def train_arguments(config_file: Path, output_dir: Path, *extra: str, launcher=ONE_PROCESS) -> list[str]:
+    """The launcher's arguments for train_ddpm.py with a preset, an output folder and more flags."""
+    return [*launcher, "train_ddpm.py", "--config", str(config_file), "--output_dir", str(output_dir), *extra]
+
+
+def launch(*arguments: str, env=None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`accelerate launch <arguments>`, run to its end, its output captured."""
+    return subprocess.run([*LAUNCH, *arguments], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+FINISHED_RUN = {**TINY, "mixed_precision": "no", "save_images_steps": 0, "logger": "none"}
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory):
+    """A tiny fp32 run (in this process) with checkpoints at steps 3 and 6 and its export; the tests that only read it
+    or copy from it share it."""
+    from accelerate.state import AcceleratorState
+
+    from pipeline.config import TrainingConfig
+    from pipeline.train import train
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    output_dir = tmp_path_factory.mktemp("finished") / "out"
+    train(TrainingConfig(**{**FINISHED_RUN, "output_dir": str(output_dir)}))
+    AcceleratorState._reset_state(reset_partial_state=True)
+    return output_dir
+
+
+def copy_checkpoint(finished_run: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A new output folder holding only checkpoint-3 of the finished run: the folder and the checkpoint."""
+    import shutil
+
+    output_dir = tmp_path / "resumed"
+    shutil.copytree(finished_run / "checkpoints" / "checkpoint-3", output_dir / "checkpoints" / "checkpoint-3")
+    return output_dir, output_dir / "checkpoints" / "checkpoint-3"
+
+
+def resume(output_dir: Path, **changes):
+    """The finished run's config resumed from the latest checkpoint in `output_dir`, with `changes`."""
+    from pipeline.config import TrainingConfig
+    from pipeline.train import train
+
+    values = {**FINISHED_RUN, "output_dir": str(output_dir), "resume_from_checkpoint": "latest", **changes}
+    return train(TrainingConfig(**values))

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from conftest import TINY
-from pipeline.config import ConfigError, TrainingConfig
+from pipeline.config import TrainingConfig
+from pipeline.errors import PipelineError
 from pipeline.model import build_noise_scheduler, build_unet
 from pipeline.train import check_resume_compatible, export_pipeline, find_resume_checkpoint, list_checkpoints
 
@@ -38,7 +39,7 @@ def test_latest_skips_partial_checkpoints_with_a_warning(tmp_path):
 def test_latest_without_checkpoints_starts_a_new_run(tmp_path):
     with pytest.warns(UserWarning, match="no checkpoint"):
         assert find_resume_checkpoint(tiny(tmp_path, resume_from_checkpoint="latest")) is None
-    with pytest.raises(ConfigError, match="resume_from_checkpoint: .* is not a complete checkpoint"):
+    with pytest.raises(PipelineError, match="resume_from_checkpoint: .* is not a complete checkpoint"):
         find_resume_checkpoint(tiny(tmp_path, resume_from_checkpoint=str(tmp_path / "nowhere")))
 
 
@@ -46,7 +47,7 @@ def test_resuming_with_a_different_architecture_is_refused(tmp_path):
     checkpoint = make_checkpoint(tmp_path, 3, tiny(tmp_path))
     check_resume_compatible(tiny(tmp_path, learning_rate=0.01), checkpoint)  # optimisation settings may change
     with pytest.raises(
-        ConfigError, match="block_out_channels: cannot resume .*\\[8, 16\\] in the checkpoint, \\[16, 32\\] now"
+        PipelineError, match="block_out_channels: cannot resume .*\\[8, 16\\] in the checkpoint, \\[16, 32\\] now"
     ):
         check_resume_compatible(tiny(tmp_path, block_out_channels=[16, 32], norm_num_groups=4), checkpoint)
 
@@ -68,7 +69,7 @@ def test_resuming_an_older_checkpoint_never_overwrites_newer_ones_unasked(tmp_pa
     config = tiny(tmp_path, resume_from_checkpoint="checkpoint-2")
     make_checkpoint(tmp_path, 2, config)
     make_checkpoint(tmp_path, 4, config)
-    with pytest.raises(ConfigError, match=r"holds checkpoints newer than checkpoint-2 \(checkpoint-4\)"):
+    with pytest.raises(PipelineError, match=r"holds checkpoints newer than checkpoint-2 \(checkpoint-4\)"):
         find_resume_checkpoint(config)
     asked = tiny(tmp_path, resume_from_checkpoint="checkpoint-2", overwrite_output_dir=True)
     assert find_resume_checkpoint(asked).name == "checkpoint-2"

@@ -8,7 +8,8 @@ import yaml
 
 from conftest import REPO
 from pipeline.arguments import load_preset, parse_config
-from pipeline.config import ConfigError, TrainingConfig
+from pipeline.config import TrainingConfig
+from pipeline.errors import PipelineError
 from pipeline.record import RunRecord, read_record, write_record
 
 
@@ -48,7 +49,7 @@ def test_each_preset_parses(preset):
 
 
 def test_the_own_images_preset_asks_for_the_data():
-    with pytest.raises(ConfigError, match="dataset_name: set --dataset_name or --train_data_dir"):
+    with pytest.raises(PipelineError, match="dataset_name: set --dataset_name or --train_data_dir"):
         parse_config(["--config", "configs/images64.yaml"])
 
 
@@ -258,7 +259,7 @@ def test_every_field_is_settable_from_the_command_line():
     ],
 )
 def test_invalid_values_name_the_field(argv, field):
-    with pytest.raises(ConfigError) as error:
+    with pytest.raises(PipelineError) as error:
         parse_config(argv)
     assert str(error.value).startswith(f"{field}:"), str(error.value)
 
@@ -282,7 +283,7 @@ def test_invalid_values_name_the_field(argv, field):
 def test_invalid_presets_name_the_field(tmp_path, preset, field):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(preset))
-    with pytest.raises(ConfigError) as error:
+    with pytest.raises(PipelineError) as error:
         parse_config(["--config", str(path)])
     assert str(error.value).startswith(f"{field}:"), str(error.value)
 
@@ -318,7 +319,7 @@ def test_training_config_json_round_trips_and_is_a_valid_preset(tmp_path):
     (tmp_path / "training_config.json").write_text(json.dumps(saved))
     assert read_record(tmp_path / "training_config.json").run == RunRecord(hardware="older")
     (tmp_path / "training_config.json").write_text("{")
-    with pytest.raises(ConfigError, match="training_config.json: not valid JSON"):
+    with pytest.raises(PipelineError, match="training_config.json: not valid JSON"):
         read_record(tmp_path / "training_config.json")
 
 

@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +10,10 @@ import yaml
 from accelerate.state import AcceleratorState
 from PIL import Image
 
-from conftest import REPO, TINY
+from conftest import REPO, TINY, launch
 from pipeline.arguments import parse_config
-from pipeline.config import ConfigError, TrainingConfig
+from pipeline.config import TrainingConfig
+from pipeline.errors import PipelineError
 from pipeline.train import train
 
 
@@ -27,11 +26,6 @@ pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")  # each run makes
 def tiny(tmp_path, **changes) -> TrainingConfig:
     values = {**TINY, "output_dir": str(tmp_path / "out"), "save_images_steps": 0, "checkpointing_steps": 0, **changes}
     return TrainingConfig(**values)
-
-
-def accelerate_launch(*arguments, env=None, timeout=600) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "accelerate.commands.launch", *arguments]
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -116,7 +110,7 @@ def test_mixed_precision_follows_the_flag_then_accelerate_then_the_preset(tmp_pa
         )
     )
     launcher = [argument.format(no_config=no_config) for argument in launcher]
-    result = accelerate_launch(*launcher, str(script), *flags)
+    result = launch(*launcher, str(script), *flags)
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"mixed_precision={expected}" in result.stdout
 
@@ -142,7 +136,7 @@ def test_the_examples_flags_work_and_the_token_is_never_written(tmp_path):
     )
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump({**TINY, "max_train_steps": 8, "checkpointing_steps": 0}))
     output_dir = tmp_path / "out"
-    result = accelerate_launch(
+    result = launch(
         "--config_file",
         "accelerate_config.yaml",
         "train_ddpm.py",
@@ -210,7 +204,7 @@ def test_a_tracker_that_is_not_installed_is_named_before_any_work(tmp_path):
 
     if importlib.util.find_spec("wandb") is not None:
         pytest.skip("wandb is installed here: see test_wandb_runs_offline")
-    with pytest.raises(ConfigError, match="logger: wandb is not installed \\(pip install wandb\\)"):
+    with pytest.raises(PipelineError, match="logger: wandb is not installed \\(pip install wandb\\)"):
         train(tiny(tmp_path, logger="wandb"))
     assert not (tmp_path / "out").exists()
 
@@ -232,7 +226,7 @@ def test_overwrite_output_dir_starts_afresh_where_checkpoints_exist(tmp_path):
     first = train(tiny(tmp_path, checkpointing_steps=3))
     assert (first / "checkpoints" / "checkpoint-6").is_dir()
     AcceleratorState._reset_state(reset_partial_state=True)
-    with pytest.raises(ConfigError, match="already holds checkpoints"):
+    with pytest.raises(PipelineError, match="already holds checkpoints"):
         train(tiny(tmp_path, checkpointing_steps=3))
     AcceleratorState._reset_state(reset_partial_state=True)
     (first / "samples" / "step-999.png").write_bytes(b"a grid of the earlier run")
@@ -248,7 +242,7 @@ def test_overwrite_output_dir_starts_afresh_where_checkpoints_exist(tmp_path):
 def test_the_python_api_applies_the_pair_rules_of_the_command_line(tmp_path):
     assert TrainingConfig(num_epochs=10).max_train_steps is None  # the default budget steps aside
     assert TrainingConfig(train_data_dir="photos").dataset_name is None  # so does the default data
-    with pytest.raises(ConfigError, match="max_train_steps: give the budget as exactly one"):
+    with pytest.raises(PipelineError, match="max_train_steps: give the budget as exactly one"):
         TrainingConfig(num_epochs=10, max_train_steps=20)  # both given, neither a default
     assert parse_config(["--num_epochs", "10"]) == TrainingConfig(num_epochs=10)
 

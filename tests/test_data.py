@@ -14,8 +14,8 @@ from pipeline import data
 from pipeline.arguments import parse_config
 from pipeline.batches import CachedBatches, StreamedBatches
 from pipeline.data import (
-    DataError,
     DataSource,
+    PipelineError,
     Preprocessing,
     decode_image,
     open_source,
@@ -45,14 +45,14 @@ def test_embedded_dataset_decodes_to_uint8():
 
 
 def test_missing_image_column_and_unknown_dataset(tmp_path):
-    with pytest.raises(DataError, match="image_column: no column 'pixels'"):
+    with pytest.raises(PipelineError, match="image_column: no column 'pixels'"):
         prepare_training_images(parse_config(["--image_column", "pixels"]))
     import datasets
 
     datasets.Dataset.from_dict({"text": ["a", "b"]}).save_to_disk(tmp_path / "text_only")
-    with pytest.raises(DataError, match="no Image feature"):
+    with pytest.raises(PipelineError, match="no Image feature"):
         prepare_training_images(parse_config(["--dataset_name", str(tmp_path / "text_only")]))
-    with pytest.raises(DataError, match="dataset_name: cannot load"):
+    with pytest.raises(PipelineError, match="dataset_name: cannot load"):
         open_source(DataSource(dataset_name="data/no_such_dataset"))
 
 
@@ -99,7 +99,7 @@ def test_zip_archive_gives_the_same_images_as_the_folder(sfhq_tree):
 
 def test_strict_data_stops_the_run_on_bad_files(sfhq_tree):
     root, _ = sfhq_tree
-    with pytest.raises(DataError, match="strict_data: .* corrupt or truncated"):
+    with pytest.raises(PipelineError, match="strict_data: .* corrupt or truncated"):
         prepare_training_images(tree_config(root, "--strict_data"))
 
 
@@ -145,24 +145,24 @@ def test_subset_is_seeded(sfhq_tree, tmp_path):
     other = prepare_training_images(tree_config(root, "--max_train_samples", "12", "--seed", "2")).pixels
     assert not again.summary["from_cache"]  # decoded afresh in another cache folder: the same images
     np.testing.assert_array_equal(again.pixels, first)
-    assert len(first) <= 12  # 12 files drawn; any bad ones among them are skipped
+    assert again.summary["images_decoded"] == 12 and len(first) == again.summary["images_kept"]  # bad ones skipped
     assert first.shape != other.shape or not np.array_equal(first, other)
 
 
 def test_empty_and_missing_sources(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "readme.txt").write_text("no images here")
-    with pytest.raises(DataError, match="holds no image files \\(1 other files\\)"):
+    with pytest.raises(PipelineError, match="holds no image files \\(1 other files\\)"):
         prepare_training_images(tree_config(tmp_path / "empty"))
-    with pytest.raises(DataError, match="neither a folder of images nor a .zip archive"):
+    with pytest.raises(PipelineError, match="neither a folder of images nor a .zip archive"):
         prepare_training_images(tree_config(tmp_path / "nowhere"))
     (tmp_path / "broken.zip").write_bytes(b"PK not really")
-    with pytest.raises(DataError, match="not a readable zip archive"):
+    with pytest.raises(PipelineError, match="not a readable zip archive"):
         prepare_training_images(tree_config(tmp_path / "broken.zip"))
     only_bad = tmp_path / "only_bad"
     only_bad.mkdir()
     (only_bad / "a.jpg").write_bytes(b"")
-    with pytest.raises(DataError, match="none of its 1 images could be used"):
+    with pytest.raises(PipelineError, match="none of its 1 images could be used"):
         prepare_training_images(tree_config(only_bad))
 
 

@@ -12,7 +12,8 @@ from conftest import REPO, TINY
 from pipeline.arguments import parse_config
 from pipeline.config import TrainingConfig
 from pipeline.device import choose_precision, describe_device, device_facts, native_bf16
-from pipeline.train import slow_cpu_note, train
+from pipeline.record import start_notes
+from pipeline.train import train
 
 
 def cpu(**flags):
@@ -51,12 +52,18 @@ def test_an_explicit_choice_is_kept_and_emulated_bf16_is_named():
 
 
 def test_the_quickstart_on_a_cpu_without_native_bf16_points_to_the_fast_preset(tmp_path):
+    def slow_cpu_notes(config, facts):
+        return [note for note in start_notes(config, facts) if "native bf16" in note]
+
     quickstart = parse_config([])
-    assert "configs/quickstart_fast.yaml" in slow_cpu_note(quickstart, AVX2)
-    assert slow_cpu_note(parse_config(["--config", "configs/quickstart.yaml"]), CAPPED_AMX) is not None
-    assert slow_cpu_note(quickstart, AMX) is None and slow_cpu_note(quickstart, TURING) is None
-    assert slow_cpu_note(parse_config(["--train_data_dir", str(tmp_path)]), AVX2) is None  # not the quickstart
-    assert slow_cpu_note(parse_config(["--config", "configs/quickstart_fast.yaml"]), AVX2) is None
+    assert "configs/quickstart_fast.yaml" in slow_cpu_notes(quickstart, AVX2)[0]
+    assert slow_cpu_notes(parse_config(["--config", "configs/quickstart.yaml"]), CAPPED_AMX)
+    assert not slow_cpu_notes(quickstart, AMX) and not slow_cpu_notes(quickstart, TURING)
+    assert not slow_cpu_notes(parse_config(["--train_data_dir", str(tmp_path)]), AVX2)  # not the quickstart
+    assert not slow_cpu_notes(parse_config(["--config", "configs/quickstart_fast.yaml"]), AVX2)
+    other_data = start_notes(parse_config(["--train_data_dir", str(tmp_path)]), AMX)
+    assert len(other_data) == 1 and "no --config, so the quickstart's defaults apply" in other_data[0]
+    assert start_notes(quickstart, AMX) == []
 
 
 def test_the_recorded_device_facts_follow_an_instruction_set_cap():

@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 
 from conftest import TINY
 from pipeline.commands import distill_config
-from pipeline.config import ConfigError, TrainingConfig
+from pipeline.config import TrainingConfig
+from pipeline.errors import PipelineError
 from pipeline.train import train
 
 
@@ -118,11 +119,11 @@ def test_what_cannot_be_distilled_is_refused_before_any_work(teacher, tmp_path):
     (tmp_path / "not_a_pipeline" / "unet").mkdir(parents=True)
     (tmp_path / "not_a_pipeline" / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
     values = {**TEACHER, "distill_teacher": str(tmp_path / "not_a_pipeline"), "output_dir": str(tmp_path / "a")}
-    with pytest.raises(ConfigError, match="distill_teacher: .* is not a DDPMPipeline .*'StableDiffusionPipeline'"):
+    with pytest.raises(PipelineError, match="distill_teacher: .* is not a DDPMPipeline .*'StableDiffusionPipeline'"):
         train(TrainingConfig(**values))
-    with pytest.raises(ConfigError, match="grid_inference_steps: 60 steps, but the consistency sampler .*at most"):
+    with pytest.raises(PipelineError, match="grid_inference_steps: 60 steps, but the consistency sampler .*at most"):
         distill(teacher, tmp_path / "b", steps=60)
-    with pytest.raises(ConfigError, match="distill_teacher: its images are 16 px, the data's resolution is 32 px"):
+    with pytest.raises(PipelineError, match="distill_teacher: its images are 16 px, the data's resolution is 32 px"):
         distill(teacher, tmp_path / "c", "--resolution", "32")
     assert not [path for path in tmp_path.iterdir() if path.name in ("a", "b", "c")]
 
@@ -135,7 +136,7 @@ def test_a_student_never_writes_into_its_teachers_folder(teacher, tmp_path):
     shutil.copytree(teacher, copy, ignore=shutil.ignore_patterns("checkpoints"))
     before = {path: path.read_bytes() for path in copy.rglob("*") if path.is_file()}
     for output_dir in (copy, copy / "student"):
-        with pytest.raises(ConfigError, match="output_dir: .* would write into the teacher's folder"):
+        with pytest.raises(PipelineError, match="output_dir: .* would write into the teacher's folder"):
             distill(copy, output_dir)
     assert {path: path.read_bytes() for path in copy.rglob("*") if path.is_file()} == before
 
@@ -166,6 +167,6 @@ def test_a_teacher_without_its_record_gets_its_own_schedule_and_a_record_that_di
     lying = tmp_path / "lying"
     shutil.copytree(teacher, lying, ignore=shutil.ignore_patterns("checkpoints"))
     shutil.copy(path, lying / "scheduler" / "scheduler_config.json")  # the record still says T = 1000, cosine
-    with pytest.raises(ConfigError, match="distill_teacher: its scheduler_config.json says ddpm_num_steps 500"):
+    with pytest.raises(PipelineError, match="distill_teacher: its scheduler_config.json says ddpm_num_steps 500"):
         distill(lying, tmp_path / "t")
     assert not (tmp_path / "t").exists()

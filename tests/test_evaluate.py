@@ -95,7 +95,7 @@ def test_frechet_distance_of_rank_deficient_covariances_is_finite_and_symmetric(
 
 
 def test_statistics_of_different_sizes_are_refused():
-    with pytest.raises(ev.EvalError, match="different sizes"):
+    with pytest.raises(ev.PipelineError, match="different sizes"):
         metrics.frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
 
 
@@ -149,13 +149,13 @@ def test_fid_equals_clean_fids_own_folder_computation(garments, tmp_path, mode):
 
 def test_wrongly_laid_out_images_never_reach_the_extractor(garments):
     pixels, _ = garments
-    with pytest.raises(ev.EvalError, match="channel-last"):
+    with pytest.raises(ev.PipelineError, match="channel-last"):
         features_of(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)))  # channel-first
-    with pytest.raises(ev.EvalError, match="uint8"):
+    with pytest.raises(ev.PipelineError, match="uint8"):
         features_of(pixels.astype(np.float32) / 127.5 - 1)  # [-1, 1] floats
-    with pytest.raises(ev.EvalError, match="uint8"):
+    with pytest.raises(ev.PipelineError, match="uint8"):
         features_of(torch.from_numpy(pixels))
-    with pytest.raises(ev.EvalError, match="at least 2"):
+    with pytest.raises(ev.PipelineError, match="at least 2"):
         features_of(pixels[:1])
 
 
@@ -175,7 +175,7 @@ def test_missing_weights_without_network_stop_with_a_message_naming_the_file(tmp
     previous = torch.hub.get_dir()
     torch.hub.set_dir(str(tmp_path / "hub"))
     try:
-        with pytest.raises(ev.EvalError) as raised:
+        with pytest.raises(ev.PipelineError) as raised:
             inception.find_weights("legacy_pytorch", url="http://127.0.0.1:9/pt_inception-2015-12-05-6726825d.pth")
     finally:
         torch.hub.set_dir(previous)
@@ -189,7 +189,7 @@ def test_missing_weights_without_network_stop_with_a_message_naming_the_file(tmp
 def test_corrupt_weights_are_refused_with_a_clear_message(tmp_path, mode):
     corrupt = tmp_path / "weights.bin"
     corrupt.write_bytes(np.random.default_rng(0).bytes(4096))
-    with pytest.raises(ev.EvalError, match="is not a usable .*download .* again"):
+    with pytest.raises(ev.PipelineError, match="is not a usable .*download .* again"):
         inception.build_inception(mode, corrupt)
 
 
@@ -393,7 +393,7 @@ def test_evaluate_command_end_to_end_with_saved_reference_statistics(tiny_pipeli
     ev.evaluate(evaluate_args("--model", str(tiny_pipeline), "--reference", str(stats)), TinyFeatures(), FEATURES)
     assert len(json.loads((tiny_pipeline / "eval" / "metrics.json").read_text())["results"]) == 2
 
-    with pytest.raises(ev.EvalError, match="holds tiny test network features in mode clean"):
+    with pytest.raises(ev.PipelineError, match="holds tiny test network features in mode clean"):
         ev.evaluate(
             evaluate_args("--model", str(tiny_pipeline), "--reference", str(stats), "--mode", "legacy_pytorch"),
             TinyFeatures(),
@@ -584,7 +584,7 @@ def test_a_corrupt_metrics_file_stops_the_fid_command_before_any_sampling(tiny_p
     sampled = []
     monkeypatch.setattr(ev, "sample_images", lambda *args: sampled.append(args) or sample.sample_images(*args))
     args = ["--model", str(tiny_pipeline), "--reference_dataset", "data/fashion_mnist", "--output_dir", str(output)]
-    with pytest.raises(ev.EvalError, match="metrics.json: 'results' must be a list of objects"):
+    with pytest.raises(ev.PipelineError, match="metrics.json: 'results' must be a list of objects"):
         ev.evaluate(evaluate_args(*args), TinyFeatures(), FEATURES)
     assert not sampled and (output / "metrics.json").read_text() == '{"results": 42}'
 
@@ -597,10 +597,12 @@ def test_a_samples_folder_with_a_file_that_is_not_its_image_is_refused_by_name(t
     (folder / "samples.json").write_text(json.dumps(info))
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(folder / "00000.png")
     (folder / "00001.png").write_text("not a png")
-    with pytest.raises(ev.EvalError, match="samples: .*00001.png is not a readable image"):
+    with pytest.raises(ev.PipelineError, match="samples: .*00001.png is not a readable image"):
         ev.read_samples(folder)
     Image.fromarray(np.zeros((16, 16), np.uint8)).save(folder / "00001.png")
-    with pytest.raises(ev.EvalError, match="samples: .*00001.png is \\(16, 16, 1\\) uint8, 00000.png \\(8, 8, 1\\)"):
+    with pytest.raises(
+        ev.PipelineError, match="samples: .*00001.png is \\(16, 16, 1\\) uint8, 00000.png \\(8, 8, 1\\)"
+    ):
         ev.read_samples(folder)
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(folder / "00001.png")
     images, read = ev.read_samples(folder)
@@ -620,16 +622,18 @@ def test_the_fid_and_reference_commands_write_only_what_they_own(tiny_pipeline, 
     mine.mkdir()
     (mine / "notes.txt").write_text("mine")
     common = ["--model", str(tiny_pipeline), "--reference_dataset", "data/fashion_mnist", "--output_dir"]
-    with pytest.raises(ev.EvalError, match=f"is inside {other.resolve()}, the folder of another model than"):
+    with pytest.raises(ev.PipelineError, match=f"is inside {other.resolve()}, the folder of another model than"):
         ev.evaluate(evaluate_args(*common, str(other / "eval")), TinyFeatures(), FEATURES)
-    with pytest.raises(ev.EvalError, match=r"holds files that are not metrics or grids of this command \(notes.txt\)"):
+    with pytest.raises(
+        ev.PipelineError, match=r"holds files that are not metrics or grids of this command \(notes.txt\)"
+    ):
         ev.evaluate(evaluate_args(*common, str(mine)), TinyFeatures(), FEATURES)
     assert not sampled and list((other / "eval").iterdir()) == [] and (mine / "notes.txt").read_text() == "mine"
     reference = commands.parse_evaluate_args(
         ["reference", "--reference_dataset", "data/fashion_mnist", "--resolution", "16", "--channels", "1",
          "--output", str(mine / "notes.txt")]
     )  # fmt: skip
-    with pytest.raises(ev.EvalError, match="notes.txt exists and is not reference statistics of this command"):
+    with pytest.raises(ev.PipelineError, match="notes.txt exists and is not reference statistics of this command"):
         ev.make_reference(reference, feature_fn=TinyFeatures(), feature_name=FEATURES)
     assert (mine / "notes.txt").read_text() == "mine"
 
@@ -663,7 +667,9 @@ def test_a_clean_mode_file_that_is_not_inception_is_refused_and_every_file_is_na
     negative (Inception's pool3 averages ReLU outputs) is refused; the name a result records carries the file's
     SHA-256, so statistics of two different files never pass as the same extractor's."""
     negative = _scripted_inception(tmp_path / "negative.pt", 0.0)  # the black image gives -1
-    with pytest.raises(ev.EvalError, match="gives negative or non-finite features.*it is not inception-2015-12-05.pt"):
+    with pytest.raises(
+        ev.PipelineError, match="gives negative or non-finite features.*it is not inception-2015-12-05.pt"
+    ):
         inception.build_inception("clean", negative)
     names = []
     for offset in (2.0, 3.0):
@@ -671,7 +677,7 @@ def test_a_clean_mode_file_that_is_not_inception_is_refused_and_every_file_is_na
         names.append(name)
     digest = inception.file_sha256(tmp_path / "2.0.pt")[:16]
     assert names[0] == f"clean-fid Inception-V3 (inception-2015-12-05.pt, SHA-256 {digest})" and names[1] != names[0]
-    with pytest.raises(ev.EvalError, match="this evaluation uses"):
+    with pytest.raises(ev.PipelineError, match="this evaluation uses"):
         metrics.check_reference({"mode": "clean", "feature_extractor": names[0]}, "reference", "clean", names[1])
 
 

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import resource
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,18 +23,17 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from accelerate.state import AcceleratorState
 from PIL import Image
 from safetensors.torch import load_file
 
-from conftest import REPO, TINY
+from conftest import FINISHED_RUN, REPO, TINY, copy_checkpoint, resume
 from pipeline import evaluate as ev
 from pipeline import inception, metrics
 from pipeline.arguments import parse_config
 from pipeline.batches import MAX_UNUSABLE_ROWS_IN_A_ROW, StreamedBatches
-from pipeline.checkpoint import CheckpointError
-from pipeline.config import ConfigError, TrainingConfig
-from pipeline.data import DataError, prepare_training_images
+from pipeline.config import TrainingConfig
+from pipeline.data import prepare_training_images
+from pipeline.errors import PipelineError
 from pipeline.train import train
 
 
@@ -64,44 +62,13 @@ def assert_payload_is_live(tmp_path: Path) -> None:
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")  # each run makes its own Accelerator
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    """A tiny run with checkpoints at steps 3 and 6 and its final export."""
-    AcceleratorState._reset_state(reset_partial_state=True)
-    output_dir = tmp_path_factory.mktemp("hostile") / "out"
-    train(TrainingConfig(**{**TINY, "output_dir": str(output_dir), "save_images_steps": 0, "logger": "none"}))
-    AcceleratorState._reset_state(reset_partial_state=True)
-    return output_dir
-
-
-def resumable_copy(finished_run: Path, tmp_path: Path) -> Path:
-    """A new output folder holding only checkpoint-3 of the finished run."""
-    output_dir = tmp_path / "resumed"
-    shutil.copytree(finished_run / "checkpoints" / "checkpoint-3", output_dir / "checkpoints" / "checkpoint-3")
-    return output_dir
-
-
-def resume(output_dir: Path) -> Path:
-    return train(
-        TrainingConfig(
-            **{
-                **TINY,
-                "output_dir": str(output_dir),
-                "save_images_steps": 0,
-                "logger": "none",
-                "resume_from_checkpoint": "latest",
-            }
-        )
-    )
-
-
 # ---------------------------------------------------------------------------------------------
 # Nothing we load runs code
 
 
 def test_resume_never_unpickles_files_planted_in_a_checkpoint(finished_run, tmp_path):
     assert_payload_is_live(tmp_path)
-    output_dir = resumable_copy(finished_run, tmp_path)
+    output_dir, _ = copy_checkpoint(finished_run, tmp_path)
     checkpoint = output_dir / "checkpoints" / "checkpoint-3"
     marker = tmp_path / "fired"
     # every name Accelerate's save_state uses, and the pickle names of a diffusers checkpoint
@@ -133,7 +100,7 @@ def test_legacy_inception_weights_are_never_unpickled(tmp_path, where):
     try:
         path = inception.default_weights_path("legacy_pytorch") if where == "default" else tmp_path / "weights.pth"
         plant(path, marker)
-        with pytest.raises(ev.EvalError, match="is not a usable pt_inception-2015-12-05-6726825d.pth"):
+        with pytest.raises(ev.PipelineError, match="is not a usable pt_inception-2015-12-05-6726825d.pth"):
             inception.inception_extractor("legacy_pytorch", None if where == "default" else str(path))
     finally:
         torch.hub.set_dir(previous)
@@ -145,7 +112,7 @@ def test_legacy_inception_weights_that_are_not_the_published_file_are_named(tmp_
     torch.save({"conv.weight": torch.zeros(3)}, path)  # a plain state dict: loads safely, but is not Inception
     with (
         pytest.warns(UserWarning, match="is not the published pt_inception"),
-        pytest.raises(ev.EvalError, match="not a usable"),
+        pytest.raises(ev.PipelineError, match="not a usable"),
     ):
         inception.build_inception("legacy_pytorch", path)
 
@@ -200,18 +167,18 @@ TAMPERINGS = {
 
 @pytest.mark.parametrize("tampering", list(TAMPERINGS))
 def test_a_tampered_checkpoint_stops_the_resume_naming_the_file(finished_run, tmp_path, tampering):
-    output_dir = resumable_copy(finished_run, tmp_path)
+    output_dir, _ = copy_checkpoint(finished_run, tmp_path)
     change, message = TAMPERINGS[tampering]
     change(output_dir / "checkpoints" / "checkpoint-3")
-    with pytest.raises(CheckpointError, match=message):
+    with pytest.raises(PipelineError, match=message):
         resume(output_dir)
     assert not (output_dir / "model_index.json").exists()
 
 
 def test_a_tampered_checkpoint_from_the_command_line_is_one_error_line(finished_run, tmp_path):
-    output_dir = resumable_copy(finished_run, tmp_path)
+    output_dir, _ = copy_checkpoint(finished_run, tmp_path)
     _set_state(output_dir / "checkpoints" / "checkpoint-3", global_step=-5)
-    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump({**TINY, "logger": "none"}))
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(FINISHED_RUN))
     result = subprocess.run(
         [
             sys.executable,
@@ -392,7 +359,7 @@ def test_a_stream_without_one_decodable_image_stops_instead_of_hanging(tmp_path)
     source = str(_rows_parquet(tmp_path / "junk.parquet", [{"bytes": b"junk", "path": None}] * 1200))  # one epoch
     stream = StreamedBatches(parse_config(["--dataset_name", source, "--streaming", "--train_batch_size", "8"]))
     with pytest.raises(
-        DataError, match=f"the last {MAX_UNUSABLE_ROWS_IN_A_ROW:,} rows of the stream held no usable image"
+        PipelineError, match=f"the last {MAX_UNUSABLE_ROWS_IN_A_ROW:,} rows of the stream held no usable image"
     ):
         stream.batch(0)
 
@@ -460,7 +427,7 @@ def test_sigterm_during_a_long_wait_for_streamed_data_stops_the_run_at_once(tmp_
     ],
 )
 def test_flags_that_would_fail_later_are_refused_at_once(flags, message):
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(PipelineError, match=message):
         parse_config(flags)
 
 
@@ -474,13 +441,13 @@ def test_an_output_dir_that_cannot_be_a_folder_stops_before_decoding(tmp_path, k
     blocker = tmp_path / "blocker"
     blocker.write_text("a file\n")
     output_dir = blocker if kind == "a file" else blocker / "run"
-    with pytest.raises(ConfigError, match=f"output_dir: {blocker} exists and is not a folder"):
+    with pytest.raises(PipelineError, match=f"output_dir: {blocker} exists and is not a folder"):
         train(TrainingConfig(**{**TINY, "output_dir": str(output_dir)}))
 
 
 def test_an_output_dir_in_a_place_that_cannot_be_written_stops_before_decoding():
     with pytest.raises(
-        ConfigError, match="output_dir: cannot write to /proc/ddpm-run"
+        PipelineError, match="output_dir: cannot write to /proc/ddpm-run"
     ):  # /proc takes no new folders, even from root
         train(TrainingConfig(**{**TINY, "output_dir": "/proc/ddpm-run"}))
 
@@ -531,5 +498,5 @@ def test_reference_statistics_with_nan_or_one_row_are_refused(tmp_path, defect):
         features[3, 5] = np.nan
     path = tmp_path / "reference.npz"
     np.savez(path, mu=features.mean(0), sigma=np.eye(32), features=features, meta=json.dumps({"mode": "clean"}))
-    with pytest.raises(ev.EvalError, match="NaN or infinite features" if defect == "NaN" else "at least 2 rows"):
+    with pytest.raises(ev.PipelineError, match="NaN or infinite features" if defect == "NaN" else "at least 2 rows"):
         metrics.load_reference(path)

@@ -21,7 +21,8 @@ from huggingface_hub.errors import HfHubHTTPError
 from conftest import REPO, TINY, TinyFeatures
 from pipeline import commands, hub
 from pipeline import evaluate as ev
-from pipeline.config import ConfigError, TrainingConfig
+from pipeline.config import TrainingConfig
+from pipeline.errors import PipelineError
 from pipeline.train import train
 
 
@@ -172,7 +173,7 @@ def test_card_holds_no_machine_path_and_no_token(trained, token):
 
 
 def test_card_of_a_folder_without_a_training_record_is_refused(tmp_path):
-    with pytest.raises(hub.HubError, match="not a training output folder"):
+    with pytest.raises(hub.PipelineError, match="not a training output folder"):
         hub.write_card(tmp_path)
 
 
@@ -225,7 +226,7 @@ def test_push_creates_the_repository_with_its_private_flag_and_uploads_the_files
 
 def test_push_without_a_token_stops_before_any_call(trained, no_token):
     api = RecordingApi()
-    with pytest.raises(hub.HubError, match="no Hugging Face token: set HF_TOKEN"):
+    with pytest.raises(hub.PipelineError, match="no Hugging Face token: set HF_TOKEN"):
         hub.push_to_hub(trained, "someone/tiny-faces", api=api)
     assert api.calls == []
 
@@ -233,7 +234,7 @@ def test_push_without_a_token_stops_before_any_call(trained, no_token):
 def test_an_invalid_repository_id_stops_before_any_call(trained, token):
     """Probe: `push --hub_model_id 'bad id!!'` was huggingface_hub's HFValidationError traceback."""
     api = RecordingApi()
-    with pytest.raises(hub.HubError, match="hub_model_id: must be 'name' or 'user/name' .*got 'bad id!!'"):
+    with pytest.raises(hub.PipelineError, match="hub_model_id: must be 'name' or 'user/name' .*got 'bad id!!'"):
         hub.push_to_hub(trained, "bad id!!", api=api)
     assert api.calls == []
 
@@ -241,7 +242,9 @@ def test_an_invalid_repository_id_stops_before_any_call(trained, token):
 def test_failed_upload_leaves_the_local_folder_intact(trained, token):
     hub.write_card(trained, "someone/else")  # the push renders a different card: the local one must not change
     before = folder_digest(trained)
-    with pytest.raises(hub.HubError, match="the upload to someone/tiny-faces failed .* the local folder is unchanged"):
+    with pytest.raises(
+        hub.PipelineError, match="the upload to someone/tiny-faces failed .* the local folder is unchanged"
+    ):
         hub.push_to_hub(trained, "someone/tiny-faces", api=RecordingApi(fail_upload=True))
     assert folder_digest(trained) == before
 
@@ -307,7 +310,7 @@ def test_push_command_without_token_exits_with_the_message(trained, tmp_path):
 def test_training_with_push_to_hub_and_no_token_stops_before_any_work(tmp_path, no_token):
     AcceleratorState._reset_state(reset_partial_state=True)
     output_dir = tmp_path / "never"
-    with pytest.raises(ConfigError, match="push_to_hub: no Hugging Face token"):
+    with pytest.raises(PipelineError, match="push_to_hub: no Hugging Face token"):
         train(TrainingConfig(**{**TINY, "output_dir": str(output_dir), "push_to_hub": True}))
     assert not output_dir.exists()
 
@@ -316,7 +319,7 @@ def test_push_with_the_real_client_and_no_network_fails_cleanly(trained, token):
     """The unrecorded client, offline (as the tests run): a clear message, nothing changed but nothing lost."""
     hub.write_card(trained, "someone/tiny-faces")
     before = folder_digest(trained)
-    with pytest.raises(hub.HubError, match="cannot be reached .* the local folder is unchanged"):
+    with pytest.raises(hub.PipelineError, match="cannot be reached .* the local folder is unchanged"):
         hub.push_to_hub(trained, "someone/tiny-faces")
     assert folder_digest(trained) == before
 

@@ -8,8 +8,9 @@ from diffusers.training_utils import compute_snr
 
 from conftest import REPO
 from pipeline.arguments import parse_config
-from pipeline.config import ConfigError, TrainingConfig
+from pipeline.config import TrainingConfig
 from pipeline.diffusion import diffusion_loss, min_snr_weights, training_target
+from pipeline.errors import PipelineError
 from pipeline.model import build_noise_scheduler, build_unet, count_parameters
 from pipeline.optim import build_optimizer, lr_schedule
 
@@ -158,7 +159,7 @@ def test_zero_terminal_snr_and_timestep_spacing_are_exported_for_stock_samplers(
         assert loaded.config.rescale_betas_zero_snr and loaded.config.timestep_spacing == "trailing"
         loaded.set_timesteps(10)
         assert int(loaded.timesteps[0]) == config.ddpm_num_steps - 1  # trailing: the first step is the last timestep
-    with pytest.raises(ConfigError, match="rescale_betas_zero_snr: .* use --prediction_type v_prediction"):
+    with pytest.raises(PipelineError, match="rescale_betas_zero_snr: .* use --prediction_type v_prediction"):
         parse_config(["--rescale_betas_zero_snr"])  # an epsilon model cannot start from pure noise
 
 

@@ -17,41 +17,17 @@ import yaml
 from accelerate.state import AcceleratorState
 from safetensors.torch import load_file, save_file
 
-from conftest import REPO, TINY
+from conftest import FINISHED_RUN, REPO, copy_checkpoint, resume
 from pipeline import evaluate as ev
 from pipeline import inception, metrics
 from pipeline.arguments import parse_config
 from pipeline.commands import hub_main, sample_main
-from pipeline.config import ConfigError, TrainingConfig
+from pipeline.config import TrainingConfig
 from pipeline.errors import PipelineError
 from pipeline.train import train
 
 
-FP32 = {**TINY, "mixed_precision": "no", "save_images_steps": 0, "logger": "none"}
-
-
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")  # each run makes its own Accelerator
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    """A tiny fp32 run with checkpoints at steps 3 and 6 and its export."""
-    AcceleratorState._reset_state(reset_partial_state=True)
-    output_dir = tmp_path_factory.mktemp("promises") / "out"
-    train(TrainingConfig(**{**FP32, "output_dir": str(output_dir)}))
-    return output_dir
-
-
-def copy_checkpoint(finished_run, tmp_path):
-    output_dir = tmp_path / "resumed"
-    shutil.copytree(finished_run / "checkpoints" / "checkpoint-3", output_dir / "checkpoints" / "checkpoint-3")
-    return output_dir, output_dir / "checkpoints" / "checkpoint-3"
-
-
-def resume(output_dir, **changes):
-    return train(
-        TrainingConfig(**{**FP32, "output_dir": str(output_dir), "resume_from_checkpoint": "latest", **changes})
-    )
 
 
 def rewrite(checkpoint, name, content) -> None:
@@ -85,8 +61,8 @@ def test_a_folder_of_someone_elses_files_is_refused_and_left_as_it_was(tmp_path)
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_text(f"my own {name}\n")
     before = {path: path.read_text() for path in folder.rglob("*") if path.is_file()}
-    with pytest.raises(ConfigError, match="output_dir: .* holds files that are not a run's of this pipeline"):
-        train(TrainingConfig(**{**FP32, "output_dir": str(folder)}))
+    with pytest.raises(PipelineError, match="output_dir: .* holds files that are not a run's of this pipeline"):
+        train(TrainingConfig(**{**FINISHED_RUN, "output_dir": str(folder)}))
     assert {path: path.read_text() for path in folder.rglob("*") if path.is_file()} == before
 
 
@@ -99,8 +75,8 @@ def test_a_finished_run_is_replaced_only_when_asked_and_then_whole(finished_run,
     (folder / "eval").mkdir()
     (folder / "eval" / "metrics.json").write_text('{"results": []}')
     before = {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()}
-    values = {**FP32, "output_dir": str(folder), "max_train_steps": 1, "checkpointing_steps": 0}
-    with pytest.raises(ConfigError, match="holds an earlier run .*--overwrite_output_dir to replace it"):
+    values = {**FINISHED_RUN, "output_dir": str(folder), "max_train_steps": 1, "checkpointing_steps": 0}
+    with pytest.raises(PipelineError, match="holds an earlier run .*--overwrite_output_dir to replace it"):
         train(TrainingConfig(**values))
     assert {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()} == before
     AcceleratorState._reset_state(reset_partial_state=True)
@@ -123,8 +99,8 @@ def test_a_file_the_pipeline_never_writes_stops_every_run_even_with_overwrite(fi
     (folder / foreign).write_text("mine\n")
     before = {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()}
     for asked in ({"overwrite_output_dir": True}, {"resume_from_checkpoint": "latest"}):
-        values = {**FP32, "output_dir": str(folder), "max_train_steps": 8, **asked}
-        with pytest.raises(ConfigError, match=f"not a run's of this pipeline \\({foreign.split('/')[0]}"):
+        values = {**FINISHED_RUN, "output_dir": str(folder), "max_train_steps": 8, **asked}
+        with pytest.raises(PipelineError, match=f"not a run's of this pipeline \\({foreign.split('/')[0]}"):
             train(TrainingConfig(**values))
         AcceleratorState._reset_state(reset_partial_state=True)
     assert {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()} == before
@@ -134,8 +110,8 @@ def test_only_dot_files_or_the_repository_itself_are_not_an_empty_folder(tmp_pat
     (tmp_path / "home").mkdir()
     (tmp_path / "home" / ".bashrc").write_text("# mine\n")
     for folder in (tmp_path / "home", REPO):
-        with pytest.raises(ConfigError, match="not a run's of this pipeline"):
-            train(TrainingConfig(**{**FP32, "output_dir": str(folder), "overwrite_output_dir": True}))
+        with pytest.raises(PipelineError, match="not a run's of this pipeline"):
+            train(TrainingConfig(**{**FINISHED_RUN, "output_dir": str(folder), "overwrite_output_dir": True}))
         AcceleratorState._reset_state(reset_partial_state=True)
     assert (tmp_path / "home" / ".bashrc").read_text() == "# mine\n"
 
@@ -162,20 +138,24 @@ def test_a_folder_in_use_is_refused_and_a_lock_its_holder_left_is_taken_over(tmp
     )
     try:
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(ConfigError, match=f"is in use by process {holder.pid} on .* since 2026-12-01 10:00"):
-            train(TrainingConfig(**{**FP32, "output_dir": str(folder)}))
+        with pytest.raises(PipelineError, match=f"is in use by process {holder.pid} on .* since 2026-12-01 10:00"):
+            train(TrainingConfig(**{**FINISHED_RUN, "output_dir": str(folder)}))
         assert json.loads((folder / ".lock").read_text())["pid"] == holder.pid  # the holder's lock is untouched
     finally:
         holder.kill()
         holder.wait()
     (folder / ".lock").write_text(left_behind)  # its process gone, whatever the file says
     with pytest.warns(UserWarning, match="which no longer holds it; taking it over"):
-        train(TrainingConfig(**{**FP32, "output_dir": str(folder), "max_train_steps": 2, "checkpointing_steps": 0}))
+        train(
+            TrainingConfig(
+                **{**FINISHED_RUN, "output_dir": str(folder), "max_train_steps": 2, "checkpointing_steps": 0}
+            )
+        )
     assert (folder / "model_index.json").is_file() and not (folder / ".lock").exists()
 
 
 def test_two_runs_started_together_into_one_folder_one_is_refused(tmp_path):
-    values = {**FP32, "max_train_steps": 100, "checkpointing_steps": 50, "logging_steps": 10}
+    values = {**FINISHED_RUN, "max_train_steps": 100, "checkpointing_steps": 50, "logging_steps": 10}
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(values))
     command = [
         sys.executable,
@@ -205,8 +185,8 @@ def test_checkpoints_as_a_link_with_overwrite_is_refused_and_nothing_outside_is_
     folder = tmp_path / "out"
     folder.mkdir()
     (folder / "checkpoints").symlink_to(elsewhere, target_is_directory=True)
-    with pytest.raises(ConfigError, match=r"not a run's of this pipeline \(checkpoints \(a symbolic link\)\)"):
-        train(TrainingConfig(**{**FP32, "output_dir": str(folder), "overwrite_output_dir": True}))
+    with pytest.raises(PipelineError, match=r"not a run's of this pipeline \(checkpoints \(a symbolic link\)\)"):
+        train(TrainingConfig(**{**FINISHED_RUN, "output_dir": str(folder), "overwrite_output_dir": True}))
     assert (elsewhere / "precious.txt").read_text() == "keep\n"
 
 
@@ -217,7 +197,7 @@ def test_checkpoints_as_a_link_with_overwrite_is_refused_and_nothing_outside_is_
 def test_a_resume_with_dropout_reaches_the_uninterrupted_runs_weights(tmp_path):
     """No generator state is saved: dropout is reseeded from (seed, micro-batch, process) at every step."""
     values = {
-        **FP32,
+        **FINISHED_RUN,
         "dropout": 0.3,
         "max_train_steps": 4,
         "checkpointing_steps": 2,
@@ -264,7 +244,7 @@ def test_a_resume_reports_changed_images_by_count_and_fingerprint(tmp_path):
             Image.fromarray(pixels).save(images / f"{len(list(images.iterdir())):03d}.png")
 
     add(32)
-    values = {**FP32, "dataset_name": None, "train_data_dir": str(images), "max_train_samples": None,
+    values = {**FINISHED_RUN, "dataset_name": None, "train_data_dir": str(images), "max_train_samples": None,
               "output_dir": str(tmp_path / "out"), "max_train_steps": 3}  # fmt: skip
     train(TrainingConfig(**values))
     AcceleratorState._reset_state(reset_partial_state=True)
@@ -281,9 +261,9 @@ def test_a_resume_reports_changed_images_by_count_and_fingerprint(tmp_path):
 def test_a_resume_that_changes_the_noise_schedule_is_refused_with_both_values(finished_run, tmp_path):
     output_dir, _ = copy_checkpoint(finished_run, tmp_path)
     refused = "cannot resume .*rescale_betas_zero_snr \\(False in the checkpoint, True now\\)"
-    with pytest.raises(ConfigError, match=refused):
+    with pytest.raises(PipelineError, match=refused):
         resume(output_dir, rescale_betas_zero_snr=True, prediction_type="v_prediction")
-    with pytest.raises(ConfigError, match="prediction_type: cannot resume"):
+    with pytest.raises(PipelineError, match="prediction_type: cannot resume"):
         resume(output_dir, prediction_type="v_prediction")
 
 
@@ -386,14 +366,14 @@ def test_a_model_folder_with_an_absurd_scheduler_config_is_refused_before_loadin
     ],
 )
 def test_sizes_are_bounded_before_any_work(flags, message):
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(PipelineError, match=message):
         parse_config(flags)
 
 
 def test_a_distillation_field_never_refuses_a_plain_run():
     """Probe: --ddpm_num_steps 40 was refused for a plain run by distill_grid_steps (50), which it never uses."""
     assert parse_config(["--ddpm_num_steps", "40", "--grid_inference_steps", "20"]).ddpm_num_steps == 40
-    with pytest.raises(ConfigError, match="distill_grid_steps: 50 is more than ddpm_num_steps=40"):
+    with pytest.raises(PipelineError, match="distill_grid_steps: 50 is more than ddpm_num_steps=40"):
         parse_config(["--ddpm_num_steps", "40", "--distill_teacher", "t", "--grid_sampler", "lcm",
                       "--grid_inference_steps", "4"])  # fmt: skip
 
@@ -404,7 +384,7 @@ def test_a_unet_bounded_per_field_is_bounded_in_total_before_anything_is_allocat
     blocks = ["--down_block_types", *["DownBlock2D"] * 8, "--up_block_types", *["UpBlock2D"] * 8]
     config = parse_config([*channels, *blocks, "--layers_per_block", "16", "--resolution", "256",
                            "--output_dir", str(tmp_path / "huge")])  # fmt: skip
-    with pytest.raises(ConfigError, match="block_out_channels: this UNet has [0-9,]+ parameters, more than the"):
+    with pytest.raises(PipelineError, match="block_out_channels: this UNet has [0-9,]+ parameters, more than the"):
         train(config)
     assert not (tmp_path / "huge").exists()
 
@@ -430,7 +410,7 @@ def test_a_hostile_preset_is_one_error_and_fast(tmp_path, content, message):
     path = tmp_path / "preset.yaml"
     path.write_bytes(content)
     started = time.perf_counter()
-    with pytest.raises(ConfigError, match=f"config: .*{message}"):
+    with pytest.raises(PipelineError, match=f"config: .*{message}"):
         parse_config(["--config", str(path)])
     assert time.perf_counter() - started < 20
 
@@ -445,7 +425,7 @@ def test_a_broken_samples_folder_is_one_error(tmp_path, defect):
         "no num_images": '{"model": "m", "sampler": "ddpm", "steps": 2}',
     }
     (folder / "samples.json").write_text(text[defect])
-    with pytest.raises(ev.EvalError, match="samples.json: (not valid JSON|has no 'num_images')"):
+    with pytest.raises(ev.PipelineError, match="samples.json: (not valid JSON|has no 'num_images')"):
         ev.read_samples(folder)
 
 
@@ -456,7 +436,7 @@ def test_a_statistics_file_whose_header_claims_a_billion_rows_is_refused_without
     np.lib.format.write_array_header_1_0(member, {"descr": "<f4", "fortran_order": False, "shape": (10**9, 2048)})
     with zipfile.ZipFile(path, "a") as archive:
         archive.writestr("features.npy", member.getvalue() + bytes(48))
-    with pytest.raises(ev.EvalError, match="is not a statistics file .*claims"):
+    with pytest.raises(ev.PipelineError, match="is not a statistics file .*claims"):
         metrics.load_reference(path)
 
 
@@ -468,7 +448,7 @@ def test_a_statistics_file_that_inflates_far_beyond_its_size_is_refused_before_i
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("features.npy", features.getvalue())
     assert path.stat().st_size < 100_000
-    with pytest.raises(ev.EvalError, match="is not a statistics file .*inflates from [0-9,]+ to 16,384,128 bytes"):
+    with pytest.raises(ev.PipelineError, match="is not a statistics file .*inflates from [0-9,]+ to 16,384,128 bytes"):
         metrics.load_reference(path)
 
 
@@ -500,7 +480,7 @@ def test_missing_inception_weights_offline_are_named_without_trying_a_download(t
     torch.hub.set_dir(str(tmp_path / "hub"))
     try:
         started = time.perf_counter()
-        with pytest.raises(ev.EvalError, match="no download was tried.*--inception_weights"):
+        with pytest.raises(ev.PipelineError, match="no download was tried.*--inception_weights"):
             inception.find_weights(
                 "legacy_pytorch", url="http://10.255.255.1/never.pth"
             )  # would hang for 30 s if tried

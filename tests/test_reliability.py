@@ -11,7 +11,6 @@ import math
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import yaml
 from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 
-from conftest import REPO, TINY, launch_two_processes
+from conftest import LAUNCH, REPO, TINY, TWO_PROCESSES, launch, train_arguments
 from pipeline.config import TrainingConfig
 from pipeline.record import RunRecord
 from pipeline.train import TrainingStopped, run_problems, train
@@ -40,26 +39,8 @@ LONG = {
 }
 
 
-def launch_command(config_file: Path, output_dir: Path, *extra) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        "accelerate_config.yaml",
-        "train_ddpm.py",
-        "--config",
-        str(config_file),
-        "--output_dir",
-        str(output_dir),
-        *extra,
-    ]
-
-
 def run_to_end(config_file: Path, output_dir: Path, *extra) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        launch_command(config_file, output_dir, *extra), cwd=REPO, capture_output=True, text=True, timeout=600
-    )
+    result = launch(*train_arguments(config_file, output_dir, *extra))
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -93,7 +74,7 @@ def training_process(launcher: subprocess.Popen, timeout: float = 60) -> int:
 def start_run(config_file: Path, output_dir: Path, own_group: bool = False) -> tuple[subprocess.Popen, int]:
     """`accelerate launch` in the background (in a process group of its own if asked); it and the trainer's PID."""
     launcher = subprocess.Popen(
-        launch_command(config_file, output_dir),
+        [*LAUNCH, *train_arguments(config_file, output_dir)],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -288,9 +269,7 @@ def test_divergence_exits_with_a_message_from_the_command_line(tmp_path):
             }
         )
     )
-    result = subprocess.run(
-        launch_command(config_file, tmp_path / "out"), cwd=REPO, capture_output=True, text=True, timeout=600
-    )
+    result = launch(*train_arguments(config_file, tmp_path / "out"))
     assert result.returncode != 0
     assert (
         "error: training diverged: 2 steps in a row" in result.stderr and "there is no checkpoint yet" in result.stderr
@@ -311,7 +290,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     common.update(timestep_density="lognormal", loss_weighting="learned")  # their draws and gradients, shared too
     (tmp_path / "two.yaml").write_text(yaml.safe_dump({**common, "train_batch_size": 4}))
     (tmp_path / "one.yaml").write_text(yaml.safe_dump({**common, "train_batch_size": 8}))
-    result = launch_two_processes(tmp_path / "two.yaml", tmp_path / "two")
+    result = launch(*train_arguments(tmp_path / "two.yaml", tmp_path / "two", launcher=TWO_PROCESSES))
     assert result.returncode == 0, result.stderr[-3000:]
     run_to_end(tmp_path / "one.yaml", tmp_path / "one")
 
@@ -419,9 +398,7 @@ def test_fid_during_training_with_a_bad_reference_stops_before_any_work(tmp_path
             }
         )
     )
-    result = subprocess.run(
-        launch_command(config_file, tmp_path / "out"), cwd=REPO, capture_output=True, text=True, timeout=600
-    )
+    result = launch(*train_arguments(config_file, tmp_path / "out"))
     assert result.returncode != 0
     assert f"error: reference: {stats} is not a statistics file" in result.stderr
     assert not (tmp_path / "out").exists()

@@ -11,24 +11,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, TINY, launch_two_processes
+from conftest import TINY, TWO_PROCESSES, launch, train_arguments
 from pipeline.config import TrainingConfig
 
 
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".ckpt"}
-
-
-def launch(*args, timeout=600):
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        "accelerate_config.yaml",
-        "train_ddpm.py",
-        *args,
-    ]
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
 def unet_weights(folder: Path) -> dict:
@@ -42,7 +29,7 @@ def tiny_run(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("tiny_run")
     (folder / "tiny.yaml").write_text(yaml.safe_dump(TINY))
-    result = launch("--config", str(folder / "tiny.yaml"), "--output_dir", str(folder / "out"))
+    result = launch(*train_arguments(folder / "tiny.yaml", folder / "out"))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return folder / "out", result
 
@@ -124,7 +111,7 @@ def test_resume_from_a_checkpoint_reaches_the_same_final_weights(tiny_run, tmp_p
     shutil.copytree(out / "checkpoints" / "checkpoint-3", resumed / "checkpoints" / "checkpoint-3")
     config_file = tmp_path / "tiny.json"
     config_file.write_text((out / "training_config.json").read_text())
-    result = launch("--config", str(config_file), "--output_dir", str(resumed), "--resume_from_checkpoint", "latest")
+    result = launch(*train_arguments(config_file, resumed, "--resume_from_checkpoint", "latest"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Resumed from" in result.stdout and "at step 3" in result.stdout
     assert json.loads((resumed / "training_config.json").read_text())["run"]["global_step"] == 6
@@ -136,7 +123,7 @@ def test_resume_from_a_checkpoint_reaches_the_same_final_weights(tiny_run, tmp_p
 def test_existing_checkpoints_are_never_overwritten_by_a_new_run(tiny_run, tmp_path):
     out, _ = tiny_run
     before = sorted(path.name for path in (out / "checkpoints").iterdir())
-    result = launch("--config", str(out / "training_config.json"), "--output_dir", str(out))
+    result = launch(*train_arguments(out / "training_config.json", out))
     assert result.returncode != 0  # the script exits 2; `accelerate launch` reports any failure as 1
     assert "error: resume_from_checkpoint:" in result.stderr and "--resume_from_checkpoint latest" in result.stderr
     assert 'train.py", line' not in result.stderr  # a message, not a traceback from our code
@@ -148,7 +135,7 @@ def test_two_processes_on_cpu_train_as_one_group(tmp_path):
     import yaml
 
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump({**TINY, "save_images_steps": 0, "checkpointing_steps": 6}))
-    result = launch_two_processes(tmp_path / "tiny.yaml", tmp_path / "out")
+    result = launch(*train_arguments(tmp_path / "tiny.yaml", tmp_path / "out", launcher=TWO_PROCESSES))
     assert result.returncode == 0, result.stderr[-3000:]
     run = json.loads((tmp_path / "out" / "training_config.json").read_text())["run"]
     assert run["num_processes"] == 2 and run["images_per_step"] == 16  # the batch is per process

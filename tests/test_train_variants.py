@@ -89,10 +89,11 @@ def test_prediction_types_and_options_train(tmp_path, options):
 
 
 def test_too_few_images_for_one_batch_stops_before_training(tmp_path):
-    from pipeline.data import DataError
+
+    from pipeline.errors import PipelineError
 
     config = TrainingConfig(**{**TINY, "max_train_samples": 5, "output_dir": str(tmp_path / "out")})
-    with pytest.raises(DataError, match="fewer than one global batch"):
+    with pytest.raises(PipelineError, match="fewer than one global batch"):
         train(config)
     assert not (tmp_path / "out").exists()
 
