@@ -44,6 +44,7 @@ STUDENTS = {
         "1e-4",
     ],  # fmt: skip
     "cd-50-minsnr-lr1e-5": ["--prediction_type", "epsilon", "--distill_reparam_steps", "0", "--snr_gamma", "5"],
+    "cd-50-minsnr-lr1e-5-seed1": "--prediction_type epsilon --distill_reparam_steps 0 --snr_gamma 5 --seed 1".split(),
     # since 2026-12-04: a v student, a quarter of the budget re-parameterising it, uniform weights; lr 1e-4 the default
     "v": ["--learning_rate", "1e-5"],
     "v-lr1e-4": [],
@@ -143,7 +144,7 @@ def main() -> None:
     for name in quality.JUDGES:
         network, accuracies[name] = quality.judge(data, name)
         reference_features = quality.features(network, data["test"])
-        judges[name] = (network, quality.ev.statistics(reference_features), reference_features)
+        judges[name] = (network, quality.metrics.statistics(reference_features), reference_features)
     if args.teacher_dir:
         teacher, parquet = Path(args.teacher_dir).resolve(), None
         pool = quality.load_data(embedded=True)["train"]  # what such a teacher trains on: the embedded subset

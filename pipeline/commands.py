@@ -9,6 +9,9 @@
 
 A flag's value is checked by argparse (`choices`, the bounded types below) or by the config's field checks; the
 library below takes values that are already valid. Every command reports a PipelineError as one `error:` line.
+
+Each command imports the library it runs when it runs, the one place with imports inside functions: importing torch,
+diffusers and Accelerate takes 6-7 s on a 2-core CPU, which `python -m pipeline.hub` (0.5 s) does not need.
 """
 
 import argparse
@@ -18,16 +21,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-import torch
-
-from . import distill, evaluate, hub, sample
-from .arguments import given_flags, parse_config
 from .config import FID_MODES, MAX_TIMESTEPS, SAMPLERS, TIMESTEP_SPACINGS
-from .data import describe_prepared, prepare_training_images
 from .errors import exit_on_error
-from .inception import FeatureFn
-from .sample import DTYPES, MAX_IMAGES, SamplingRequest
-from .train import dry_run, train
 
 
 def bounded(kind, low, high=None):
@@ -52,12 +47,18 @@ def description(module) -> str:
 
 
 def train_main(argv: Optional[list[str]] = None) -> None:
+    from .arguments import parse_config
+    from .train import dry_run, train
+
     with exit_on_error():
         config = parse_config(argv)
         dry_run(config) if config.dry_run else train(config)
 
 
 def data_main(argv: Optional[list[str]] = None) -> None:
+    from .arguments import parse_config
+    from .data import describe_prepared, prepare_training_images
+
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] != "prepare":
         print(
@@ -75,6 +76,9 @@ def data_main(argv: Optional[list[str]] = None) -> None:
 def distill_config(teacher: str, output_dir: str, steps: int, flags: list[str]):
     """The training configuration of a distillation: the teacher's recipe, the distillation's (pipeline.distill), then
     the user's flags; the re-parameterisation phase is a share of the budget unless a flag sets it."""
+    from . import distill
+    from .arguments import given_flags, parse_config
+
     preset, recipe = distill.recipe(distill.teacher_folder(teacher), output_dir, steps)
     config = parse_config([*preset, *flags], recipe=recipe)
     if "distill_reparam_steps" in given_flags(flags)[0]:
@@ -84,6 +88,9 @@ def distill_config(teacher: str, output_dir: str, steps: int, flags: list[str]):
 
 
 def distill_main(argv: Optional[list[str]] = None) -> None:
+    from . import distill
+    from .train import train
+
     parser = argparse.ArgumentParser(prog="python -m pipeline.distill", description=description(distill))
     parser.add_argument("--teacher", required=True, help="A training output folder, a saved DDPMPipeline or a Hub id.")
     parser.add_argument("--output_dir", required=True, help="Where the student, its checkpoints and grids go.")
@@ -101,6 +108,10 @@ def distill_main(argv: Optional[list[str]] = None) -> None:
 
 def add_sampling_arguments(parser: argparse.ArgumentParser, num_images: int = 64, batch_size: int = 64) -> None:
     """The sampling flags, shared by `pipeline.sample` and `pipeline.evaluate fid`: one per SamplingRequest field."""
+    import torch
+
+    from .sample import DTYPES, MAX_IMAGES
+
     parser.add_argument("--num_images", type=bounded(int, 1, MAX_IMAGES), default=num_images)
     parser.add_argument("--batch_size", type=bounded(int, 1, 4096), default=batch_size)
     parser.add_argument("--seed", type=int, default=0)
@@ -143,13 +154,15 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, num_images: int = 64
     )
 
 
-def sampling_request(
-    parser: argparse.ArgumentParser, args: argparse.Namespace, model: Optional[str]
-) -> SamplingRequest:
+def sampling_request(parser: argparse.ArgumentParser, args: argparse.Namespace, model: Optional[str]):
     """The request the sampling flags describe; a sampler or steps not given are the model's default
     (sample.default_sampler). Options that only some samplers or machines take are refused through `parser`."""
+    import torch
+
+    from .sample import SamplingRequest, default_sampler
+
     values = {item.name: getattr(args, item.name) for item in dataclasses.fields(SamplingRequest)}
-    sampler, steps = sample.default_sampler(model)
+    sampler, steps = default_sampler(model)
     values["sampler"] = values["sampler"] or sampler
     if values["steps"] is None:
         values["steps"] = steps if values["sampler"] == sampler else 100
@@ -161,6 +174,8 @@ def sampling_request(
 
 
 def sample_main(argv: Optional[list[str]] = None) -> None:
+    from . import sample
+
     parser = argparse.ArgumentParser(prog="python -m pipeline.sample", description=description(sample))
     parser.add_argument(
         "--model", required=True, help="Training output folder (or any saved DDPMPipeline) or a Hub id."
@@ -190,6 +205,8 @@ def sample_main(argv: Optional[list[str]] = None) -> None:
 
 
 def evaluate_parser() -> argparse.ArgumentParser:
+    from . import evaluate
+
     parser = argparse.ArgumentParser(prog="python -m pipeline.evaluate", description=description(evaluate))
     commands = parser.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
@@ -227,7 +244,7 @@ def evaluate_parser() -> argparse.ArgumentParser:
     reference.add_argument("--resolution", type=bounded(int, 1))
     reference.add_argument("--channels", type=int, default=3, choices=(1, 3))
     reference.add_argument("--output", required=True, help="The .npz to write.")
-    reference.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    reference.add_argument("--device", default=fid.get_default("device"))  # add_sampling_arguments' default
     return parser
 
 
@@ -250,10 +267,10 @@ def parse_evaluate_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     return args
 
 
-def run_evaluate(
-    args: argparse.Namespace, feature_fn: Optional[FeatureFn] = None, feature_name: Optional[str] = None
-) -> dict:
+def run_evaluate(args: argparse.Namespace, feature_fn=None, feature_name: Optional[str] = None) -> dict:
     """The parsed command's work: `fid` (evaluate) or `reference` (make_reference); `feature_fn` replaces Inception."""
+    from . import evaluate
+
     work = evaluate.evaluate if args.command == "fid" else evaluate.make_reference
     return work(args, feature_fn=feature_fn, feature_name=feature_name)
 
@@ -280,6 +297,8 @@ def evaluate_main(argv: Optional[list[str]] = None) -> None:
 
 
 def hub_main(argv: Optional[list[str]] = None) -> None:
+    from . import hub
+
     parser = argparse.ArgumentParser(prog="python -m pipeline.hub", description=description(hub))
     commands = parser.add_subparsers(dest="command", required=True)
     card = commands.add_parser("card", help="Write the model card (README.md) of an output folder.")

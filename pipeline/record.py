@@ -8,23 +8,17 @@ valid preset (`--config <run>/training_config.json`).
 """
 
 import dataclasses
-import importlib.metadata
-import platform
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple, Optional
 
-import torch
-
 from .config import TrainingConfig, check_type, load_preset
-from .device import device_facts, native_bf16
 from .errors import PipelineError
 from .files import read_json, write_json
 
 
 RECORD_NAME = "training_config.json"
-QUICKSTART_DATA = "data/fashion_mnist"
 COUNTERS = ("global_step", "train_seconds", "skipped_steps", "best_fid", "losses")  # what a checkpoint restores
 
 
@@ -89,27 +83,7 @@ def read_record(path) -> SavedRun:
 
 
 # ---------------------------------------------------------------------------------------------
-# What a run says about itself
-
-
-def describe_environment(accelerator) -> dict:
-    """The hardware, processes, threads and versions a run records."""
-    if accelerator.device.type == "cuda":
-        hardware = f"{accelerator.num_processes} x {torch.cuda.get_device_name(accelerator.device)}"
-    else:
-        cpu = device_facts("cpu")
-        hardware = f"{accelerator.num_processes} process(es) on cpu ({cpu['name']}, {cpu['cores']} cores)"
-    versions = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        **{package: importlib.metadata.version(package) for package in ("diffusers", "accelerate", "datasets")},
-    }
-    return {
-        "hardware": hardware,
-        "num_processes": accelerator.num_processes,
-        "cpu_threads_per_process": torch.get_num_threads(),
-        "versions": versions,
-    }
+# What a run says about itself: the banner
 
 
 def describe_run(config: TrainingConfig, record: RunRecord, num_images: Optional[int]) -> str:
@@ -126,24 +100,3 @@ def describe_run(config: TrainingConfig, record: RunRecord, num_images: Optional
         f"process(es), mixed precision {record.mixed_precision}, "
         + ("random horizontal flips" if config.random_flip else "no flips (--random_flip true for symmetric data)")
     )
-
-
-def start_notes(config: TrainingConfig, facts: dict) -> list[str]:
-    """What a run tells a user at its start: the quickstart on a CPU without native bf16 (so fp32, and the time it
-    takes), other data without a preset."""
-    notes = []
-    quickstart = config.preset is None or Path(config.preset).name == "quickstart.yaml"
-    quickstart = quickstart and config.train_data_dir is None and config.dataset_name == QUICKSTART_DATA
-    if quickstart and facts["type"] == "cpu" and not native_bf16(facts):
-        notes.append(
-            "note: this CPU has no native bf16, so the quickstart trains in fp32: on 2 AVX2 cores 7-9 minutes "
-            "(measured on a Zen 3 EPYC; 14 with other work on the machine), against 5-7 on 2 with AVX-512 (README, "
-            "Quickstart); `--config configs/quickstart_fast.yaml` trains a smaller UNet in about half of that, at "
-            "lower quality"
-        )
-    if config.preset is None and (config.train_data_dir is not None or config.dataset_name != QUICKSTART_DATA):
-        notes.append(
-            "note: no --config, so the quickstart's defaults apply (28x28, a 2.5M-parameter UNet); for your own "
-            "images start from `--config configs/images64.yaml` (see the README, 'Your own images')"
-        )
-    return notes

@@ -12,8 +12,7 @@ from conftest import REPO, TINY
 from pipeline.arguments import parse_config
 from pipeline.config import TrainingConfig
 from pipeline.device import choose_precision, describe_device, device_facts, native_bf16
-from pipeline.record import start_notes
-from pipeline.train import train
+from pipeline.train import start_notes, train
 
 
 def cpu(**flags):
