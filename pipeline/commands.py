@@ -75,16 +75,19 @@ def data_main(argv: Optional[list[str]] = None) -> None:
 
 def distill_config(teacher: str, output_dir: str, steps: int, flags: list[str]):
     """The training configuration of a distillation: the teacher's recipe, the distillation's (pipeline.distill), then
-    the user's flags; the re-parameterisation phase is a share of the budget unless a flag sets it."""
+    the user's flags; a re-parameterisation phase where the student's prediction type needs one (unless a flag sets
+    it)."""
     from . import distill
     from .arguments import given_flags, parse_config
 
-    preset, recipe = distill.recipe(distill.teacher_folder(teacher), output_dir, steps)
+    folder = distill.teacher_folder(teacher)
+    preset, recipe = distill.recipe(folder, output_dir, steps)
     config = parse_config([*preset, *flags], recipe=recipe)
     if "distill_reparam_steps" in given_flags(flags)[0]:
         return config
     budget = config.max_train_steps or recipe["max_train_steps"]
-    return dataclasses.replace(config, distill_reparam_steps=budget // distill.REPARAMETERISATION_SHARE)
+    phase = distill.reparameterisation_steps(folder, config.prediction_type, budget)
+    return dataclasses.replace(config, distill_reparam_steps=phase)
 
 
 def distill_main(argv: Optional[list[str]] = None) -> None:

@@ -77,14 +77,11 @@ def test_a_tiny_teacher_distils_into_a_student_that_stock_diffusers_samples_in_2
     record = json.loads((student / "training_config.json").read_text())
     assert record["config"]["distill_teacher"] == str(teacher) and record["config"]["grid_sampler"] == "lcm"
     assert record["run"]["global_step"] * record["run"]["images_per_step"] == 24  # half the teacher's 48 images
-    assert (record["config"]["snr_gamma"], record["config"]["learning_rate"]) == (None, 1e-4)  # the bench's recipe
-    assert record["config"]["distill_reparam_steps"] == 3 // 4  # a quarter of the budget: none of 3 steps
+    assert (record["config"]["snr_gamma"], record["config"]["learning_rate"]) == (5.0, 1e-5)  # the bench's recipe
+    assert record["config"]["distill_reparam_steps"] == 0  # it predicts what its teacher predicts: nothing to relearn
     scheduler = json.loads((student / "scheduler" / "scheduler_config.json").read_text())
     assert scheduler["_class_name"] == "LCMScheduler" and scheduler["original_inference_steps"] == 50
-    # a v student of the epsilon teacher, sampled by stock diffusers as such
-    assert scheduler["prediction_type"] == "v_prediction" and scheduler["num_train_timesteps"] == 1000
-    teacher_scheduler = json.loads((teacher / "scheduler" / "scheduler_config.json").read_text())
-    assert teacher_scheduler["prediction_type"] == "epsilon"
+    assert scheduler["prediction_type"] == "epsilon" and scheduler["num_train_timesteps"] == 1000  # the teacher's
     assert stock(student, 2) == "LCMScheduler (2, 16, 16, 1) True True"
     refusal = stock(student)  # the pipeline's default of 1000 steps: refused by LCMScheduler, naming the fix
     assert refusal.startswith("refused: ") and "`num_inference_steps`: 1000" in refusal
@@ -98,8 +95,10 @@ def test_a_tiny_teacher_distils_into_a_student_that_stock_diffusers_samples_in_2
 
 
 def test_a_resumed_distillation_equals_an_uninterrupted_one(teacher, tmp_path):
-    """Across the change from the re-parameterisation phase (steps 1-2 of 6 here) to the consistency loss."""
+    """Across the change from the re-parameterisation phase (steps 1-2 of 6 here) to the consistency loss, for a v
+    student of the epsilon teacher (the recipe's other prediction type)."""
     flags = ["--checkpointing_steps", "3", "--save_images_steps", "0", "--distill_reparam_steps", "2"]
+    flags += ["--prediction_type", "v_prediction"]
     whole = distill(teacher, tmp_path / "whole", "--max_train_steps", "6", *flags)
     AcceleratorState._reset_state(reset_partial_state=True)
     part = tmp_path / "part"
@@ -153,9 +152,11 @@ def test_a_teacher_without_its_record_gets_its_own_schedule_and_a_record_that_di
     )
     config = distill_config(str(bare), str(tmp_path / "s"), 2, ["--logger", "none"])
     assert (config.ddpm_num_steps, config.ddpm_beta_schedule) == (500, "linear")
-    assert config.prediction_type == "v_prediction"  # the student's, not the epsilon teacher's
-    assert (config.max_train_steps, config.distill_reparam_steps) == (400, 100)  # a quarter of the budget
-    flags = ["--logger", "none", "--max_train_steps", "8"]  # a budget of the user's: a quarter of it
+    assert config.prediction_type == "epsilon"  # the teacher's, from its scheduler
+    assert (config.max_train_steps, config.distill_reparam_steps) == (400, 0)
+    v_student = ["--prediction_type", "v_prediction"]  # another prediction type: a quarter of the budget relearns it
+    assert distill_config(str(bare), str(tmp_path / "s"), 2, v_student).distill_reparam_steps == 100
+    flags = ["--logger", "none", "--max_train_steps", "8", *v_student]  # a budget of the user's: a quarter of it
     assert distill_config(str(bare), str(tmp_path / "s"), 2, flags).distill_reparam_steps == 2
     assert (
         distill_config(
