@@ -28,7 +28,11 @@ import numpy as np
 from common import REPO, RESULTS, machine
 
 
-# student name: flags of `python -m pipeline.distill` on top of its defaults
+# The recipes in full, so that a row means the same whatever the defaults are
+V_STUDENT = "--prediction_type v_prediction --snr_gamma none --learning_rate 1e-4".split()
+EPS_STUDENT = "--prediction_type epsilon --snr_gamma 5 --learning_rate 1e-4 --distill_reparam_steps 0".split()
+# student name: flags of `python -m pipeline.distill` on top of its defaults (the rows before 2026-12-06 gave only what
+# differed from the defaults of their day: their flags as run are in each results file's students_flags)
 STUDENTS = {
     # rounds before 2026-12-04 (an epsilon student; the teacher's x0 not clipped; the student's x0 not clipped as
     # LCMScheduler clips it): the min-SNR weights tamed the epsilon student's amplified x0 errors
@@ -44,15 +48,19 @@ STUDENTS = {
         "1e-4",
     ],  # fmt: skip
     "cd-50-minsnr-lr1e-5": ["--prediction_type", "epsilon", "--distill_reparam_steps", "0", "--snr_gamma", "5"],
-    "cd-50-minsnr-lr1e-5-seed1": "--prediction_type epsilon --distill_reparam_steps 0 --snr_gamma 5 --seed 1".split(),
-    # since 2026-12-04: a v student, a quarter of the budget re-parameterising it, uniform weights; lr 1e-4 the default
-    "v": ["--learning_rate", "1e-5"],
-    "v-lr1e-4": [],
-    "v-lr1e-4-seed1": ["--seed", "1"],  # the default recipe, a second training seed
-    "v-lr1e-3": ["--learning_rate", "1e-3"],
-    "v-noreparam": ["--distill_reparam_steps", "0"],
-    "v-huber": ["--loss_type", "pseudo_huber"],
-    "ct-v": ["--distill_target", "data"],
+    # 2026-12-04 to 2026-12-06 the default: a v student, a quarter of the budget re-parameterising it, uniform weights
+    "v": [*V_STUDENT, "--learning_rate", "1e-5"],
+    "v-lr1e-4": V_STUDENT,
+    "v-lr1e-4-seed1": [*V_STUDENT, "--seed", "1"],
+    "v-lr1e-4-seed2": [*V_STUDENT, "--seed", "2"],
+    "v-lr1e-3": [*V_STUDENT, "--learning_rate", "1e-3"],
+    "v-noreparam": [*V_STUDENT, "--distill_reparam_steps", "0"],
+    "v-huber": [*V_STUDENT, "--loss_type", "pseudo_huber"],
+    "ct-v": [*V_STUDENT, "--distill_target", "data"],
+    # since 2026-12-06 the default: the teacher's prediction type (epsilon here), min-SNR 5, lr 1e-4, no phase
+    "eps-minsnr": EPS_STUDENT,
+    "eps-minsnr-seed1": [*EPS_STUDENT, "--seed", "1"],
+    "eps-minsnr-seed2": [*EPS_STUDENT, "--seed", "2"],
 }
 # the teacher's samplers: its shipped SDE sampler, and the deterministic ones that distillation follows (its ODE)
 TEACHER_CELLS = ["sde-dpmsolver++-20-trailing", "sde-dpmsolver++-4-trailing", "dpmsolver++-20-trailing", "lcm-4",
