@@ -234,8 +234,9 @@ def evaluate_parser() -> argparse.ArgumentParser:
     fid = commands.add_parser(
         "fid", parents=[common, source], help="FID and KID of a model's samples against a reference."
     )
-    fid.add_argument("--model", help="Training output folder or Hub id to sample from.")
-    fid.add_argument("--samples", help="Instead of --model: a folder written by `python -m pipeline.sample`.")
+    sampled = fid.add_mutually_exclusive_group(required=True)
+    sampled.add_argument("--model", help="Training output folder or Hub id to sample from.")
+    sampled.add_argument("--samples", help="Instead of --model: a folder written by `python -m pipeline.sample`.")
     fid.add_argument("--reference", help="Reference statistics (.npz) written by the `reference` command.")
     fid.add_argument("--output_dir", help="Where metrics.json goes (default: <model>/eval).")
     add_sampling_arguments(fid, num_images=10_000, batch_size=256)
@@ -243,8 +244,9 @@ def evaluate_parser() -> argparse.ArgumentParser:
     reference = commands.add_parser(
         "reference", parents=[common, source], help="Encode reference images once; save their statistics."
     )
-    reference.add_argument("--model", help="Take the resolution and channels from this training output folder.")
-    reference.add_argument("--resolution", type=bounded(int, 1))
+    size = reference.add_mutually_exclusive_group(required=True)
+    size.add_argument("--model", help="Take the resolution and channels from this training output folder.")
+    size.add_argument("--resolution", type=bounded(int, 1))
     reference.add_argument("--channels", type=int, default=3, choices=(1, 3))
     reference.add_argument("--output", required=True, help="The .npz to write.")
     reference.add_argument("--device", default=fid.get_default("device"))  # add_sampling_arguments' default
@@ -255,17 +257,12 @@ def parse_evaluate_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser = evaluate_parser()
     args = parser.parse_args(argv)
     sources = [name for name in ("reference", "reference_data_dir", "reference_dataset") if getattr(args, name, None)]
-    if args.command == "fid" and len(sources) != 1:
-        parser.error("give exactly one of --reference, --reference_data_dir, --reference_dataset")
-    if args.command == "reference" and len(sources) != 1:
-        parser.error("give exactly one of --reference_data_dir and --reference_dataset")
-    if args.command == "fid" and (args.model is None) == (args.samples is None):
-        parser.error("give exactly one of --model and --samples")
-    if args.command == "fid" and args.num_images < 2:
-        parser.error("--num_images: a covariance needs at least 2 samples")
-    if args.command == "reference" and (args.model is None) == (args.resolution is None):
-        parser.error("give exactly one of --model (its resolution is used) and --resolution")
+    if len(sources) != 1:
+        statistics = "--reference, " if args.command == "fid" else ""
+        parser.error(f"give exactly one of {statistics}--reference_data_dir and --reference_dataset")
     if args.command == "fid":
+        if args.num_images < 2:
+            parser.error("--num_images: a covariance needs at least 2 samples")
         args.request = sampling_request(parser, args, args.model) if args.samples is None else None
     return args
 

@@ -269,6 +269,33 @@ def test_sample_command_refuses_bad_options_before_loading_anything(tmp_path, ca
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["fid", "--reference", "r.npz"], "one of the arguments --model --samples is required"),
+        (["fid", "--model", "m", "--samples", "s", "--reference", "r.npz"], "not allowed with argument --model"),
+        (["fid", "--model", "m"], "give exactly one of --reference, --reference_data_dir and --reference_dataset"),
+        (
+            ["fid", "--model", "m", "--reference", "r.npz", "--reference_dataset", "d"],
+            "give exactly one of --reference",
+        ),
+        (["fid", "--model", "m", "--reference", "r.npz", "--num_images", "1"], "a covariance needs at least 2"),
+        (["reference", "--reference_dataset", "d", "--output", "o.npz"], "--model --resolution is required"),
+        (["reference", "--resolution", "8", "--output", "o.npz"], "exactly one of --reference_data_dir and"),
+        (
+            ["fid", "--model", "m", "--reference", "r.npz", "--sampler", "ddpm", "--eta", "1"],
+            "eta: applies to the ddim",
+        ),
+    ],
+)
+def test_evaluate_command_refuses_bad_options_before_loading_anything(tmp_path, capsys, argv, message):
+    from pipeline.commands import evaluate_main
+
+    with pytest.raises(SystemExit) as stopped:
+        evaluate_main([*argv, "--device", "cpu"] if argv[0] == "fid" else argv)
+    assert stopped.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_sample_command_names_a_folder_that_is_not_a_pipeline(tmp_path, capsys):
     from pipeline.commands import sample_main as main
 
