@@ -222,6 +222,10 @@ ROWS = {
         }.items()
     },
     "noflip-s400": {**T300, "ddpm_num_steps": 1000, "random_flip": False, "max_train_steps": 400},
+    # steps against batch at the full budget (51,200 images): 1,600 steps of 32 beside the noflip row's 800 of 64
+    "noflip-b32-s1600": {**NOFLIP_B32, "max_train_steps": 1600},
+    "noflip-b32-s1600-learned": {**NOFLIP_B32, "max_train_steps": 1600, "loss_weighting": "learned"},
+    "noflip-b32-s1600-lr1e-3": {**NOFLIP_B32, "max_train_steps": 1600, "learning_rate": 1e-3},
 }
 
 # Sampler cells: name-steps; "full" is the whole chain (T steps)
