@@ -212,6 +212,11 @@ def finished_run(tmp_path_factory):
     return output_dir
 
 
+def deeply_nested(depth: int) -> str:
+    """JSON nested `depth` levels deep: a probe for every reader of JSON."""
+    return '{"a": ' * depth + "1" + "}" * depth
+
+
 def copy_checkpoint(finished_run: Path, tmp_path: Path) -> tuple[Path, Path]:
     """A new output folder holding only checkpoint-3 of the finished run: the folder and the checkpoint."""
     import shutil
