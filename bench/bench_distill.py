@@ -61,6 +61,12 @@ STUDENTS = {
     "eps-minsnr": EPS_STUDENT,
     "eps-minsnr-seed1": [*EPS_STUDENT, "--seed", "1"],
     "eps-minsnr-seed2": [*EPS_STUDENT, "--seed", "2"],
+    # the grid: fewer, longer intervals (k = 50, 100 timesteps) carry the data's boundary to t = T - 1 in fewer links,
+    # the teacher's one DDIM step across each being coarser, or split into sub-steps; and iCT's pseudo-Huber distance
+    "eps-grid20": [*EPS_STUDENT, "--distill_grid_steps", "20"],
+    "eps-grid10": [*EPS_STUDENT, "--distill_grid_steps", "10"],
+    "eps-grid10-sub5": [*EPS_STUDENT, "--distill_grid_steps", "10", "--distill_teacher_substeps", "5"],
+    "eps-huber": [*EPS_STUDENT, "--loss_type", "pseudo_huber"],
 }
 # the teacher's samplers: its shipped SDE sampler, and the deterministic ones that distillation follows (its ODE)
 TEACHER_CELLS = ["sde-dpmsolver++-20-trailing", "sde-dpmsolver++-4-trailing", "dpmsolver++-20-trailing", "lcm-4",

@@ -175,6 +175,9 @@ class TrainingConfig:
     distill_target: str = option(
         "teacher", "teacher: a DDIM step of it; data: the image's own noise.", choices=("teacher", "data"), same=True
     )
+    distill_teacher_substeps: int = option(
+        1, "teacher: the DDIM steps it takes across one interval of the grid.", ge=1, le=MAX_TIMESTEPS, same=True
+    )
     distill_reparam_steps: int = option(
         0,
         "The first steps of a distillation train the student as a plain diffusion model in its own prediction_type "
@@ -480,6 +483,12 @@ def _check_outputs(config: TrainingConfig) -> None:
     if distilling and config.distill_grid_steps > config.ddpm_num_steps:
         raise PipelineError(
             f"distill_grid_steps: {config.distill_grid_steps} is more than ddpm_num_steps={config.ddpm_num_steps}"
+        )
+    interval = config.ddpm_num_steps // config.distill_grid_steps
+    if config.distill_teacher is not None and config.distill_teacher_substeps > interval:
+        raise PipelineError(
+            f"distill_teacher_substeps: {config.distill_teacher_substeps} steps across an interval of {interval} "
+            f"timesteps (ddpm_num_steps {config.ddpm_num_steps} / distill_grid_steps {config.distill_grid_steps})"
         )
     for name, sampler in (("grid_inference_steps", config.grid_sampler), ("fid_inference_steps", config.fid_sampler)):
         if sampler == "lcm" and getattr(config, name) > config.distill_grid_steps:

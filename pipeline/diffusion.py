@@ -204,7 +204,7 @@ def predicted_x0_and_noise(
 ):
     """The clean image and the noise that a model output implies at `timesteps` (x_t = sqrt(a) x0 + sqrt(1 - a) eps,
     v = sqrt(a) eps - sqrt(1 - a) x0, a = alpha_bar_t); with `clip_range` x0 is clipped first and the noise is the
-    one that the clipped x0 implies, as diffusers' DDIM step does."""
+    one that the clipped x0 implies (DPM-Solver++'s step; DDIMScheduler's with use_clipped_model_output)."""
     alpha = alphas_cumprod.to(sample.device)[timesteps].float().view(-1, 1, 1, 1)
     a, b = alpha.sqrt(), (1 - alpha).sqrt()
     if prediction_type == "v_prediction":
@@ -242,13 +242,28 @@ def consistency_function(unet, scheduler, sample: torch.Tensor, timesteps: torch
     return c_skip * sample + c_out * x0
 
 
+def teacher_ddim(teacher, noise_scheduler, sample: torch.Tensor, t: torch.Tensor, k: int, substeps: int):
+    """Where the teacher's DDIM (x0 clipped as its samplers clip it) takes `sample` from timesteps `t` to t - k, in
+    `substeps` equal steps; past timestep 0 (t - k = -1), its last x0."""
+    for j in range(substeps):
+        output = teacher.unet(sample, t).sample.float()
+        x0, eps = predicted_x0_and_noise(
+            noise_scheduler.alphas_cumprod, teacher.prediction_type, output, sample, t,
+            clip_range=clip_range(noise_scheduler),
+        )  # fmt: skip
+        t = t + (j * k) // substeps - ((j + 1) * k) // substeps  # the next sub-step's timestep
+        alpha = noise_scheduler.alphas_cumprod.to(x0.device)[t.clamp(min=0)].float().view(-1, 1, 1, 1)
+        sample = torch.where((t < 0).view(-1, 1, 1, 1), x0, alpha.sqrt() * x0 + (1 - alpha).sqrt() * eps)
+    return sample
+
+
 def consistency_loss(
     unet, teacher, noise_scheduler, config, batch, *, micro_batch_index, process_index, num_processes
 ):
     """One micro-batch of consistency distillation on LCMScheduler's grid t_n = n k - 1 (k = T / N): the student's
     f(x_t, t) is pulled toward its own f (no gradient) at the grid point one step nearer the data, x_s, which the
-    teacher (model.Teacher: its UNet and its own prediction type) reaches with one DDIM step from x_t, its x0
-    clipped as its samplers clip it (distill_target teacher), or which is the same noise on the image (distill_target
+    teacher (model.Teacher: its UNet and its own prediction type) reaches from x_t with DDIM (teacher_ddim: one step,
+    or distill_teacher_substeps) (distill_target teacher), or which is the same noise on the image (distill_target
     data); at the last point the target is the teacher's x0 (or the image). The consistency error is weighted
     uniformly, as CM and LCM weight it (--snr_gamma: min(SNR, gamma) on it). The draws are step_draws' (the timestep
     picks the grid point), so a resumed distillation draws what an uninterrupted one does."""
@@ -263,13 +278,7 @@ def consistency_loss(
     at_data = (s < 0).view(-1, 1, 1, 1)
     with torch.no_grad():
         if config.distill_target == "teacher":
-            output = teacher.unet(noisy_images, t).sample.float()
-            x0, eps = predicted_x0_and_noise(
-                noise_scheduler.alphas_cumprod, teacher.prediction_type, output, noisy_images, t,
-                clip_range=clip_range(noise_scheduler),
-            )  # fmt: skip
-            alpha = noise_scheduler.alphas_cumprod.to(x0.device)[s.clamp(min=0)].float().view(-1, 1, 1, 1)
-            earlier = torch.where(at_data, x0, alpha.sqrt() * x0 + (1 - alpha).sqrt() * eps)  # one DDIM step
+            earlier = teacher_ddim(teacher, noise_scheduler, noisy_images, t, k, config.distill_teacher_substeps)
         else:
             earlier = torch.where(
                 at_data, clean_images, noise_scheduler.add_noise(clean_images, noise, s.clamp(min=0))

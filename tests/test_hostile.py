@@ -681,6 +681,10 @@ def test_a_distillation_field_never_refuses_a_plain_run():
     with pytest.raises(PipelineError, match="distill_grid_steps: 50 is more than ddpm_num_steps=40"):
         parse_config(["--ddpm_num_steps", "40", "--distill_teacher", "t", "--grid_sampler", "lcm",
                       "--grid_inference_steps", "4"])  # fmt: skip
+    assert parse_config(["--distill_teacher_substeps", "30"]).distill_teacher_substeps == 30
+    with pytest.raises(PipelineError, match="distill_teacher_substeps: 30 steps across an interval of 20 timesteps"):
+        parse_config(["--distill_teacher", "t", "--grid_sampler", "lcm", "--grid_inference_steps", "4",
+                      "--distill_teacher_substeps", "30"])  # fmt: skip
 
 
 def test_a_unet_bounded_per_field_is_bounded_in_total_before_anything_is_allocated(tmp_path):

@@ -318,3 +318,34 @@ def test_a_distillation_trains_plain_diffusion_first_then_the_consistency_loss()
     assert not torch.equal(consistency, step_loss(unet, scheduler, plain, batch, 2))
     as_v = teacher._replace(prediction_type="v_prediction")  # the teacher's outputs are read as what it predicts
     assert not torch.equal(consistency, consistency_loss(unet, as_v, scheduler, student, batch, **options))
+
+
+@pytest.mark.parametrize("substeps", [1, 4])
+def test_the_teachers_target_is_stock_ddims_step_across_each_interval(substeps):
+    """teacher_ddim from t to t - k in `substeps` steps equals diffusers' DDIMScheduler (eta 0, x0 clipped as the
+    teacher's samplers clip it, the noise the one the clipped x0 implies, as in DPM-Solver++) stepping through the
+    same timesteps; at the grid's last point, its last x0."""
+    from diffusers import DDIMScheduler
+
+    from pipeline.diffusion import teacher_ddim
+    from pipeline.model import Teacher
+
+    config = TrainingConfig(
+        output_dir="unused", resolution=8, image_channels=1, block_out_channels=[8, 16], norm_num_groups=4,
+        down_block_types=["DownBlock2D", "DownBlock2D"], up_block_types=["UpBlock2D", "UpBlock2D"],
+        ddpm_num_steps=100,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    unet, scheduler = build_unet(config).eval(), build_noise_scheduler(config)
+    ddim = DDIMScheduler.from_config(scheduler.config, set_alpha_to_one=True)
+    sample = torch.randn(1, 1, 8, 8) * 3  # far from the data range, so that the clipping acts
+    with torch.no_grad():
+        for t, k in ((59, 20), (19, 20)):
+            reached = teacher_ddim(Teacher(unet, "epsilon"), scheduler, sample, torch.tensor([t]), k, substeps)
+            expected = sample
+            for j in range(substeps):
+                now, after = t - j * k // substeps, t - (j + 1) * k // substeps
+                ddim.num_inference_steps = 100 // (now - after)  # its step size: now - after timesteps
+                step = ddim.step(unet(expected, now).sample, now, expected, use_clipped_model_output=True)
+                expected = step.pred_original_sample if after < 0 else step.prev_sample
+            torch.testing.assert_close(reached, expected, rtol=1e-5, atol=1e-5)
