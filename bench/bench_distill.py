@@ -69,8 +69,8 @@ STUDENTS = {
     "eps-huber": [*EPS_STUDENT, "--loss_type", "pseudo_huber"],
 }
 # the teacher's samplers: its shipped SDE sampler, and the deterministic ones that distillation follows (its ODE)
-TEACHER_CELLS = ["sde-dpmsolver++-20-trailing", "sde-dpmsolver++-4-trailing", "dpmsolver++-20-trailing", "lcm-4",
-                 "lcm-1"]  # fmt: skip
+TEACHER_CELLS = ["sde-dpmsolver++-20-trailing", "sde-dpmsolver++-4-trailing", "dpmsolver++-20-trailing",
+                 "dpmsolver++-50-trailing", "ddim-50-trailing", "lcm-4", "lcm-1"]  # fmt: skip
 STUDENT_CELLS = ["lcm-8", "lcm-4", "lcm-2", "lcm-1"]
 JUDGE_KEYS = ("fd_cls", "fd_res")
 
