@@ -67,6 +67,7 @@ STUDENTS = {
     "eps-grid10": [*EPS_STUDENT, "--distill_grid_steps", "10"],
     "eps-grid10-sub5": [*EPS_STUDENT, "--distill_grid_steps", "10", "--distill_teacher_substeps", "5"],
     "eps-huber": [*EPS_STUDENT, "--loss_type", "pseudo_huber"],
+    "v-grid10-sub5": [*V_STUDENT, "--distill_grid_steps", "10", "--distill_teacher_substeps", "5"],
 }
 # the teacher's samplers: its shipped SDE sampler, and the deterministic ones that distillation follows (its ODE)
 TEACHER_CELLS = ["sde-dpmsolver++-20-trailing", "sde-dpmsolver++-4-trailing", "dpmsolver++-20-trailing",
