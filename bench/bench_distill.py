@@ -51,16 +51,14 @@ STUDENTS = {
     # 2026-12-04 to 2026-12-06 the default: a v student, a quarter of the budget re-parameterising it, uniform weights
     "v": [*V_STUDENT, "--learning_rate", "1e-5"],
     "v-lr1e-4": V_STUDENT,
-    "v-lr1e-4-seed1": [*V_STUDENT, "--seed", "1"],
-    "v-lr1e-4-seed2": [*V_STUDENT, "--seed", "2"],
+    **{f"v-lr1e-4-seed{seed}": [*V_STUDENT, "--seed", str(seed)] for seed in (1, 2)},
     "v-lr1e-3": [*V_STUDENT, "--learning_rate", "1e-3"],
     "v-noreparam": [*V_STUDENT, "--distill_reparam_steps", "0"],
     "v-huber": [*V_STUDENT, "--loss_type", "pseudo_huber"],
     "ct-v": [*V_STUDENT, "--distill_target", "data"],
     # since 2026-12-06 the default: the teacher's prediction type (epsilon here), min-SNR 5, lr 1e-4, no phase
     "eps-minsnr": EPS_STUDENT,
-    "eps-minsnr-seed1": [*EPS_STUDENT, "--seed", "1"],
-    "eps-minsnr-seed2": [*EPS_STUDENT, "--seed", "2"],
+    **{f"eps-minsnr-seed{seed}": [*EPS_STUDENT, "--seed", str(seed)] for seed in (1, 2)},
     # the grid: fewer, longer intervals (k = 50, 100 timesteps) carry the data's boundary to t = T - 1 in fewer links,
     # the teacher's one DDIM step across each being coarser, or split into sub-steps; and iCT's pseudo-Huber distance
     "eps-grid20": [*EPS_STUDENT, "--distill_grid_steps", "20"],

@@ -245,14 +245,12 @@ def consistency_function(unet, scheduler, sample: torch.Tensor, timesteps: torch
 def teacher_ddim(teacher, noise_scheduler, sample: torch.Tensor, t: torch.Tensor, k: int, substeps: int):
     """Where the teacher's DDIM (x0 clipped as its samplers clip it) takes `sample` from timesteps `t` to t - k, in
     `substeps` equal steps; past timestep 0 (t - k = -1), its last x0."""
+    alphas, clip = noise_scheduler.alphas_cumprod.to(sample.device), clip_range(noise_scheduler)
     for j in range(substeps):
         output = teacher.unet(sample, t).sample.float()
-        x0, eps = predicted_x0_and_noise(
-            noise_scheduler.alphas_cumprod, teacher.prediction_type, output, sample, t,
-            clip_range=clip_range(noise_scheduler),
-        )  # fmt: skip
+        x0, eps = predicted_x0_and_noise(alphas, teacher.prediction_type, output, sample, t, clip_range=clip)
         t = t + (j * k) // substeps - ((j + 1) * k) // substeps  # the next sub-step's timestep
-        alpha = noise_scheduler.alphas_cumprod.to(x0.device)[t.clamp(min=0)].float().view(-1, 1, 1, 1)
+        alpha = alphas[t.clamp(min=0)].float().view(-1, 1, 1, 1)
         sample = torch.where((t < 0).view(-1, 1, 1, 1), x0, alpha.sqrt() * x0 + (1 - alpha).sqrt() * eps)
     return sample
 
