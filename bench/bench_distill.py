@@ -66,6 +66,15 @@ STUDENTS = {
     "eps-grid10-sub5": [*EPS_STUDENT, "--distill_grid_steps", "10", "--distill_teacher_substeps", "5"],
     "eps-huber": [*EPS_STUDENT, "--loss_type", "pseudo_huber"],
     "v-grid10-sub5": [*V_STUDENT, "--distill_grid_steps", "10", "--distill_teacher_substeps", "5"],
+    # ECT's curriculum (--distill_halving_steps 40: after the 100 re-parameterisation steps the links span 64, 32, ...
+    # 2 intervals of the grid of 50, 40 steps each, then one for the last 60): consistency tuning from the data, and
+    # the same curriculum on the teacher's targets, its 5 DDIM steps spanning each link (at first to the data)
+    "v-ect-data": [*V_STUDENT, "--distill_target", "data", "--distill_halving_steps", "40"],
+    "v-ect-sub5": [*V_STUDENT, "--distill_halving_steps", "40", "--distill_teacher_substeps", "5"],
+    "eps-ect-sub5": [*EPS_STUDENT, "--distill_halving_steps", "40", "--distill_teacher_substeps", "5"],
+    # the curriculum's first stage throughout (links never halve within the budget): every grid point regresses onto
+    # the teacher's 10-step DDIM from it to the data (Luhman & Luhman 2021's distillation, on LCMScheduler's grid)
+    "v-direct-sub10": [*V_STUDENT, "--distill_halving_steps", "100000", "--distill_teacher_substeps", "10"],
 }
 # the teacher's samplers: its shipped SDE sampler, and the deterministic ones that distillation follows (its ODE)
 TEACHER_CELLS = ["sde-dpmsolver++-20-trailing", "sde-dpmsolver++-4-trailing", "dpmsolver++-20-trailing",

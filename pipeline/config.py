@@ -178,6 +178,13 @@ class TrainingConfig:
     distill_teacher_substeps: int = option(
         1, "teacher: the DDIM steps it takes across one interval of the grid.", ge=1, le=MAX_TIMESTEPS, same=True
     )
+    distill_halving_steps: int = option(
+        0,
+        "0: every consistency link spans one grid interval. n: links first span to the data (diffusion fine-tuning "
+        "toward the target), then halve every n optimizer steps down to one interval (ECT's curriculum).",
+        ge=0,
+        le=MAX_STEPS,
+    )
     distill_reparam_steps: int = option(
         0,
         "The first steps of a distillation train the student as a plain diffusion model in its own prediction_type "

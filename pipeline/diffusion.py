@@ -193,6 +193,18 @@ def reparameterisation_micro_batches(config: TrainingConfig) -> int:
     return config.distill_reparam_steps * config.gradient_accumulation_steps
 
 
+def link_intervals(config: TrainingConfig, micro_batch_index: int) -> int:
+    """How many grid intervals a consistency link spans at this micro-batch: one, or with distill_halving_steps n
+    (ECT's curriculum, Geng et al. 2024) the smallest power of two that reaches the data from every grid point (the
+    target is the teacher's or the image's end point: diffusion fine-tuning), halved every n optimizer steps after
+    the re-parameterisation phase, down to one."""
+    if not config.distill_halving_steps:
+        return 1
+    steps = (micro_batch_index - reparameterisation_micro_batches(config)) // config.gradient_accumulation_steps
+    start = 1 << (config.distill_grid_steps - 1).bit_length()
+    return max(1, start >> (steps // config.distill_halving_steps))
+
+
 def predicted_x0_and_noise(
     alphas_cumprod: torch.Tensor,
     prediction_type: str,
@@ -242,9 +254,9 @@ def consistency_function(unet, scheduler, sample: torch.Tensor, timesteps: torch
     return c_skip * sample + c_out * x0
 
 
-def teacher_ddim(teacher, noise_scheduler, sample: torch.Tensor, t: torch.Tensor, k: int, substeps: int):
-    """Where the teacher's DDIM (x0 clipped as its samplers clip it) takes `sample` from timesteps `t` to t - k, in
-    `substeps` equal steps; past timestep 0 (t - k = -1), its last x0."""
+def teacher_ddim(teacher, noise_scheduler, sample: torch.Tensor, t: torch.Tensor, k, substeps: int):
+    """Where the teacher's DDIM (x0 clipped as its samplers clip it) takes `sample` from timesteps `t` to t - k (k:
+    one span, or one per sample), in `substeps` equal steps; past timestep 0 (t - k = -1), its last x0."""
     alphas, clip = noise_scheduler.alphas_cumprod.to(sample.device), clip_range(noise_scheduler)
     for j in range(substeps):
         output = teacher.unet(sample, t).sample.float()
@@ -259,10 +271,11 @@ def consistency_loss(
     unet, teacher, noise_scheduler, config, batch, *, micro_batch_index, process_index, num_processes
 ):
     """One micro-batch of consistency distillation on LCMScheduler's grid t_n = n k - 1 (k = T / N): the student's
-    f(x_t, t) is pulled toward its own f (no gradient) at the grid point one step nearer the data, x_s, which the
-    teacher (model.Teacher: its UNet and its own prediction type) reaches from x_t with DDIM (teacher_ddim: one step,
-    or distill_teacher_substeps) (distill_target teacher), or which is the same noise on the image (distill_target
-    data); at the last point the target is the teacher's x0 (or the image). The consistency error is weighted
+    f(x_t, t) is pulled toward its own f (no gradient) at the grid point one link nearer the data (link_intervals: one
+    interval, or ECT's curriculum), x_s, which the teacher (model.Teacher: its UNet and its own prediction type)
+    reaches from x_t with DDIM (teacher_ddim: one step, or distill_teacher_substeps across the link) (distill_target
+    teacher), or which is the same noise on the image (distill_target data); past the last point the target is the
+    teacher's x0 (or the image). The consistency error is weighted
     uniformly, as CM and LCM weight it (--snr_gamma: min(SNR, gamma) on it). The draws are step_draws' (the timestep
     picks the grid point), so a resumed distillation draws what an uninterrupted one does."""
     flip, timesteps, noise = step_draws(
@@ -270,13 +283,14 @@ def consistency_loss(
     )
     clean_images = to_model_range(random_flip(batch, flip=flip) if config.random_flip else batch)
     k = config.ddpm_num_steps // config.distill_grid_steps
-    t = (timesteps * config.distill_grid_steps // config.ddpm_num_steps + 1) * k - 1  # a point of the grid
-    s = t - k  # the next one toward the data; -1: the data itself
+    n = timesteps * config.distill_grid_steps // config.ddpm_num_steps + 1
+    t = n * k - 1  # a point of the grid
+    s = (n - link_intervals(config, micro_batch_index)).clamp(min=0) * k - 1  # one nearer the data; -1: the data
     noisy_images = noise_scheduler.add_noise(clean_images, noise, t)
     at_data = (s < 0).view(-1, 1, 1, 1)
     with torch.no_grad():
         if config.distill_target == "teacher":
-            earlier = teacher_ddim(teacher, noise_scheduler, noisy_images, t, k, config.distill_teacher_substeps)
+            earlier = teacher_ddim(teacher, noise_scheduler, noisy_images, t, t - s, config.distill_teacher_substeps)
         else:
             earlier = torch.where(
                 at_data, clean_images, noise_scheduler.add_noise(clean_images, noise, s.clamp(min=0))

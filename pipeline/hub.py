@@ -69,6 +69,7 @@ PAPERS = {
     "unipc": ("UniPC (Zhao et al. 2023)", "2302.04867"),
     "consistency": ("Consistency Models (Song et al. 2023)", "2303.01469"),
     "lcm": ("Latent Consistency Models (Luo et al. 2023), consistency distillation in DDPM time", "2310.04378"),
+    "ect": ("Consistency Models Made Easy (Geng et al. 2024), the curriculum", "2406.14548"),
 }
 
 
@@ -214,6 +215,7 @@ def papers_of(config: dict, scheduler: dict) -> list[dict]:
     keys += ["zero_snr"] if scheduler.get("rescale_betas_zero_snr") else []
     keys += ["ema_lengths"] if config.get("ema_extra_decays") else []
     keys += ["consistency", "lcm"] if config.get("distill_teacher") else ["ddim", "dpmsolver", "unipc"]
+    keys += ["ect"] if config.get("distill_teacher") and config.get("distill_halving_steps") else []
     return [{"title": PAPERS[key][0], "url": f"https://arxiv.org/abs/{PAPERS[key][1]}"} for key in keys]
 
 

@@ -127,6 +127,7 @@ FLAG_VALUES = {
     "distill_target": (["data"], "data"),
     "distill_reparam_steps": (["100"], 100),
     "distill_teacher_substeps": (["4"], 4),
+    "distill_halving_steps": (["40"], 40),
     "train_batch_size": (["16"], 16),
     "gradient_accumulation_steps": (["4"], 4),
     "num_epochs": (["7"], 7),

@@ -96,9 +96,11 @@ def test_a_tiny_teacher_distils_into_a_student_that_stock_diffusers_samples_in_2
 
 def test_a_resumed_distillation_equals_an_uninterrupted_one(teacher, tmp_path):
     """Across the change from the re-parameterisation phase (steps 1-2 of 6 here) to the consistency loss, for a v
-    student of the epsilon teacher (the recipe's other prediction type) whose targets take four teacher steps."""
+    student of the epsilon teacher (the recipe's other prediction type) whose targets take four teacher steps, on
+    ECT's curriculum (links of 64 grid intervals, reaching the data, at steps 3-4, then 32: the resume at 3 within)."""
     flags = ["--checkpointing_steps", "3", "--save_images_steps", "0", "--distill_reparam_steps", "2"]
     flags += ["--prediction_type", "v_prediction", "--distill_teacher_substeps", "4"]  # the teacher's 20: 4 x 5
+    flags += ["--distill_halving_steps", "2"]
     whole = distill(teacher, tmp_path / "whole", "--max_train_steps", "6", *flags)
     AcceleratorState._reset_state(reset_partial_state=True)
     part = tmp_path / "part"
@@ -113,7 +115,8 @@ def test_a_resumed_distillation_equals_an_uninterrupted_one(teacher, tmp_path):
     actual = load_file(part / "unet" / "diffusion_pytorch_model.safetensors")
     assert all(torch.equal(actual[name], expected[name]) for name in expected)
     card = " ".join((whole / "README.md").read_text().split())
-    assert "grid of 50 timesteps, 4 DDIM steps of the teacher giving each target" in card
+    assert "grid of 50 timesteps, 4 DDIM steps of the teacher giving each target; ECT's curriculum: the links " in card
+    assert "then halved every 2 steps down to one interval)" in card and "arxiv.org/abs/2406.14548" in card
 
 
 def test_what_cannot_be_distilled_is_refused_before_any_work(teacher, tmp_path):

@@ -9,7 +9,18 @@ from diffusers.training_utils import compute_snr
 from conftest import REPO
 from pipeline.arguments import parse_config
 from pipeline.config import TrainingConfig
-from pipeline.diffusion import diffusion_loss, min_snr_weights, training_target
+from pipeline.diffusion import (
+    consistency_function,
+    consistency_loss,
+    diffusion_loss,
+    link_intervals,
+    min_snr_weights,
+    predicted_x0_and_noise,
+    step_draws,
+    teacher_ddim,
+    to_model_range,
+    training_target,
+)
 from pipeline.errors import PipelineError
 from pipeline.model import build_noise_scheduler, build_unet, count_parameters
 from pipeline.optim import build_optimizer, lr_schedule
@@ -221,7 +232,7 @@ def test_ema_max_decays_that_the_warmup_never_reaches_are_found():
 
 def test_lognormal_timesteps_are_the_nearest_in_log_sigma_and_leave_the_other_draws_alone():
     """EDM's density mapped to discrete timesteps, against a float64 NumPy search; flips and noise unchanged."""
-    from pipeline.diffusion import lognormal_timesteps, step_draws
+    from pipeline.diffusion import lognormal_timesteps
 
     config = TrainingConfig(image_channels=1, train_batch_size=4096)
     alphas = build_noise_scheduler(config).alphas_cumprod
@@ -261,7 +272,6 @@ def test_learned_uncertainty_weighting_is_minimised_at_the_log_of_each_bins_loss
 def test_the_consistency_function_is_what_lcmscheduler_denoises_to(prediction_type, clip_sample):
     """Training and sampling agree: consistency_function(x, t) equals LCMScheduler.step(...).denoised at every step
     of a 4-step sample, for each prediction type, with the x0 clipping the export's LCMScheduler gets."""
-    from pipeline.diffusion import consistency_function, predicted_x0_and_noise
     from pipeline.model import make_sampler
 
     config = TrainingConfig(
@@ -292,7 +302,7 @@ def test_the_consistency_function_is_what_lcmscheduler_denoises_to(prediction_ty
 def test_a_distillation_trains_plain_diffusion_first_then_the_consistency_loss():
     """The re-parameterisation phase: for its steps a v student of an epsilon teacher gets the plain v loss (the same
     draws as a training run's), then the consistency loss, whose teacher reads its own (epsilon) outputs."""
-    from pipeline.diffusion import consistency_loss, step_loss
+    from pipeline.diffusion import step_loss
     from pipeline.model import Teacher
 
     values = {
@@ -320,6 +330,49 @@ def test_a_distillation_trains_plain_diffusion_first_then_the_consistency_loss()
     assert not torch.equal(consistency, consistency_loss(unet, as_v, scheduler, student, batch, **options))
 
 
+def test_ects_curriculum_first_links_every_grid_point_to_the_data_then_halves_down_to_one_interval():
+    """distill_halving_steps: after the re-parameterisation phase the links span 16 intervals of a grid of 10 (all
+    reach the data: the loss is the consistency function's distance to the image, diffusion fine-tuning), then 8, 4,
+    2 and 1, where the loss is the one without the curriculum; with a teacher target, its DDIM spans the link."""
+    from pipeline.model import Teacher
+
+    values = {
+        "output_dir": "unused", "resolution": 8, "image_channels": 1, "block_out_channels": [8, 16],
+        "norm_num_groups": 4, "down_block_types": ["DownBlock2D", "DownBlock2D"],
+        "up_block_types": ["UpBlock2D", "UpBlock2D"], "ddpm_num_steps": 100, "distill_grid_steps": 10,
+        "train_batch_size": 4, "distill_teacher": "teacher", "distill_reparam_steps": 2,
+        "gradient_accumulation_steps": 2, "distill_halving_steps": 3, "distill_target": "data",
+    }  # fmt: skip
+    config = TrainingConfig(**values)
+    assert [link_intervals(config, index) for index in range(4, 40, 6)] == [16, 8, 4, 2, 1, 1]
+    assert link_intervals(dataclasses.replace(config, distill_halving_steps=0), 4) == 1
+    torch.manual_seed(0)
+    unet, scheduler = build_unet(config), build_noise_scheduler(config)
+    batch = torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8)
+    options = {"process_index": 0, "num_processes": 1}
+    _, timesteps, noise = step_draws(config, 4, 0, 1, "cpu", scheduler.alphas_cumprod)
+    t = (timesteps // 10 + 1) * 10 - 1
+    clean = to_model_range(batch)
+    reached = consistency_function(unet, scheduler, scheduler.add_noise(clean, noise, t), t)
+    loss = consistency_loss(unet, None, scheduler, config, batch, micro_batch_index=4, **options)
+    torch.testing.assert_close(loss, diffusion_loss(reached, clean, "l2"))
+    teacher = Teacher(build_unet(config).requires_grad_(False), "epsilon")
+    noisy = scheduler.add_noise(clean, noise, t)
+    for substeps in (1, 2):  # with a teacher: its clipped x0, or its 2 DDIM steps from t to the data
+        distilled = dataclasses.replace(config, distill_target="teacher", distill_teacher_substeps=substeps)
+        with torch.no_grad():
+            ends = teacher_ddim(teacher, scheduler, noisy, t, t + 1, substeps)
+        x0, _ = predicted_x0_and_noise(scheduler.alphas_cumprod, "epsilon", teacher.unet(noisy, t).sample, noisy, t)
+        assert torch.equal(ends, x0.clamp(-1, 1)) == (substeps == 1)
+        loss = consistency_loss(unet, teacher, scheduler, distilled, batch, micro_batch_index=4, **options)
+        torch.testing.assert_close(loss, diffusion_loss(reached, ends, "l2"))
+        curriculum, fixed = [  # the last stage: one interval, as without the curriculum
+            consistency_loss(unet, teacher, scheduler, late, batch, micro_batch_index=28, **options)
+            for late in (distilled, dataclasses.replace(distilled, distill_halving_steps=0))
+        ]
+        assert torch.equal(curriculum, fixed)
+
+
 @pytest.mark.parametrize("substeps", [1, 4])
 def test_the_teachers_target_is_stock_ddims_step_across_each_interval(substeps):
     """teacher_ddim from t to t - k in `substeps` steps equals diffusers' DDIMScheduler (eta 0, x0 clipped as the
@@ -327,7 +380,6 @@ def test_the_teachers_target_is_stock_ddims_step_across_each_interval(substeps):
     same timesteps; at the grid's last point, its last x0."""
     from diffusers import DDIMScheduler
 
-    from pipeline.diffusion import teacher_ddim
     from pipeline.model import Teacher
 
     config = TrainingConfig(
