@@ -20,6 +20,21 @@ def fresh_accelerate_state():
     AcceleratorState._reset_state(reset_partial_state=True)
 
 
+@pytest.fixture
+def short_stream_shutdowns(monkeypatch):
+    """datasets sleeps 5 s each time a streamed parquet iterator closes (an epoch ends, a dropped stream is
+    collected): a guard against an Arrow crash when the interpreter exits right after a scan (apache/arrow#45214).
+    The in-process stream tests close dozens mid-suite, long before any exit; a 0.1 s sleep there, with the test's
+    streams collected before it ends, takes about 40 s off the suite. The library keeps the 5 s."""
+    import gc
+
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "SLEEP_TIME_ON_THREADS_SHUTDOWN", 0.1)
+    yield
+    gc.collect()
+
+
 sys.path.insert(0, str(REPO))
 
 # Nothing in the tests may reach the network; datasets caches go to a throw-away folder.

@@ -306,6 +306,7 @@ def streaming_config(*flags):
     )
 
 
+@pytest.mark.usefixtures("short_stream_shutdowns")
 def test_streaming_batches_are_seeded_and_resume_exactly():
     first = StreamedBatches(streaming_config())
     batches = [first.batch(k) for k in range(4)]
@@ -322,6 +323,7 @@ def test_streaming_batches_are_seeded_and_resume_exactly():
         resumed.batch(7)
 
 
+@pytest.mark.usefixtures("short_stream_shutdowns")
 def test_streaming_processes_read_disjoint_parts():
     ranks = [StreamedBatches(streaming_config(), process_index=rank, num_processes=2) for rank in range(2)]
     seen = [{bytes(image.numpy()) for k in range(10) for image in rank.batch(k)} for rank in ranks]
@@ -329,6 +331,7 @@ def test_streaming_processes_read_disjoint_parts():
     assert not seen[0] & seen[1]
 
 
+@pytest.mark.usefixtures("short_stream_shutdowns")
 def test_streaming_crosses_epochs_and_skips_bad_images(tmp_path):
     import datasets
 

@@ -266,6 +266,7 @@ def _rows_parquet(path: Path, rows: list) -> Path:
     return path
 
 
+@pytest.mark.usefixtures("short_stream_shutdowns")
 def test_empty_rows_of_a_datasets_source_are_skipped_cached_and_streamed(tmp_path):
     rows = [{"bytes": _png(value), "path": None} for value in (0, 100, 200, 250)] + [None, None]
     source = str(_rows_parquet(tmp_path / "rows.parquet", rows))
@@ -277,6 +278,7 @@ def test_empty_rows_of_a_datasets_source_are_skipped_cached_and_streamed(tmp_pat
     assert stream.batch(0).shape == (4, 3, 16, 16) and stream.skipped["empty row"] >= 1  # auto: a stream is RGB
 
 
+@pytest.mark.usefixtures("short_stream_shutdowns")
 def test_a_stream_without_one_decodable_image_stops_instead_of_hanging(tmp_path):
     source = str(_rows_parquet(tmp_path / "junk.parquet", [{"bytes": b"junk", "path": None}] * 1200))  # one epoch
     stream = StreamedBatches(parse_config(["--dataset_name", source, "--streaming", "--train_batch_size", "8"]))

@@ -120,6 +120,7 @@ def test_trains_on_an_sfhq_shaped_zip_as_downloaded(tmp_path, sfhq_tree):
     assert json.loads((out / "unet" / "config.json").read_text())["in_channels"] == 3
 
 
+@pytest.mark.usefixtures("short_stream_shutdowns")
 def test_streaming_run_checkpoints_its_position_and_resumes(tmp_path):
     values = {
         **TINY,
