@@ -71,6 +71,15 @@ STUDENTS = {
     # the same curriculum on the teacher's targets, its 5 DDIM steps spanning each link (at first to the data)
     "v-ect-data": [*V_STUDENT, "--distill_target", "data", "--distill_halving_steps", "40"],
     "v-ect-sub5": [*V_STUDENT, "--distill_halving_steps", "40", "--distill_teacher_substeps", "5"],
+    "v-ect-sub5-seed1": [
+        *V_STUDENT,
+        "--distill_halving_steps",
+        "40",
+        "--distill_teacher_substeps",
+        "5",
+        "--seed",
+        "1",
+    ],
     "eps-ect-sub5": [*EPS_STUDENT, "--distill_halving_steps", "40", "--distill_teacher_substeps", "5"],
     # the curriculum's first stage throughout (links never halve within the budget): every grid point regresses onto
     # the teacher's 10-step DDIM from it to the data (Luhman & Luhman 2021's distillation, on LCMScheduler's grid)

@@ -200,7 +200,7 @@ def link_intervals(config: TrainingConfig, micro_batch_index: int) -> int:
     the re-parameterisation phase, down to one."""
     if not config.distill_halving_steps:
         return 1
-    steps = (micro_batch_index - reparameterisation_micro_batches(config)) // config.gradient_accumulation_steps
+    steps = max(0, micro_batch_index - reparameterisation_micro_batches(config)) // config.gradient_accumulation_steps
     start = 1 << (config.distill_grid_steps - 1).bit_length()
     return max(1, start >> (steps // config.distill_halving_steps))
 
@@ -275,9 +275,9 @@ def consistency_loss(
     interval, or ECT's curriculum), x_s, which the teacher (model.Teacher: its UNet and its own prediction type)
     reaches from x_t with DDIM (teacher_ddim: one step, or distill_teacher_substeps across the link) (distill_target
     teacher), or which is the same noise on the image (distill_target data); past the last point the target is the
-    teacher's x0 (or the image). The consistency error is weighted
-    uniformly, as CM and LCM weight it (--snr_gamma: min(SNR, gamma) on it). The draws are step_draws' (the timestep
-    picks the grid point), so a resumed distillation draws what an uninterrupted one does."""
+    teacher's x0 (or the image). The consistency error is weighted uniformly, as CM and LCM weight it (--snr_gamma:
+    min(SNR, gamma) on it). The draws are step_draws' (the timestep picks the grid point), so a resumed distillation
+    draws what an uninterrupted one does."""
     flip, timesteps, noise = step_draws(
         config, micro_batch_index, process_index, num_processes, batch.device, noise_scheduler.alphas_cumprod
     )

@@ -200,7 +200,7 @@ def run_module(*args, check=True):
     return result
 
 
-def test_evaluate_command_stops_on_missing_or_corrupt_weights(tiny_pipeline, tmp_path):
+def test_evaluate_command_stops_on_missing_or_corrupt_weights(tiny_pipeline, tmp_path, capsys):
     base = [
         "pipeline.evaluate",
         "fid",
@@ -216,8 +216,9 @@ def test_evaluate_command_stops_on_missing_or_corrupt_weights(tiny_pipeline, tmp
     assert "error: inception_weights: no file at" in missing.stderr and "inception-2015-12-05.pt" in missing.stderr
     corrupt = tmp_path / "inception-2015-12-05.pt"
     corrupt.write_bytes(b"not a torchscript archive" * 100)
-    refused = run_module(*base, "--inception_weights", str(corrupt), check=False)
-    assert refused.returncode == 2 and "is not a usable inception-2015-12-05.pt" in refused.stderr
+    with pytest.raises(SystemExit) as stopped:  # in this process: the first call covered `python -m`'s start
+        commands.evaluate_main([*base[1:], "--inception_weights", str(corrupt)])
+    assert stopped.value.code == 2 and "is not a usable inception-2015-12-05.pt" in capsys.readouterr().err
     assert not (tiny_pipeline / "eval").exists()
 
 
@@ -240,7 +241,7 @@ def test_sample_command_writes_pngs_grid_and_record_and_is_seeded(tiny_pipeline,
         "cpu",
     ]
     run_module(*common, "--batch_size", "6", "--output_dir", str(tmp_path / "a"))
-    run_module(*common, "--batch_size", "4", "--output_dir", str(tmp_path / "b"))
+    commands.sample_main([*common[1:], "--batch_size", "4", "--output_dir", str(tmp_path / "b")])  # in this process
     record = json.loads((tmp_path / "a" / "samples.json").read_text())
     assert record["num_images"] == 6 and record["sampler"] == "ddpm" and record["model_evaluations_per_image"] == 4
     assert (tmp_path / "a" / "grid.png").is_file()
