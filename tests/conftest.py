@@ -211,19 +211,28 @@ def launch(*arguments: str, env=None, timeout: float = 600) -> subprocess.Comple
 FINISHED_RUN = {**TINY, "mixed_precision": "no", "save_images_steps": 0, "logger": "none"}
 
 
+def train(config):
+    """pipeline.train.train in this process as a new process would run it: with an Accelerate state of its own, which
+    is reset after it too (whether it finished or raised)."""
+    from accelerate.state import AcceleratorState
+
+    from pipeline.train import train as run
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        return run(config)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+
+
 @pytest.fixture(scope="session")
 def finished_run(tmp_path_factory):
     """A tiny fp32 run (in this process) with checkpoints at steps 3 and 6 and its export; the tests that only read it
     or copy from it share it."""
-    from accelerate.state import AcceleratorState
-
     from pipeline.config import TrainingConfig
-    from pipeline.train import train
 
-    AcceleratorState._reset_state(reset_partial_state=True)
     output_dir = tmp_path_factory.mktemp("finished") / "out"
     train(TrainingConfig(**{**FINISHED_RUN, "output_dir": str(output_dir)}))
-    AcceleratorState._reset_state(reset_partial_state=True)
     return output_dir
 
 
@@ -244,7 +253,6 @@ def copy_checkpoint(finished_run: Path, tmp_path: Path) -> tuple[Path, Path]:
 def resume(output_dir: Path, **changes):
     """The finished run's config resumed from the latest checkpoint in `output_dir`, with `changes`."""
     from pipeline.config import TrainingConfig
-    from pipeline.train import train
 
     values = {**FINISHED_RUN, "output_dir": str(output_dir), "resume_from_checkpoint": "latest", **changes}
     return train(TrainingConfig(**values))

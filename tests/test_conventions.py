@@ -7,14 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from accelerate.state import AcceleratorState
 from PIL import Image
 
-from conftest import REPO, TINY, launch
+from conftest import REPO, TINY, launch, train
 from pipeline.arguments import parse_config
 from pipeline.config import TrainingConfig
 from pipeline.errors import PipelineError
-from pipeline.train import train
 
 
 FAKE_TOKEN = "hf_ExampleFlagToken0123456789abcdefXYZ"
@@ -57,7 +55,6 @@ def test_a_grayscale_source_gives_a_one_channel_model_and_colour_made_gray_is_sa
         tiny(tmp_path, dataset_name=None, train_data_dir=str(folder), image_channels=None, max_train_samples=None)
     )
     assert json.loads((out / "unet" / "config.json").read_text())["in_channels"] == 1
-    AcceleratorState._reset_state(reset_partial_state=True)
     root, _ = sfhq_tree
     forced = tiny(
         tmp_path,
@@ -225,10 +222,8 @@ def test_log_level_warning_keeps_the_run_quiet(tmp_path, capsys):
 def test_overwrite_output_dir_starts_afresh_where_checkpoints_exist(tmp_path):
     first = train(tiny(tmp_path, checkpointing_steps=3))
     assert (first / "checkpoints" / "checkpoint-6").is_dir()
-    AcceleratorState._reset_state(reset_partial_state=True)
     with pytest.raises(PipelineError, match="already holds checkpoints"):
         train(tiny(tmp_path, checkpointing_steps=3))
-    AcceleratorState._reset_state(reset_partial_state=True)
     (first / "samples" / "step-999.png").write_bytes(b"a grid of the earlier run")
     train(tiny(tmp_path, checkpointing_steps=0, overwrite_output_dir=True))
     assert not (first / "checkpoints").exists()

@@ -8,11 +8,11 @@ import sys
 
 import pytest
 
-from conftest import REPO, TINY
+from conftest import REPO, TINY, train
 from pipeline.arguments import parse_config
 from pipeline.config import TrainingConfig
 from pipeline.device import choose_precision, describe_device, device_facts, native_bf16
-from pipeline.train import start_notes, train
+from pipeline.train import start_notes
 
 
 def cpu(**flags):

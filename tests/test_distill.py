@@ -6,14 +6,12 @@ import sys
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 
-from conftest import TINY
+from conftest import TINY, train
 from pipeline.commands import distill_config
 from pipeline.config import TrainingConfig
 from pipeline.errors import PipelineError
-from pipeline.train import train
 
 
 # T = 1000, as DDPMPipeline's default call assumes; the grids (and so the export) use SDE-DPM-Solver++
@@ -31,7 +29,6 @@ pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")  # each run makes
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
-    AcceleratorState._reset_state(reset_partial_state=True)
     output_dir = tmp_path_factory.mktemp("teacher") / "out"
     train(TrainingConfig(**{**TEACHER, "output_dir": str(output_dir), "save_images_steps": 0}))
     return output_dir
@@ -102,10 +99,8 @@ def test_a_resumed_distillation_equals_an_uninterrupted_one(teacher, tmp_path):
     flags += ["--prediction_type", "v_prediction", "--distill_teacher_substeps", "4"]  # the teacher's 20: 4 x 5
     flags += ["--distill_halving_steps", "2"]
     whole = distill(teacher, tmp_path / "whole", "--max_train_steps", "6", *flags)
-    AcceleratorState._reset_state(reset_partial_state=True)
     part = tmp_path / "part"
     distill(teacher, part, "--max_train_steps", "3", *flags)
-    AcceleratorState._reset_state(reset_partial_state=True)
     distill(teacher, part, "--max_train_steps", "6", "--resume_from_checkpoint", "latest", *flags)
     changes = json.loads((part / "training_config.json").read_text())["run"]["resumed_changes"]
     assert changes == [

@@ -25,11 +25,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from accelerate.state import AcceleratorState
 from PIL import Image
 from safetensors.torch import load_file
 
-from conftest import FINISHED_RUN, REPO, TINY, copy_checkpoint, deeply_nested, resume
+from conftest import FINISHED_RUN, REPO, TINY, copy_checkpoint, deeply_nested, resume, train
 from pipeline import evaluate as ev
 from pipeline import inception, metrics
 from pipeline.arguments import parse_config
@@ -38,7 +37,6 @@ from pipeline.commands import hub_main, sample_main
 from pipeline.config import TrainingConfig
 from pipeline.data import prepare_training_images
 from pipeline.errors import PipelineError
-from pipeline.train import train
 
 
 class Payload:
@@ -462,7 +460,6 @@ def test_a_finished_run_is_replaced_only_when_asked_and_then_whole(finished_run,
     with pytest.raises(PipelineError, match="holds an earlier run .*--overwrite_output_dir to replace it"):
         train(TrainingConfig(**values))
     assert {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()} == before
-    AcceleratorState._reset_state(reset_partial_state=True)
     train(TrainingConfig(**{**values, "overwrite_output_dir": True}))
     assert sorted(path.name for path in (folder / "samples").iterdir()) == ["step-1.png"]
     assert not (folder / "eval").exists()
@@ -485,7 +482,6 @@ def test_a_file_the_pipeline_never_writes_stops_every_run_even_with_overwrite(fi
         values = {**FINISHED_RUN, "output_dir": str(folder), "max_train_steps": 8, **asked}
         with pytest.raises(PipelineError, match=f"not a run's of this pipeline \\({foreign.split('/')[0]}"):
             train(TrainingConfig(**values))
-        AcceleratorState._reset_state(reset_partial_state=True)
     assert {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()} == before
 
 
@@ -495,7 +491,6 @@ def test_only_dot_files_or_the_repository_itself_are_not_an_empty_folder(tmp_pat
     for folder in (tmp_path / "home", REPO):
         with pytest.raises(PipelineError, match="not a run's of this pipeline"):
             train(TrainingConfig(**{**FINISHED_RUN, "output_dir": str(folder), "overwrite_output_dir": True}))
-        AcceleratorState._reset_state(reset_partial_state=True)
     assert (tmp_path / "home" / ".bashrc").read_text() == "# mine\n"
 
 
@@ -587,13 +582,11 @@ def test_a_resume_with_dropout_reaches_the_uninterrupted_runs_weights(tmp_path):
         "output_dir": str(tmp_path / "a"),
     }
     train(TrainingConfig(**values))
-    AcceleratorState._reset_state(reset_partial_state=True)
     shutil.copytree(tmp_path / "a" / "checkpoints" / "checkpoint-2", tmp_path / "b" / "checkpoints" / "checkpoint-2")
     train(TrainingConfig(**{**values, "output_dir": str(tmp_path / "b"), "resume_from_checkpoint": "latest"}))
     weights = [load_file(tmp_path / run / "unet" / "diffusion_pytorch_model.safetensors") for run in ("a", "b")]
     assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
     values["dropout"], values["output_dir"] = 0.0, str(tmp_path / "c")  # and the dropout took part
-    AcceleratorState._reset_state(reset_partial_state=True)
     train(TrainingConfig(**values))
     without = load_file(tmp_path / "c" / "unet" / "diffusion_pytorch_model.safetensors")
     assert not all(torch.equal(weights[0][name], without[name]) for name in without)
@@ -630,7 +623,6 @@ def test_a_resume_reports_changed_images_by_count_and_fingerprint(tmp_path):
     values = {**FINISHED_RUN, "dataset_name": None, "train_data_dir": str(images), "max_train_samples": None,
               "output_dir": str(tmp_path / "out"), "max_train_steps": 3}  # fmt: skip
     train(TrainingConfig(**values))
-    AcceleratorState._reset_state(reset_partial_state=True)
     before = json.loads((tmp_path / "out" / "training_config.json").read_text())["run"]["data"]
     assert before["images_kept"] == 32 and len(before["fingerprint"]) == 16
     add(32)

@@ -14,16 +14,14 @@ import sys
 
 import httpx2
 import pytest
-from accelerate.state import AcceleratorState
 from huggingface_hub import HfApi, ModelCard, RepoUrl
 from huggingface_hub.errors import HfHubHTTPError
 
-from conftest import REPO, TINY, TinyFeatures
+from conftest import REPO, TINY, TinyFeatures, train
 from pipeline import commands, hub
 from pipeline import evaluate as ev
 from pipeline.config import TrainingConfig
 from pipeline.errors import PipelineError
-from pipeline.train import train
 
 
 FAKE_TOKEN = "hf_FakeTokenForTests0123456789abcdefXYZ"
@@ -32,14 +30,12 @@ FAKE_TOKEN = "hf_FakeTokenForTests0123456789abcdefXYZ"
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A finished tiny run (export, card, checkpoints, logs) evaluated once, so metrics.json exists."""
-    AcceleratorState._reset_state(reset_partial_state=True)
     output_dir = tmp_path_factory.mktemp("run") / "tiny-faces"
     train(
         TrainingConfig(
             **{**TINY, "output_dir": str(output_dir), "hub_model_id": "someone/tiny-faces", "random_flip": True}
         )
     )
-    AcceleratorState._reset_state(reset_partial_state=True)
     args = commands.parse_evaluate_args(
         [
             "fid",
@@ -308,7 +304,6 @@ def test_push_command_without_token_exits_with_the_message(trained, tmp_path):
 
 
 def test_training_with_push_to_hub_and_no_token_stops_before_any_work(tmp_path, no_token):
-    AcceleratorState._reset_state(reset_partial_state=True)
     output_dir = tmp_path / "never"
     with pytest.raises(PipelineError, match="push_to_hub: no Hugging Face token"):
         train(TrainingConfig(**{**TINY, "output_dir": str(output_dir), "push_to_hub": True}))

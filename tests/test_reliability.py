@@ -17,13 +17,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 
-from conftest import LAUNCH, REPO, TINY, TWO_PROCESSES, launch, train_arguments
+from conftest import LAUNCH, REPO, TINY, TWO_PROCESSES, launch, train, train_arguments
 from pipeline.config import TrainingConfig
 from pipeline.record import RunRecord
-from pipeline.train import TrainingStopped, run_problems, train
+from pipeline.train import TrainingStopped, run_problems
 
 
 # Long enough that a signal sent after the first checkpoint lands well before the end.
@@ -177,7 +176,6 @@ def test_sigkill_during_a_checkpoint_write_leaves_the_previous_one_usable(long_c
 
 def test_divergence_skips_bad_steps_then_stops_naming_the_last_good_checkpoint(tmp_path):
     """A learning rate of 1e30 makes the first update finite but every later loss infinite."""
-    AcceleratorState._reset_state(reset_partial_state=True)
     output_dir = tmp_path / "out"
     config = TrainingConfig(
         **{
@@ -198,7 +196,6 @@ def test_divergence_skips_bad_steps_then_stops_naming_the_last_good_checkpoint(t
     )
     with pytest.raises(TrainingStopped) as stopped:
         train(config)
-    AcceleratorState._reset_state(reset_partial_state=True)
     message = str(stopped.value)
     assert stopped.value.exit_code == 3
     assert "training diverged: 3 steps in a row (up to step 4)" in message
@@ -212,14 +209,12 @@ def test_divergence_skips_bad_steps_then_stops_naming_the_last_good_checkpoint(t
 
 def test_a_finished_run_that_skipped_steps_or_whose_weights_blew_up_is_marked_and_exits_3(tmp_path):
     """Probe: lr 1e30 with max_bad_steps above the streak used to finish with rc 0, finished: true, a silent card."""
-    AcceleratorState._reset_state(reset_partial_state=True)
     output_dir = tmp_path / "out"
     values = {**TINY, "output_dir": str(output_dir), "learning_rate": 1e30, "lr_scheduler": "constant",
               "lr_warmup_steps": 0, "mixed_precision": "no", "max_bad_steps": 100, "max_train_steps": 4,
               "save_images_steps": 0, "checkpointing_steps": 0, "logger": "none"}  # fmt: skip
     with pytest.raises(TrainingStopped) as stopped:
         train(TrainingConfig(**values))
-    AcceleratorState._reset_state(reset_partial_state=True)
     assert stopped.value.exit_code == 3 and "training diverged: " in str(stopped.value)
     run = json.loads((output_dir / "training_config.json").read_text())["run"]
     assert run["problems"] and any("steps were skipped" in problem for problem in run["problems"])
@@ -342,7 +337,6 @@ def test_fid_during_training_is_logged_and_keeps_the_best_weights(tmp_path, monk
             ]
         )
     )
-    AcceleratorState._reset_state(reset_partial_state=True)
     output_dir = tmp_path / "out"
     train(
         TrainingConfig(
@@ -358,7 +352,6 @@ def test_fid_during_training_is_logged_and_keeps_the_best_weights(tmp_path, monk
             }
         )
     )
-    AcceleratorState._reset_state(reset_partial_state=True)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     (events,) = [

@@ -4,12 +4,10 @@ import json
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 
-from conftest import TINY
+from conftest import TINY, train
 from pipeline.config import TrainingConfig
-from pipeline.train import train
 
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")  # each run makes its own Accelerator
@@ -143,7 +141,6 @@ def test_streaming_run_checkpoints_its_position_and_resumes(tmp_path):
 
     resumed = tmp_path / "resumed"
     shutil.copytree(out / "checkpoints" / "checkpoint-3", resumed / "checkpoints" / "checkpoint-3")
-    AcceleratorState._reset_state(reset_partial_state=True)
     train(TrainingConfig(**{**values, "output_dir": str(resumed), "resume_from_checkpoint": "latest"}))
     expected = load_file(out / "unet" / "diffusion_pytorch_model.safetensors")
     actual = load_file(resumed / "unet" / "diffusion_pytorch_model.safetensors")
