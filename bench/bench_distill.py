@@ -4,6 +4,7 @@
     python bench/bench_distill.py --students cd-50 ct-50 --cells lcm-4 lcm-2
     python bench/bench_distill.py --markdown                      # the tables of bench/README.md
     python bench/bench_distill.py --teacher_dir ddpm-quickstart --students v eps-minsnr   # the main job's output
+    python bench/bench_distill.py --teacher_dir ddpm-quickstart --students v eps-minsnr --one_step v eps-minsnr
 
 The teacher is the quickstart recipe as bench/bench_quality.py trains it (row `--teacher_row`, on Fashion-MNIST's
 60,000 training images, trained there if missing), or a trained folder (`--teacher_dir`: the main job's own output,
@@ -160,6 +161,7 @@ def main() -> None:
     parser.add_argument("--cells", nargs="*", default=STUDENT_CELLS)
     parser.add_argument("--num_samples", type=int, default=1000)
     parser.add_argument("--markdown", action="store_true")
+    parser.add_argument("--one_step", nargs="*", default=[], help="Students whose 1-step samples go side by side.")
     args = parser.parse_args()
     if args.markdown:
         for path in sorted(RESULTS.glob("distill_*.json")):
@@ -220,6 +222,9 @@ def main() -> None:
         },
         REPO / "docs" / f"distill-samples-{key}.png",
     )
+    if args.one_step:  # the same noise for each: where a student's first step lands
+        rows = {name: (student_dir(key, name), "lcm-1") for name in args.one_step}
+        side_by_side(rows, REPO / "docs" / f"distill-one-step-{key}.png")
     results["date"] = time.strftime("%Y-%m-%d")
     results_file.write_text(json.dumps(results, indent=2) + "\n")
     print(markdown(results))
