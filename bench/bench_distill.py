@@ -32,6 +32,7 @@ from common import REPO, RESULTS, machine
 # The recipes in full, so that a row means the same whatever the defaults are
 V_STUDENT = "--prediction_type v_prediction --snr_gamma none --learning_rate 1e-4".split()
 EPS_STUDENT = "--prediction_type epsilon --snr_gamma 5 --learning_rate 1e-4 --distill_reparam_steps 0".split()
+ECT_SUB5 = "--distill_halving_steps 40 --distill_teacher_substeps 5".split()  # ECT's curriculum, 5 teacher sub-steps
 # student name: flags of `python -m pipeline.distill` on top of its defaults (the rows before 2026-12-06 gave only what
 # differed from the defaults of their day: their flags as run are in each results file's students_flags)
 STUDENTS = {
@@ -71,17 +72,9 @@ STUDENTS = {
     # 2 intervals of the grid of 50, 40 steps each, then one for the last 60): consistency tuning from the data, and
     # the same curriculum on the teacher's targets, its 5 DDIM steps spanning each link (at first to the data)
     "v-ect-data": [*V_STUDENT, "--distill_target", "data", "--distill_halving_steps", "40"],
-    "v-ect-sub5": [*V_STUDENT, "--distill_halving_steps", "40", "--distill_teacher_substeps", "5"],
-    "v-ect-sub5-seed1": [
-        *V_STUDENT,
-        "--distill_halving_steps",
-        "40",
-        "--distill_teacher_substeps",
-        "5",
-        "--seed",
-        "1",
-    ],
-    "eps-ect-sub5": [*EPS_STUDENT, "--distill_halving_steps", "40", "--distill_teacher_substeps", "5"],
+    "v-ect-sub5": [*V_STUDENT, *ECT_SUB5],
+    "v-ect-sub5-seed1": [*V_STUDENT, *ECT_SUB5, "--seed", "1"],
+    "eps-ect-sub5": [*EPS_STUDENT, *ECT_SUB5],
     # the curriculum's first stage throughout (links never halve within the budget): every grid point regresses onto
     # the teacher's 10-step DDIM from it to the data (Luhman & Luhman 2021's distillation, on LCMScheduler's grid)
     "v-direct-sub10": [*V_STUDENT, "--distill_halving_steps", "100000", "--distill_teacher_substeps", "10"],

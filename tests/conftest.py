@@ -10,14 +10,19 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-def fresh_accelerate_state():
-    """Each run makes its own Accelerator, as a new process would."""
+def reset_accelerate() -> None:
+    """Forget the Accelerator of an earlier run in this process, as a new process would start without one."""
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """Each run makes its own Accelerator, as a new process would."""
+    reset_accelerate()
     yield
-    AcceleratorState._reset_state(reset_partial_state=True)
+    reset_accelerate()
 
 
 @pytest.fixture
@@ -214,15 +219,13 @@ FINISHED_RUN = {**TINY, "mixed_precision": "no", "save_images_steps": 0, "logger
 def train(config):
     """pipeline.train.train in this process as a new process would run it: with an Accelerate state of its own, which
     is reset after it too (whether it finished or raised)."""
-    from accelerate.state import AcceleratorState
-
     from pipeline.train import train as run
 
-    AcceleratorState._reset_state(reset_partial_state=True)
+    reset_accelerate()
     try:
         return run(config)
     finally:
-        AcceleratorState._reset_state(reset_partial_state=True)
+        reset_accelerate()
 
 
 @pytest.fixture(scope="session")
