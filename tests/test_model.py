@@ -345,6 +345,7 @@ def test_ects_curriculum_first_links_every_grid_point_to_the_data_then_halves_do
     }  # fmt: skip
     config = TrainingConfig(**values)
     assert [link_intervals(config, index) for index in range(4, 40, 6)] == [16, 8, 4, 2, 1, 1]
+    assert link_intervals(config, 0) == 16  # inside the re-parameterisation phase: the first span, not a shift error
     assert link_intervals(dataclasses.replace(config, distill_halving_steps=0), 4) == 1
     torch.manual_seed(0)
     unet, scheduler = build_unet(config), build_noise_scheduler(config)
