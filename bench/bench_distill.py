@@ -180,7 +180,8 @@ def main() -> None:
     real = pool[np.random.default_rng(0).choice(len(pool), args.num_samples, replace=False)]
     flags = {**results.get("students_flags", {}), **{name: STUDENTS[name] for name in args.students}}  # as run
     results.update(
-        machine=machine(), data=data["name"], judge_test_accuracy={k: round(v, 4) for k, v in accuracies.items()},
+        machine=machine(quality.SAMPLE_DEVICE), data=data["name"],
+        judge_test_accuracy={k: round(v, 4) for k, v in accuracies.items()},
         num_samples=args.num_samples, floor=quality.score(real, judges), teacher=results.get("teacher", {}),
         teacher_source=str(teacher), teacher_recipe=json.loads((teacher / "training_config.json").read_text())[
             "config"], students_flags=flags,
