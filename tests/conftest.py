@@ -208,6 +208,20 @@ def train_arguments(config_file: Path, output_dir: Path, *extra: str, launcher=O
     return [*launcher, "train_ddpm.py", "--config", str(config_file), "--output_dir", str(output_dir), *extra]
 
 
+def logged_scalars(output_dir, tag: str) -> list:
+    """The TensorBoard events of `tag` that a run in `output_dir` logged (step, value)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events,) = {  # the run's folder (TensorBoard writes the hparams into a folder below it)
+        path.parent
+        for path in (Path(output_dir) / "logs").rglob("events.out.tfevents.*")
+        if path.parent.name == "train_ddpm"
+    }
+    accumulator = EventAccumulator(str(events))
+    accumulator.Reload()
+    return accumulator.Scalars(tag)
+
+
 def launch(*arguments: str, env=None, timeout: float = 600) -> subprocess.CompletedProcess:
     """`accelerate launch <arguments>`, run to its end, its output captured."""
     return subprocess.run([*LAUNCH, *arguments], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)

@@ -19,7 +19,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from conftest import LAUNCH, REPO, TINY, TWO_PROCESSES, launch, train, train_arguments
+from conftest import LAUNCH, REPO, TINY, TWO_PROCESSES, launch, logged_scalars, train, train_arguments
 from pipeline.config import TrainingConfig
 from pipeline.record import RunRecord
 from pipeline.train import TrainingStopped, run_problems
@@ -352,19 +352,10 @@ def test_fid_during_training_is_logged_and_keeps_the_best_weights(tmp_path, monk
             }
         )
     )
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    (events,) = [
-        path.parent
-        for path in (output_dir / "logs").rglob("events.out.tfevents.*")
-        if path.parent.name == "train_ddpm"
-    ]
-    accumulator = EventAccumulator(str(events))
-    accumulator.Reload()
     logged = {
         (event.step, decay): event.value
         for tag, decay in (("fid", 0.999), ("fid_ema_0.5", 0.5))
-        for event in accumulator.Scalars(tag)
+        for event in logged_scalars(output_dir, tag)
     }
     assert sorted(logged) == [(3, 0.5), (3, 0.999), (6, 0.5), (6, 0.999)] and all(
         value > 0 for value in logged.values()

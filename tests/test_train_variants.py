@@ -6,24 +6,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import TINY, train
+from conftest import TINY, logged_scalars, train
 from pipeline.config import TrainingConfig
 
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")  # each run makes its own Accelerator
-
-
-def logged_losses(output_dir) -> list[float]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    (events,) = [
-        path.parent
-        for path in (output_dir / "logs").rglob("events.out.tfevents.*")
-        if path.parent.name == "train_ddpm"
-    ]
-    accumulator = EventAccumulator(str(events))
-    accumulator.Reload()
-    return [event.value for event in accumulator.Scalars("loss")]
 
 
 @pytest.mark.parametrize(
@@ -70,7 +57,7 @@ def test_prediction_types_and_options_train(tmp_path, options):
         **options,
     }
     out = train(TrainingConfig(**values))
-    losses = logged_losses(out)
+    losses = [event.value for event in logged_scalars(out, "loss")]
     assert len(losses) == 8
     assert losses[-1] < 0.8 * losses[0], losses
     run = json.loads((out / "training_config.json").read_text())["run"]
