@@ -17,7 +17,7 @@ import shutil
 import socket
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from fnmatch import fnmatch
 from pathlib import Path
 
@@ -107,23 +107,18 @@ def refuse_foreign(folder: Path, layout: dict, owner: str, advice: str) -> None:
 
 
 def check_writable(folder: Path) -> Path:
-    """`folder` can be made and written (checked by making what is missing and a file in it, then removing them
-    again: nothing is left behind); returns its nearest existing ancestor (or itself)."""
-    missing = [parent for parent in (folder, *folder.parents) if not parent.exists()]
-    existing = folder.parents[len(missing) - 1] if missing else folder
+    """`folder` can be made and written: its nearest existing ancestor (or itself) is a folder that takes a file
+    (checked by writing one there and removing it). Nothing is made, so runs started together into one new folder do
+    not race here (FolderLock decides between them). Returns that ancestor."""
+    existing = next(parent for parent in (folder, *folder.parents) if parent.exists())
     if not existing.is_dir():
         raise PipelineError(f"output_dir: {existing} exists and is not a folder")
+    probe = existing / f".write-test.{os.getpid()}.tmp"
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test.{os.getpid()}.tmp"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as error:
         raise PipelineError(f"output_dir: cannot write to {folder} ({error.strerror or error})") from None
-    finally:
-        for parent in missing:
-            if parent.is_dir():
-                parent.rmdir()
     return existing
 
 
@@ -236,7 +231,8 @@ class FolderLock:
             os.close(self.descriptor)
             self.descriptor = None
             if self.created and not any(self.path.parent.iterdir()):  # a run that stopped before writing anything
-                self.path.parent.rmdir()
+                with suppress(OSError):  # another run has just made it its own
+                    self.path.parent.rmdir()
 
 
 def _alive(pid) -> bool:

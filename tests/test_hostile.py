@@ -37,6 +37,7 @@ from pipeline.commands import hub_main, sample_main
 from pipeline.config import TrainingConfig
 from pipeline.data import prepare_training_images
 from pipeline.errors import PipelineError
+from pipeline.files import check_writable
 
 
 class Payload:
@@ -380,6 +381,23 @@ def test_an_output_dir_in_a_place_that_cannot_be_written_stops_before_decoding()
         PipelineError, match="output_dir: cannot write to /proc/ddpm-run"
     ):  # /proc takes no new folders, even from root
         train(TrainingConfig(**{**TINY, "output_dir": "/proc/ddpm-run"}))
+
+
+def test_the_write_check_makes_no_folder_so_runs_started_together_do_not_race_on_it(tmp_path, monkeypatch):
+    # It used to make the missing folder, write a file in it and remove the folder again: a run started at the same
+    # moment into the same folder, whose lock appeared meanwhile, made that removal fail with a traceback (or removed
+    # the folder under the other run) instead of one run being refused as "in use by process".
+    write_bytes = Path.write_bytes
+
+    def another_run_starts_meanwhile(self, data):
+        (tmp_path / "run").mkdir(exist_ok=True)
+        (tmp_path / "run" / ".lock").write_text("{}")
+        return write_bytes(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", another_run_starts_meanwhile)
+    assert check_writable(tmp_path / "run") == tmp_path
+    assert [path.name for path in (tmp_path / "run").iterdir()] == [".lock"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["run"]  # and no probe left
 
 
 def test_low_disk_space_is_warned_about_before_training(tmp_path, monkeypatch):
