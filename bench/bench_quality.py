@@ -677,8 +677,8 @@ def main() -> None:
         }
     )
     results.setdefault("floors", {})[regime] = floor
-    results.setdefault("machines", {}).setdefault(regime, machine())  # the regime's first machine; a row trained
-    # on another one names its own
+    # the regime's first machine (the GPU where one samples); a row trained on another one names its own
+    results.setdefault("machines", {}).setdefault(regime, machine(SAMPLE_DEVICE))
     if args.data == "full":
         results["floor"] = floor
     save_results(results)
@@ -710,7 +710,7 @@ def main() -> None:
             gflop_per_image=round(flops_per_image(TrainingConfig(**recipe)) / 1e9, 4),
         )
         row["train_tflop"] = round(row["gflop_per_image"] * row["images"] / 1e3, 1)
-        trained_on = machine()
+        trained_on = machine(SAMPLE_DEVICE)
         if trained_on["description"] != results["machines"][regime]["description"]:
             row.setdefault("machine", {**trained_on, "mixed_precision": record["mixed_precision"]})
         for cell in args.samplers:
