@@ -32,6 +32,7 @@ from common import REPO, RESULTS, machine
 # The recipes in full, so that a row means the same whatever the defaults are
 V_STUDENT = "--prediction_type v_prediction --snr_gamma none --learning_rate 1e-4".split()
 EPS_STUDENT = "--prediction_type epsilon --snr_gamma 5 --learning_rate 1e-4 --distill_reparam_steps 0".split()
+EPS_COSINE = [*EPS_STUDENT, *"--lr_scheduler cosine_with_min_lr --min_learning_rate 1e-6".split()]
 ECT_SUB5 = "--distill_halving_steps 40 --distill_teacher_substeps 5".split()  # ECT's curriculum, 5 teacher sub-steps
 # student name: flags of `python -m pipeline.distill` on top of its defaults (the rows before 2026-12-06 gave only what
 # differed from the defaults of their day: their flags as run are in each results file's students_flags)
@@ -58,7 +59,7 @@ STUDENTS = {
     "v-noreparam": [*V_STUDENT, "--distill_reparam_steps", "0"],
     "v-huber": [*V_STUDENT, "--loss_type", "pseudo_huber"],
     "ct-v": [*V_STUDENT, "--distill_target", "data"],
-    # since 2026-12-06 the default: the teacher's prediction type (epsilon here), min-SNR 5, lr 1e-4, no phase
+    # 2026-12-06 the default: the teacher's prediction type (epsilon here), min-SNR 5, lr 1e-4, no phase
     "eps-minsnr": EPS_STUDENT,
     **{f"eps-minsnr-seed{seed}": [*EPS_STUDENT, "--seed", str(seed)] for seed in (1, 2)},
     # the grid: fewer, longer intervals (k = 50, 100 timesteps) carry the data's boundary to t = T - 1 in fewer links,
@@ -67,6 +68,15 @@ STUDENTS = {
     "eps-grid10": [*EPS_STUDENT, "--distill_grid_steps", "10"],
     "eps-grid10-sub5": [*EPS_STUDENT, "--distill_grid_steps", "10", "--distill_teacher_substeps", "5"],
     "eps-huber": [*EPS_STUDENT, "--loss_type", "pseudo_huber"],
+    # the learning rate: held higher or lower, or decayed over the budget (cosine to a floor, as the teacher's);
+    # eps-lr2e-4 is the default since the end of 2026-12-06
+    "eps-lr2e-4": [*EPS_STUDENT, "--learning_rate", "2e-4"],
+    "eps-lr2e-4-seed1": [*EPS_STUDENT, "--learning_rate", "2e-4", "--seed", "1"],
+    "eps-lr5e-5": [*EPS_STUDENT, "--learning_rate", "5e-5"],
+    "eps-lr4e-4": [*EPS_STUDENT, "--learning_rate", "4e-4"],
+    "eps-cosine": EPS_COSINE,
+    "eps-cosine-seed1": [*EPS_COSINE, "--seed", "1"],
+    "eps-lr2e-4-cosine": [*EPS_COSINE, "--learning_rate", "2e-4"],
     "v-grid10-sub5": [*V_STUDENT, "--distill_grid_steps", "10", "--distill_teacher_substeps", "5"],
     # ECT's curriculum (--distill_halving_steps 40: after the 100 re-parameterisation steps the links span 64, 32, ...
     # 2 intervals of the grid of 50, 40 steps each, then one for the last 60): consistency tuning from the data, and

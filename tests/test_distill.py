@@ -74,7 +74,7 @@ def test_a_tiny_teacher_distils_into_a_student_that_stock_diffusers_samples_in_2
     record = json.loads((student / "training_config.json").read_text())
     assert record["config"]["distill_teacher"] == str(teacher) and record["config"]["grid_sampler"] == "lcm"
     assert record["run"]["global_step"] * record["run"]["images_per_step"] == 24  # half the teacher's 48 images
-    assert (record["config"]["snr_gamma"], record["config"]["learning_rate"]) == (5.0, 1e-4)  # the bench's recipe
+    assert (record["config"]["snr_gamma"], record["config"]["learning_rate"]) == (5.0, 2e-4)  # the bench's recipe
     assert record["config"]["distill_reparam_steps"] == 0  # it predicts what its teacher predicts: nothing to relearn
     scheduler = json.loads((student / "scheduler" / "scheduler_config.json").read_text())
     assert scheduler["_class_name"] == "LCMScheduler" and scheduler["original_inference_steps"] == 50
