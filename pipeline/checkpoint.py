@@ -288,7 +288,7 @@ def save_checkpoint(accelerator, parts, record: RunRecord, stream_state: Optiona
                 for index, stream in enumerate(streams):
                     if stream is not None:
                         write_json(partial / f"stream_state_{index}.json", stream)
-                model = accelerator.unwrap_model(parts.unet, keep_fp32_wrapper=False, keep_torch_compile=False)
+                model = parts.model  # the UNet itself, its autocast kept (unwrapping it would strip it)
                 save_unet_folder(model, partial / "unet")
                 for index, decay in enumerate(ema.max_decays if ema is not None else []):
                     save_unet_folder(model, partial / ema_folder_name(index, decay), ema.averages[index])
@@ -385,7 +385,7 @@ def load_checkpoint(checkpoint: Path, accelerator, parts, stream=None) -> dict:
     state = read_training_state(checkpoint)
     state_path = checkpoint / STATE_FILE
     config, ema, index = parts.config, parts.ema, accelerator.process_index
-    model = accelerator.unwrap_model(parts.unet, keep_fp32_wrapper=False, keep_torch_compile=False)
+    model = parts.model
 
     # 1. read and check everything
     own = model.state_dict()

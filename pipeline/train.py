@@ -301,7 +301,9 @@ def build_training(
                 "max decays below it, or train longer"
             )
     prepared, optimizer = accelerator.prepare(unet, optimizer)
-    model = accelerator.unwrap_model(prepared, keep_fp32_wrapper=False, keep_torch_compile=False)
+    # keep_fp32_wrapper: without DDP `prepared` is `unet` itself, whose forward Accelerate wrapped in autocast;
+    # unwrapping without the wrapper would restore the plain forward in place and train in fp32 whatever the precision
+    model = accelerator.unwrap_model(prepared, keep_fp32_wrapper=True, keep_torch_compile=False)
     noise_scheduler, sampler = build_noise_scheduler(config), export_scheduler(config)
     return TrainingParts(
         config, prepared, model, noise_scheduler, optimizer, schedule, ema, sampler, teacher, uncertainty

@@ -7,7 +7,9 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
+import pipeline.train
 from conftest import REPO, TINY, train
 from pipeline.arguments import parse_config
 from pipeline.config import TrainingConfig
@@ -78,6 +80,27 @@ def test_the_recorded_device_facts_follow_an_instruction_set_cap():
     assert result.returncode == 0, result.stderr[-2000:]
     capped, native = json.loads(result.stdout)
     assert capped["isa"] == "AVX2" and capped["isa_capped_by"] == caps and native is False
+
+
+@pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("no", torch.float32)])
+def test_a_run_computes_in_the_precision_it_records_through_every_step_and_checkpoint(
+    tmp_path, fresh_accelerate_state, monkeypatch, precision, dtype
+):
+    """Accelerate wraps the UNet's forward in autocast; unwrapping it without that wrapper (keep_fp32_wrapper=False)
+    restores the plain forward in place, and a run that records bf16 trains in fp32 (as every run did until
+    2026-12-06)."""
+    dtypes, build = [], pipeline.train.build_training
+
+    def watched(*args, **kwargs):
+        parts = build(*args, **kwargs)
+        parts.model.conv_in.register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
+        return parts
+
+    monkeypatch.setattr(pipeline.train, "build_training", watched)
+    config = {**TINY, "mixed_precision": precision, "save_images_steps": 0, "logger": "none"}
+    output_dir = train(TrainingConfig(**config, output_dir=str(tmp_path / "out")))  # a checkpoint at step 3 of 6
+    assert json.loads((output_dir / "training_config.json").read_text())["run"]["mixed_precision"] == precision
+    assert len(dtypes) >= 6 and set(dtypes) == {dtype}  # the 6 steps and the last grid
 
 
 def test_a_run_records_its_device_its_precision_and_why_and_its_speed(tmp_path, fresh_accelerate_state):
