@@ -74,6 +74,9 @@ STUDENTS = {
     "eps-lr2e-4-seed1": [*EPS_STUDENT, "--learning_rate", "2e-4", "--seed", "1"],
     "eps-lr5e-5": [*EPS_STUDENT, "--learning_rate", "5e-5"],
     "eps-lr4e-4": [*EPS_STUDENT, "--learning_rate", "4e-4"],
+    # after the precision fix (2026-12-06): the students above trained in fp32 whatever they record; these in bf16
+    "eps-lr2e-4-bf16": [*EPS_STUDENT, "--learning_rate", "2e-4", "--mixed_precision", "bf16"],
+    "eps-minsnr-bf16": [*EPS_STUDENT, "--mixed_precision", "bf16"],
     "eps-cosine": EPS_COSINE,
     "eps-cosine-seed1": [*EPS_COSINE, "--seed", "1"],
     "eps-lr2e-4-cosine": [*EPS_COSINE, "--learning_rate", "2e-4"],
