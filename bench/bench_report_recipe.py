@@ -26,9 +26,10 @@ from diffusers import DDPMScheduler, UNet2DModel
 from gpu_check import logged_scalars
 
 from pipeline.errors import DIVERGED_EXIT
+from pipeline.record import RECORD_NAME, read_record
+from pipeline.train import zero_output_loss
 
 
-ZERO_OUTPUT_L1 = (2 / torch.pi) ** 0.5
 # run name: flags on top of the preset (the precision, then one change of the recipe)
 RUNS = {
     "fp32": ["--mixed_precision", "no"],
@@ -73,8 +74,9 @@ def summary(name: str, output_dir: Path, seconds) -> dict:
     """A finished run's row: its losses, the exported UNet's mean |output|, and whether it collapsed."""
     losses = [round(value, 4) for value in logged_scalars(output_dir / "logs", "loss")]
     row = {"flags": RUNS[name], "seconds": seconds, "losses_every_5_steps": losses}
-    row.update(final_loss=losses[-1], mean_abs_output=round(mean_abs_output(output_dir), 4))
-    row["collapsed"] = abs(losses[-1] - ZERO_OUTPUT_L1) < 0.02 and row["mean_abs_output"] < 0.1
+    zero = zero_output_loss(read_record(output_dir / RECORD_NAME).config)  # the run's own, as its divergence check
+    row.update(final_loss=losses[-1], mean_abs_output=round(mean_abs_output(output_dir), 4), zero_output_loss=zero)
+    row["collapsed"] = zero is not None and abs(losses[-1] - zero) < 0.02 and row["mean_abs_output"] < 0.1
     print(f"[{name}] {row}", flush=True)
     return row
 
@@ -89,7 +91,6 @@ def main() -> None:
     path = RESULTS / "report_recipe.json"
     results = json.loads(path.read_text()) if path.is_file() else {"runs": {}}
     results.update(machine=machine(), steps=args.steps, batch=args.batch, date=time.strftime("%Y-%m-%d"))
-    results["zero_output_l1"] = round(ZERO_OUTPUT_L1, 4)
     with tempfile.TemporaryDirectory() as work:
         for name in args.runs:
             results["runs"][name] = run(name, args.train_data_dir, args.steps, args.batch, Path(work))
