@@ -77,20 +77,27 @@ def x0_clipping(clip_sample: bool) -> dict:
     return {"thresholding": True, "sample_max_value": 1.0} if clip_sample else {}
 
 
+# The noise scheduler's config keys -> the TrainingConfig fields that set them; the forward process's first
+SCHEDULE_KEYS = {
+    "num_train_timesteps": "ddpm_num_steps",
+    "beta_schedule": "ddpm_beta_schedule",
+    "beta_start": "ddpm_beta_start",
+    "beta_end": "ddpm_beta_end",
+    "prediction_type": "prediction_type",
+    "rescale_betas_zero_snr": "rescale_betas_zero_snr",
+}
+SCHEDULER_KEYS = {
+    **SCHEDULE_KEYS,
+    "variance_type": "ddpm_variance_type",
+    "clip_sample": "ddpm_clip_sample",
+    "timestep_spacing": "ddpm_timestep_spacing",
+}
+
+
 def build_noise_scheduler(config: TrainingConfig) -> DDPMScheduler:
     """The training scheduler: the forward process every sampler of the model is built from."""
-    return DDPMScheduler(
-        num_train_timesteps=config.ddpm_num_steps,
-        beta_schedule=config.ddpm_beta_schedule,
-        beta_start=config.ddpm_beta_start,
-        beta_end=config.ddpm_beta_end,
-        variance_type=config.ddpm_variance_type,
-        clip_sample=config.ddpm_clip_sample,
-        prediction_type=config.prediction_type,
-        rescale_betas_zero_snr=config.rescale_betas_zero_snr,
-        timestep_spacing=config.ddpm_timestep_spacing,
-        **x0_clipping(config.ddpm_clip_sample),
-    )
+    options = {key: getattr(config, name) for key, name in SCHEDULER_KEYS.items()}
+    return DDPMScheduler(**options, **x0_clipping(config.ddpm_clip_sample))
 
 
 SAMPLER_CLASSES = {
@@ -137,16 +144,7 @@ def export_scheduler(config: TrainingConfig):
     return make_sampler(name, build_noise_scheduler(config).config, **options)
 
 
-# A model folder's config keys -> the TrainingConfig fields whose checks (pipeline/config.py) they share
-SCHEDULER_KEYS = {
-    "num_train_timesteps": "ddpm_num_steps",
-    "beta_schedule": "ddpm_beta_schedule",
-    "beta_start": "ddpm_beta_start",
-    "beta_end": "ddpm_beta_end",
-    "prediction_type": "prediction_type",
-    "variance_type": "ddpm_variance_type",
-    "timestep_spacing": "ddpm_timestep_spacing",
-}
+# A UNet config's keys -> the TrainingConfig fields whose checks (pipeline/config.py) they share
 UNET_KEYS = {
     "sample_size": "resolution",
     "block_out_channels": "block_out_channels",
@@ -206,17 +204,6 @@ def check_model_folder(folder: Path) -> None:
             check(read_json(Path(folder) / name), str(Path(folder) / name))
         except (TypeError, ValueError) as problem:
             raise PipelineError(f"{Path(folder) / name}: malformed ({problem})") from None
-
-
-# A scheduler config's keys that define the forward process -> the TrainingConfig fields that set them
-SCHEDULE_KEYS = {
-    "num_train_timesteps": "ddpm_num_steps",
-    "beta_schedule": "ddpm_beta_schedule",
-    "beta_start": "ddpm_beta_start",
-    "beta_end": "ddpm_beta_end",
-    "prediction_type": "prediction_type",
-    "rescale_betas_zero_snr": "rescale_betas_zero_snr",
-}
 
 
 def saved_schedule(folder: Path) -> dict:
