@@ -30,9 +30,15 @@ from common import REPO, RESULTS, machine
 
 
 # The recipes in full, so that a row means the same whatever the defaults are
-V_STUDENT = "--prediction_type v_prediction --snr_gamma none --learning_rate 1e-4".split()
-EPS_STUDENT = "--prediction_type epsilon --snr_gamma 5 --learning_rate 1e-4 --distill_reparam_steps 0".split()
+# (--loss_type l2: the distance that every row below but the pseudo-Huber ones ran with, the default for 4 steps until
+# the end of 2026-12-06)
+V_STUDENT = "--prediction_type v_prediction --snr_gamma none --learning_rate 1e-4 --loss_type l2".split()
+EPS_STUDENT = (
+    "--prediction_type epsilon --snr_gamma 5 --learning_rate 1e-4 --distill_reparam_steps 0 --loss_type l2".split()
+)
 EPS_COSINE = [*EPS_STUDENT, *"--lr_scheduler cosine_with_min_lr --min_learning_rate 1e-6".split()]
+HUBER_BF16 = "--learning_rate 2e-4 --loss_type pseudo_huber --mixed_precision bf16".split()
+X0_STUDENT = "--prediction_type sample --snr_gamma none --mixed_precision bf16 --loss_type l2".split()
 ECT_SUB5 = "--distill_halving_steps 40 --distill_teacher_substeps 5".split()  # ECT's curriculum, 5 teacher sub-steps
 # student name: flags of `python -m pipeline.distill` on top of its defaults (the rows before 2026-12-06 gave only what
 # differed from the defaults of their day: their flags as run are in each results file's students_flags)
@@ -77,6 +83,22 @@ STUDENTS = {
     # after the precision fix (2026-12-06): the students above trained in fp32 whatever they record; these in bf16
     "eps-lr2e-4-bf16": [*EPS_STUDENT, "--learning_rate", "2e-4", "--mixed_precision", "bf16"],
     "eps-minsnr-bf16": [*EPS_STUDENT, "--mixed_precision", "bf16"],
+    "eps-lr2e-4-bf16-seed1": [*EPS_STUDENT, "--learning_rate", "2e-4", "--mixed_precision", "bf16", "--seed", "1"],
+    # iCT's pseudo-Huber distance per image on the default (its gradient is the same size for every image)
+    **{
+        f"eps-lr2e-4-huber-bf16{suffix}": [*EPS_STUDENT, *HUBER_BF16, *seed]
+        for suffix, seed in (("", []), ("-seed1", ["--seed", "1"]))
+    },
+    # a student predicting x0 (prediction_type sample): with LCMScheduler's c_skip / c_out this is the consistency
+    # model's own parameterisation, whose output at t = T - 1 is the image itself rather than a noise error amplified
+    # 20,000 times; the re-parameterisation phase first (a quarter of the budget), uniform weights
+    "x0-lr1e-4-bf16": [*X0_STUDENT, "--learning_rate", "1e-4"],
+    "x0-lr2e-4-bf16": [*X0_STUDENT, "--learning_rate", "2e-4"],
+    # a finer consistency grid (k = 10 timesteps): grids of 20 and 10 lost to 50
+    "eps-lr2e-4-grid100-bf16": [
+        *EPS_STUDENT,
+        *"--learning_rate 2e-4 --distill_grid_steps 100 --mixed_precision bf16".split(),
+    ],
     "eps-cosine": EPS_COSINE,
     "eps-cosine-seed1": [*EPS_COSINE, "--seed", "1"],
     "eps-lr2e-4-cosine": [*EPS_COSINE, "--learning_rate", "2e-4"],
@@ -168,6 +190,7 @@ def main() -> None:
     parser.add_argument("--num_samples", type=int, default=1000)
     parser.add_argument("--markdown", action="store_true")
     parser.add_argument("--one_step", nargs="*", default=[], help="Students whose 1-step samples go side by side.")
+    parser.add_argument("--picture", help="The student the picture shows (default: the best at 4 steps on FD-cls).")
     args = parser.parse_args()
     if args.markdown:
         for path in sorted(RESULTS.glob("distill_*.json")):
@@ -220,7 +243,9 @@ def main() -> None:
             results["students"].setdefault(name, {})["wall_seconds"] = round(time.time() - started)
         scored(name, folder, args.cells, results["students"].setdefault(name, {}))
     trained = [name for name in results["students"] if (student_dir(key, name) / "model_index.json").is_file()]
-    best = min(trained, key=lambda name: results["students"][name]["cells"].get("lcm-4", {}).get("fd_cls", 1e9))
+    best = args.picture or min(
+        trained, key=lambda name: results["students"][name]["cells"].get("lcm-4", {}).get("fd_cls", 1e9)
+    )
     student = student_dir(key, best)
     side_by_side(
         {
