@@ -52,6 +52,12 @@ RECIPE = {
 }
 
 
+# The consistency error's distance by the step count distilled for (--steps): iCT's pseudo-Huber for 4 steps or more,
+# the squared error below. In bf16, two seeds each, pseudo-Huber against the squared error: from the 1,600-step teacher
+# at 4 steps 22.5 / 4.42 and 23.6 / 4.63 against 26.8 / 5.18 and 25.5 / 4.80, better at 8 too; from the main job's a
+# tie at 4 (42.3 / 8.13, 43.5 / 8.05 against 41.2 / 7.76, 44.4 / 8.09); worse at 2 and 1 steps from both (the main
+# job's at 2: 59.3-64.0 / 14.4-15.0 against 54.2-59.0 / 12.6-13.2). bench/README.md, 2026-12-06.
+HUBER_FROM_STEPS = 4
 REPARAMETERISATION_SHARE = 4  # a student of another prediction type: first a quarter of plain diffusion in its type
 
 
@@ -71,7 +77,7 @@ def recipe(folder: Path, output_dir: str, steps: int) -> tuple[list[str], dict]:
     """The preset flags (the teacher's training record, when it has one) and the values this recipe sets over them,
     for pipeline.commands.distill_config, which puts the user's flags on top."""
     values = {**RECIPE, "distill_teacher": str(folder), "output_dir": output_dir, "grid_inference_steps": steps}
-    values["fid_inference_steps"] = steps
+    values.update(fid_inference_steps=steps, loss_type="pseudo_huber" if steps >= HUBER_FROM_STEPS else "l2")
     if (folder / RECORD_NAME).is_file():
         saved = read_record(folder / RECORD_NAME)
         images = saved.run.global_step * saved.run.images_per_step  # half the teacher's training images
