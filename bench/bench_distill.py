@@ -84,6 +84,11 @@ STUDENTS = {
     "eps-lr2e-4-bf16": [*EPS_STUDENT, "--learning_rate", "2e-4", "--mixed_precision", "bf16"],
     "eps-minsnr-bf16": [*EPS_STUDENT, "--mixed_precision", "bf16"],
     "eps-lr2e-4-bf16-seed1": [*EPS_STUDENT, "--learning_rate", "2e-4", "--mixed_precision", "bf16", "--seed", "1"],
+    # a higher rate for 2 and 1 steps (4e-4 won there at seed 0 in fp32, from both teachers)
+    **{
+        f"eps-lr4e-4-bf16{suffix}": [*EPS_STUDENT, "--learning_rate", "4e-4", "--mixed_precision", "bf16", *seed]
+        for suffix, seed in (("", []), ("-seed1", ["--seed", "1"]))
+    },
     # iCT's pseudo-Huber distance per image on the default (its gradient is the same size for every image)
     **{
         f"eps-lr2e-4-huber-bf16{suffix}": [*EPS_STUDENT, *HUBER_BF16, *seed]
