@@ -39,6 +39,7 @@ RECIPE = {
     # 2e-4 again beats 1e-4 in all 8 cells (main job's teacher, seed 0). bench/README.md, 2026-12-06.
     "snr_gamma": 5.0,
     "learning_rate": 2e-4,
+    "loss_type": "pseudo_huber",  # iCT's distance (for 4 steps or more: FEW_STEP_RECIPE below)
     "lr_scheduler": "constant_with_warmup",
     "lr_warmup_steps": 20,
     "ema_max_decay": 0.99,
@@ -52,12 +53,15 @@ RECIPE = {
 }
 
 
-# The consistency error's distance by the step count distilled for (--steps): iCT's pseudo-Huber for 4 steps or more,
-# the squared error below. In bf16, two seeds each, pseudo-Huber against the squared error: from the 1,600-step teacher
-# at 4 steps 22.5 / 4.42 and 23.6 / 4.63 against 26.8 / 5.18 and 25.5 / 4.80, better at 8 too; from the main job's a
-# tie at 4 (42.3 / 8.13, 43.5 / 8.05 against 41.2 / 7.76, 44.4 / 8.09); worse at 2 and 1 steps from both (the main
-# job's at 2: 59.3-64.0 / 14.4-15.0 against 54.2-59.0 / 12.6-13.2). bench/README.md, 2026-12-06.
-HUBER_FROM_STEPS = 4
+# A student distilled for fewer than FEW_STEPS steps (--steps 2 or 1) trains with the squared error at twice the rate.
+# In bf16, two seeds from each teacher: pseudo-Huber beats the squared error at 8 and 4 steps from the 1,600-step
+# teacher (4 steps 22.5 / 4.42 and 23.6 / 4.63 against 26.8 / 5.18 and 25.5 / 4.80) and ties at 4 from the main job's
+# (42.3 / 8.13, 43.5 / 8.05 against 41.2 / 7.76, 44.4 / 8.09), but loses at 2 and 1 steps from both; there lr 4e-4
+# beats 2e-4 at 1 step from both teachers on both judges at both seeds (the better teacher's 85.0-89.7 / 17.9-18.4
+# against 97.6-99.2 / 20.9-21.0) and at 2 steps from the better one (36.0-37.4 / 8.7-9.3 against 40.5-41.7 /
+# 10.6-10.9; from the main job's a tie on the means, 56.8 / 12.7 against 56.6 / 12.9). bench/README.md, 2026-12-06.
+FEW_STEPS = 4
+FEW_STEP_RECIPE = {"loss_type": "l2", "learning_rate": 4e-4}
 REPARAMETERISATION_SHARE = 4  # a student of another prediction type: first a quarter of plain diffusion in its type
 
 
@@ -76,8 +80,8 @@ def teacher_folder(teacher: str) -> Path:
 def recipe(folder: Path, output_dir: str, steps: int) -> tuple[list[str], dict]:
     """The preset flags (the teacher's training record, when it has one) and the values this recipe sets over them,
     for pipeline.commands.distill_config, which puts the user's flags on top."""
-    values = {**RECIPE, "distill_teacher": str(folder), "output_dir": output_dir, "grid_inference_steps": steps}
-    values.update(fid_inference_steps=steps, loss_type="pseudo_huber" if steps >= HUBER_FROM_STEPS else "l2")
+    values = {**RECIPE, **(FEW_STEP_RECIPE if steps < FEW_STEPS else {}), "distill_teacher": str(folder)}
+    values.update(output_dir=output_dir, grid_inference_steps=steps, fid_inference_steps=steps)
     if (folder / RECORD_NAME).is_file():
         saved = read_record(folder / RECORD_NAME)
         images = saved.run.global_step * saved.run.images_per_step  # half the teacher's training images

@@ -74,8 +74,8 @@ def test_a_tiny_teacher_distils_into_a_student_that_stock_diffusers_samples_in_2
     record = json.loads((student / "training_config.json").read_text())
     assert record["config"]["distill_teacher"] == str(teacher) and record["config"]["grid_sampler"] == "lcm"
     assert record["run"]["global_step"] * record["run"]["images_per_step"] == 24  # half the teacher's 48 images
-    assert (record["config"]["snr_gamma"], record["config"]["learning_rate"]) == (5.0, 2e-4)  # the bench's recipe
-    assert record["config"]["loss_type"] == "l2"  # distilled for 2 steps
+    recipe = [record["config"][name] for name in ("snr_gamma", "learning_rate", "loss_type")]
+    assert recipe == [5.0, 4e-4, "l2"]  # the bench's recipe for 2 steps
     assert record["config"]["distill_reparam_steps"] == 0  # it predicts what its teacher predicts: nothing to relearn
     scheduler = json.loads((student / "scheduler" / "scheduler_config.json").read_text())
     assert scheduler["_class_name"] == "LCMScheduler" and scheduler["original_inference_steps"] == 50
@@ -92,12 +92,15 @@ def test_a_tiny_teacher_distils_into_a_student_that_stock_diffusers_samples_in_2
     assert any(not torch.equal(moved[name], start[name]) for name in start)
 
 
-def test_the_distance_follows_the_steps_distilled_for_unless_a_flag_sets_it(teacher, tmp_path):
-    def loss_type(steps, *flags):
-        return distill_config(str(teacher), str(tmp_path / "student"), steps, list(flags)).loss_type
+def test_the_distance_and_rate_follow_the_steps_distilled_for_unless_a_flag_sets_them(teacher, tmp_path):
+    def recipe(steps, *flags):
+        config = distill_config(str(teacher), str(tmp_path / "student"), steps, list(flags))
+        return config.loss_type, config.learning_rate
 
-    assert [loss_type(steps) for steps in (1, 2, 3, 4, 8)] == ["l2"] * 3 + ["pseudo_huber"] * 2  # the bench's choice
-    assert loss_type(4, "--loss_type", "l2") == "l2" and loss_type(2, "--loss_type", "l1") == "l1"
+    assert [recipe(steps) for steps in (1, 3, 4, 8)] == [("l2", 4e-4)] * 2 + [
+        ("pseudo_huber", 2e-4)
+    ] * 2  # the bench's
+    assert recipe(4, "--loss_type", "l2") == ("l2", 2e-4) and recipe(2, "--learning_rate", "1e-4") == ("l2", 1e-4)
 
 
 def test_a_resumed_distillation_equals_an_uninterrupted_one(teacher, tmp_path):
