@@ -77,7 +77,8 @@ def x0_clipping(clip_sample: bool) -> dict:
     return {"thresholding": True, "sample_max_value": 1.0} if clip_sample else {}
 
 
-# The noise scheduler's config keys -> the TrainingConfig fields that set them; the forward process's first
+# The noise scheduler's config keys -> the TrainingConfig fields that set them: the forward process (what a student
+# shares with its teacher), then how it is sampled
 SCHEDULE_KEYS = {
     "num_train_timesteps": "ddpm_num_steps",
     "beta_schedule": "ddpm_beta_schedule",
