@@ -83,7 +83,14 @@ STUDENTS = {
     # after the precision fix (2026-12-06): the students above trained in fp32 whatever they record; these in bf16
     "eps-lr2e-4-bf16": [*EPS_STUDENT, "--learning_rate", "2e-4", "--mixed_precision", "bf16"],
     "eps-minsnr-bf16": [*EPS_STUDENT, "--mixed_precision", "bf16"],
-    "eps-lr2e-4-bf16-seed1": [*EPS_STUDENT, "--learning_rate", "2e-4", "--mixed_precision", "bf16", "--seed", "1"],
+    **{
+        f"eps-lr2e-4-bf16-seed{seed}": [
+            *EPS_STUDENT,
+            *"--learning_rate 2e-4 --mixed_precision bf16 --seed".split(),
+            seed,
+        ]
+        for seed in ("1", "2")
+    },
     # a higher rate for 2 and 1 steps (4e-4 won there at seed 0 in fp32, from both teachers)
     **{
         f"eps-lr4e-4-bf16{suffix}": [*EPS_STUDENT, "--learning_rate", "4e-4", "--mixed_precision", "bf16", *seed]
@@ -92,7 +99,7 @@ STUDENTS = {
     # iCT's pseudo-Huber distance per image on the default (its gradient is the same size for every image)
     **{
         f"eps-lr2e-4-huber-bf16{suffix}": [*EPS_STUDENT, *HUBER_BF16, *seed]
-        for suffix, seed in (("", []), ("-seed1", ["--seed", "1"]))
+        for suffix, seed in (("", []), ("-seed1", ["--seed", "1"]), ("-seed2", ["--seed", "2"]))
     },
     # a student predicting x0 (prediction_type sample): with LCMScheduler's c_skip / c_out this is the consistency
     # model's own parameterisation, whose output at t = T - 1 is the image itself rather than a noise error amplified
