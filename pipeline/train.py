@@ -388,8 +388,7 @@ def save_sample_grid(accelerator: Accelerator, parts: TrainingParts, step: int, 
         config.grid_sampler, config.grid_inference_steps, config.num_grid_images, config.num_grid_images, config.seed
     )
     with sampling_weights(parts.model, parts.ema) if unet is None else nullcontext(unet) as model:
-        with accelerator.autocast():
-            images = sample_unet(model, parts.sampler.config, request)
+        images = sample_unet(model, parts.sampler.config, request)  # parts.model's forward holds the run's autocast
     path = Path(config.output_dir) / "samples" / f"step-{step}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     image_grid(images).save(path)
