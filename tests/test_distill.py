@@ -86,6 +86,7 @@ def test_a_tiny_teacher_distils_into_a_student_that_stock_diffusers_samples_in_2
     card = (student / "README.md").read_text()
     assert "distilled from the DDPM `out` (a local training folder)" in card and "num_inference_steps=2" in card
     assert "arxiv.org/abs/2310.04378" in card  # LCM
+    assert "| loss | L2 between the consistency function at a grid point and its own value (no gradient) one" in card
     # the student moved away from the teacher it started from
     moved = load_file(student / "unet" / "diffusion_pytorch_model.safetensors")
     start = load_file(teacher / "unet" / "diffusion_pytorch_model.safetensors")
