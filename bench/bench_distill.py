@@ -31,14 +31,14 @@ from common import REPO, RESULTS, machine
 
 # The recipes in full, so that a row means the same whatever the defaults are
 # (--loss_type l2: the distance that every row below but the pseudo-Huber ones ran with, the default for 4 steps until
-# the end of 2026-12-06)
-V_STUDENT = "--prediction_type v_prediction --snr_gamma none --learning_rate 1e-4 --loss_type l2".split()
-EPS_STUDENT = (
-    "--prediction_type epsilon --snr_gamma 5 --learning_rate 1e-4 --distill_reparam_steps 0 --loss_type l2".split()
-)
+# the end of 2026-12-06; --distill_grid_steps 50: the grid of every row that does not name another, the default until
+# 2026-12-06, when the grid of 49 replaced it)
+BASE = "--loss_type l2 --distill_grid_steps 50".split()
+V_STUDENT = ["--prediction_type", "v_prediction", "--snr_gamma", "none", "--learning_rate", "1e-4", *BASE]
+EPS_STUDENT = "--prediction_type epsilon --snr_gamma 5 --learning_rate 1e-4 --distill_reparam_steps 0".split() + BASE
 EPS_COSINE = [*EPS_STUDENT, *"--lr_scheduler cosine_with_min_lr --min_learning_rate 1e-6".split()]
 HUBER_BF16 = "--learning_rate 2e-4 --loss_type pseudo_huber --mixed_precision bf16".split()
-X0_STUDENT = "--prediction_type sample --snr_gamma none --mixed_precision bf16 --loss_type l2".split()
+X0_STUDENT = ["--prediction_type", "sample", "--snr_gamma", "none", "--mixed_precision", "bf16", *BASE]
 ECT_SUB5 = "--distill_halving_steps 40 --distill_teacher_substeps 5".split()  # ECT's curriculum, 5 teacher sub-steps
 # student name: flags of `python -m pipeline.distill` on top of its defaults (the rows before 2026-12-06 gave only what
 # differed from the defaults of their day: their flags as run are in each results file's students_flags)
@@ -125,6 +125,44 @@ STUDENTS = {
     # the curriculum's first stage throughout (links never halve within the budget): every grid point regresses onto
     # the teacher's 10-step DDIM from it to the data (Luhman & Luhman 2021's distillation, on LCMScheduler's grid)
     "v-direct-sub10": [*V_STUDENT, "--distill_halving_steps", "100000", "--distill_teacher_substeps", "10"],
+    # the v student (which can express the first step) in bf16 at the few-step recipe's rate, alone and with ECT's
+    # curriculum (its best 1-step FD-res from both teachers in fp32)
+    "v-lr4e-4-bf16": [*V_STUDENT, "--learning_rate", "4e-4", "--mixed_precision", "bf16"],
+    "v-ect-sub5-lr4e-4-bf16": [*V_STUDENT, *ECT_SUB5, "--learning_rate", "4e-4", "--mixed_precision", "bf16"],
+    # the grid's top below T - 1: LCMScheduler's grid is t_n = n k - 1 with k = T // N, so N = 49 or 48 ends at 979 or
+    # 959 (alpha_bar 9.7e-4, 3.9e-3: an epsilon student's x0 there is its noise error times 32 or 16, as at Stable
+    # Diffusion's t = 999, for which LCM was built) instead of 999 (2.4e-9 under the cosine schedule's cap: x 20,000);
+    # every sample then starts from pure noise at the top, as LCM's do
+    **{
+        f"eps-grid{grid}{tag}-lr4e-4-bf16{suffix}": [
+            *EPS_STUDENT,
+            *f"--distill_grid_steps {grid} --learning_rate 4e-4 --mixed_precision bf16".split(),
+            *weights,
+            *seed,
+        ]
+        for grid in (49, 48)
+        for tag, weights in (("", []), ("-uniform", ["--snr_gamma", "none"]))
+        for suffix, seed in (("", []), ("-seed1", ["--seed", "1"]))
+    },
+    # for 1 step: a higher rate still, and ECT's curriculum with 5 teacher sub-steps, on the grid of 49
+    **{
+        f"eps-grid49-lr8e-4-bf16{suffix}": [
+            *EPS_STUDENT,
+            *"--distill_grid_steps 49 --learning_rate 8e-4 --mixed_precision bf16".split(),
+            *seed,
+        ]
+        for suffix, seed in (("", []), ("-seed1", ["--seed", "1"]))
+    },
+    "eps-grid49-ect-sub5-lr4e-4-bf16": [
+        *EPS_STUDENT,
+        *ECT_SUB5,
+        *"--distill_grid_steps 49 --learning_rate 4e-4 --mixed_precision bf16".split(),
+    ],
+    **{
+        f"eps-grid{grid}-huber-bf16{suffix}": [*EPS_STUDENT, *HUBER_BF16, "--distill_grid_steps", str(grid), *seed]
+        for grid in (49, 48)
+        for suffix, seed in (("", []), ("-seed1", ["--seed", "1"]))
+    },
 }
 # the teacher's samplers: its shipped SDE sampler, and the deterministic ones that distillation follows (its ODE)
 TEACHER_CELLS = ["sde-dpmsolver++-20-trailing", "sde-dpmsolver++-4-trailing", "dpmsolver++-20-trailing",
@@ -202,6 +240,7 @@ def main() -> None:
     parser.add_argument("--num_samples", type=int, default=1000)
     parser.add_argument("--markdown", action="store_true")
     parser.add_argument("--one_step", nargs="*", default=[], help="Students whose 1-step samples go side by side.")
+    parser.add_argument("--one_step_tag", help="A name for that picture beside the teacher's (docs/...-<tag>.png).")
     parser.add_argument("--picture", help="The student the picture shows (default: the best at 4 steps on FD-cls).")
     args = parser.parse_args()
     if args.markdown:
@@ -268,7 +307,8 @@ def main() -> None:
     )
     if args.one_step:  # the same noise for each: where a student's first step lands
         rows = {name: (student_dir(key, name), "lcm-1") for name in args.one_step}
-        side_by_side(rows, REPO / "docs" / f"distill-one-step-{key}.png")
+        tag = f"-{args.one_step_tag}" if args.one_step_tag else ""
+        side_by_side(rows, REPO / "docs" / f"distill-one-step-{key}{tag}.png")
     results["date"] = time.strftime("%Y-%m-%d")
     results_file.write_text(json.dumps(results, indent=2) + "\n")
     print(markdown(results))
