@@ -27,12 +27,21 @@ from .record import RECORD_NAME, read_record
 # The distillation recipe on top of the teacher's, chosen with bench/bench_distill.py (bench/README.md)
 RECIPE = {
     "distill_target": "teacher",
-    "distill_grid_steps": 50,
-    # The student predicts what its teacher predicts (the teacher's record or scheduler says), with min-SNR-5 weights.
-    # Its x0 at t = T - 1, the first step of every LCM sample, is its noise error times 1 / sqrt(alpha_bar) (about
-    # 20,000 for the quickstart's cosine T = 1000) and is clipped to [-1, 1] as LCMScheduler clips it. With that clip
-    # and the teacher's, an epsilon student of the main job's teacher scored FD-cls / FD-res 45.1-48.3 / 8.4-8.7 at 4
-    # steps (three seeds) against a v student's (uniform weights, a re-parameterisation phase) 44.8-66.4 / 10.4-14.7.
+    # LCMScheduler's grid is t_n = n k - 1 (k = T // N): every sample starts at its top, N k - 1. With LCM's N = 50
+    # that is T - 1, where the cosine schedule's capped last beta leaves alpha_bar = 2.4e-9: an epsilon student's x0
+    # there is its noise error times 20,000, clipped to [-1, 1] (its 1-step samples were speckled silhouettes). N = 49
+    # ends at 979 (alpha_bar 9.7e-4: x 32; Stable Diffusion's t = 999, for which LCM was built: x 15). In bf16 it beat
+    # N = 50 at 2 and 1 steps from both teachers at both seeds on both judges (the better teacher's 1 step 54.4-54.8 /
+    # 14.0-14.1 against 85.0-89.7 / 17.9-18.4, the main job's 74.6-81.5 / 17.4-17.7 against 105.3-113.2 / 20.7-21.7)
+    # and, with pseudo-Huber, won at 4 steps from the main job's teacher and on FD-res from the better one (FD-cls a
+    # tie); N = 48 (959: x 16) lost to 49 in every cell. A gentler schedule (linear, T = 300) only loses its top
+    # interval.
+    "distill_grid_steps": 49,
+    # The student predicts what its teacher predicts (the teacher's record or scheduler says), with min-SNR-5 weights
+    # (uniform ones lost in every cell, 101.2 / 18.7 at 4 steps on the grid of 48). With its x0 clipped and the
+    # teacher's, an epsilon student of the main job's teacher scored FD-cls / FD-res 45.1-48.3 / 8.4-8.7 at 4 steps
+    # (three seeds, grid 50) against a v student's (uniform weights, a re-parameterisation phase) 44.8-66.4 /
+    # 10.4-14.7; on ECT's curriculum at lr 4e-4 the v student still lost at every step count to the grid of 49.
     # lr 2e-4 held: against 1e-4 better in every cell (8, 4, 2, 1 steps, both judges) at two seeds from two teachers
     # (the main job's: 42.1 / 7.8 and 44.1 / 8.1 at 4 steps against 45.1 / 8.4 and 48.3 / 8.7); decayed (cosine) it
     # was worse, and 4e-4 ties it at 4 steps (students that trained in fp32, before the precision fix); in bf16 since,
@@ -54,12 +63,11 @@ RECIPE = {
 
 
 # A student distilled for fewer than FEW_STEPS steps (--steps 2 or 1) trains with the squared error at twice the rate.
-# In bf16, two seeds from each teacher: pseudo-Huber beats the squared error at 8 and 4 steps from the 1,600-step
-# teacher (4 steps 22.5 / 4.42 and 23.6 / 4.63 against 26.8 / 5.18 and 25.5 / 4.80) and ties at 4 from the main job's
-# (42.3 / 8.13, 43.5 / 8.05 against 41.2 / 7.76, 44.4 / 8.09), but loses at 2 and 1 steps from both; there lr 4e-4
-# beats 2e-4 at 1 step from both teachers on both judges at both seeds (the better teacher's 85.0-89.7 / 17.9-18.4
-# against 97.6-99.2 / 20.9-21.0) and at 2 steps from the better one (36.0-37.4 / 8.7-9.3 against 40.5-41.7 /
-# 10.6-10.9; from the main job's a tie on the means, 56.8 / 12.7 against 56.6 / 12.9). bench/README.md, 2026-12-06.
+# On the grid of 49 in bf16: pseudo-Huber beats it at 4 steps from both teachers on both judges (the main job's
+# 39.8-41.6 / 7.2-7.4 at two seeds against 41.8-44.3 / 7.5; the better one's 23.5 / 4.3 against 24.6-25.1 / 4.6) but
+# loses at 1 step on both judges (the main job's 85.4-87.7 / 19.9-20.5 against 74.6-81.5 / 17.4-17.7; the better one's
+# 61.6 / 16.6 against 54.4-54.8 / 14.0-14.1) and at 2 on FD-res (11.7-11.9 against 10.8-11.0; 8.8 against 7.7), as
+# on the grid of 50, where lr 4e-4 beat 2e-4 at 1 step from both teachers at both seeds. bench/README.md, 2026-12-06.
 FEW_STEPS = 4
 FEW_STEP_RECIPE = {"loss_type": "l2", "learning_rate": 4e-4}
 REPARAMETERISATION_SHARE = 4  # a student of another prediction type: first a quarter of plain diffusion in its type

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+from diffusers import LCMScheduler
 from safetensors.torch import load_file
 
 from conftest import TINY, train
@@ -78,7 +79,10 @@ def test_a_tiny_teacher_distils_into_a_student_that_stock_diffusers_samples_in_2
     assert recipe == [5.0, 4e-4, "l2"]  # the bench's recipe for 2 steps
     assert record["config"]["distill_reparam_steps"] == 0  # it predicts what its teacher predicts: nothing to relearn
     scheduler = json.loads((student / "scheduler" / "scheduler_config.json").read_text())
-    assert scheduler["_class_name"] == "LCMScheduler" and scheduler["original_inference_steps"] == 50
+    assert scheduler["_class_name"] == "LCMScheduler" and scheduler["original_inference_steps"] == 49
+    sampler = LCMScheduler.from_pretrained(student / "scheduler")
+    sampler.set_timesteps(2)
+    assert sampler.timesteps.tolist() == [979, 499]  # the grid's top, where alpha_bar is 9.7e-4, not 999's 2.4e-9
     assert scheduler["prediction_type"] == "epsilon" and scheduler["num_train_timesteps"] == 1000  # the teacher's
     assert stock(student, 2) == "LCMScheduler (2, 16, 16, 1) True True"
     refusal = stock(student)  # the pipeline's default of 1000 steps: refused by LCMScheduler, naming the fix
@@ -122,7 +126,7 @@ def test_a_resumed_distillation_equals_an_uninterrupted_one(teacher, tmp_path):
     actual = load_file(part / "unet" / "diffusion_pytorch_model.safetensors")
     assert all(torch.equal(actual[name], expected[name]) for name in expected)
     card = " ".join((whole / "README.md").read_text().split())
-    assert "grid of 50 timesteps, 4 DDIM steps of the teacher giving each target; ECT's curriculum: the links " in card
+    assert "grid of 49 timesteps, 4 DDIM steps of the teacher giving each target; ECT's curriculum: the links " in card
     assert "then halved every 2 steps down to one interval)" in card and "arxiv.org/abs/2406.14548" in card
 
 
