@@ -130,9 +130,9 @@ STUDENTS = {
     "v-lr4e-4-bf16": [*V_STUDENT, "--learning_rate", "4e-4", "--mixed_precision", "bf16"],
     "v-ect-sub5-lr4e-4-bf16": [*V_STUDENT, *ECT_SUB5, "--learning_rate", "4e-4", "--mixed_precision", "bf16"],
     # the grid's top below T - 1: LCMScheduler's grid is t_n = n k - 1 with k = T // N, so N = 49 or 48 ends at 979 or
-    # 959 (alpha_bar 9.7e-4, 3.9e-3: an epsilon student's x0 there is its noise error times 32 or 16, as at Stable
-    # Diffusion's t = 999, for which LCM was built) instead of 999 (2.4e-9 under the cosine schedule's cap: x 20,000);
-    # every sample then starts from pure noise at the top, as LCM's do
+    # 959 (alpha_bar 9.7e-4, 3.9e-3: an epsilon student's x0 there is its noise error times 32 or 16; Stable
+    # Diffusion's t = 999, for which LCM was built: x 15) instead of 999 (2.4e-9 under the cosine schedule's cap:
+    # x 20,000); every sample then starts from pure noise at the top, as LCM's do
     **{
         f"eps-grid{grid}{tag}-lr4e-4-bf16{suffix}": [
             *EPS_STUDENT,
