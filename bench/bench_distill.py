@@ -142,7 +142,7 @@ STUDENTS = {
         ]
         for grid in (49, 48)
         for tag, weights in (("", []), ("-uniform", ["--snr_gamma", "none"]))
-        for suffix, seed in (("", []), ("-seed1", ["--seed", "1"]))
+        for suffix, seed in (("", []), ("-seed1", ["--seed", "1"]), ("-seed2", ["--seed", "2"]))
     },
     # for 1 step: a higher rate still, and ECT's curriculum with 5 teacher sub-steps, on the grid of 49
     **{
@@ -161,7 +161,7 @@ STUDENTS = {
     **{
         f"eps-grid{grid}-huber-bf16{suffix}": [*EPS_STUDENT, *HUBER_BF16, "--distill_grid_steps", str(grid), *seed]
         for grid in (49, 48)
-        for suffix, seed in (("", []), ("-seed1", ["--seed", "1"]))
+        for suffix, seed in (("", []), ("-seed1", ["--seed", "1"]), ("-seed2", ["--seed", "2"]))
     },
 }
 # the teacher's samplers: its shipped SDE sampler, and the deterministic ones that distillation follows (its ODE)
