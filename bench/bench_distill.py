@@ -40,6 +40,13 @@ EPS_COSINE = [*EPS_STUDENT, *"--lr_scheduler cosine_with_min_lr --min_learning_r
 HUBER_BF16 = "--learning_rate 2e-4 --loss_type pseudo_huber --mixed_precision bf16".split()
 X0_STUDENT = ["--prediction_type", "sample", "--snr_gamma", "none", "--mixed_precision", "bf16", *BASE]
 ECT_SUB5 = "--distill_halving_steps 40 --distill_teacher_substeps 5".split()  # ECT's curriculum, 5 teacher sub-steps
+
+
+def seeded(name: str, flags: list[str], seeds=(1,)) -> dict:
+    """A row at training seed 0 and the same row at each of `seeds` (name-seedN, --seed N last)."""
+    return {name: flags, **{f"{name}-seed{seed}": [*flags, "--seed", str(seed)] for seed in seeds}}
+
+
 # student name: flags of `python -m pipeline.distill` on top of its defaults (the rows before 2026-12-06 gave only what
 # differed from the defaults of their day: their flags as run are in each results file's students_flags)
 STUDENTS = {
@@ -81,26 +88,12 @@ STUDENTS = {
     "eps-lr5e-5": [*EPS_STUDENT, "--learning_rate", "5e-5"],
     "eps-lr4e-4": [*EPS_STUDENT, "--learning_rate", "4e-4"],
     # after the precision fix (2026-12-06): the students above trained in fp32 whatever they record; these in bf16
-    "eps-lr2e-4-bf16": [*EPS_STUDENT, "--learning_rate", "2e-4", "--mixed_precision", "bf16"],
+    **seeded("eps-lr2e-4-bf16", [*EPS_STUDENT, "--learning_rate", "2e-4", "--mixed_precision", "bf16"], seeds=(1, 2)),
     "eps-minsnr-bf16": [*EPS_STUDENT, "--mixed_precision", "bf16"],
-    **{
-        f"eps-lr2e-4-bf16-seed{seed}": [
-            *EPS_STUDENT,
-            *"--learning_rate 2e-4 --mixed_precision bf16 --seed".split(),
-            seed,
-        ]
-        for seed in ("1", "2")
-    },
     # a higher rate for 2 and 1 steps (4e-4 won there at seed 0 in fp32, from both teachers)
-    **{
-        f"eps-lr4e-4-bf16{suffix}": [*EPS_STUDENT, "--learning_rate", "4e-4", "--mixed_precision", "bf16", *seed]
-        for suffix, seed in (("", []), ("-seed1", ["--seed", "1"]))
-    },
+    **seeded("eps-lr4e-4-bf16", [*EPS_STUDENT, "--learning_rate", "4e-4", "--mixed_precision", "bf16"]),
     # iCT's pseudo-Huber distance per image on the default (its gradient is the same size for every image)
-    **{
-        f"eps-lr2e-4-huber-bf16{suffix}": [*EPS_STUDENT, *HUBER_BF16, *seed]
-        for suffix, seed in (("", []), ("-seed1", ["--seed", "1"]), ("-seed2", ["--seed", "2"]))
-    },
+    **seeded("eps-lr2e-4-huber-bf16", [*EPS_STUDENT, *HUBER_BF16], seeds=(1, 2)),
     # a student predicting x0 (prediction_type sample): with LCMScheduler's c_skip / c_out this is the consistency
     # model's own parameterisation, whose output at t = T - 1 is the image itself rather than a noise error amplified
     # 20,000 times; the re-parameterisation phase first (a quarter of the budget), uniform weights
@@ -134,35 +127,31 @@ STUDENTS = {
     # Diffusion's t = 999, for which LCM was built: x 15) instead of 999 (2.4e-9 under the cosine schedule's cap:
     # x 20,000); every sample then starts from pure noise at the top, as LCM's do
     **{
-        f"eps-grid{grid}{tag}-lr4e-4-bf16{suffix}": [
-            *EPS_STUDENT,
-            *f"--distill_grid_steps {grid} --learning_rate 4e-4 --mixed_precision bf16".split(),
-            *weights,
-            *seed,
-        ]
+        name: flags
         for grid in (49, 48)
         for tag, weights in (("", []), ("-uniform", ["--snr_gamma", "none"]))
-        for suffix, seed in (("", []), ("-seed1", ["--seed", "1"]), ("-seed2", ["--seed", "2"]))
+        for name, flags in seeded(
+            f"eps-grid{grid}{tag}-lr4e-4-bf16",
+            [
+                *EPS_STUDENT,
+                *f"--distill_grid_steps {grid} --learning_rate 4e-4 --mixed_precision bf16".split(),
+                *weights,
+            ],
+            seeds=(1, 2),
+        ).items()
     },
     # for 1 step: a higher rate still, and ECT's curriculum with 5 teacher sub-steps, on the grid of 49
-    **{
-        f"eps-grid49-lr8e-4-bf16{suffix}": [
-            *EPS_STUDENT,
-            *"--distill_grid_steps 49 --learning_rate 8e-4 --mixed_precision bf16".split(),
-            *seed,
-        ]
-        for suffix, seed in (("", []), ("-seed1", ["--seed", "1"]))
-    },
+    **seeded(
+        "eps-grid49-lr8e-4-bf16",
+        [*EPS_STUDENT, *"--distill_grid_steps 49 --learning_rate 8e-4 --mixed_precision bf16".split()],
+    ),
     "eps-grid49-ect-sub5-lr4e-4-bf16": [
         *EPS_STUDENT,
         *ECT_SUB5,
         *"--distill_grid_steps 49 --learning_rate 4e-4 --mixed_precision bf16".split(),
     ],
-    **{
-        f"eps-grid{grid}-huber-bf16{suffix}": [*EPS_STUDENT, *HUBER_BF16, "--distill_grid_steps", str(grid), *seed]
-        for grid in (49, 48)
-        for suffix, seed in (("", []), ("-seed1", ["--seed", "1"]), ("-seed2", ["--seed", "2"]))
-    },
+    **seeded("eps-grid49-huber-bf16", [*EPS_STUDENT, *HUBER_BF16, "--distill_grid_steps", "49"], seeds=(1, 2)),
+    **seeded("eps-grid48-huber-bf16", [*EPS_STUDENT, *HUBER_BF16, "--distill_grid_steps", "48"], seeds=(1, 2)),
 }
 # the teacher's samplers: its shipped SDE sampler, and the deterministic ones that distillation follows (its ODE)
 TEACHER_CELLS = ["sde-dpmsolver++-20-trailing", "sde-dpmsolver++-4-trailing", "dpmsolver++-20-trailing",

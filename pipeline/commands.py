@@ -94,6 +94,9 @@ def distill_main(argv: Optional[list[str]] = None) -> None:
     from . import distill
     from .train import train
 
+    few, recipe = (
+        "{loss_type} at lr {learning_rate:g}".format(**values) for values in (distill.FEW_STEP_RECIPE, distill.RECIPE)
+    )
     parser = argparse.ArgumentParser(prog="python -m pipeline.distill", description=description(distill))
     parser.add_argument("--teacher", required=True, help="A training output folder, a saved DDPMPipeline or a Hub id.")
     parser.add_argument("--output_dir", required=True, help="Where the student, its checkpoints and grids go.")
@@ -101,7 +104,7 @@ def distill_main(argv: Optional[list[str]] = None) -> None:
         "--steps",
         type=bounded(int, 1, MAX_TIMESTEPS),
         default=4,
-        help="Sampler steps the student is distilled for (under 4: the L2 distance at lr 4e-4; else pseudo-Huber).",
+        help=f"Sampler steps the student is distilled for (under {distill.FEW_STEPS}: {few}; else {recipe}).",
     )
     args, flags = parser.parse_known_args(argv)
     with exit_on_error():
