@@ -152,6 +152,50 @@ STUDENTS = {
     ],
     **seeded("eps-grid49-huber-bf16", [*EPS_STUDENT, *HUBER_BF16, "--distill_grid_steps", "49"], seeds=(1, 2)),
     **seeded("eps-grid48-huber-bf16", [*EPS_STUDENT, *HUBER_BF16, "--distill_grid_steps", "48"], seeds=(1, 2)),
+    # coarser grids with the same top, 979 (N = 35 and 28: k = 28 and 35 timesteps): fewer links to carry the data's
+    # boundary to the top within the budget, each teacher step longer (or split in two)
+    **{
+        name: flags
+        for tag, extra in (
+            ("grid35", "--distill_grid_steps 35"),
+            ("grid28", "--distill_grid_steps 28"),
+            ("grid28-sub2", "--distill_grid_steps 28 --distill_teacher_substeps 2"),
+        )
+        for name, flags in seeded(
+            f"eps-{tag}-lr4e-4-bf16",
+            [*EPS_STUDENT, *"--learning_rate 4e-4 --mixed_precision bf16".split(), *extra.split()],
+            seeds=(1, 2),
+        ).items()
+    },  # fmt: skip
+    # the top of the grid trained harder, for 1 and 2 steps (a 1-step sample is the student at the top alone, where
+    # uniform draws put 1 image in 49): min-SNR 1 instead of 5 (the consistency error below SNR 1, t < ~500, weighs
+    # less), or EDM's lognormal density of noise levels moved up (half the images; the other half stay uniform)
+    **{
+        name: flags
+        for tag, extra in (
+            ("gamma1", "--snr_gamma 1"),
+            ("gamma0.25", "--snr_gamma 0.25"),
+            (
+                "top",
+                "--timestep_density lognormal --timestep_lognormal_mean 1 --timestep_lognormal_std 2 "
+                "--timestep_uniform_share 0.5",
+            ),
+            (
+                "top2",
+                "--timestep_density lognormal --timestep_lognormal_mean 2 --timestep_lognormal_std 1.5 "
+                "--timestep_uniform_share 0.3",
+            ),
+        )
+        for name, flags in seeded(
+            f"eps-grid49-{tag}-lr4e-4-bf16",
+            [
+                *EPS_STUDENT,
+                *"--distill_grid_steps 49 --learning_rate 4e-4 --mixed_precision bf16".split(),
+                *extra.split(),
+            ],
+            seeds=(1, 2),
+        ).items()
+    },
 }
 # the teacher's samplers: its shipped SDE sampler, and the deterministic ones that distillation follows (its ODE)
 TEACHER_CELLS = ["sde-dpmsolver++-20-trailing", "sde-dpmsolver++-4-trailing", "dpmsolver++-20-trailing",
