@@ -104,7 +104,8 @@ def distill_main(argv: Optional[list[str]] = None) -> None:
         "--steps",
         type=bounded(int, 1, MAX_TIMESTEPS),
         default=4,
-        help=f"Sampler steps the student is distilled for (under {distill.FEW_STEPS}: {few}; else {recipe}).",
+        help=f"Sampler steps the student is distilled for (under {distill.FEW_STEPS}: {few}, and for 1 step min-SNR "
+        f"{distill.ONE_STEP_RECIPE['snr_gamma']:g}; else {recipe}).",
     )
     args, flags = parser.parse_known_args(argv)
     with exit_on_error():

@@ -70,6 +70,13 @@ RECIPE = {
 # on the grid of 50, where lr 4e-4 beat 2e-4 at 1 step from both teachers at both seeds. bench/README.md, 2026-12-06.
 FEW_STEPS = 4
 FEW_STEP_RECIPE = {"loss_type": "l2", "learning_rate": 4e-4}
+# A 1-step sample is the student at the grid's top alone: min-SNR 1 instead of 5 lets the consistency error below
+# SNR 1 (t < ~500 of the cosine schedule) weigh less. From the main job's teacher it won at 1 step on both judges at
+# three seeds (73.1-76.8 / 15.9-16.6 against 74.6-81.5 / 17.4-17.7; FD-cls a tie at one) and lost at 2 and 4 (2 steps
+# 57.2-57.9 / 11.5-11.6 against 50.4-55.4 / 10.8-11.4), so only `--steps 1` trains with it; from the 1,600-step
+# teacher it is a trade (53.7-60.9 / 13.0-14.8 against 54.4-54.8 / 14.0-14.1). Min-SNR 0.25 and 20 lost to it.
+# bench/README.md, 2026-12-06.
+ONE_STEP_RECIPE = {"snr_gamma": 1.0}
 REPARAMETERISATION_SHARE = 4  # a student of another prediction type: first a quarter of plain diffusion in its type
 
 
@@ -88,7 +95,8 @@ def teacher_folder(teacher: str) -> Path:
 def recipe(folder: Path, output_dir: str, steps: int) -> tuple[list[str], dict]:
     """The preset flags (the teacher's training record, when it has one) and the values this recipe sets over them,
     for pipeline.commands.distill_config, which puts the user's flags on top."""
-    values = {**RECIPE, **(FEW_STEP_RECIPE if steps < FEW_STEPS else {}), "distill_teacher": str(folder)}
+    values = {**RECIPE, **(FEW_STEP_RECIPE if steps < FEW_STEPS else {}), **(ONE_STEP_RECIPE if steps == 1 else {})}
+    values["distill_teacher"] = str(folder)
     values.update(output_dir=output_dir, grid_inference_steps=steps, fid_inference_steps=steps)
     if (folder / RECORD_NAME).is_file():
         saved = read_record(folder / RECORD_NAME)

@@ -97,14 +97,15 @@ def test_a_tiny_teacher_distils_into_a_student_that_stock_diffusers_samples_in_2
     assert any(not torch.equal(moved[name], start[name]) for name in start)
 
 
-def test_the_distance_and_rate_follow_the_steps_distilled_for_unless_a_flag_sets_them(teacher, tmp_path):
+def test_the_distance_rate_and_weights_follow_the_steps_distilled_for_unless_a_flag_sets_them(teacher, tmp_path):
     def recipe(steps, *flags):
         config = distill_config(str(teacher), str(tmp_path / "student"), steps, list(flags))
-        return config.loss_type, config.learning_rate
+        return config.loss_type, config.learning_rate, config.snr_gamma
 
-    measured = [("l2", 4e-4)] * 2 + [("pseudo_huber", 2e-4)] * 2  # the bench's choice for 1, 3, 4 and 8 steps
-    assert [recipe(steps) for steps in (1, 3, 4, 8)] == measured
-    assert recipe(4, "--loss_type", "l2") == ("l2", 2e-4) and recipe(2, "--learning_rate", "1e-4") == ("l2", 1e-4)
+    measured = [("l2", 4e-4, 1.0), ("l2", 4e-4, 5.0)] + [("pseudo_huber", 2e-4, 5.0)] * 2  # for 1, 3, 4 and 8 steps
+    assert [recipe(steps) for steps in (1, 3, 4, 8)] == measured  # the bench's choices
+    assert recipe(4, "--loss_type", "l2") == ("l2", 2e-4, 5.0) and recipe(2, "--learning_rate", "1e-4")[1] == 1e-4
+    assert recipe(1, "--snr_gamma", "5") == ("l2", 4e-4, 5.0)
 
 
 def test_a_resumed_distillation_equals_an_uninterrupted_one(teacher, tmp_path):
