@@ -168,13 +168,16 @@ STUDENTS = {
         ).items()
     },  # fmt: skip
     # the top of the grid trained harder, for 1 and 2 steps (a 1-step sample is the student at the top alone, where
-    # uniform draws put 1 image in 49): min-SNR 1 instead of 5 (the consistency error below SNR 1, t < ~500, weighs
-    # less), or EDM's lognormal density of noise levels moved up (half the images; the other half stay uniform)
+    # uniform draws put 1 image in 49): min-SNR 2, 1 or 0.25 instead of 5 (the consistency error below SNR 2, 1
+    # or 0.25 weighs less), or EDM's lognormal density of noise levels moved up (half the images, or 70%; the others
+    # stay uniform); and the other way, min-SNR 20 (nearer a uniform weighting of the epsilon error)
     **{
         name: flags
         for tag, extra in (
             ("gamma1", "--snr_gamma 1"),
+            ("gamma2", "--snr_gamma 2"),
             ("gamma0.25", "--snr_gamma 0.25"),
+            ("gamma20", "--snr_gamma 20"),
             (
                 "top",
                 "--timestep_density lognormal --timestep_lognormal_mean 1 --timestep_lognormal_std 2 "
