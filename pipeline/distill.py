@@ -74,8 +74,9 @@ FEW_STEP_RECIPE = {"loss_type": "l2", "learning_rate": 4e-4}
 # SNR 1 (t < ~500 of the cosine schedule) weigh less. From the main job's teacher it won at 1 step on both judges at
 # three seeds (73.1-76.8 / 15.9-16.6 against 74.6-81.5 / 17.4-17.7; FD-cls a tie at one) and lost at 2 and 4 (2 steps
 # 57.2-57.9 / 11.5-11.6 against 50.4-55.4 / 10.8-11.4), so only `--steps 1` trains with it; from the 1,600-step
-# teacher it is a trade (53.7-60.9 / 13.0-14.8 against 54.4-54.8 / 14.0-14.1). Min-SNR 0.25 and 20 lost to it.
-# bench/README.md, 2026-12-06.
+# teacher it is a trade (53.7-60.9 / 13.0-14.8 against 54.4-54.8 / 14.0-14.1), where min-SNR 2 wins FD-res at three
+# seeds (13.1-13.5, FD-cls a tie): the flag for a teacher trained longer (from the main job's, 2 ties 5). Min-SNR 0.25
+# and 20 lost to 1. bench/README.md, 2026-12-06.
 ONE_STEP_RECIPE = {"snr_gamma": 1.0}
 REPARAMETERISATION_SHARE = 4  # a student of another prediction type: first a quarter of plain diffusion in its type
 
