@@ -94,9 +94,13 @@ def distill_main(argv: Optional[list[str]] = None) -> None:
     from . import distill
     from .train import train
 
-    few, recipe = (
-        "{loss_type} at lr {learning_rate:g}".format(**values) for values in (distill.FEW_STEP_RECIPE, distill.RECIPE)
-    )
+    def described(values: dict) -> str:
+        return ", ".join(
+            f"{key} {value:g}" if isinstance(value, float) else f"{key} {value}" for key, value in values.items()
+        )
+
+    by_steps = "; ".join(f"at most {most}: {described(values)}" for most, values in distill.STEP_RECIPES.items())
+    common = described({key: distill.RECIPE[key] for key in ("loss_type", "learning_rate", "snr_gamma")})
     parser = argparse.ArgumentParser(prog="python -m pipeline.distill", description=description(distill))
     parser.add_argument("--teacher", required=True, help="A training output folder, a saved DDPMPipeline or a Hub id.")
     parser.add_argument("--output_dir", required=True, help="Where the student, its checkpoints and grids go.")
@@ -104,8 +108,7 @@ def distill_main(argv: Optional[list[str]] = None) -> None:
         "--steps",
         type=bounded(int, 1, MAX_TIMESTEPS),
         default=4,
-        help=f"Sampler steps the student is distilled for (under {distill.FEW_STEPS}: {few}, and for 1 step min-SNR "
-        f"{distill.ONE_STEP_RECIPE['snr_gamma']:g}; else {recipe}).",
+        help=f"Sampler steps the student is distilled for ({common}; {by_steps}).",
     )
     args, flags = parser.parse_known_args(argv)
     with exit_on_error():

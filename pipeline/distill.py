@@ -48,7 +48,7 @@ RECIPE = {
     # 2e-4 again beats 1e-4 in all 8 cells (main job's teacher, seed 0). bench/README.md, 2026-12-06.
     "snr_gamma": 5.0,
     "learning_rate": 2e-4,
-    "loss_type": "pseudo_huber",  # iCT's distance (for 4 steps or more: FEW_STEP_RECIPE below)
+    "loss_type": "pseudo_huber",  # iCT's distance (for 4 steps or more: STEP_RECIPES below)
     "lr_scheduler": "constant_with_warmup",
     "lr_warmup_steps": 20,
     "ema_max_decay": 0.99,
@@ -62,22 +62,25 @@ RECIPE = {
 }
 
 
-# A student distilled for fewer than FEW_STEPS steps (--steps 2 or 1) trains with the squared error at twice the rate.
-# On the grid of 49 in bf16: pseudo-Huber beats it at 4 steps from both teachers on both judges (the main job's
-# 39.8-41.6 / 7.2-7.4 at two seeds against 41.8-44.3 / 7.5; the better one's 23.5 / 4.3 against 24.6-25.1 / 4.6) but
-# loses at 1 step on both judges (the main job's 85.4-87.7 / 19.9-20.5 against 74.6-81.5 / 17.4-17.7; the better one's
-# 61.6 / 16.6 against 54.4-54.8 / 14.0-14.1) and at 2 on FD-res (11.7-11.9 against 10.8-11.0; 8.8 against 7.7), as
-# on the grid of 50, where lr 4e-4 beat 2e-4 at 1 step from both teachers at both seeds. bench/README.md, 2026-12-06.
-FEW_STEPS = 4
-FEW_STEP_RECIPE = {"loss_type": "l2", "learning_rate": 4e-4}
-# A 1-step sample is the student at the grid's top alone: min-SNR 1 instead of 5 lets the consistency error below
-# SNR 1 (t < ~500 of the cosine schedule) weigh less. From the main job's teacher it won at 1 step on both judges at
-# three seeds (73.1-76.8 / 15.9-16.6 against 74.6-81.5 / 17.4-17.7; FD-cls a tie at one) and lost at 2 and 4 (2 steps
-# 57.2-57.9 / 11.5-11.6 against 50.4-55.4 / 10.8-11.4), so only `--steps 1` trains with it; from the 1,600-step
-# teacher it is a trade (53.7-60.9 / 13.0-14.8 against 54.4-54.8 / 14.0-14.1), where min-SNR 2 wins FD-res at three
-# seeds (13.1-13.5, FD-cls a tie): the flag for a teacher trained longer (from the main job's, 2 ties 5). Min-SNR 0.25
-# and 20 lost to 1. bench/README.md, 2026-12-06.
-ONE_STEP_RECIPE = {"snr_gamma": 1.0}
+# What a student of at most N sampler steps trains with on top of RECIPE: each entry whose N is at least the steps,
+# the smaller N last (step_recipe).
+STEP_RECIPES = {
+    # A student distilled for at most 3 steps (--steps 2 or 1) trains with the squared error at twice the rate. On the
+    # grid of 49 in bf16: pseudo-Huber beats it at 4 steps from both teachers on both judges (the main job's 39.8-41.6
+    # / 7.2-7.4 at two seeds against 41.8-44.3 / 7.5; the better one's 23.5 / 4.3 against 24.6-25.1 / 4.6) but loses at
+    # 1 step on both judges (the main job's 85.4-87.7 / 19.9-20.5 against 74.6-81.5 / 17.4-17.7; the better one's 61.6
+    # / 16.6 against 54.4-54.8 / 14.0-14.1) and at 2 on FD-res (11.7-11.9 against 10.8-11.0; 8.8 against 7.7), as on
+    # the grid of 50, where lr 4e-4 beat 2e-4 at 1 step from both teachers at both seeds. bench/README.md, 2026-12-06.
+    3: {"loss_type": "l2", "learning_rate": 4e-4},
+    # A 1-step sample is the student at the grid's top alone: min-SNR 1 instead of 5 lets the consistency error below
+    # SNR 1 (t < ~500 of the cosine schedule) weigh less. From the main job's teacher it won at 1 step on both judges
+    # at three seeds (73.1-76.8 / 15.9-16.6 against 74.6-81.5 / 17.4-17.7; FD-cls a tie at one) and lost at 2 and 4 (2
+    # steps 57.2-57.9 / 11.5-11.6 against 50.4-55.4 / 10.8-11.4), so only `--steps 1` trains with it; from the
+    # 1,600-step teacher it is a trade (53.7-60.9 / 13.0-14.8 against 54.4-54.8 / 14.0-14.1), where min-SNR 2 wins
+    # FD-res at three seeds (13.1-13.5, FD-cls a tie): the flag for a teacher trained longer (from the main job's, 2
+    # ties 5). Min-SNR 0.25 and 20 lost to 1. bench/README.md, 2026-12-06.
+    1: {"snr_gamma": 1.0},
+}
 REPARAMETERISATION_SHARE = 4  # a student of another prediction type: first a quarter of plain diffusion in its type
 
 
@@ -93,11 +96,20 @@ def teacher_folder(teacher: str) -> Path:
         ) from None
 
 
+def step_recipe(steps: int) -> dict:
+    """The STEP_RECIPES entries that apply to a student of `steps` sampler steps, merged (the smaller N wins)."""
+    return {
+        key: value
+        for most in sorted(STEP_RECIPES, reverse=True)
+        if steps <= most
+        for key, value in STEP_RECIPES[most].items()
+    }
+
+
 def recipe(folder: Path, output_dir: str, steps: int) -> tuple[list[str], dict]:
     """The preset flags (the teacher's training record, when it has one) and the values this recipe sets over them,
     for pipeline.commands.distill_config, which puts the user's flags on top."""
-    values = {**RECIPE, **(FEW_STEP_RECIPE if steps < FEW_STEPS else {}), **(ONE_STEP_RECIPE if steps == 1 else {})}
-    values["distill_teacher"] = str(folder)
+    values = {**RECIPE, **step_recipe(steps), "distill_teacher": str(folder)}
     values.update(output_dir=output_dir, grid_inference_steps=steps, fid_inference_steps=steps)
     if (folder / RECORD_NAME).is_file():
         saved = read_record(folder / RECORD_NAME)
