@@ -244,7 +244,8 @@ def boundary_scalings(timesteps: torch.Tensor, timestep_scaling: float = 10.0, s
 
 
 def consistency_function(unet, scheduler, sample: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-    """LCMScheduler's `denoised` for the UNet's output: x0 in the scheduler's prediction type, clipped as it clips."""
+    """LCMScheduler's `denoised` for the UNet's output: x0 in the scheduler's prediction type, clipped as it clips.
+    A clipped pixel gets no gradient (straight through, it lost at 1 and 2 steps: bench/README.md, 2026-12-07)."""
     output = unet(sample, timesteps).sample.float()
     x0, _ = predicted_x0_and_noise(
         scheduler.alphas_cumprod, scheduler.config.prediction_type, output, sample, timesteps,
