@@ -100,7 +100,8 @@ def distill_main(argv: Optional[list[str]] = None) -> None:
         )
 
     by_steps = "; ".join(f"at most {most}: {described(values)}" for most, values in distill.STEP_RECIPES.items())
-    common = described({key: distill.RECIPE[key] for key in ("loss_type", "learning_rate", "snr_gamma")})
+    overridden = dict.fromkeys(key for values in distill.STEP_RECIPES.values() for key in values)  # in order
+    common = described({key: distill.RECIPE[key] for key in overridden})
     parser = argparse.ArgumentParser(prog="python -m pipeline.distill", description=description(distill))
     parser.add_argument("--teacher", required=True, help="A training output folder, a saved DDPMPipeline or a Hub id.")
     parser.add_argument("--output_dir", required=True, help="Where the student, its checkpoints and grids go.")

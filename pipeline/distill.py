@@ -35,7 +35,7 @@ RECIPE = {
     # 14.0-14.1 against 85.0-89.7 / 17.9-18.4, the main job's 74.6-81.5 / 17.4-17.7 against 105.3-113.2 / 20.7-21.7)
     # and, with pseudo-Huber, won at 4 steps from the main job's teacher and on FD-res from the better one (FD-cls a
     # tie); N = 48 (959: x 16) lost to 49 in every cell. A gentler schedule (linear, T = 300) only loses its top
-    # interval.
+    # interval. (For 2 and 3 steps a coarser grid with the same top: STEP_RECIPES below.)
     "distill_grid_steps": 49,
     # The student predicts what its teacher predicts (the teacher's record or scheduler says), with min-SNR-5 weights
     # (uniform ones lost in every cell, 101.2 / 18.7 at 4 steps on the grid of 48). With its x0 clipped and the
@@ -71,15 +71,20 @@ STEP_RECIPES = {
     # 1 step on both judges (the main job's 85.4-87.7 / 19.9-20.5 against 74.6-81.5 / 17.4-17.7; the better one's 61.6
     # / 16.6 against 54.4-54.8 / 14.0-14.1) and at 2 on FD-res (11.7-11.9 against 10.8-11.0; 8.8 against 7.7), as on
     # the grid of 50, where lr 4e-4 beat 2e-4 at 1 step from both teachers at both seeds. bench/README.md, 2026-12-06.
-    3: {"loss_type": "l2", "learning_rate": 4e-4},
+    # Its grid is coarser, 28 points with the same top, 979 (k = 35): fewer links carry the data's boundary up. At 2
+    # steps it beat the grid of 49 on FD-res at every seed from both teachers (the main job's 10.0-10.5 at three seeds
+    # against 10.8-11.4, the better one's 6.97-7.22 at two against 7.67-7.68), FD-cls a tie (49.6-52.5 against
+    # 50.4-55.4; 32.4-32.9 against 32.6-32.7); at 4 and 8 steps it ties or wins. bench/README.md, 2026-12-07.
+    3: {"loss_type": "l2", "learning_rate": 4e-4, "distill_grid_steps": 28},
     # A 1-step sample is the student at the grid's top alone: min-SNR 1 instead of 5 lets the consistency error below
     # SNR 1 (t < ~500 of the cosine schedule) weigh less. From the main job's teacher it won at 1 step on both judges
     # at three seeds (73.1-76.8 / 15.9-16.6 against 74.6-81.5 / 17.4-17.7; FD-cls a tie at one) and lost at 2 and 4 (2
     # steps 57.2-57.9 / 11.5-11.6 against 50.4-55.4 / 10.8-11.4), so only `--steps 1` trains with it; from the
     # 1,600-step teacher it is a trade (53.7-60.9 / 13.0-14.8 against 54.4-54.8 / 14.0-14.1), where min-SNR 2 wins
     # FD-res at three seeds (13.1-13.5, FD-cls a tie): the flag for a teacher trained longer (from the main job's, 2
-    # ties 5). Min-SNR 0.25 and 20 lost to 1. bench/README.md, 2026-12-06.
-    1: {"snr_gamma": 1.0},
+    # ties 5). Min-SNR 0.25 and 20 lost to 1. bench/README.md, 2026-12-06. It stays on the grid of 49, where min-SNR 1
+    # was measured (the grid of 28 tied 49 at 1 step with min-SNR 5).
+    1: {"snr_gamma": 1.0, "distill_grid_steps": 49},
 }
 REPARAMETERISATION_SHARE = 4  # a student of another prediction type: first a quarter of plain diffusion in its type
 

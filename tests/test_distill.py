@@ -79,10 +79,10 @@ def test_a_tiny_teacher_distils_into_a_student_that_stock_diffusers_samples_in_2
     assert recipe == [5.0, 4e-4, "l2"]  # the bench's recipe for 2 steps
     assert record["config"]["distill_reparam_steps"] == 0  # it predicts what its teacher predicts: nothing to relearn
     scheduler = json.loads((student / "scheduler" / "scheduler_config.json").read_text())
-    assert scheduler["_class_name"] == "LCMScheduler" and scheduler["original_inference_steps"] == 49
+    assert scheduler["_class_name"] == "LCMScheduler" and scheduler["original_inference_steps"] == 28
     sampler = LCMScheduler.from_pretrained(student / "scheduler")
     sampler.set_timesteps(2)
-    assert sampler.timesteps.tolist() == [979, 499]  # the grid's top, where alpha_bar is 9.7e-4, not 999's 2.4e-9
+    assert sampler.timesteps.tolist() == [979, 489]  # the grid's top, where alpha_bar is 9.7e-4, not 999's 2.4e-9
     assert scheduler["prediction_type"] == "epsilon" and scheduler["num_train_timesteps"] == 1000  # the teacher's
     assert stock(student, 2) == "LCMScheduler (2, 16, 16, 1) True True"
     refusal = stock(student)  # the pipeline's default of 1000 steps: refused by LCMScheduler, naming the fix
@@ -100,18 +100,19 @@ def test_a_tiny_teacher_distils_into_a_student_that_stock_diffusers_samples_in_2
 def test_the_distance_rate_and_weights_follow_the_steps_distilled_for_unless_a_flag_sets_them(teacher, tmp_path):
     def recipe(steps, *flags):
         config = distill_config(str(teacher), str(tmp_path / "student"), steps, list(flags))
-        return config.loss_type, config.learning_rate, config.snr_gamma
+        return config.loss_type, config.learning_rate, config.snr_gamma, config.distill_grid_steps
 
-    measured = [("l2", 4e-4, 1.0), ("l2", 4e-4, 5.0)] + [("pseudo_huber", 2e-4, 5.0)] * 2  # for 1, 3, 4 and 8 steps
+    measured = [("l2", 4e-4, 1.0, 49), ("l2", 4e-4, 5.0, 28)] + [("pseudo_huber", 2e-4, 5.0, 49)] * 2  # 1, 3, 4, 8
     assert [recipe(steps) for steps in (1, 3, 4, 8)] == measured  # the bench's choices
-    assert recipe(4, "--loss_type", "l2") == ("l2", 2e-4, 5.0) and recipe(2, "--learning_rate", "1e-4")[1] == 1e-4
-    assert recipe(1, "--snr_gamma", "5") == ("l2", 4e-4, 5.0)
+    assert recipe(4, "--loss_type", "l2") == ("l2", 2e-4, 5.0, 49) and recipe(2, "--learning_rate", "1e-4")[1] == 1e-4
+    assert recipe(1, "--snr_gamma", "5") == ("l2", 4e-4, 5.0, 49)
+    assert recipe(2, "--distill_grid_steps", "49")[3] == 49
 
 
 def test_a_resumed_distillation_equals_an_uninterrupted_one(teacher, tmp_path):
     """Across the change from the re-parameterisation phase (steps 1-2 of 6 here) to the consistency loss, for a v
     student of the epsilon teacher (the recipe's other prediction type) whose targets take four teacher steps, on
-    ECT's curriculum (links of 64 grid intervals, reaching the data, at steps 3-4, then 32: the resume at 3 within)."""
+    ECT's curriculum (links of 32 grid intervals, reaching the data, at steps 3-4, then 16: the resume at 3 within)."""
     flags = ["--checkpointing_steps", "3", "--save_images_steps", "0", "--distill_reparam_steps", "2"]
     flags += ["--prediction_type", "v_prediction", "--distill_teacher_substeps", "4"]  # the teacher's 20: 4 x 5
     flags += ["--distill_halving_steps", "2"]
@@ -127,7 +128,7 @@ def test_a_resumed_distillation_equals_an_uninterrupted_one(teacher, tmp_path):
     actual = load_file(part / "unet" / "diffusion_pytorch_model.safetensors")
     assert all(torch.equal(actual[name], expected[name]) for name in expected)
     card = " ".join((whole / "README.md").read_text().split())
-    assert "grid of 49 timesteps, 4 DDIM steps of the teacher giving each target; ECT's curriculum: the links " in card
+    assert "grid of 28 timesteps, 4 DDIM steps of the teacher giving each target; ECT's curriculum: the links " in card
     assert "then halved every 2 steps down to one interval)" in card and "arxiv.org/abs/2406.14548" in card
 
 
