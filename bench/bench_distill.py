@@ -152,6 +152,8 @@ STUDENTS = {
     ],
     **seeded("eps-grid49-huber-bf16", [*EPS_STUDENT, *HUBER_BF16, "--distill_grid_steps", "49"], seeds=(1, 2)),
     **seeded("eps-grid48-huber-bf16", [*EPS_STUDENT, *HUBER_BF16, "--distill_grid_steps", "48"], seeds=(1, 2)),
+    # the --steps 4 recipe on the --steps 2 recipe's grid of 28 (2026-12-07)
+    **seeded("eps-grid28-huber-bf16", [*EPS_STUDENT, *HUBER_BF16, "--distill_grid_steps", "28"]),
     # coarser grids with the same top, 979 (N = 35 and 28: k = 28 and 35 timesteps): fewer links to carry the data's
     # boundary to the top within the budget, each teacher step longer (or split in two); eps-grid28-lr4e-4-bf16 is the
     # --steps 2 default since 2026-12-07

@@ -114,7 +114,7 @@ def test_a_resumed_distillation_equals_an_uninterrupted_one(teacher, tmp_path):
     student of the epsilon teacher (the recipe's other prediction type) whose targets take four teacher steps, on
     ECT's curriculum (links of 32 grid intervals, reaching the data, at steps 3-4, then 16: the resume at 3 within)."""
     flags = ["--checkpointing_steps", "3", "--save_images_steps", "0", "--distill_reparam_steps", "2"]
-    flags += ["--prediction_type", "v_prediction", "--distill_teacher_substeps", "4"]  # the teacher's 20: 4 x 5
+    flags += ["--prediction_type", "v_prediction", "--distill_teacher_substeps", "4"]  # k = 35 (the grid of 28)
     flags += ["--distill_halving_steps", "2"]
     whole = distill(teacher, tmp_path / "whole", "--max_train_steps", "6", *flags)
     part = tmp_path / "part"
