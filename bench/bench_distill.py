@@ -203,21 +203,21 @@ STUDENTS = {
         ).items()
     },
 }
-# the --steps 1 recipe given twice and four times the images (the default, half the main job's teacher's, is 12,800:
-# 400 steps of 32): what a recognisable 1-step sample costs
+# the --steps 1 recipe with one change (2026-12-07): twice and four times the images (the default, half the main job's
+# teacher's, is 12,800: 400 steps of 32), what a recognisable 1-step sample costs; the grid of 48, whose top, 959,
+# amplifies the noise error 16 times instead of 32; fp32 training (the teacher trained so; its x0 at the top is half as
+# wild as the student's)
 STUDENTS.update(
     {
-        f"eps-grid49-gamma1-lr4e-4-bf16-images{12800 * factor}": [
-            *STUDENTS["eps-grid49-gamma1-lr4e-4-bf16"],
-            *("--max_train_steps", str(400 * factor)),
-        ]
-        for factor in (2, 4)
+        name: [*STUDENTS["eps-grid49-gamma1-lr4e-4-bf16"], *extra.split()]
+        for name, extra in (
+            ("eps-grid49-gamma1-lr4e-4-bf16-images25600", "--max_train_steps 800"),
+            ("eps-grid49-gamma1-lr4e-4-bf16-images51200", "--max_train_steps 1600"),
+            ("eps-grid48-gamma1-lr4e-4-bf16", "--distill_grid_steps 48"),
+            ("eps-grid49-gamma1-lr4e-4-fp32", "--mixed_precision no"),
+        )
     }
 )
-# the --steps 1 recipe on the grid of 48: its top, 959, amplifies the noise error 16 times instead of 32
-STUDENTS["eps-grid48-gamma1-lr4e-4-bf16"] = [*STUDENTS["eps-grid49-gamma1-lr4e-4-bf16"], "--distill_grid_steps", "48"]
-# the --steps 1 recipe trained in fp32 (the teacher trained so; its x0 at the top is half as wild as the student's)
-STUDENTS["eps-grid49-gamma1-lr4e-4-fp32"] = [*STUDENTS["eps-grid49-gamma1-lr4e-4-bf16"], "--mixed_precision", "no"]
 # the teacher's samplers: its shipped SDE sampler, and the deterministic ones that distillation follows (its ODE)
 TEACHER_CELLS = ["sde-dpmsolver++-20-trailing", "sde-dpmsolver++-4-trailing", "dpmsolver++-20-trailing",
                  "dpmsolver++-50-trailing", "ddim-50-trailing", "lcm-4", "lcm-1"]  # fmt: skip
