@@ -26,7 +26,13 @@ from pathlib import Path
 import bench_quality as quality
 import common  # noqa: F401  (the repository on the import path)
 import numpy as np
+import torch
 from common import REPO, RESULTS, machine
+
+from pipeline.diffusion import predicted_x0_and_noise
+from pipeline.distill import RECIPE
+from pipeline.model import make_sampler
+from pipeline.sample import image_generators, load_pipeline
 
 
 # The recipes in full, so that a row means the same whatever the defaults are
@@ -152,8 +158,14 @@ STUDENTS = {
     ],
     **seeded("eps-grid49-huber-bf16", [*EPS_STUDENT, *HUBER_BF16, "--distill_grid_steps", "49"], seeds=(1, 2)),
     **seeded("eps-grid48-huber-bf16", [*EPS_STUDENT, *HUBER_BF16, "--distill_grid_steps", "48"], seeds=(1, 2)),
-    # the --steps 4 recipe on the --steps 2 recipe's grid of 28 (2026-12-07)
-    **seeded("eps-grid28-huber-bf16", [*EPS_STUDENT, *HUBER_BF16, "--distill_grid_steps", "28"]),
+    # the --steps 4 recipe on the --steps 2 recipe's grid of 28 (2026-12-07), and on a grid between, 35 (2026-12-08)
+    **{
+        name: flags
+        for grid in (28, 35)
+        for name, flags in seeded(
+            f"eps-grid{grid}-huber-bf16", [*EPS_STUDENT, *HUBER_BF16, "--distill_grid_steps", str(grid)], seeds=(1, 2)
+        ).items()
+    },
     # coarser grids with the same top, 979 (N = 35 and 28: k = 28 and 35 timesteps): fewer links to carry the data's
     # boundary to the top within the budget, each teacher step longer (or split in two); eps-grid28-lr4e-4-bf16 is the
     # --steps 2 default since 2026-12-07
@@ -248,6 +260,33 @@ def distill(name: str, teacher, parquet, flags: list[str], key: str):
     return output_dir
 
 
+TOP_NOISE = 64  # noise images of the top diagnostic: the 1-step cell's first ones
+
+
+@torch.no_grad()
+def top_x0(folder) -> dict:
+    """Where a 1-step sample comes from: the model's x0 at its first timestep of 1 step (a student's grid top; the
+    teacher's at the default grid's) before the clip, in fp32, for the 1-step cell's first TOP_NOISE noise images: its
+    spread and the share of pixels beyond [-1, 1] that the clip saturates (an epsilon model's noise error there is
+    amplified 1 / sqrt(alpha_bar) times: 32 at t = 979)."""
+    pipeline = load_pipeline(str(folder))
+    unet, config = pipeline.unet, pipeline.scheduler.config
+    if "original_inference_steps" in config:
+        sampler = make_sampler("lcm", dict(config))
+        sampler.set_timesteps(1)
+        timestep = int(sampler.timesteps[0])
+    else:
+        grid = RECIPE["distill_grid_steps"]
+        timestep = config.num_train_timesteps // grid * grid - 1
+    shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+    noise = torch.stack([torch.randn(shape, generator=generator) for generator in image_generators(0, 0, TOP_NOISE)])
+    timesteps = torch.full((TOP_NOISE,), timestep)
+    output = unet(noise, timesteps).sample
+    x0, _ = predicted_x0_and_noise(pipeline.scheduler.alphas_cumprod, config.prediction_type, output, noise, timesteps)
+    beyond = (x0.abs() > 1).float().mean().item()
+    return {"timestep": timestep, "std": round(x0.std().item(), 3), "beyond_clip": round(beyond, 3)}
+
+
 def side_by_side(models: dict, path) -> None:
     """One image: a row of 8 samples per (model, cell), teacher at 20 steps, then the student at 4, 2 and 1 steps."""
     from PIL import Image
@@ -273,12 +312,14 @@ def markdown(results: dict) -> str:
     floors = " / ".join(f"{floor[key]:.2f}" for key in JUDGE_KEYS if key in floor)
     where = results["machine"]["description"]
     lines = [f"Judges: {judges}, floors {floors} ({results['num_samples']} samples); machine: {where}.\n"]
-    lines += ["| model | images trained | train seconds | " + " | ".join(STUDENT_CELLS) + " |"]
-    lines += ["| --- | ---: | ---: | " + " | ".join("---:" for _ in STUDENT_CELLS) + " |"]
+    lines += ["| model | images trained | train seconds | " + " | ".join(STUDENT_CELLS) + " | x0 at the top |"]
+    lines += ["| --- | ---: | ---: | " + " | ".join("---:" for _ in STUDENT_CELLS) + " | ---: |"]
     for name, row in [("teacher", teacher), *results["students"].items()]:
         if "images" in row:
             cells = " | ".join(cell(row, name) for name in STUDENT_CELLS)
-            lines += [f"| {name} | {row['images']:,} | {row['train_seconds']:.0f} | {cells} |"]
+            top = row.get("top_x0")
+            top = f"std {top['std']:.2f}, {top['beyond_clip']:.0%} clipped (t = {top['timestep']})" if top else ""
+            lines += [f"| {name} | {row['images']:,} | {row['train_seconds']:.0f} | {cells} | {top} |"]
     lines += ["", f"| teacher cell | model evaluations | {judges} |", "| --- | ---: | ---: |"]
     for name, value in teacher["cells"].items():
         lines += [f"| {name} | {value['model_evaluations_per_image']:g} | {cell(teacher, name)} |"]
@@ -332,6 +373,10 @@ def main() -> None:
     def scored(name: str, folder, cells: list[str], row: dict) -> None:
         record = json.loads((folder / "training_config.json").read_text())["run"]
         row.update(images=record["global_step"] * record["images_per_step"], train_seconds=record["train_seconds"])
+        if "top_x0" not in row:
+            row["top_x0"] = top_x0(folder)
+            print(f"[{name}] x0 at t = {row['top_x0']['timestep']}: std {row['top_x0']['std']:.2f}, "
+                  f"{row['top_x0']['beyond_clip']:.0%} beyond the clip", flush=True)  # fmt: skip
         for cell in cells:
             if cell not in row.setdefault("cells", {}):
                 images, timing = quality.sample_cell(folder, cell, args.num_samples)
