@@ -30,13 +30,16 @@ RECIPE = {
     # LCMScheduler's grid is t_n = n k - 1 (k = T // N): every sample starts at its top, N k - 1. With LCM's N = 50
     # that is T - 1, where the cosine schedule's capped last beta leaves alpha_bar = 2.4e-9: an epsilon student's x0
     # there is its noise error times 20,000, clipped to [-1, 1] (its 1-step samples were speckled silhouettes). N = 49
-    # ends at 979 (alpha_bar 9.7e-4: x 32; Stable Diffusion's t = 999, for which LCM was built: x 15). In bf16 it beat
-    # N = 50 at 2 and 1 steps from both teachers at both seeds on both judges (the better teacher's 1 step 54.4-54.8 /
-    # 14.0-14.1 against 85.0-89.7 / 17.9-18.4, the main job's 74.6-81.5 / 17.4-17.7 against 105.3-113.2 / 20.7-21.7)
-    # and, with pseudo-Huber, won at 4 steps from the main job's teacher and on FD-res from the better one (FD-cls a
-    # tie); N = 48 (959: x 16) lost to 49 in every cell. A gentler schedule (linear, T = 300) only loses its top
-    # interval. (For 2 and 3 steps a coarser grid with the same top: STEP_RECIPES below.)
-    "distill_grid_steps": 49,
+    # and 28 end at 979 (alpha_bar 9.7e-4: x 32; Stable Diffusion's t = 999, for which LCM was built: x 15). In bf16
+    # N = 49 beat 50 at 2 and 1 steps from both teachers at both seeds on both judges (the better teacher's 1 step
+    # 54.4-54.8 / 14.0-14.1 against 85.0-89.7 / 17.9-18.4) and at 4 steps; N = 48 (959: x 16) lost to 49 in every
+    # cell. N = 28 (k = 35: fewer, longer links carry the data's boundary to the top) beat 49 at 4 steps from the
+    # better teacher on both judges at two seeds (21.4-21.6 / 3.70-3.88 against 23.5-23.8 / 4.34-4.37), tied it from
+    # the main job's at three (40.0-41.2 / 7.15-7.36 against 39.8-41.6 / 7.2-7.4), won at 8 steps from both (the main
+    # job's 38.0-39.2 / 6.16-6.69 against 39.9-40.6 / 6.8-7.1), and lost at 2 and 1, which --steps 2 and 1 train for;
+    # N = 35 tied 49 (the main job's teacher, two seeds). A gentler schedule (linear, T = 300) only loses its top
+    # interval. bench/README.md, 2026-12-07.
+    "distill_grid_steps": 28,
     # The student predicts what its teacher predicts (the teacher's record or scheduler says), with min-SNR-5 weights
     # (uniform ones lost in every cell, 101.2 / 18.7 at 4 steps on the grid of 48). With its x0 clipped and the
     # teacher's, an epsilon student of the main job's teacher scored FD-cls / FD-res 45.1-48.3 / 8.4-8.7 at 4 steps
@@ -70,12 +73,12 @@ STEP_RECIPES = {
     # / 7.2-7.4 at two seeds against 41.8-44.3 / 7.5; the better one's 23.5 / 4.3 against 24.6-25.1 / 4.6) but loses at
     # 1 step on both judges (the main job's 85.4-87.7 / 19.9-20.5 against 74.6-81.5 / 17.4-17.7; the better one's 61.6
     # / 16.6 against 54.4-54.8 / 14.0-14.1) and at 2 on FD-res (11.7-11.9 against 10.8-11.0; 8.8 against 7.7), as on
-    # the grid of 50, where lr 4e-4 beat 2e-4 at 1 step from both teachers at both seeds. bench/README.md, 2026-12-06.
-    # Its grid is coarser, 28 points with the same top, 979 (k = 35): fewer links carry the data's boundary up. At 2
-    # steps it beat the grid of 49 on FD-res at every seed from both teachers (the main job's 10.0-10.5 at three seeds
-    # against 10.8-11.4, the better one's 6.97-7.22 at two against 7.67-7.68), FD-cls a tie (49.6-52.5 against
-    # 50.4-55.4; 32.4-32.9 against 32.6-32.7); at 4 and 8 steps it ties or wins. bench/README.md, 2026-12-07.
-    3: {"loss_type": "l2", "learning_rate": 4e-4, "distill_grid_steps": 28},
+    # the grid of 50, where lr 4e-4 beat 2e-4 at 1 step from both teachers at both seeds; and on the grid of 28 (2
+    # steps from the main job's teacher 49.6-52.5 / 10.0-10.5 at three seeds against 54.2-58.5 / 11.9-12.5, from the
+    # better one 32.4-32.9 / 6.97-7.22 at two against 36.6-36.7 / 8.57-8.73), where it also beat itself on the grid of
+    # 49 at 2 steps on FD-res at every seed from both teachers (10.0-10.5 against 10.8-11.4; 6.97-7.22 against
+    # 7.67-7.68), FD-cls a tie. bench/README.md, 2026-12-06 and 2026-12-07.
+    3: {"loss_type": "l2", "learning_rate": 4e-4},
     # A 1-step sample is the student at the grid's top alone: min-SNR 1 instead of 5 lets the consistency error below
     # SNR 1 (t < ~500 of the cosine schedule) weigh less. From the main job's teacher it won at 1 step on both judges
     # at three seeds (73.1-76.8 / 15.9-16.6 against 74.6-81.5 / 17.4-17.7; FD-cls a tie at one) and lost at 2 and 4 (2

@@ -102,9 +102,9 @@ def test_the_distance_rate_and_weights_follow_the_steps_distilled_for_unless_a_f
         config = distill_config(str(teacher), str(tmp_path / "student"), steps, list(flags))
         return config.loss_type, config.learning_rate, config.snr_gamma, config.distill_grid_steps
 
-    measured = [("l2", 4e-4, 1.0, 49), ("l2", 4e-4, 5.0, 28)] + [("pseudo_huber", 2e-4, 5.0, 49)] * 2  # 1, 3, 4, 8
+    measured = [("l2", 4e-4, 1.0, 49), ("l2", 4e-4, 5.0, 28)] + [("pseudo_huber", 2e-4, 5.0, 28)] * 2  # 1, 3, 4, 8
     assert [recipe(steps) for steps in (1, 3, 4, 8)] == measured  # the bench's choices
-    assert recipe(4, "--loss_type", "l2") == ("l2", 2e-4, 5.0, 49) and recipe(2, "--learning_rate", "1e-4")[1] == 1e-4
+    assert recipe(4, "--loss_type", "l2") == ("l2", 2e-4, 5.0, 28) and recipe(2, "--learning_rate", "1e-4")[1] == 1e-4
     assert recipe(1, "--snr_gamma", "5") == ("l2", 4e-4, 5.0, 49)
     assert recipe(2, "--distill_grid_steps", "49")[3] == 49
 
