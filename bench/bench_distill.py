@@ -230,6 +230,16 @@ STUDENTS.update(
         )
     }
 )
+# consistency training on the --steps 2 recipe (2026-12-07): the target from the image's own noise one link nearer
+# the data instead of the teacher's DDIM step, so not bound to the teacher's ODE; plain, and on ECT's curriculum
+STUDENTS.update(
+    {
+        name: flags
+        for recipe in ("eps-grid28-lr4e-4-bf16", "eps-grid28-huber-bf16")
+        for tag, extra in (("data", []), ("ect-data", ["--distill_halving_steps", "40"]))
+        for name, flags in seeded(f"{recipe}-{tag}", [*STUDENTS[recipe], "--distill_target", "data", *extra]).items()
+    }
+)
 # the teacher's samplers: its shipped SDE sampler, and the deterministic ones that distillation follows (its ODE)
 TEACHER_CELLS = ["sde-dpmsolver++-20-trailing", "sde-dpmsolver++-4-trailing", "dpmsolver++-20-trailing",
                  "dpmsolver++-50-trailing", "ddim-50-trailing", "lcm-4", "lcm-1"]  # fmt: skip
