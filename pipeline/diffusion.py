@@ -184,7 +184,8 @@ def step_loss(
 
 
 # ---------------------------------------------------------------------------------------------
-# Consistency distillation in DDPM time (Song et al. 2023; Luo et al. 2023, LCM), for LCMScheduler
+# Consistency distillation and tuning in DDPM time (Song et al. 2023; Luo et al. 2023, LCM; Geng et al. 2024, ECT),
+# for LCMScheduler
 
 
 def reparameterisation_micro_batches(config: TrainingConfig) -> int:
@@ -271,14 +272,14 @@ def teacher_ddim(teacher, noise_scheduler, sample: torch.Tensor, t: torch.Tensor
 def consistency_loss(
     unet, teacher, noise_scheduler, config, batch, *, micro_batch_index, process_index, num_processes
 ):
-    """One micro-batch of consistency distillation on LCMScheduler's grid t_n = n k - 1 (k = T / N): the student's
-    f(x_t, t) is pulled toward its own f (no gradient) at the grid point one link nearer the data (link_intervals: one
-    interval, or ECT's curriculum), x_s, which the teacher (model.Teacher: its UNet and its own prediction type)
-    reaches from x_t with DDIM (teacher_ddim: one step, or distill_teacher_substeps across the link) (distill_target
-    teacher), or which is the same noise on the image (distill_target data); past the last point the target is the
-    teacher's x0 (or the image). The consistency error is weighted uniformly, as CM and LCM weight it (--snr_gamma:
-    min(SNR, gamma) on it). The draws are step_draws' (the timestep picks the grid point), so a resumed distillation
-    draws what an uninterrupted one does."""
+    """One micro-batch of consistency distillation (or tuning) on LCMScheduler's grid t_n = n k - 1 (k = T / N): the
+    student's f(x_t, t) is pulled toward its own f (no gradient) at the grid point one link nearer the data
+    (link_intervals: one interval, or ECT's curriculum), x_s, which the teacher (model.Teacher: its UNet and its own
+    prediction type) reaches from x_t with DDIM (teacher_ddim: one step, or distill_teacher_substeps across the link)
+    (distill_target teacher), or which is the same noise on the image (distill_target data); past the last point the
+    target is the teacher's x0 (or the image). The consistency error is weighted uniformly, as CM and LCM weight it
+    (--snr_gamma: min(SNR, gamma) on it). The draws are step_draws' (the timestep picks the grid point), so a resumed
+    distillation draws what an uninterrupted one does."""
     flip, timesteps, noise = step_draws(
         config, micro_batch_index, process_index, num_processes, batch.device, noise_scheduler.alphas_cumprod
     )

@@ -6,8 +6,9 @@
 The student is trained by the training run itself (pipeline/train.py: Accelerate, the decode-once data, exact
 resume, SIGTERM, EMA, logs, grids, the staged export and the card), with the teacher's own recipe (its
 training_config.json: data, preprocessing, UNet, noise schedule) and `distill_teacher` set: the UNet starts from
-the teacher's EMA weights and learns the consistency function of its sampling ODE on LCMScheduler's grid
-(pipeline.diffusion.consistency_loss). It is exported as a DDPMPipeline whose scheduler is an LCMScheduler:
+the teacher's EMA weights and learns a consistency function on LCMScheduler's grid (pipeline.diffusion.
+consistency_loss): for 4 steps or more from the training images (consistency tuning), for fewer along the teacher's
+sampling ODE (consistency distillation). It is exported as a DDPMPipeline whose scheduler is an LCMScheduler:
 
     DDPMPipeline.from_pretrained("ddpm-quickstart-lcm")(num_inference_steps=4)
 
@@ -26,32 +27,41 @@ from .record import RECORD_NAME, read_record
 
 # The distillation recipe on top of the teacher's, chosen with bench/bench_distill.py (bench/README.md)
 RECIPE = {
-    "distill_target": "teacher",
+    # A student for 4 steps or more is tuned by consistency training from the teacher's weights (ECT, Geng et al.
+    # 2024): the target is the student's own value on the image's own noise one link nearer the data, not the teacher's
+    # DDIM step, so it is not bound to the teacher's ODE, which its stochastic sampler beats by 1.3-1.7x (the main
+    # job's teacher: DPM-Solver++ 20 69.1 / 11.2, SDE-DPM-Solver++ 20 52.0 / 8.5). On ECT's curriculum (links first to
+    # the data, halved every 40 steps) with the squared error at lr 4e-4 it scored 28.5-29.2 / 5.21-5.59 at 4 steps
+    # from the main job's teacher at two seeds, against 40.0-41.1 / 7.15-7.36 for consistency distillation (three
+    # seeds), and 24.9-27.7 / 4.07-4.65 at 8 (38.0-39.2 / 6.16-6.69): better than the teacher's own 20 steps; without
+    # the curriculum 30.4-33.8 / 6.11-6.58. From the better teacher (24.3 / 3.95 at 20 steps) 15.7-18.4 / 2.77-3.06 at
+    # 4 steps at two seeds against 21.4-22.3 / 3.70-4.04. It needs no teacher evaluations (122-124 s against 163-171 s
+    # of training). At 2 and 1 steps it is a trade or a loss (STEP_RECIPES). bench/README.md, 2026-12-07.
+    "distill_target": "data",
+    "distill_halving_steps": 40,
     # LCMScheduler's grid is t_n = n k - 1 (k = T // N): every sample starts at its top, N k - 1. With LCM's N = 50
     # that is T - 1, where the cosine schedule's capped last beta leaves alpha_bar = 2.4e-9: an epsilon student's x0
     # there is its noise error times 20,000, clipped to [-1, 1] (its 1-step samples were speckled silhouettes). N = 49
     # and 28 end at 979 (alpha_bar 9.7e-4: x 32; Stable Diffusion's t = 999, for which LCM was built: x 15). In bf16
     # N = 49 beat 50 at 2 and 1 steps from both teachers at both seeds on both judges (the better teacher's 1 step
     # 54.4-54.8 / 14.0-14.1 against 85.0-89.7 / 17.9-18.4) and at 4 steps; N = 48 (959: x 16) lost to 49 in every
-    # cell. N = 28 (k = 35: fewer, longer links carry the data's boundary to the top) beat 49 at 4 steps from the
-    # better teacher on both judges at two seeds (21.4-21.6 / 3.70-3.88 against 23.5-23.8 / 4.34-4.37), tied it from
-    # the main job's at three (40.0-41.2 / 7.15-7.36 against 39.8-41.6 / 7.2-7.4), won at 8 steps from both (the main
-    # job's 38.0-39.2 / 6.16-6.69 against 39.9-40.6 / 6.8-7.1), and lost at 2 and 1, which --steps 2 and 1 train for;
-    # N = 35 tied 49 (the main job's teacher, two seeds). A gentler schedule (linear, T = 300) only loses its top
-    # interval. bench/README.md, 2026-12-07.
+    # cell. N = 28 (k = 35: fewer, longer links carry the data's boundary to the top; measured with the teacher's
+    # targets) beat 49 at 4 steps from the better teacher on both judges at three seeds (21.4-22.3 / 3.70-4.04 against
+    # 23.5-23.8 / 4.34-4.37), tied it from the main job's at three (40.0-41.2 / 7.15-7.36 against 39.8-41.6 /
+    # 7.2-7.4), won at 8 steps from both (the main job's 38.0-39.2 / 6.16-6.69 against 39.9-40.6 / 6.8-7.1), and lost
+    # at 2 and 1, which --steps 2 and 1 train for; N = 35 tied 49 (the main job's teacher, two seeds). A gentler
+    # schedule (linear, T = 300) only loses its top interval. bench/README.md, 2026-12-07.
     "distill_grid_steps": 28,
     # The student predicts what its teacher predicts (the teacher's record or scheduler says), with min-SNR-5 weights
     # (uniform ones lost in every cell, 101.2 / 18.7 at 4 steps on the grid of 48). With its x0 clipped and the
     # teacher's, an epsilon student of the main job's teacher scored FD-cls / FD-res 45.1-48.3 / 8.4-8.7 at 4 steps
     # (three seeds, grid 50) against a v student's (uniform weights, a re-parameterisation phase) 44.8-66.4 /
-    # 10.4-14.7; on ECT's curriculum at lr 4e-4 the v student still lost at every step count to the grid of 49.
-    # lr 2e-4 held: against 1e-4 better in every cell (8, 4, 2, 1 steps, both judges) at two seeds from two teachers
-    # (the main job's: 42.1 / 7.8 and 44.1 / 8.1 at 4 steps against 45.1 / 8.4 and 48.3 / 8.7); decayed (cosine) it
-    # was worse, and 4e-4 ties it at 4 steps (students that trained in fp32, before the precision fix); in bf16 since,
-    # 2e-4 again beats 1e-4 in all 8 cells (main job's teacher, seed 0). bench/README.md, 2026-12-06.
+    # 10.4-14.7; on ECT's curriculum at lr 4e-4 the v student still lost at every step count to the grid of 49. The
+    # rate and distance are those the consistency-tuning rows ran with (the --steps 2 recipe's); with the teacher's
+    # targets lr 2e-4 and pseudo-Huber had won at 4 steps. bench/README.md, 2026-12-06 and 2026-12-07.
     "snr_gamma": 5.0,
-    "learning_rate": 2e-4,
-    "loss_type": "pseudo_huber",  # iCT's distance (for 4 steps or more: STEP_RECIPES below)
+    "learning_rate": 4e-4,
+    "loss_type": "l2",
     "lr_scheduler": "constant_with_warmup",
     "lr_warmup_steps": 20,
     "ema_max_decay": 0.99,
@@ -68,17 +78,16 @@ RECIPE = {
 # What a student of at most N sampler steps trains with on top of RECIPE: each entry whose N is at least the steps,
 # the smaller N last (step_recipe).
 STEP_RECIPES = {
-    # A student distilled for at most 3 steps (--steps 2 or 1) trains with the squared error at twice the rate. On the
-    # grid of 49 in bf16: pseudo-Huber beats it at 4 steps from both teachers on both judges (the main job's 39.8-41.6
-    # / 7.2-7.4 at two seeds against 41.8-44.3 / 7.5; the better one's 23.5 / 4.3 against 24.6-25.1 / 4.6) but loses at
-    # 1 step on both judges (the main job's 85.4-87.7 / 19.9-20.5 against 74.6-81.5 / 17.4-17.7; the better one's 61.6
-    # / 16.6 against 54.4-54.8 / 14.0-14.1) and at 2 on FD-res (11.7-11.9 against 10.8-11.0; 8.8 against 7.7), as on
-    # the grid of 50, where lr 4e-4 beat 2e-4 at 1 step from both teachers at both seeds; and on the grid of 28 (2
-    # steps from the main job's teacher 49.6-52.5 / 10.0-10.5 at three seeds against 54.2-58.5 / 11.9-12.5, from the
-    # better one 32.4-32.9 / 6.97-7.22 at two against 36.6-36.7 / 8.57-8.73), where it also beat itself on the grid of
-    # 49 at 2 steps on FD-res at every seed from both teachers (10.0-10.5 against 10.8-11.4; 6.97-7.22 against
-    # 7.67-7.68), FD-cls a tie. bench/README.md, 2026-12-06 and 2026-12-07.
-    3: {"loss_type": "l2", "learning_rate": 4e-4},
+    # A student distilled for at most 3 steps (--steps 2 or 1) learns the teacher's ODE (consistency distillation, one
+    # DDIM step of the teacher per link): consistency tuning (RECIPE) from the main job's teacher traded FD-cls for
+    # FD-res at 2 steps (43.9-45.6 / 10.39-10.68 at two seeds against 49.6-52.5 / 10.0-10.5 at three) and lost at 1 on
+    # FD-res (77.4-79.3 / 18.6-19.2 against 73.1-76.8 / 15.9-16.6). With the teacher's targets, the squared error at lr
+    # 4e-4 beat pseudo-Huber at 2e-4 at 1 step on both judges and at 2 on FD-res from both teachers (on the grid of 28
+    # the main job's 49.6-52.5 / 10.0-10.5 against 54.1-58.5 / 11.9-12.5, the better one's 32.4-32.9 / 6.97-7.22
+    # against 36.6-36.7 / 8.57-8.73) and lost at 4; the grid of 28 beat 49 at 2 steps on FD-res at every seed from both
+    # teachers (10.0-10.5 against 10.8-11.4; 6.97-7.22 against 7.67-7.68), FD-cls a tie. bench/README.md, 2026-12-06
+    # and 2026-12-07.
+    3: {"distill_target": "teacher", "distill_halving_steps": 0},
     # A 1-step sample is the student at the grid's top alone: min-SNR 1 instead of 5 lets the consistency error below
     # SNR 1 (t < ~500 of the cosine schedule) weigh less. From the main job's teacher it won at 1 step on both judges
     # at three seeds (73.1-76.8 / 15.9-16.6 against 74.6-81.5 / 17.4-17.7; FD-cls a tie at one) and lost at 2 and 4 (2

@@ -100,13 +100,27 @@ def test_a_tiny_teacher_distils_into_a_student_that_stock_diffusers_samples_in_2
 def test_the_distance_rate_and_weights_follow_the_steps_distilled_for_unless_a_flag_sets_them(teacher, tmp_path):
     def recipe(steps, *flags):
         config = distill_config(str(teacher), str(tmp_path / "student"), steps, list(flags))
-        return config.loss_type, config.learning_rate, config.snr_gamma, config.distill_grid_steps
+        names = ("distill_target", "distill_halving_steps", "loss_type", "learning_rate", "snr_gamma")
+        return *(getattr(config, name) for name in names), config.distill_grid_steps
 
-    measured = [("l2", 4e-4, 1.0, 49), ("l2", 4e-4, 5.0, 28)] + [("pseudo_huber", 2e-4, 5.0, 28)] * 2  # 1, 3, 4, 8
+    distilled = ("teacher", 0, "l2", 4e-4)  # the teacher's ODE, one interval a link
+    tuned = ("data", 40, "l2", 4e-4)  # consistency tuning on ECT's curriculum
+    measured = [(*distilled, 1.0, 49), (*distilled, 5.0, 28), (*tuned, 5.0, 28), (*tuned, 5.0, 28)]  # 1, 3, 4, 8
     assert [recipe(steps) for steps in (1, 3, 4, 8)] == measured  # the bench's choices
-    assert recipe(4, "--loss_type", "l2") == ("l2", 2e-4, 5.0, 28) and recipe(2, "--learning_rate", "1e-4")[1] == 1e-4
-    assert recipe(1, "--snr_gamma", "5") == ("l2", 4e-4, 5.0, 49)
-    assert recipe(2, "--distill_grid_steps", "49")[3] == 49
+    assert recipe(4, "--distill_target", "teacher")[:2] == ("teacher", 40)
+    assert recipe(4, "--loss_type", "pseudo_huber")[2:4] == ("pseudo_huber", 4e-4)
+    assert recipe(2, "--learning_rate", "1e-4")[3] == 1e-4 and recipe(1, "--snr_gamma", "5")[4:] == (5.0, 49)
+    assert recipe(2, "--distill_grid_steps", "49")[5] == 49 and recipe(2, "--distill_halving_steps", "8")[1] == 8
+
+
+def test_a_4_step_student_is_tuned_on_the_images_not_the_teachers_ode_and_says_so(teacher, tmp_path):
+    student = distill(teacher, tmp_path / "student", steps=4)
+    config = json.loads((student / "training_config.json").read_text())["config"]
+    assert (config["distill_target"], config["distill_halving_steps"]) == ("data", 40)
+    card = " ".join((student / "README.md").read_text().split())
+    assert "distilled from the DDPM `out` (a local training folder) by consistency tuning in DDPM time" in card
+    assert "the training images' own noise giving each target; ECT's curriculum" in card
+    assert stock(student, 4) == "LCMScheduler (2, 16, 16, 1) True True"
 
 
 def test_a_resumed_distillation_equals_an_uninterrupted_one(teacher, tmp_path):
