@@ -75,15 +75,18 @@ def data_main(argv: Optional[list[str]] = None) -> None:
 
 def distill_config(teacher: str, output_dir: str, steps: int, flags: list[str]):
     """The training configuration of a distillation: the teacher's recipe, the distillation's (pipeline.distill), then
-    the user's flags; a re-parameterisation phase where the student's prediction type needs one (unless a flag sets
-    it)."""
+    the user's flags; the curriculum of the target a flag chose, and a re-parameterisation phase where the student's
+    prediction type needs one (unless a flag sets them)."""
     from . import distill
     from .arguments import given_flags, parse_config
 
     folder = distill.teacher_folder(teacher)
     preset, recipe = distill.recipe(folder, output_dir, steps)
     config = parse_config([*preset, *flags], recipe=recipe)
-    if "distill_reparam_steps" in given_flags(flags)[0]:
+    given = given_flags(flags)[0]
+    if "distill_target" in given and "distill_halving_steps" not in given:
+        config = dataclasses.replace(config, distill_halving_steps=distill.CURRICULUM[config.distill_target])
+    if "distill_reparam_steps" in given:
         return config
     budget = config.max_train_steps or recipe["max_train_steps"]
     phase = distill.reparameterisation_steps(folder, config.prediction_type, budget)

@@ -98,6 +98,9 @@ STEP_RECIPES = {
     # was measured (the grid of 28 tied 49 at 1 step with min-SNR 5).
     1: {"snr_gamma": 1.0, "distill_grid_steps": 49},
 }
+# The curriculum that goes with each target when --distill_target alone is given: ECT's for the images (RECIPE), one
+# interval a link for the teacher's DDIM step (a single step across ECT's first links of 32 intervals is too coarse)
+CURRICULUM = {"data": RECIPE["distill_halving_steps"], "teacher": STEP_RECIPES[3]["distill_halving_steps"]}
 REPARAMETERISATION_SHARE = 4  # a student of another prediction type: first a quarter of plain diffusion in its type
 
 

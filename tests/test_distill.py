@@ -107,7 +107,9 @@ def test_the_distance_rate_and_weights_follow_the_steps_distilled_for_unless_a_f
     tuned = ("data", 40, "l2", 4e-4)  # consistency tuning on ECT's curriculum
     measured = [(*distilled, 1.0, 49), (*distilled, 5.0, 28), (*tuned, 5.0, 28), (*tuned, 5.0, 28)]  # 1, 3, 4, 8
     assert [recipe(steps) for steps in (1, 3, 4, 8)] == measured  # the bench's choices
-    assert recipe(4, "--distill_target", "teacher")[:2] == ("teacher", 40)
+    assert recipe(4, "--distill_target", "teacher")[:2] == ("teacher", 0)  # the target brings its curriculum
+    assert recipe(2, "--distill_target", "data")[:2] == ("data", 40)
+    assert recipe(4, "--distill_target", "teacher", "--distill_halving_steps", "40")[:2] == ("teacher", 40)
     assert recipe(4, "--loss_type", "pseudo_huber")[2:4] == ("pseudo_huber", 4e-4)
     assert recipe(2, "--learning_rate", "1e-4")[3] == 1e-4 and recipe(1, "--snr_gamma", "5")[4:] == (5.0, 49)
     assert recipe(2, "--distill_grid_steps", "49")[5] == 49 and recipe(2, "--distill_halving_steps", "8")[1] == 8
