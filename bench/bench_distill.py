@@ -237,9 +237,20 @@ STUDENTS.update(
         name: flags
         for recipe in ("eps-grid28-lr4e-4-bf16", "eps-grid28-huber-bf16")
         for tag, extra in (("data", []), ("ect-data", ["--distill_halving_steps", "40"]))
-        for name, flags in seeded(f"{recipe}-{tag}", [*STUDENTS[recipe], "--distill_target", "data", *extra]).items()
+        for name, flags in seeded(
+            f"{recipe}-{tag}", [*STUDENTS[recipe], "--distill_target", "data", *extra], seeds=(1, 2)
+        ).items()
     }
 )
+# the curriculum's length: halving every 20 or 80 steps instead of 40 (one interval from step 100 or 400 of 400)
+STUDENTS.update(
+    {
+        f"eps-grid28-lr4e-4-bf16-ect{halving}-data": [
+            *STUDENTS["eps-grid28-lr4e-4-bf16-data"], "--distill_halving_steps", str(halving)
+        ]
+        for halving in (20, 80)
+    }
+)  # fmt: skip
 # the teacher's samplers: its shipped SDE sampler, and the deterministic ones that distillation follows (its ODE)
 TEACHER_CELLS = ["sde-dpmsolver++-20-trailing", "sde-dpmsolver++-4-trailing", "dpmsolver++-20-trailing",
                  "dpmsolver++-50-trailing", "ddim-50-trailing", "lcm-4", "lcm-1"]  # fmt: skip

@@ -31,11 +31,11 @@ RECIPE = {
     # 2024): the target is the student's own value on the image's own noise one link nearer the data, not the teacher's
     # DDIM step, so it is not bound to the teacher's ODE, which its stochastic sampler beats by 1.3-1.7x (the main
     # job's teacher: DPM-Solver++ 20 69.1 / 11.2, SDE-DPM-Solver++ 20 52.0 / 8.5). On ECT's curriculum (links first to
-    # the data, halved every 40 steps) with the squared error at lr 4e-4 it scored 28.5-29.2 / 5.21-5.59 at 4 steps
-    # from the main job's teacher at two seeds, against 40.0-41.1 / 7.15-7.36 for consistency distillation (three
-    # seeds), and 24.9-27.7 / 4.07-4.65 at 8 (38.0-39.2 / 6.16-6.69): better than the teacher's own 20 steps; without
+    # the data, halved every 40 steps) with the squared error at lr 4e-4 it scored 28.5-30.9 / 5.21-6.27 at 4 steps
+    # from the main job's teacher at three seeds, against 40.0-41.1 / 7.15-7.36 for consistency distillation (three
+    # seeds), and 24.9-27.7 / 4.07-5.01 at 8 (38.0-39.2 / 6.16-6.69): better than the teacher's own 20 steps; without
     # the curriculum 30.4-33.8 / 6.11-6.58. From the better teacher (24.3 / 3.95 at 20 steps) 15.7-18.4 / 2.77-3.06 at
-    # 4 steps at two seeds against 21.4-22.3 / 3.70-4.04. It needs no teacher evaluations (122-124 s against 163-171 s
+    # 4 steps at two seeds against 21.4-22.3 / 3.70-4.04. It needs no teacher evaluations (122-129 s against 163-171 s
     # of training). At 2 and 1 steps it is a trade or a loss (STEP_RECIPES). bench/README.md, 2026-12-07.
     "distill_target": "data",
     "distill_halving_steps": 40,
@@ -80,13 +80,13 @@ RECIPE = {
 STEP_RECIPES = {
     # A student distilled for at most 3 steps (--steps 2 or 1) learns the teacher's ODE (consistency distillation, one
     # DDIM step of the teacher per link): consistency tuning (RECIPE) from the main job's teacher traded FD-cls for
-    # FD-res at 2 steps (43.9-45.6 / 10.39-10.68 at two seeds against 49.6-52.5 / 10.0-10.5 at three) and lost at 1 on
-    # FD-res (77.4-79.3 / 18.6-19.2 against 73.1-76.8 / 15.9-16.6). With the teacher's targets, the squared error at lr
-    # 4e-4 beat pseudo-Huber at 2e-4 at 1 step on both judges and at 2 on FD-res from both teachers (on the grid of 28
-    # the main job's 49.6-52.5 / 10.0-10.5 against 54.1-58.5 / 11.9-12.5, the better one's 32.4-32.9 / 6.97-7.22
-    # against 36.6-36.7 / 8.57-8.73) and lost at 4; the grid of 28 beat 49 at 2 steps on FD-res at every seed from both
-    # teachers (10.0-10.5 against 10.8-11.4; 6.97-7.22 against 7.67-7.68), FD-cls a tie. bench/README.md, 2026-12-06
-    # and 2026-12-07.
+    # FD-res at 2 steps, or lost (43.9-49.8 / 10.39-11.68 at three seeds against 49.6-52.5 / 10.0-10.5), and lost at
+    # 1 on FD-res (77.4-83.3 / 18.6-20.0 against 73.1-76.8 / 15.9-16.6). With the teacher's targets, the squared error
+    # at lr 4e-4 beat pseudo-Huber at 2e-4 at 1 step on both judges and at 2 on FD-res from both teachers (on the grid
+    # of 28 the main job's 49.6-52.5 / 10.0-10.5 against 54.1-58.5 / 11.9-12.5, the better one's 32.4-32.9 /
+    # 6.97-7.22 against 36.6-36.7 / 8.57-8.73) and lost at 4; the grid of 28 beat 49 at 2 steps on FD-res at every seed
+    # from both teachers (10.0-10.5 against 10.8-11.4; 6.97-7.22 against 7.67-7.68), FD-cls a tie. bench/README.md,
+    # 2026-12-06 and 2026-12-07.
     3: {"distill_target": "teacher", "distill_halving_steps": 0},
     # A 1-step sample is the student at the grid's top alone: min-SNR 1 instead of 5 lets the consistency error below
     # SNR 1 (t < ~500 of the cosine schedule) weigh less. From the main job's teacher it won at 1 step on both judges
