@@ -280,8 +280,8 @@ def build_training(
     if config.distill_teacher is not None:
         teacher = teacher or load_teacher(config)
         unet.load_state_dict(teacher.unet.state_dict())
-        on_device = teacher._replace(unet=teacher.unet.to(accelerator.device))
-        teacher = on_device if config.distill_target == "teacher" else None
+        on_device = config.distill_target == "teacher"  # tuning on the images needs only the starting weights
+        teacher = teacher._replace(unet=teacher.unet.to(accelerator.device)) if on_device else None
     unet = unet.to(accelerator.device)
     uncertainty = None
     if config.loss_weighting == "learned":
