@@ -38,8 +38,13 @@ from pipeline.sample import image_generators, load_pipeline
 # The recipes in full, so that a row means the same whatever the defaults are
 # (--loss_type l2: the distance that every row below but the pseudo-Huber ones ran with, the default for 4 steps until
 # the end of 2026-12-06; --distill_grid_steps 50: the grid of every row that does not name another, the default until
-# 2026-12-06, when the grid of 49 replaced it)
-BASE = "--loss_type l2 --distill_grid_steps 50".split()
+# 2026-12-06, when the grid of 49 replaced it; the teacher's targets one interval a link and the EMA warmup of power
+# 3/4 up to 0.99: every row that does not name others, the defaults until the consistency tuning and the EMA of
+# 2026-12-07)
+BASE = [
+    *"--loss_type l2 --distill_grid_steps 50 --distill_target teacher --distill_halving_steps 0".split(),
+    *"--ema_power 0.75 --ema_inv_gamma 1 --ema_max_decay 0.99".split(),
+]
 V_STUDENT = ["--prediction_type", "v_prediction", "--snr_gamma", "none", "--learning_rate", "1e-4", *BASE]
 EPS_STUDENT = "--prediction_type epsilon --snr_gamma 5 --learning_rate 1e-4 --distill_reparam_steps 0".split() + BASE
 EPS_COSINE = [*EPS_STUDENT, *"--lr_scheduler cosine_with_min_lr --min_learning_rate 1e-6".split()]
@@ -158,7 +163,7 @@ STUDENTS = {
     ],
     **seeded("eps-grid49-huber-bf16", [*EPS_STUDENT, *HUBER_BF16, "--distill_grid_steps", "49"], seeds=(1, 2)),
     **seeded("eps-grid48-huber-bf16", [*EPS_STUDENT, *HUBER_BF16, "--distill_grid_steps", "48"], seeds=(1, 2)),
-    # the --steps 4 recipe on the --steps 2 recipe's grid of 28 (2026-12-07), and on a grid between, 35 (2026-12-08)
+    # the --steps 4 recipe on the --steps 2 recipe's grid of 28 (2026-12-07), and on a grid between, 35 (2026-12-07)
     **{
         name: flags
         for grid in (28, 35)
@@ -249,6 +254,20 @@ STUDENTS.update(
             *STUDENTS["eps-grid28-lr4e-4-bf16-data"], "--distill_halving_steps", str(halving)
         ]
         for halving in (20, 80)
+    }
+)  # fmt: skip
+# the EMA's length (2026-12-07): the exported EMA, not the last weights, makes the tuned student (the better teacher's
+# last raw weights score 30.7 / 5.78 at 4 steps against its EMA's 15.7 / 2.77); the recipe's warmup (power 3/4, up to
+# 0.99) averages about the last 90 steps of 400; with power 1 the decay is 1 - g / step (g: --ema_inv_gamma), EDM2's
+# power EMA, weights growing as step ** (g - 1): g = 4 averages about the last 40% of the run, g = 2 the last 2/3
+STUDENTS.update(
+    {
+        f"{row}-ema{g}{seed}": [
+            *STUDENTS[f"{row}{seed}"], *f"--ema_power 1 --ema_inv_gamma {g} --ema_max_decay 0.9999".split()
+        ]
+        for row in ("eps-grid28-lr4e-4-bf16-ect-data", "eps-grid28-lr4e-4-bf16")
+        for g in (2, 4, 8)
+        for seed in ("", "-seed1", "-seed2")
     }
 )  # fmt: skip
 # the teacher's samplers: its shipped SDE sampler, and the deterministic ones that distillation follows (its ODE)
