@@ -119,6 +119,7 @@ def test_a_4_step_student_is_tuned_on_the_images_not_the_teachers_ode_and_says_s
     student = distill(teacher, tmp_path / "student", steps=4)
     config = json.loads((student / "training_config.json").read_text())["config"]
     assert (config["distill_target"], config["distill_halving_steps"]) == ("data", 40)
+    assert (config["ema_power"], config["ema_inv_gamma"]) == (1.0, 4.0)  # a power EMA: the same share of any budget
     card = " ".join((student / "README.md").read_text().split())
     assert "distilled from the DDPM `out` (a local training folder) by consistency tuning in DDPM time" in card
     assert "the training images' own noise giving each target; ECT's curriculum" in card
