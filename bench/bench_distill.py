@@ -270,6 +270,16 @@ STUDENTS.update(
         for seed in ("", "-seed1", "-seed2")
     }
 )  # fmt: skip
+# the tuning's learning rate (2026-12-07, with the power EMA: the rate it ran with is the --steps 2 recipe's)
+STUDENTS.update(
+    {
+        f"eps-grid28-lr4e-4-bf16-ect-data-ema4-lr{rate}{seed}": [
+            *STUDENTS[f"eps-grid28-lr4e-4-bf16-ect-data-ema4{seed}"], "--learning_rate", rate
+        ]
+        for rate in ("2e-4", "8e-4", "1.6e-3")
+        for seed in ("", "-seed1", "-seed2")
+    }
+)  # fmt: skip
 # the teacher's samplers: its shipped SDE sampler, and the deterministic ones that distillation follows (its ODE)
 TEACHER_CELLS = ["sde-dpmsolver++-20-trailing", "sde-dpmsolver++-4-trailing", "dpmsolver++-20-trailing",
                  "dpmsolver++-50-trailing", "ddim-50-trailing", "lcm-4", "lcm-1"]  # fmt: skip
