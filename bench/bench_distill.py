@@ -266,7 +266,7 @@ STUDENTS.update(
             *STUDENTS[f"{row}{seed}"], *f"--ema_power 1 --ema_inv_gamma {g} --ema_max_decay 0.9999".split()
         ]
         for row in ("eps-grid28-lr4e-4-bf16-ect-data", "eps-grid28-lr4e-4-bf16")
-        for g in (2, 4, 8)
+        for g in (2, 4)
         for seed in ("", "-seed1", "-seed2")
     }
 )  # fmt: skip
