@@ -270,22 +270,15 @@ STUDENTS.update(
         for seed in ("", "-seed1", "-seed2")
     }
 )  # fmt: skip
-# the tuning's learning rate (2026-12-07, with the power EMA: the rate it ran with is the --steps 2 recipe's)
+# the tuning's learning rate (2026-12-07, with the power EMA: the rate it ran with is the --steps 2 recipe's); at 8e-4
+# the iterate is noisier, so also with the longer power EMA (g = 2), for the 2-step cell's worst seed
 STUDENTS.update(
     {
-        f"eps-grid28-lr4e-4-bf16-ect-data-ema4-lr{rate}{seed}": [
-            *STUDENTS[f"eps-grid28-lr4e-4-bf16-ect-data-ema4{seed}"], "--learning_rate", rate
+        f"eps-grid28-lr4e-4-bf16-ect-data-{ema}-lr{rate}{seed}": [
+            *STUDENTS[f"eps-grid28-lr4e-4-bf16-ect-data-{ema}{seed}"], "--learning_rate", rate
         ]
-        for rate in ("2e-4", "8e-4", "1.6e-3")
-        for seed in ("", "-seed1", "-seed2")
-    }
-)  # fmt: skip
-# at 8e-4 the iterate is noisier: the longer power EMA (g = 2) for the 2-step cell's worst seed (2026-12-07)
-STUDENTS.update(
-    {
-        f"eps-grid28-lr4e-4-bf16-ect-data-ema2-lr8e-4{seed}": [
-            *STUDENTS[f"eps-grid28-lr4e-4-bf16-ect-data-ema2{seed}"], "--learning_rate", "8e-4"
-        ]
+        for ema, rates in (("ema4", ("2e-4", "8e-4", "1.6e-3")), ("ema2", ("8e-4",)))
+        for rate in rates
         for seed in ("", "-seed1", "-seed2")
     }
 )  # fmt: skip

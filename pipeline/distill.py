@@ -34,9 +34,10 @@ RECIPE = {
     # the data, halved every 40 steps) with the squared error at lr 4e-4 it scored 28.5-30.9 / 5.21-6.27 at 4 steps
     # from the main job's teacher at three seeds, against 40.0-41.1 / 7.15-7.36 for consistency distillation (three
     # seeds), and 24.9-27.7 / 4.07-5.01 at 8 (38.0-39.2 / 6.16-6.69): better than the teacher's own 20 steps; without
-    # the curriculum 30.4-33.8 / 6.11-6.58. From the better teacher (24.3 / 3.95 at 20 steps) 15.7-18.4 / 2.77-3.06 at
-    # 4 steps at two seeds against 21.4-22.3 / 3.70-4.04. It needs no teacher evaluations (122-129 s against 163-171 s
-    # of training). At 2 and 1 steps it is a trade or a loss (STEP_RECIPES). bench/README.md, 2026-12-07.
+    # the curriculum 30.4-33.8 / 6.11-6.58. From the better teacher (24.3 / 3.95 at 20 steps) 16.0-21.4 / 2.75-3.69 at
+    # 4 steps at three seeds (with the power EMA below) against 21.4-22.3 / 3.70-4.04. It needs no teacher evaluations
+    # (122-129 s against 163-171 s of training). At 2 and 1 steps it is a trade or a loss (STEP_RECIPES).
+    # bench/README.md, 2026-12-07.
     "distill_target": "data",
     "distill_halving_steps": 40,
     # LCMScheduler's grid is t_n = n k - 1 (k = T // N): every sample starts at its top, N k - 1. With LCM's N = 50
