@@ -282,6 +282,18 @@ STUDENTS.update(
         for seed in ("", "-seed1", "-seed2")
     }
 )  # fmt: skip
+# the --steps 1 recipe with its grid points drawn toward the top (2026-12-07): a 1-step sample is the student at the
+# top alone, which uniform draws visit once in 49; EDM's log-normal density over the noise level centred at sigma e^1
+# (t ~ 800) or e^2 (t ~ 913), a tenth of the draws uniform
+STUDENTS.update(
+    {
+        f"eps-grid49-gamma1-lr4e-4-bf16-lognormal{mean}": [
+            *STUDENTS["eps-grid49-gamma1-lr4e-4-bf16"], "--timestep_density", "lognormal",
+            "--timestep_lognormal_mean", mean,
+        ]
+        for mean in ("1", "2")
+    }
+)  # fmt: skip
 # the teacher's samplers: its shipped SDE sampler, and the deterministic ones that distillation follows (its ODE)
 TEACHER_CELLS = ["sde-dpmsolver++-20-trailing", "sde-dpmsolver++-4-trailing", "dpmsolver++-20-trailing",
                  "dpmsolver++-50-trailing", "ddim-50-trailing", "lcm-4", "lcm-1"]  # fmt: skip
