@@ -294,6 +294,13 @@ STUDENTS.update(
         for mean in ("1", "2")
     }
 )  # fmt: skip
+# the --steps 4 default's grid points drawn as ECT draws its noise levels (2026-12-07): log-normal, mean -1.1, std 2
+# (its CIFAR-10 setting: most draws at low noise, where the links that carry the data up the grid start), a tenth
+# uniform
+STUDENTS["eps-grid28-lr4e-4-bf16-ect-data-ema4-lognormal"] = [
+    *STUDENTS["eps-grid28-lr4e-4-bf16-ect-data-ema4"],
+    *"--timestep_density lognormal --timestep_lognormal_mean -1.1 --timestep_lognormal_std 2".split(),
+]
 # the teacher's samplers: its shipped SDE sampler, and the deterministic ones that distillation follows (its ODE)
 TEACHER_CELLS = ["sde-dpmsolver++-20-trailing", "sde-dpmsolver++-4-trailing", "dpmsolver++-20-trailing",
                  "dpmsolver++-50-trailing", "ddim-50-trailing", "lcm-4", "lcm-1"]  # fmt: skip
