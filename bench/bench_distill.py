@@ -265,8 +265,11 @@ STUDENTS.update(
         f"{row}-ema{g}{seed}": [
             *STUDENTS[f"{row}{seed}"], *f"--ema_power 1 --ema_inv_gamma {g} --ema_max_decay 0.9999".split()
         ]
-        for row in ("eps-grid28-lr4e-4-bf16-ect-data", "eps-grid28-lr4e-4-bf16")
-        for g in (2, 4)
+        for row, gs in (
+            ("eps-grid28-lr4e-4-bf16-ect-data", (2, 4)), ("eps-grid28-lr4e-4-bf16", (2, 4)),
+            ("eps-grid49-gamma1-lr4e-4-bf16", (4,)),  # the --steps 1 default as it is now
+        )
+        for g in gs
         for seed in ("", "-seed1", "-seed2")
     }
 )  # fmt: skip
