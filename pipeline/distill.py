@@ -70,9 +70,10 @@ RECIPE = {
     # decay is (n - 1) / (n + 3) at step n, weights growing as n^3), which at the main job's 400 steps is the 0.99
     # warmup used before (0.990 against 0.989 at the end; measured equal, 28.7 / 5.22 against 28.5 / 5.21) and which
     # from the better teacher (800 steps) averaged twice as long: at three seeds it tied at two and won at the worst
-    # (21.4 / 3.69 against 23.5 / 4.37 at 4 steps: 16.0-21.4 / 2.75-3.69 against 15.7-23.5 / 2.77-4.37), and tied at 2
-    # steps with the teacher's targets (31.8 / 7.1). Twice as long again (n^1) lost at 400 steps (31.7 / 5.35).
-    # bench/README.md, 2026-12-07.
+    # (21.4 / 3.69 against 23.5 / 4.37 at 4 steps: 16.0-21.4 / 2.75-3.69 against 15.7-23.5 / 2.77-4.37); with the
+    # teacher's targets it was a little better at 2 steps (the --steps 2 default 31.0-32.1 / 6.79-7.12 at three seeds
+    # against 32.4-32.9 / 6.97-7.22 at two) and tied at 1 (the --steps 1 default 52.1-62.8 / 12.7-15.3 against
+    # 53.7-60.9 / 13.0-14.8). Twice as long again (n^1) lost at 400 steps (31.7 / 5.35). bench/README.md, 2026-12-07.
     "ema_power": 1.0,
     "ema_inv_gamma": 4.0,
     "ema_max_decay": 0.9999,
